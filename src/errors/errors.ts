@@ -1,0 +1,116 @@
+/**
+ * Expected errors: each has a stable code, an exit status and a one-line fix.
+ * Anything that is not a ClonectlError is a bug and is reported with its stack.
+ *
+ * The exit statuses are a contract with scripts (README "Exit codes", clonectl(1)):
+ * never renumber one, only add.
+ */
+export const ExitCode = {
+  ok: 0,
+  bug: 1,
+  usage: 2,
+  notFound: 3,
+  lockHeld: 4,
+  refused: 5,
+  badState: 6,
+  corrupt: 7,
+  io: 8,
+  verifyMismatch: 9,
+  drillFailed: 10,
+  remote: 11,
+  interrupted: 130,
+} as const
+export type ExitCodeName = keyof typeof ExitCode
+
+export class ClonectlError extends Error {
+  /** Stable machine-readable code, e.g. "LOCK_HELD". */
+  readonly code: string
+  readonly exitCode: number
+  /** One line telling the user what to do next. */
+  readonly fix?: string
+
+  constructor(code: string, exit: ExitCodeName, message: string, fix?: string) {
+    super(message)
+    this.name = new.target.name
+    this.code = code
+    this.exitCode = ExitCode[exit]
+    this.fix = fix
+  }
+}
+
+export class UsageError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('USAGE', 'usage', message, fix)
+  }
+}
+
+export class NotFoundError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('NOT_FOUND', 'notFound', message, fix)
+  }
+}
+
+export class LockHeldError extends ClonectlError {
+  constructor(message: string, fix = 'wait for it to finish, or pass --wait[=SECONDS]') {
+    super('LOCK_HELD', 'lockHeld', message, fix)
+  }
+}
+
+/** The request is understood but would be unsafe: same volume twice, clone too small, in use. */
+export class RefusedError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('REFUSED', 'refused', message, fix)
+  }
+}
+
+/** The group is not in a state that allows the operation (out-of-sync clone, restore pending). */
+export class StateError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('BAD_STATE', 'badState', message, fix)
+  }
+}
+
+/** Persistent state (a map file, group.json) cannot be trusted. Never read as empty. */
+export class CorruptStateError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('CORRUPT_STATE', 'corrupt', message, fix)
+  }
+}
+
+export class VolumeIoError extends ClonectlError {
+  readonly errno?: string
+  constructor(message: string, errno?: string, fix?: string) {
+    super('IO_ERROR', 'io', message, fix)
+    this.errno = errno
+  }
+}
+
+export class VerifyMismatchError extends ClonectlError {
+  constructor(message: string, fix = 'run `clonectl verify GROUP CLONE --repair`, then `clonectl clone sync GROUP CLONE`') {
+    super('VERIFY_MISMATCH', 'verifyMismatch', message, fix)
+  }
+}
+
+export class DrillFailedError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('DRILL_FAILED', 'drillFailed', message, fix)
+  }
+}
+
+export class InterruptedError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('INTERRUPTED', 'interrupted', message, fix)
+  }
+}
+
+export function isClonectlError(e: unknown): e is ClonectlError {
+  return e instanceof ClonectlError
+}
+
+/** errno code of a Node system error, if any. */
+export function errnoOf(e: unknown): string | undefined {
+  if (e && typeof e === 'object' && 'code' in e && typeof (e as {code: unknown}).code === 'string') {
+    return (e as {code: string}).code
+  }
+  return undefined
+}

@@ -1,0 +1,57 @@
+/**
+ * The one I/O interface every persistent write goes through: volume data, map files and
+ * group.json (DESIGN §6). Production uses NodeDurableFs; crash tests substitute a recording
+ * implementation (MemoryFs) that can replay any crash state.
+ *
+ * Durability contract (what a crash test is allowed to assume, and no more):
+ * - write() is not durable until datasync() on the same file resolves; a datasync orders
+ *   only its own file.
+ * - rename() is atomic, but durable only after fsyncDir() of the target's directory.
+ * - a 512-byte aligned sector is written whole or not at all.
+ */
+export interface OpenOptions {
+  /** Open for writing as well as reading. */
+  write?: boolean
+  /** 'new': create, fail if it exists (O_EXCL). 'maybe': create if missing. Default: must exist. */
+  create?: 'new' | 'maybe'
+  /** Open a block device exclusively (O_EXCL without O_CREAT): a mounted or busy device fails with EBUSY. */
+  exclusive?: boolean
+}
+
+export interface DurableFile {
+  readonly path: string
+  /** Positional read into buf[0..length); resolves to the bytes read (short only at end of file). */
+  read(buf: Uint8Array, position: number, length?: number): Promise<number>
+  /** Positional write of the whole buffer. Not durable until datasync(). */
+  write(buf: Uint8Array, position: number): Promise<void>
+  /** fdatasync: every write to this file that completed before the call is durable when it resolves. */
+  datasync(): Promise<void>
+  /** Current size in bytes (for a block device, use the volume's size instead). */
+  size(): Promise<number>
+  truncate(length: number): Promise<void>
+  close(): Promise<void>
+}
+
+export interface FileStat {
+  dev: number
+  ino: number
+  size: number
+  mtimeMs: number
+  ctimeMs: number
+  isFile: boolean
+  isBlockDevice: boolean
+  rdev: number
+}
+
+export interface DurableFs {
+  open(path: string, opts?: OpenOptions): Promise<DurableFile>
+  /** Atomically replace `to` by `from`; durable only after fsyncDir(dirname(to)). */
+  rename(from: string, to: string): Promise<void>
+  fsyncDir(dir: string): Promise<void>
+  unlink(path: string): Promise<void>
+  mkdirp(dir: string, mode?: number): Promise<void>
+  readdir(dir: string): Promise<string[]>
+  exists(path: string): Promise<boolean>
+  stat(path: string): Promise<FileStat>
+  readFile(path: string): Promise<Buffer>
+}

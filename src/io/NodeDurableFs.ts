@@ -1,0 +1,109 @@
+import {constants} from 'node:fs'
+import * as fsp from 'node:fs/promises'
+import type {DurableFile, DurableFs, FileStat, OpenOptions} from './DurableFs.js'
+
+class NodeFile implements DurableFile {
+  constructor(readonly path: string, private readonly fh: fsp.FileHandle) {}
+
+  async read(buf: Uint8Array, position: number, length = buf.byteLength): Promise<number> {
+    let done = 0
+    while (done < length) {
+      // eslint-disable-next-line no-await-in-loop -- a short read is rare; retry the remainder
+      const {bytesRead} = await this.fh.read(buf, done, length - done, position + done)
+      if (bytesRead === 0) break
+      done += bytesRead
+    }
+    return done
+  }
+
+  async write(buf: Uint8Array, position: number): Promise<void> {
+    let done = 0
+    while (done < buf.byteLength) {
+      // eslint-disable-next-line no-await-in-loop
+      const {bytesWritten} = await this.fh.write(buf, done, buf.byteLength - done, position + done)
+      done += bytesWritten
+    }
+  }
+
+  async datasync(): Promise<void> {
+    await this.fh.datasync()
+  }
+
+  async size(): Promise<number> {
+    return (await this.fh.stat()).size
+  }
+
+  async truncate(length: number): Promise<void> {
+    await this.fh.truncate(length)
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close()
+  }
+}
+
+/** The real file system. */
+export class NodeDurableFs implements DurableFs {
+  async open(path: string, opts: OpenOptions = {}): Promise<DurableFile> {
+    let flags = opts.write ? constants.O_RDWR : constants.O_RDONLY
+    if (opts.create === 'new') flags |= constants.O_CREAT | constants.O_EXCL
+    else if (opts.create === 'maybe') flags |= constants.O_CREAT
+    else if (opts.exclusive) flags |= constants.O_EXCL
+    const fh = await fsp.open(path, flags, 0o600)
+    return new NodeFile(path, fh)
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await fsp.rename(from, to)
+  }
+
+  async fsyncDir(dir: string): Promise<void> {
+    const fh = await fsp.open(dir, constants.O_RDONLY)
+    try {
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+  }
+
+  async unlink(path: string): Promise<void> {
+    await fsp.rm(path, {force: true})
+  }
+
+  async mkdirp(dir: string, mode = 0o700): Promise<void> {
+    await fsp.mkdir(dir, {recursive: true, mode})
+  }
+
+  async readdir(dir: string): Promise<string[]> {
+    return fsp.readdir(dir)
+  }
+
+  async exists(path: string): Promise<boolean> {
+    try {
+      await fsp.access(path)
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  async stat(path: string): Promise<FileStat> {
+    const s = await fsp.stat(path)
+    return {
+      dev: s.dev,
+      ino: s.ino,
+      size: s.size,
+      mtimeMs: s.mtimeMs,
+      ctimeMs: s.ctimeMs,
+      isFile: s.isFile(),
+      isBlockDevice: s.isBlockDevice(),
+      rdev: s.rdev,
+    }
+  }
+
+  async readFile(path: string): Promise<Buffer> {
+    return fsp.readFile(path)
+  }
+}
+
+export const nodeFs = new NodeDurableFs()

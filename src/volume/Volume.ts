@@ -1,0 +1,46 @@
+/**
+ * One volume interface for image files, block devices, NBD remotes and the in-memory test
+ * volume (MemoryFs-backed files). The engines and the NBD server see only this, as nbdcopy's
+ * copy loop sees only its rw_ops table.
+ */
+export type VolumeKind = 'file' | 'block' | 'nbd'
+
+/** What identifies a volume, to notice a change made behind clonectl's back (DESIGN §5). */
+export interface Fingerprint {
+  kind: VolumeKind
+  size: number
+  /** Files: st_dev, st_ino, mtime and ctime in ms. */
+  dev?: number
+  ino?: number
+  mtimeMs?: number
+  ctimeMs?: number
+  /** Block devices: "major:minor". */
+  majorMinor?: string
+  /** NBD remotes: the URI. */
+  uri?: string
+}
+
+export interface Volume {
+  /** The path (or URI) the user named. */
+  readonly path: string
+  readonly kind: VolumeKind
+  /** Size in bytes. */
+  readonly size: number
+  readonly readOnly: boolean
+  /**
+   * True when every byte not yet written by this process reads as zero and holes are
+   * cheap (a freshly created sparse image): a copy may then skip all-zero chunks.
+   */
+  knownZero: boolean
+  /** Read exactly `length` bytes at `position` (into `into` when given). */
+  read(position: number, length: number, into?: Buffer): Promise<Buffer>
+  /** Write the whole buffer at `position`. Not durable until flush(). */
+  write(position: number, data: Uint8Array): Promise<void>
+  /** Make [position, position+length) read as zeros. Not durable until flush(). */
+  writeZeroes(position: number, length: number): Promise<void>
+  /** Make every completed write durable (fdatasync). */
+  flush(): Promise<void>
+  /** The volume's current fingerprint. */
+  fingerprint(): Promise<Fingerprint>
+  close(): Promise<void>
+}
