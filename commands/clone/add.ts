@@ -1,0 +1,53 @@
+import {Args, Flags} from '@oclif/core'
+import {parseSize} from '../../src/group/GroupAdmin.js'
+import {add, syncClone} from '../../src/group/GroupOperations.js'
+import type {SyncSummary} from '../../src/engine/ForwardSync.js'
+import type {CloneRecord} from '../../src/store/GroupRecord.js'
+import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
+import {ProgressRenderer} from '../../src/ui/ProgressRenderer.js'
+import {humanBytes} from '../../src/ui/format.js'
+import {signalController} from '../../src/ui/signals.js'
+
+export default class CloneAdd extends BaseCommand {
+  static summary = 'Add a clone to a group and (unless --no-sync) copy the source to it.'
+  static description = 'The clone must be at least as large as the source and must not be the source under another name or a volume used by any group. The first sync is a full copy; zero extents are not written to a sparse image.'
+  static examples = ['<%= config.bin %> clone add db1 nightly --path /backup/db1-nightly.img --create', '<%= config.bin %> clone add db1 c2 --path /dev/sdc --no-sync']
+  static flags = {
+    path: Flags.string({summary: 'The clone volume: an image file or a block device.', required: true, helpValue: 'PATH'}),
+    create: Flags.boolean({summary: "Create PATH as a sparse image of the source's size (it must not exist)."}),
+    sync: Flags.boolean({summary: 'Copy the source to the clone now.', default: true, allowNo: true}),
+    rate: rateFlag,
+    wait: waitFlag,
+  }
+  static args = {
+    group: Args.string({description: 'The group.', required: true}),
+    clone: Args.string({description: 'Name of the new clone.', required: true}),
+  }
+
+  async run(): Promise<{clone: CloneRecord; sync?: SyncSummary}> {
+    const {args, flags} = await this.parse(CloneAdd)
+    const ctx = await this.context(flags['state-dir'])
+    const wait = waitSeconds(flags.wait)
+    const clone = await add(ctx, args.group, {clone: args.clone, path: flags.path, create: flags.create}, {command: this.commandLine(), waitSeconds: wait})
+    this.info(`Added clone ${args.clone} (${clone.volume.path}) to group ${args.group}`)
+    if (!flags.sync) return {clone}
+    const progress = new ProgressRenderer()
+    const {controller, dispose} = signalController()
+    try {
+      const sync = await syncClone(ctx, args.group, {
+        clone: args.clone,
+        rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
+        command: this.commandLine(),
+        waitSeconds: wait,
+        signal: controller.signal,
+        onProgress: (p) => progress.update(p),
+      })
+      progress.done()
+      if (!this.jsonEnabled()) this.log(`Synchronized clone ${args.clone}: copied ${humanBytes(sync.copiedBytes)}, skipped ${humanBytes(sync.skippedBytes)} of zeros`)
+      return {clone, sync}
+    } finally {
+      progress.done()
+      dispose()
+    }
+  }
+}

@@ -1,0 +1,58 @@
+import {Args, Flags} from '@oclif/core'
+import type {RestoreSummary} from '../src/engine/Restore.js'
+import {parseSize} from '../src/group/GroupAdmin.js'
+import {restoreSource} from '../src/group/GroupOperations.js'
+import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
+import {ProgressRenderer} from '../src/ui/ProgressRenderer.js'
+import {confirm} from '../src/ui/confirm.js'
+import {humanBytes, humanDuration} from '../src/ui/format.js'
+import {signalController} from '../src/ui/signals.js'
+
+export default class Restore extends BaseCommand {
+  static summary = 'Restore the source from a clone (protected: the clone is never modified), or resume an interrupted restore.'
+  static description = `Protected by default: the source is usable at once (through \`clonectl serve\`), host writes made during the restore are kept and recorded, and the clone stays bit-identical. The other clones are fractured first. Interrupted by a signal, kill -9 or power loss, \`clonectl restore GROUP\` resumes it and copies only what is left.
+
+--unprotected is a regular reverse sync: host writes are mirrored to the clone as well.`
+  static examples = ['<%= config.bin %> restore db1 nightly', '<%= config.bin %> restore db1 --yes   # resume', '<%= config.bin %> restore db1 nightly --rate 200M --yes --json']
+  static flags = {
+    unprotected: Flags.boolean({summary: 'Reverse sync that mirrors host writes to the clone (the clone is modified).'}),
+    force: Flags.boolean({summary: 'Restore from an out-of-sync or untrusted clone (compare and copy every extent), or resume without a lost protected restore map.'}),
+    yes: Flags.boolean({char: 'y', summary: 'Do not ask for confirmation (the source is overwritten).'}),
+    rate: rateFlag,
+    wait: waitFlag,
+  }
+  static args = {
+    group: Args.string({description: 'The group.', required: true}),
+    clone: Args.string({description: 'The clone to restore from (optional when resuming).'}),
+  }
+
+  async run(): Promise<RestoreSummary> {
+    const {args, flags} = await this.parse(Restore)
+    const ctx = await this.context(flags['state-dir'])
+    const record = await ctx.store.load(args.group)
+    const resuming = record.operation?.kind === 'restore'
+    if (!resuming) await confirm(`Overwrite the source ${record.source.path} of group ${args.group} with clone ${args.clone ?? '?'}?`, flags.yes || this.jsonEnabled())
+    const progress = new ProgressRenderer()
+    const {controller, dispose} = signalController()
+    const t0 = Date.now()
+    try {
+      const out = await restoreSource(ctx, args.group, {
+        clone: args.clone,
+        unprotected: flags.unprotected,
+        force: flags.force,
+        rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
+        command: this.commandLine(),
+        waitSeconds: waitSeconds(flags.wait),
+        signal: controller.signal,
+        onProgress: (p) => progress.update(p),
+      })
+      progress.done()
+      if (!this.jsonEnabled())
+        this.log(`${out.resumed ? 'Resumed and completed' : 'Completed'} ${out.protected ? 'protected ' : ''}restore of group ${args.group} from clone ${out.clone}: copied ${humanBytes(out.copiedBytes)} in ${humanDuration(Date.now() - t0)}${out.codCopies ? `, ${out.codCopies} on demand` : ''}; clone ${out.clone} ${out.protected ? 'unchanged' : 'synchronized'}.`)
+      return out
+    } finally {
+      progress.done()
+      dispose()
+    }
+  }
+}

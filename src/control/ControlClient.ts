@@ -1,0 +1,69 @@
+import {connect} from 'node:net'
+import {join} from 'node:path'
+import {ClonectlError, type ExitCodeName, ExitCode} from '../errors/errors.js'
+import type {DurableFs} from '../io/DurableFs.js'
+import {type ControlMessage, type ControlRequest, controlSocketName} from './protocol.js'
+
+/** An expected error that happened inside the server, carried back with its code and exit status. */
+export class RemoteClonectlError extends ClonectlError {
+  constructor(code: string, exitCode: number, message: string, fix?: string) {
+    const name = (Object.keys(ExitCode) as ExitCodeName[]).find((k) => ExitCode[k] === exitCode) ?? 'bug'
+    super(code, name, message, fix)
+  }
+}
+
+/**
+ * Send one request to the `serve` process that owns a group, streaming its progress to
+ * onProgress; resolves with the result, or throws the server's error with the same code and
+ * exit status the command would have had offline. `signal` aborts by disconnecting.
+ */
+export function controlRequest<T>(socketPath: string, req: ControlRequest, opts: {onProgress?: (p: unknown) => void; onLog?: (m: string) => void; signal?: AbortSignal} = {}): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const s = connect(socketPath)
+    let buf = ''
+    let done = false
+    const finish = (fn: () => void): void => {
+      if (done) return
+      done = true
+      s.destroy()
+      fn()
+    }
+    opts.signal?.addEventListener('abort', () => finish(() => reject(opts.signal?.reason ?? new Error('aborted'))))
+    s.on('connect', () => s.write(`${JSON.stringify(req)}\n`))
+    s.on('error', (err) => finish(() => reject(err)))
+    s.on('data', (chunk) => {
+      buf += chunk.toString('utf8')
+      let nl: number
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl)
+        buf = buf.slice(nl + 1)
+        let m: ControlMessage
+        try {
+          m = JSON.parse(line) as ControlMessage
+        } catch {
+          continue
+        }
+        if (m.type === 'progress') opts.onProgress?.(m.progress)
+        else if (m.type === 'log') opts.onLog?.(m.message)
+        else if (m.ok) finish(() => resolve(m.value as T))
+        else {
+          const e = m.error
+          finish(() => reject(new RemoteClonectlError(e.code, e.exitCode, e.message, e.fix)))
+        }
+      }
+    })
+    s.on('close', () => finish(() => reject(new Error('the server closed the control connection without a result'))))
+  })
+}
+
+/** The control socket of a group's running server, or undefined when none answers. */
+export async function findServer(fs: DurableFs, groupDir: string): Promise<string | undefined> {
+  const path = join(groupDir, controlSocketName)
+  if (!(await fs.exists(path))) return undefined
+  try {
+    await controlRequest(path, {op: 'ping'})
+    return path
+  } catch {
+    return undefined
+  }
+}

@@ -1,0 +1,72 @@
+import {chmod} from 'node:fs/promises'
+import {createServer, type Server, type Socket} from 'node:net'
+import {ClonectlError, isClonectlError} from '../errors/errors.js'
+import type {ControlMessage, ControlRequest} from './protocol.js'
+
+/** Handles one request; `send` streams progress; the resolved value is the result. */
+export type ControlHandler = (req: ControlRequest, send: (m: ControlMessage) => void, cancelled: AbortSignal) => Promise<unknown>
+
+/**
+ * The server side of the control socket: one JSON request per connection, progress lines,
+ * one result line. A client that disconnects early aborts its request's signal (a
+ * foreground sync stops, as Ctrl-C would stop it offline).
+ */
+export class ControlServer {
+  private server?: Server
+  private readonly sockets = new Set<Socket>()
+
+  constructor(private readonly handler: ControlHandler) {}
+
+  async listen(path: string): Promise<void> {
+    const server = createServer((s) => this.accept(s))
+    this.server = server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(path, () => resolve())
+    })
+    await chmod(path, 0o600)
+  }
+
+  private accept(s: Socket): void {
+    this.sockets.add(s)
+    const abort = new AbortController()
+    let buf = ''
+    let started = false
+    const send = (m: ControlMessage): void => {
+      if (!s.destroyed) s.write(`${JSON.stringify(m)}\n`)
+    }
+    s.on('close', () => {
+      this.sockets.delete(s)
+      abort.abort(new Error('client disconnected'))
+    })
+    s.on('error', () => undefined)
+    s.on('data', (chunk) => {
+      if (started) return
+      buf += chunk.toString('utf8')
+      if (buf.length > 1 << 20) s.destroy()
+      const nl = buf.indexOf('\n')
+      if (nl < 0) return
+      started = true
+      let req: ControlRequest
+      try {
+        req = JSON.parse(buf.slice(0, nl)) as ControlRequest
+      } catch {
+        send({type: 'result', ok: false, error: {code: 'USAGE', exitCode: 2, message: 'malformed control request'}})
+        s.end()
+        return
+      }
+      this.handler(req, send, abort.signal)
+        .then((value) => send({type: 'result', ok: true, value: value ?? null}))
+        .catch((error: unknown) => {
+          const e = isClonectlError(error) ? error : new ClonectlError('BUG', 'bug', error instanceof Error ? error.stack ?? error.message : String(error))
+          send({type: 'result', ok: false, error: {code: e.code, exitCode: e.exitCode, message: e.message, fix: e.fix}})
+        })
+        .finally(() => s.end())
+    })
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy()
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))
+  }
+}

@@ -1,0 +1,150 @@
+import {StateError} from '../errors/errors.js'
+import {ExtentBitmap} from '../map/ExtentBitmap.js'
+import {CloneGroup, type CloneMember} from '../group/CloneGroup.js'
+import type {HostGate} from './HostGate.js'
+import {RateLimiter} from './RateLimiter.js'
+import {SyncEngine, type SyncProgress} from './SyncEngine.js'
+
+export interface ForwardSyncOptions {
+  clone: string
+  /** Copy every extent, comparing first (as for a map that cannot be trusted). */
+  full?: boolean
+  rate?: number
+  command: string
+  /** Under `serve`: the host gate, so the switch to `synchronized` is atomic w.r.t. writes. */
+  gate?: HostGate
+}
+
+export interface SyncSummary {
+  clone: string
+  operationId: string
+  completed: boolean
+  alreadySynchronized: boolean
+  compared: boolean
+  totalExtents: number
+  copiedBytes: number
+  skippedBytes: number
+  collisions: number
+}
+
+/**
+ * Forward synchronization of clone k (source → clone) over D[k], in ascending order. Host
+ * writes may go on meanwhile (under `serve`): they set D[k] ahead, and the collision detector
+ * makes a copy that overlapped one run again. When D[k] is empty the clone is
+ * `synchronized` and host writes are mirrored to it from then on.
+ */
+export class ForwardSync {
+  readonly engine: SyncEngine
+  readonly limiter: RateLimiter
+
+  private constructor(
+    readonly g: CloneGroup,
+    readonly member: CloneMember,
+    readonly operationId: string,
+    readonly compared: boolean,
+    rate?: number,
+    private readonly gate?: HostGate,
+  ) {
+    this.limiter = new RateLimiter(rate)
+    this.engine = new SyncEngine({
+      map: member.map,
+      from: g.src,
+      to: member.vol,
+      extentSize: g.extentSize,
+      volumeSize: g.volumeSize,
+      scoreboard: g.scoreboard,
+      collisions: g.collisions,
+      compare: compared,
+      limiter: this.limiter,
+      checkpoint: () => g.checkpoint(),
+      onWrite: () => g.noteWritten(member.vol),
+    })
+  }
+
+  /**
+   * Prepare a sync: refuse during a restore, fall back to compare-and-copy when the map cannot
+   * be trusted or --full is given (D[k] all set, durably), record the operation. Waits.
+   */
+  static async start(g: CloneGroup, opts: ForwardSyncOptions): Promise<ForwardSync | SyncSummary> {
+    const op = g.record.operation
+    if (op?.kind === 'restore')
+      throw new StateError(`group ${g.name} has an interrupted restore from clone ${op.clone}`, `resume it first with \`clonectl restore ${g.name}\``)
+    const m = g.member(opts.clone)
+    if (m.state === 'restoring' || m.state === 'reverse-syncing')
+      throw new StateError(`clone ${m.name} is being restored from`, `wait for the restore to finish`)
+    const compare = Boolean(opts.full) || !m.record.trusted
+    if (!compare && m.state === 'synchronized' && m.map.bits.isEmpty()) {
+      return {clone: m.name, operationId: '', completed: true, alreadySynchronized: true, compared: false, totalExtents: 0, copiedBytes: 0, skippedBytes: 0, collisions: 0}
+    }
+    if (compare) {
+      if (!opts.full) g.ctx.warn?.(`clone ${m.name}: delta map not trusted; comparing and copying every extent`)
+      await g.checkpoint()
+      const all = new ExtentBitmap(g.extentCount)
+      all.setAll()
+      await m.map.replaceAll(all)
+    }
+    const id = CloneGroup.newOperationId()
+    g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
+    m.setState('synchronizing')
+    await g.save()
+    return new ForwardSync(g, m, id, compare, opts.rate, opts.gate)
+  }
+
+  get progress(): SyncProgress {
+    return this.engine.progress
+  }
+
+  stop(): void {
+    this.engine.stop()
+  }
+
+  /**
+   * Copy until D[k] is empty (→ synchronized) or stopped (→ out-of-sync, map intact so the
+   * next sync copies only what is left). Waits. Progress is durable at each checkpoint.
+   */
+  async run(): Promise<SyncSummary> {
+    const {g, member: m} = this
+    let completed = false
+    const exclusive = <T>(fn: () => Promise<T>): Promise<T> => (this.gate ? this.gate.exclusive(fn) : fn())
+    try {
+      for (;;) {
+        // eslint-disable-next-line no-await-in-loop
+        if (!(await this.engine.run())) break
+        // A host write may have set a bit since the engine finished: switch to mirrored only
+        // with no write in flight and the map empty; otherwise copy what is new.
+        // eslint-disable-next-line no-await-in-loop
+        completed = await exclusive(async () => {
+          if (!m.map.bits.isEmpty()) return false
+          await g.checkpoint()
+          m.setState('synchronized')
+          m.record.lastSyncAt = new Date().toISOString()
+          m.record.trusted = true
+          delete g.record.operation
+          await g.refreshFingerprints()
+          await g.save()
+          return true
+        })
+        if (completed) break
+      }
+    } finally {
+      if (!completed) {
+        await g.checkpoint()
+        m.setState('out-of-sync', this.engine.stopped ? 'the sync was interrupted' : 'the sync stopped with an error')
+        delete g.record.operation
+        await g.refreshFingerprints()
+        await g.save()
+      }
+    }
+    return {
+      clone: m.name,
+      operationId: this.operationId,
+      completed,
+      alreadySynchronized: false,
+      compared: this.compared,
+      totalExtents: this.engine.progress.totalExtents,
+      copiedBytes: this.engine.progress.copiedBytes,
+      skippedBytes: this.engine.progress.skippedBytes,
+      collisions: g.collisions.collisions,
+    }
+  }
+}

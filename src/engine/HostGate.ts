@@ -1,0 +1,52 @@
+/**
+ * Lets host writes run concurrently with each other while an administrative step (start or
+ * end of a restore, a fracture) runs alone: exclusive() waits for the writes in flight, holds
+ * new ones back, runs its step, and lets them go. This is what makes a fracture atomic with
+ * respect to in-flight writes (DESIGN §5).
+ */
+export class HostGate {
+  private active = 0
+  private drained?: () => void
+  private closed?: Promise<void>
+
+  /** A host write enters; waits only while an exclusive step runs. */
+  async enter(): Promise<void> {
+    while (this.closed) {
+      // eslint-disable-next-line no-await-in-loop
+      await this.closed
+    }
+    this.active++
+  }
+
+  leave(): void {
+    this.active--
+    if (this.active === 0) this.drained?.()
+  }
+
+  get inflight(): number {
+    return this.active
+  }
+
+  /** Run fn with no host write in flight and none starting. Waits. */
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.closed) {
+      // eslint-disable-next-line no-await-in-loop
+      await this.closed
+    }
+    let open!: () => void
+    this.closed = new Promise<void>((r) => {
+      open = r
+    })
+    try {
+      if (this.active > 0)
+        await new Promise<void>((r) => {
+          this.drained = r
+        })
+      this.drained = undefined
+      return await fn()
+    } finally {
+      this.closed = undefined
+      open()
+    }
+  }
+}

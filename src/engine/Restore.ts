@@ -1,0 +1,329 @@
+import {CorruptStateError, StateError} from '../errors/errors.js'
+import {ExtentBitmap} from '../map/ExtentBitmap.js'
+import type {PersistentMap} from '../map/PersistentMap.js'
+import {CloneGroup, protectedMapFile, type CloneMember} from '../group/CloneGroup.js'
+import {CodEngine} from './CodEngine.js'
+import {CodQueue} from './CodQueue.js'
+import {coversWhole} from './extents.js'
+import {ProtectedRestoreMap} from './ProtectedRestoreMap.js'
+import {RateLimiter} from './RateLimiter.js'
+import {SyncEngine, type SyncProgress} from './SyncEngine.js'
+
+export interface RestoreOptions {
+  clone: string
+  /** Protected (default): the clone is never written; host writes land in P. */
+  protected: boolean
+  /** Restore from an out-of-sync or untrusted clone anyway (compare and copy every extent). */
+  force?: boolean
+  rate?: number
+  command: string
+}
+
+export interface RestoreSummary {
+  operationId: string
+  clone: string
+  protected: boolean
+  resumed: boolean
+  completed: boolean
+  compared: boolean
+  totalExtents: number
+  copiedBytes: number
+  skippedBytes: number
+  codCopies: number
+  codBytes: number
+  collisions: number
+  hostWrittenExtents: number
+}
+
+/**
+ * A restore of the source from clone c (DESIGN §4): the sync engine copies clone → source
+ * every extent in D[c] (skipping P), the COD engine copies ahead what host requests wait for,
+ * and host I/O is routed through beforeRead/beforeWrite/afterWrite.
+ *
+ * Protected: clone c is opened read-only and never written (INV-3); host writes set P.
+ * Unprotected (the seeds' regular reverse sync): host writes are mirrored to c and the
+ * collision detector makes a copy that overlapped a host write run again.
+ */
+export class RestoreSession {
+  readonly queue: CodQueue
+  readonly cod: CodEngine
+  readonly engine: SyncEngine
+  readonly limiter: RateLimiter
+  private finished = false
+  readonly startedAt = Date.now()
+  firstCopyAt?: number
+
+  private constructor(
+    readonly g: CloneGroup,
+    readonly member: CloneMember,
+    readonly P: PersistentMap | undefined,
+    readonly operationId: string,
+    readonly isProtected: boolean,
+    readonly resumed: boolean,
+    readonly compared: boolean,
+    rate?: number,
+  ) {
+    const D = member.map
+    const needsCopy = P ? (e: number) => D.bits.get(e) && !P.bits.get(e) : (e: number) => D.bits.get(e)
+    // A host request may proceed once its extents need no copy and none is being copied.
+    this.queue = new CodQueue((e) => !needsCopy(e) && !g.scoreboard.has(e))
+    this.limiter = new RateLimiter(rate)
+    const onWrite = (): void => g.noteWritten(g.src)
+    this.cod = new CodEngine({
+      queue: this.queue,
+      scoreboard: g.scoreboard,
+      map: D,
+      from: member.vol,
+      to: g.src,
+      extentSize: g.extentSize,
+      volumeSize: g.volumeSize,
+      needsCopy,
+      collisions: P ? undefined : g.collisions,
+      onWrite,
+      onError: (err) => this.queue.failAll(err instanceof Error ? err : new Error(String(err))),
+    })
+    this.engine = new SyncEngine({
+      map: D,
+      from: member.vol,
+      to: g.src,
+      extentSize: g.extentSize,
+      volumeSize: g.volumeSize,
+      scoreboard: g.scoreboard,
+      skip: P ? (e) => P.bits.get(e) : undefined,
+      collisions: P ? undefined : g.collisions,
+      compare: compared,
+      limiter: this.limiter,
+      onCopied: () => {
+        this.firstCopyAt ??= Date.now()
+        this.queue.wake()
+        this.cod.kick()
+      },
+      checkpoint: () => g.checkpoint(),
+      onWrite,
+    })
+  }
+
+  /**
+   * Start a new restore from clone `opts.clone`. Everything the crash invariants depend on is
+   * durable before the first copy: other clones fractured and their maps widened, an empty P
+   * created, the operation recorded. Run inside the host gate (no host write in flight).
+   */
+  static async start(g: CloneGroup, opts: RestoreOptions): Promise<RestoreSession> {
+    if (g.record.operation)
+      throw new StateError(
+        `group ${g.name} has an interrupted ${g.record.operation.kind} of clone ${g.record.operation.clone}`,
+        g.record.operation.kind === 'restore' ? `resume it with \`clonectl restore ${g.name}\`` : `run \`clonectl clone sync ${g.name} ${g.record.operation.clone}\``,
+      )
+    const c = g.member(opts.clone)
+    const untrusted = !c.record.trusted
+    if (c.state === 'out-of-sync' || c.state === 'synchronizing') {
+      if (!opts.force)
+        throw new StateError(
+          `clone ${c.name} is ${c.state}: it is an incomplete copy, not a point in time to restore from`,
+          `sync it first (\`clonectl clone sync ${g.name} ${c.name}\`), or pass --force to restore from it anyway`,
+        )
+    }
+    if (untrusted && !opts.force)
+      throw new StateError(
+        `clone ${c.name} (${c.record.volume.path}) changed outside clonectl, so its delta map cannot be trusted`,
+        'pass --force to compare and copy every extent from it',
+      )
+    const compare = untrusted || c.state === 'out-of-sync' || c.state === 'synchronizing' || g.changedOutside.has('(source)')
+    if (g.changedOutside.has('(source)')) g.ctx.warn?.(`the source changed outside clonectl: comparing and copying every extent`)
+
+    // Fracture every other mirrored clone: the source is about to change under them.
+    const now = new Date().toISOString()
+    for (const m of g.members.values()) {
+      if (m === c) continue
+      if (m.state === 'synchronized') {
+        m.setState('fractured')
+        m.record.lastFractureAt = now
+      }
+    }
+    // Pending clears must be durable-safe before maps are rewritten whole.
+    await g.checkpoint()
+    if (compare) {
+      const all = new ExtentBitmap(g.extentCount)
+      all.setAll()
+      await c.map.replaceAll(all)
+    }
+    // D[k] |= D[c] for every other clone: the source will change wherever D[c] is set.
+    for (const m of g.members.values()) {
+      if (m === c) continue
+      const widened = m.map.bits.clone()
+      widened.or(c.map.bits)
+      if (!widened.equals(m.map.bits)) await m.map.replaceAll(widened)
+    }
+    const operationId = CloneGroup.newOperationId()
+    let P: PersistentMap | undefined
+    if (opts.protected) {
+      P = await ProtectedRestoreMap.create(g.ctx.fs, g.ctx.store.mapPath(g.name, protectedMapFile), {extentSize: g.extentSize, volumeSize: g.volumeSize, extentCount: g.extentCount}, operationId)
+    }
+    g.record.operation = {
+      id: operationId,
+      kind: 'restore',
+      clone: c.name,
+      protected: opts.protected,
+      startedAt: now,
+      command: opts.command,
+      pid: process.pid,
+      totalExtents: c.map.bits.countSet(),
+      compare,
+    }
+    c.setState(opts.protected ? 'restoring' : 'reverse-syncing')
+    await g.save()
+    g.protectedMap = P
+    return new RestoreSession(g, c, P, operationId, opts.protected, false, compare, opts.rate)
+  }
+
+  /**
+   * Resume the restore recorded in group.json: load D[c] and P from disk and go on. A bit
+   * still set in D[c] for an extent already copied is harmless: P decides (DESIGN §4).
+   */
+  static async resume(g: CloneGroup, opts: {rate?: number; forceLostP?: boolean}): Promise<RestoreSession> {
+    const op = g.record.operation
+    if (!op || op.kind !== 'restore') throw new StateError(`group ${g.name} has no interrupted restore`, `start one with \`clonectl restore ${g.name} CLONE\``)
+    const c = g.member(op.clone)
+    let P: PersistentMap | undefined
+    if (op.protected) {
+      const path = g.ctx.store.mapPath(g.name, protectedMapFile)
+      try {
+        P = await ProtectedRestoreMap.open(g.ctx.fs, path, {extentSize: g.extentSize, volumeSize: g.volumeSize}, op.id)
+      } catch (error) {
+        if (!opts.forceLostP) throw error instanceof CorruptStateError ? new CorruptStateError(error.message, `without P, host writes made during the restore cannot be told apart: \`clonectl restore ${g.name} --force\` copies every extent from the clone again, overwriting them`) : error
+        g.ctx.warn?.(`protected restore map lost (${(error as Error).message}); copying every extent from clone ${c.name} again`)
+        P = await ProtectedRestoreMap.create(g.ctx.fs, path, {extentSize: g.extentSize, volumeSize: g.volumeSize, extentCount: g.extentCount}, op.id)
+        const all = new ExtentBitmap(g.extentCount)
+        all.setAll()
+        await c.map.replaceAll(all)
+      }
+    }
+    op.pid = process.pid
+    await g.save()
+    g.protectedMap = P
+    return new RestoreSession(g, c, P, op.id, op.protected ?? true, true, op.compare ?? false, opts.rate)
+  }
+
+  /** Extents still to restore (D[c] ∧ ¬P). */
+  remaining(): number {
+    return this.engine.remaining()
+  }
+
+  get progress(): SyncProgress {
+    return this.engine.progress
+  }
+
+  /**
+   * Host read of extents [s, e): every extent that still needs a copy is copied first (COD),
+   * or waited for if a copy is under way. Then the caller reads the source. Waits.
+   */
+  async beforeRead(s: number, e: number): Promise<void> {
+    if (this.finished) return
+    const ext: number[] = []
+    for (let x = s; x < e; x++) ext.push(x)
+    const wait = this.queue.waitFor(ext)
+    this.cod.kick()
+    await wait
+  }
+
+  /**
+   * Host write of bytes [offset, offset+length) covering extents [s, e) — recipe 3. Waits for
+   * copies of those extents in S; copies a partly covered extent first when it still needs
+   * it (a wholly covered one needs no COD); then, with no await between the last check and
+   * the set, sets P in memory so nothing copies over the host's data. Waits.
+   */
+  async beforeWrite(offset: number, length: number, s: number, e: number): Promise<void> {
+    if (this.finished) return
+    const {g, P} = this
+    const D = this.member.map
+    if (!P) return // unprotected: mirrored to the clone; the collision detector handles overlap
+    for (;;) {
+      const busy = g.scoreboard.firstBusy(s, e)
+      if (busy >= 0) {
+        // eslint-disable-next-line no-await-in-loop
+        await g.scoreboard.waitFor(busy)
+        continue
+      }
+      const need: number[] = []
+      for (const x of s === e - 1 ? [s] : [s, e - 1])
+        if (!coversWhole(offset, length, x, g.extentSize, g.volumeSize) && D.bits.get(x) && !P.bits.get(x)) need.push(x)
+      if (need.length > 0) {
+        const wait = this.queue.waitFor(need)
+        this.cod.kick()
+        // eslint-disable-next-line no-await-in-loop
+        await wait
+        continue
+      }
+      break
+    }
+    // INV-2 / recipe 3: protect in memory before the data write; durable only after it.
+    P.setVolatile(s, e)
+  }
+
+  /** The host's data write to [s, e) completed: its P bits may become durable (recipe 3). */
+  afterWrite(s: number, e: number): void {
+    this.P?.stage(s, e)
+  }
+
+  /** Copy until done or stopped; true when every extent is restored (call finish() then). */
+  async run(): Promise<boolean> {
+    return this.engine.run()
+  }
+
+  stop(): void {
+    this.engine.stop()
+  }
+
+  /**
+   * End of the restore (DESIGN §4 "end"): fdatasync the source, D[c] := P, drop P, clone c
+   * fractured (protected; bit-identical to before) or synchronized (unprotected). Every step
+   * is idempotent, so a crash anywhere here resumes into the same end. Run inside the host
+   * gate.
+   */
+  async finish(): Promise<void> {
+    const {g, P, member: c} = this
+    await g.checkpoint()
+    if (P) {
+      // D[c] ∧ ¬P is empty now, and every host write set both, so D[c] = P: make it exact.
+      await c.map.replaceAll(P.bits.clone())
+      c.setState('fractured')
+    } else {
+      c.setState('synchronized')
+      c.record.lastSyncAt = new Date().toISOString()
+    }
+    delete g.record.operation
+    await g.refreshFingerprints()
+    await g.save()
+    this.finished = true
+    g.protectedMap = undefined
+    if (P) {
+      await P.close()
+      await g.ctx.fs.unlink(P.path)
+    }
+    this.queue.wake()
+  }
+
+  /** An interrupted restore: make progress durable and leave the operation recorded. */
+  async suspend(): Promise<void> {
+    await this.g.checkpoint()
+    this.queue.failAll(new StateError('the restore was stopped'))
+  }
+
+  summary(completed: boolean): RestoreSummary {
+    return {
+      operationId: this.operationId,
+      clone: this.member.name,
+      protected: this.isProtected,
+      resumed: this.resumed,
+      completed,
+      compared: this.compared,
+      totalExtents: this.engine.progress.totalExtents,
+      copiedBytes: this.engine.progress.copiedBytes + this.cod.copiedBytes,
+      skippedBytes: this.engine.progress.skippedBytes,
+      codCopies: this.cod.copies,
+      codBytes: this.cod.copiedBytes,
+      collisions: this.g.collisions.collisions,
+      hostWrittenExtents: this.P ? this.P.bits.countSet() : 0,
+    }
+  }
+}

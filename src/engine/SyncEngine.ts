@@ -1,0 +1,249 @@
+import {ExtentBitmap} from '../map/ExtentBitmap.js'
+import type {Volume} from '../volume/Volume.js'
+import type {CollisionDetector} from './CollisionDetector.js'
+import type {RateLimiter} from './RateLimiter.js'
+import type {Scoreboard} from './Scoreboard.js'
+
+/** What a SyncEngine needs from the delta map it walks (a PersistentMap satisfies it). */
+export interface DeltaBits {
+  readonly bits: ExtentBitmap
+  /** Clear in memory; durable only at a checkpoint after the data is durable (recipe 2). */
+  clear(start: number, end: number): void
+}
+
+export interface SyncProgress {
+  /** Extents still to copy (set in the map and not skipped). */
+  remainingExtents: number
+  totalExtents: number
+  copiedBytes: number
+  /** Bytes that needed no write (zero source over a zero destination, or equal under compare). */
+  skippedBytes: number
+}
+
+export interface SyncJobOptions {
+  map: DeltaBits
+  from: Volume
+  to: Volume
+  extentSize: number
+  /** Bytes of the volume that are tracked (the source's size). */
+  volumeSize: number
+  scoreboard: Scoreboard
+  /** Extents never to copy (restore: P[e] is set — the host wrote them). */
+  skip?: (e: number) => boolean
+  collisions?: CollisionDetector
+  /** Compare-and-copy: read the destination too and write only what differs (untrusted maps). */
+  compare?: boolean
+  limiter?: RateLimiter
+  /** Extents in flight at once, in chunks of up to chunkBytes. */
+  parallel?: number
+  chunkBytes?: number
+  /** Called after each chunk's bits are cleared (e.g. wake the COD queue). */
+  onCopied?: (start: number, end: number) => void
+  /** Called every `checkpointBytes` copied; a checkpoint makes progress durable. */
+  checkpoint?: () => Promise<void>
+  checkpointBytes?: number
+  /** Called when bytes were written to `to` (so the next checkpoint flushes it). */
+  onWrite?: () => void
+}
+
+const MiB = 1024 * 1024
+
+/**
+ * The sync engine (DESIGN §1): walks a delta map in ascending order and copies each set
+ * extent `from` → `to`, several chunks in flight, with bounded memory (parallel × chunkBytes).
+ * An extent is claimed in the scoreboard while copied; a chunk's bits are cleared in memory
+ * only when its write completed and no host write collided with it.
+ *
+ * run() waits until no extent is left (or stop() was called); it may run alongside host I/O
+ * and the COD engine, which share the scoreboard. Never runs twice on one map at once.
+ */
+export class SyncEngine {
+  private stopping = false
+  private paused?: {promise: Promise<void>; resume: () => void}
+  private readonly zero: Buffer
+  private readonly written?: ExtentBitmap
+  readonly progress: SyncProgress
+
+  constructor(private readonly o: SyncJobOptions) {
+    const chunk = o.chunkBytes ?? 4 * MiB
+    this.zero = Buffer.alloc(Math.max(chunk, o.extentSize))
+    // A destination known to read as zero may skip zero chunks, but only where this run
+    // has not written already (a re-copy after a collision must write its zeros).
+    if (o.to.knownZero) this.written = new ExtentBitmap(o.map.bits.count)
+    const total = this.remaining()
+    this.progress = {remainingExtents: total, totalExtents: total, copiedBytes: 0, skippedBytes: 0}
+  }
+
+  /** Extents still to copy: set and not skipped. */
+  remaining(): number {
+    const {bits} = this.o.map
+    if (!this.o.skip) return bits.countSet()
+    let n = 0
+    for (const [s, e] of bits.runs()) for (let x = s; x < e; x++) if (!this.o.skip(x)) n++
+    return n
+  }
+
+  /** Ask run() to stop issuing copies; it resolves once in-flight chunks finish. */
+  stop(): void {
+    this.stopping = true
+    this.paused?.resume()
+  }
+
+  /** Allow run() again after stop() (an operation resumed in the same process). */
+  restart(): void {
+    this.stopping = false
+  }
+
+  get stopped(): boolean {
+    return this.stopping
+  }
+
+  pause(): void {
+    if (this.paused) return
+    let resume!: () => void
+    const promise = new Promise<void>((r) => {
+      resume = r
+    })
+    this.paused = {promise, resume}
+  }
+
+  resume(): void {
+    const p = this.paused
+    this.paused = undefined
+    p?.resume()
+  }
+
+  get isPaused(): boolean {
+    return this.paused !== undefined
+  }
+
+  /** Copy until nothing is left or stop(). Resolves true when complete. */
+  async run(): Promise<boolean> {
+    const {o} = this
+    const parallel = o.parallel ?? 4
+    const perChunk = Math.max(1, Math.floor((o.chunkBytes ?? 4 * MiB) / o.extentSize))
+    const inflight = new Set<Promise<void>>()
+    let sinceCheckpoint = 0
+    let failure: unknown
+
+    for (;;) {
+      let cursor = 0
+      let sawBusy = false
+      while (!this.stopping && failure === undefined) {
+        if (this.paused) {
+          // eslint-disable-next-line no-await-in-loop
+          await this.paused.promise
+          continue
+        }
+        const start = this.nextCandidate(cursor)
+        if (start < 0) break
+        let end = start + 1
+        while (end < o.map.bits.count && end - start < perChunk && this.isCandidate(end)) end++
+        cursor = end
+        if (!this.claimRange(start, end)) {
+          sawBusy = true
+          continue
+        }
+        const bytes = this.byteLen(start, end)
+        // eslint-disable-next-line no-await-in-loop
+        if (o.limiter) await o.limiter.take(bytes, () => this.stopping)
+        const p = this.copyChunk(start, end)
+          .catch((error: unknown) => {
+            failure ??= error
+          })
+          .finally(() => inflight.delete(p))
+        inflight.add(p)
+        sinceCheckpoint += bytes
+        if (inflight.size >= parallel) {
+          // eslint-disable-next-line no-await-in-loop
+          await Promise.race(inflight)
+        }
+        if (o.checkpoint && sinceCheckpoint >= (o.checkpointBytes ?? 256 * MiB)) {
+          sinceCheckpoint = 0
+          // eslint-disable-next-line no-await-in-loop
+          await o.checkpoint()
+        }
+      }
+      // eslint-disable-next-line no-await-in-loop
+      await Promise.all(inflight)
+      if (failure !== undefined) throw failure
+      if (this.stopping) return false
+      // Extents busy in the COD engine, or recopied after a collision, need another pass.
+      if (sawBusy) {
+        // eslint-disable-next-line no-await-in-loop
+        await o.scoreboard.drain()
+      }
+      this.progress.remainingExtents = this.remaining()
+      if (this.progress.remainingExtents === 0) return true
+      // A collision leaves bits behind us: yield a tick so the host write finishes first.
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((r) => setTimeout(r, 1))
+    }
+  }
+
+  private isCandidate(e: number): boolean {
+    return this.o.map.bits.get(e) && !(this.o.skip?.(e) ?? false) && !this.o.scoreboard.has(e)
+  }
+
+  private nextCandidate(from: number): number {
+    const {bits} = this.o.map
+    let e = bits.nextSet(from)
+    while (e >= 0 && !this.isCandidate(e)) e = bits.nextSet(e + 1)
+    return e
+  }
+
+  /** Claim [start, end) in the scoreboard; all were checked free in this tick. */
+  private claimRange(start: number, end: number): boolean {
+    for (let e = start; e < end; e++) {
+      if (!this.o.scoreboard.tryClaim(e)) {
+        for (let x = start; x < e; x++) this.o.scoreboard.release(x)
+        return false
+      }
+      this.o.collisions?.begin(e)
+    }
+    return true
+  }
+
+  private byteLen(start: number, end: number): number {
+    const from = start * this.o.extentSize
+    return Math.min(end * this.o.extentSize, this.o.volumeSize) - from
+  }
+
+  private async copyChunk(start: number, end: number): Promise<void> {
+    const {o} = this
+    const pos = start * o.extentSize
+    const len = this.byteLen(start, end)
+    let ok = false
+    try {
+      const data = await o.from.read(pos, len)
+      let write = true
+      if (o.compare) {
+        const old = await o.to.read(pos, len)
+        write = !old.equals(data)
+      } else if (data.equals(this.zero.subarray(0, len))) {
+        if (this.written && !this.written.anySet(start, end)) write = false
+        else if (!this.written) write = !(await o.to.read(pos, len)).equals(data)
+      }
+      if (write) {
+        await o.to.write(pos, data)
+        this.written?.setRange(start, end)
+        o.onWrite?.()
+        this.progress.copiedBytes += len
+      } else {
+        this.progress.skippedBytes += len
+      }
+      ok = true
+    } finally {
+      for (let e = start; e < end; e++) {
+        const collided = o.collisions?.end(e) ?? false
+        // Recipe 2: clear in memory only after the write completed; durable at a checkpoint.
+        if (ok && !collided) o.map.clear(e, e + 1)
+        o.scoreboard.release(e)
+      }
+      if (ok) {
+        this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - (end - start))
+        o.onCopied?.(start, end)
+      }
+    }
+  }
+}

@@ -1,0 +1,286 @@
+import {randomUUID} from 'node:crypto'
+import type {DurableFs} from '../io/DurableFs.js'
+import {CorruptStateError, NotFoundError, StateError} from '../errors/errors.js'
+import {ExtentBitmap} from '../map/ExtentBitmap.js'
+import {PersistentMap} from '../map/PersistentMap.js'
+import type {CloneRecord, CloneState, GroupRecord} from '../store/GroupRecord.js'
+import type {GroupStore} from '../store/GroupStore.js'
+import {openVolume} from '../volume/openVolume.js'
+import type {Fingerprint, Volume} from '../volume/Volume.js'
+import {Checkpointer} from '../engine/Checkpointer.js'
+import {CollisionDetector} from '../engine/CollisionDetector.js'
+import {Scoreboard} from '../engine/Scoreboard.js'
+import {fingerprintsDiffer} from './fingerprint.js'
+
+/** Where a group lives and how it reports. */
+export interface GroupContext {
+  fs: DurableFs
+  store: GroupStore
+  /** Diagnostics for stderr (warnings such as "changed outside clonectl"). */
+  warn?: (message: string) => void
+}
+
+/** One clone of an open group: its record, volume (when opened) and delta map D[k]. */
+export class CloneMember {
+  /** Mirrored writes in flight per extent (write-intent bits clear only when it reaches 0). */
+  readonly mirrorInflight = new Map<number, number>()
+  readonly mirrorWrites = new Set<Promise<void>>()
+
+  constructor(
+    public record: CloneRecord,
+    public volume: Volume | undefined,
+    public readonly map: PersistentMap,
+  ) {}
+
+  get name(): string {
+    return this.record.name
+  }
+
+  get state(): CloneState {
+    return this.record.state
+  }
+
+  setState(state: CloneState, reason?: string): void {
+    this.record.state = state
+    if (reason) this.record.stateReason = reason
+    else delete this.record.stateReason
+  }
+
+  /** The clone's volume; an error if it was not opened (e.g. opened for status only). */
+  get vol(): Volume {
+    if (!this.volume) throw new StateError(`clone ${this.name} is not open`)
+    return this.volume
+  }
+}
+
+export function extentCount(volumeSize: number, extentSize: number): number {
+  return Math.ceil(volumeSize / extentSize)
+}
+
+export function mapFileName(clone: string): string {
+  return `clone-${clone}.map`
+}
+
+export const protectedMapFile = 'restore.pmap'
+
+export interface OpenOptions {
+  /** Open volumes for writing (every mutating command). */
+  writable: boolean
+  /** Clones whose volume to open read-only (the restore clone of a protected restore: INV-3). */
+  readOnlyClones?: string[]
+  /** Open no volumes at all (status, list). */
+  volumes?: boolean
+}
+
+/**
+ * An open clone group: its record, source, clones, maps, and the in-memory restore machinery
+ * shared by the engines (scoreboard, collision detector, checkpointer). The caller holds the
+ * group lock for as long as it is open writable.
+ */
+export class CloneGroup {
+  readonly scoreboard = new Scoreboard()
+  readonly collisions = new CollisionDetector()
+  readonly checkpointer: Checkpointer
+  /** The protected restore map while a protected restore runs (set by the restore). */
+  protectedMap?: PersistentMap
+  /** Volumes whose fingerprint differed from group.json at open (changed behind our back). */
+  readonly changedOutside = new Set<string>()
+  private closed = false
+
+  private constructor(
+    readonly ctx: GroupContext,
+    public record: GroupRecord,
+    public source: Volume | undefined,
+    readonly members: Map<string, CloneMember>,
+    readonly writable: boolean,
+  ) {
+    this.checkpointer = new Checkpointer(() => [
+      ...(this.protectedMap ? [this.protectedMap] : []),
+      ...[...this.members.values()].map((m) => m.map),
+    ])
+  }
+
+  get name(): string {
+    return this.record.name
+  }
+
+  get extentSize(): number {
+    return this.record.extentSize
+  }
+
+  get volumeSize(): number {
+    return this.record.source.fingerprint.size
+  }
+
+  get extentCount(): number {
+    return extentCount(this.volumeSize, this.extentSize)
+  }
+
+  get src(): Volume {
+    if (!this.source) throw new StateError(`the source of group ${this.name} is not open`)
+    return this.source
+  }
+
+  member(name: string): CloneMember {
+    const m = this.members.get(name)
+    if (!m)
+      throw new NotFoundError(
+        `group ${this.name} has no clone named ${name}`,
+        `list its clones with \`clonectl status ${this.name}\``,
+      )
+    return m
+  }
+
+  /**
+   * Open a group: load group.json, open every map (a corrupt map is an error, never empty),
+   * open the volumes, and compare fingerprints. Waits for I/O.
+   */
+  static async open(ctx: GroupContext, name: string, opts: OpenOptions): Promise<CloneGroup> {
+    const record = await ctx.store.load(name)
+    const members = new Map<string, CloneMember>()
+    const count = extentCount(record.source.fingerprint.size, record.extentSize)
+    const withVolumes = opts.volumes ?? true
+    const opened: Volume[] = []
+    try {
+      for (const c of record.clones) {
+        // eslint-disable-next-line no-await-in-loop
+        const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {
+          kind: 'delta',
+          extentSize: record.extentSize,
+          volumeSize: record.source.fingerprint.size,
+        })
+        if (map.header.extentCount !== count)
+          throw new CorruptStateError(`map file ${map.path} has ${map.header.extentCount} extents, expected ${count}`)
+        members.set(c.name, new CloneMember(c, undefined, map))
+      }
+      let source: Volume | undefined
+      if (withVolumes) {
+        // eslint-disable-next-line no-await-in-loop
+        source = await openVolume(ctx.fs, record.source.path, {write: opts.writable})
+        opened.push(source)
+        for (const m of members.values()) {
+          const ro = !opts.writable || (opts.readOnlyClones ?? []).includes(m.name)
+          // eslint-disable-next-line no-await-in-loop
+          m.volume = await openVolume(ctx.fs, m.record.volume.path, {write: !ro})
+          opened.push(m.volume)
+        }
+      }
+      const g = new CloneGroup(ctx, record, source, members, opts.writable)
+      if (withVolumes) await g.checkFingerprints()
+      return g
+    } catch (error) {
+      await Promise.allSettled(opened.map((v) => v.close()))
+      throw error
+    }
+  }
+
+  /**
+   * Compare each volume with the fingerprint in group.json. A session that did not close
+   * (a crash while clonectl itself was writing) explains a changed mtime: its writes were
+   * tracked by the maps, so they are trusted. Otherwise a change means someone wrote the
+   * volume behind clonectl's back and its maps cannot be trusted.
+   */
+  private async checkFingerprints(): Promise<void> {
+    const crashedSession = this.record.session !== undefined || this.record.operation !== undefined
+    const check = async (label: string, v: Volume, fp: Fingerprint): Promise<boolean> => {
+      const now = await v.fingerprint()
+      if (now.size < this.volumeSize)
+        throw new StateError(
+          `${label} ${v.path} is now ${now.size} bytes, smaller than the group's ${this.volumeSize}`,
+          'restore the volume to its size, or destroy and re-create the group',
+        )
+      return fingerprintsDiffer(fp, now, {ignoreTimes: crashedSession})
+    }
+    if (await check('source', this.src, this.record.source.fingerprint)) {
+      this.changedOutside.add('(source)')
+      this.ctx.warn?.(`the source ${this.src.path} changed outside clonectl: no delta map is trusted; syncs compare and copy every extent`)
+      for (const m of this.members.values()) m.record.trusted = false
+    }
+    for (const m of this.members.values()) {
+      // eslint-disable-next-line no-await-in-loop
+      if (m.volume && (await check(`clone ${m.name}`, m.volume, m.record.volume.fingerprint))) {
+        this.changedOutside.add(m.name)
+        this.ctx.warn?.(`clone ${m.name} (${m.volume.path}) changed outside clonectl: its delta map is not trusted`)
+        m.record.trusted = false
+      }
+    }
+  }
+
+  /**
+   * Mark the group as being written by this process, durably, before the first write: if we
+   * crash, the next open knows the changed mtimes are ours. Waits for group.json to be saved.
+   */
+  async beginSession(command: string): Promise<void> {
+    this.record.session = {pid: process.pid, command, startedAt: new Date().toISOString()}
+    await this.save()
+  }
+
+  /** Refresh fingerprints from the volumes (after our own writes). */
+  async refreshFingerprints(): Promise<void> {
+    if (this.source) this.record.source.fingerprint = await this.source.fingerprint()
+    for (const m of this.members.values())
+      // eslint-disable-next-line no-await-in-loop
+      if (m.volume) m.record.volume.fingerprint = await m.volume.fingerprint()
+  }
+
+  /** group.json, atomically (temp, fsync, rename, fsync dir). Waits. */
+  async save(): Promise<void> {
+    this.record.clones = [...this.members.values()].map((m) => m.record)
+    await this.ctx.store.save(this.record)
+  }
+
+  noteWritten(v: Volume): void {
+    this.checkpointer.noteWritten(v)
+  }
+
+  /** Make completed copies and host writes durable (DESIGN §4). Waits. */
+  checkpoint(): Promise<void> {
+    return this.checkpointer.checkpoint()
+  }
+
+  /** A fresh operation id. */
+  static newOperationId(): string {
+    return randomUUID()
+  }
+
+  /** Add a clone member with a fresh map (all bits set: the first sync is full). */
+  async addMember(record: CloneRecord, volume: Volume | undefined, initial: 'all' | 'none'): Promise<CloneMember> {
+    const bits = new ExtentBitmap(this.extentCount)
+    if (initial === 'all') bits.setAll()
+    const map = await PersistentMap.create(
+      this.ctx.fs,
+      this.ctx.store.mapPath(this.name, record.mapFile),
+      {kind: 'delta', extentSize: this.extentSize, volumeSize: this.volumeSize, extentCount: this.extentCount, operationId: ''},
+      bits,
+    )
+    const m = new CloneMember(record, volume, map)
+    this.members.set(record.name, m)
+    return m
+  }
+
+  /**
+   * Close: final checkpoint, fresh fingerprints, the session marker cleared, volumes and maps
+   * closed. Waits. Safe to call twice.
+   */
+  async close(opts: {save?: boolean} = {}): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    try {
+      if (this.writable && (opts.save ?? true)) {
+        await this.checkpoint()
+        await this.refreshFingerprints()
+        delete this.record.session
+        await this.save()
+      }
+    } finally {
+      const all: Array<Promise<void>> = []
+      if (this.source) all.push(this.source.close())
+      for (const m of this.members.values()) {
+        if (m.volume) all.push(m.volume.close())
+        all.push(m.map.close())
+      }
+      if (this.protectedMap) all.push(this.protectedMap.close())
+      await Promise.allSettled(all)
+    }
+  }
+}

@@ -1,0 +1,197 @@
+import {NotFoundError, RefusedError, StateError, UsageError} from '../errors/errors.js'
+import type {CloneRecord, GroupRecord} from '../store/GroupRecord.js'
+import {validateName} from '../store/stateDir.js'
+import {FileVolume} from '../volume/FileVolume.js'
+import {checkCloneCandidate, checkCloneSize} from '../volume/identity.js'
+import {openVolume} from '../volume/openVolume.js'
+import {CloneGroup, type GroupContext, mapFileName, protectedMapFile} from './CloneGroup.js'
+
+export const MIN_EXTENT = 4096
+export const MAX_EXTENT = 64 * 1024 * 1024
+export const DEFAULT_EXTENT = 64 * 1024
+
+/** Parse a size such as 65536, 64K, 4M, 1G (powers of 1024). */
+export function parseSize(text: string, what: string): number {
+  const m = /^(\d+)\s*([KMGT]i?B?|B)?$/i.exec(text.trim())
+  if (!m) throw new UsageError(`${what} "${text}" is not a size`, 'use bytes or a suffix: 64K, 4M, 1G')
+  const unit = (m[2] ?? '').toUpperCase()[0]
+  const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : unit === 'T' ? 1024 ** 4 : 1
+  return Number(m[1]) * mult
+}
+
+export function validateExtentSize(size: number): void {
+  if (!Number.isInteger(size) || size < MIN_EXTENT || size > MAX_EXTENT || (size & (size - 1)) !== 0)
+    throw new UsageError(`extent size ${size} is out of range (4K..64M) or not a power of 2`, 'pass --extent-size with a power of two between 4K and 64M, e.g. 64K')
+}
+
+export interface CreateGroupOptions {
+  name: string
+  sourcePath: string
+  extentSize?: number
+}
+
+/** Create a clone group for a source volume. Refuses a source already used by any group. */
+export async function createGroup(ctx: GroupContext, o: CreateGroupOptions): Promise<GroupRecord> {
+  validateName('group', o.name)
+  const extentSize = o.extentSize ?? DEFAULT_EXTENT
+  validateExtentSize(extentSize)
+  if (await ctx.store.exists(o.name)) throw new RefusedError(`clone group ${o.name} already exists`, `pick another name, or see it with \`clonectl status ${o.name}\``)
+  const src = await openVolume(ctx.fs, o.sourcePath, {write: false})
+  try {
+    if (src.size === 0) throw new RefusedError(`source ${o.sourcePath} is empty (0 bytes)`)
+    for (const used of await ctx.store.allClonePaths()) {
+      // eslint-disable-next-line no-await-in-loop
+      await checkCloneCandidate(ctx.fs, used.path, o.sourcePath, []).catch((error: unknown) => {
+        if (error instanceof RefusedError)
+          throw new RefusedError(`source ${o.sourcePath} is already used by group ${used.group} (${used.clone === '(source)' ? 'as its source' : `as clone ${used.clone}`}, ${used.path})`, 'a volume belongs to one group only')
+        if (!(error instanceof NotFoundError)) throw error
+      })
+    }
+    const record: GroupRecord = {
+      formatVersion: 1,
+      name: o.name,
+      extentSize,
+      createdAt: new Date().toISOString(),
+      source: {path: o.sourcePath, fingerprint: await src.fingerprint()},
+      clones: [],
+    }
+    await ctx.store.create(record)
+    return record
+  } finally {
+    await src.close()
+  }
+}
+
+export interface AddCloneOptions {
+  clone: string
+  path: string
+  /** Make a sparse image of the source's size at path (it must not exist). */
+  create?: boolean
+}
+
+/**
+ * Add a clone to an open group: refuse the source under another name, a volume used by any
+ * group, a clone smaller than the source. Its map starts all set: the first sync is full.
+ */
+export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<CloneRecord> {
+  validateName('clone', o.clone)
+  if (g.members.has(o.clone)) throw new RefusedError(`group ${g.name} already has a clone named ${o.clone}`, 'pick another name, or remove it first')
+  if (g.record.operation) throw new StateError(`group ${g.name} has an interrupted ${g.record.operation.kind}`, `finish it first (\`clonectl ${g.record.operation.kind === 'restore' ? 'restore' : 'clone sync'} ${g.name}${g.record.operation.kind === 'sync' ? ` ${g.record.operation.clone}` : ''}\`)`)
+  const {ctx} = g
+  const used = await ctx.store.allClonePaths()
+  if (o.create) {
+    if (await ctx.fs.exists(o.path)) throw new RefusedError(`${o.path} already exists; --create makes a new image and never overwrites one`, 'drop --create to use it as the clone, or pick a new path')
+    await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used).catch((error: unknown) => {
+      if (!(error instanceof NotFoundError)) throw error
+    })
+    await FileVolume.createSparse(ctx.fs, o.path, g.volumeSize)
+  } else {
+    await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used)
+  }
+  const vol = await openVolume(ctx.fs, o.path, {write: true})
+  try {
+    checkCloneSize(g.record.source.path, g.volumeSize, o.path, vol.size)
+    if (o.create) vol.knownZero = true
+    const now = new Date().toISOString()
+    const record: CloneRecord = {
+      name: o.clone,
+      volume: {path: o.path, fingerprint: await vol.fingerprint()},
+      state: 'out-of-sync',
+      stateReason: 'never synchronized',
+      mapFile: mapFileName(o.clone),
+      createdAt: now,
+      trusted: true,
+    }
+    await g.addMember(record, vol, 'all')
+    await g.save()
+    return record
+  } catch (error) {
+    await vol.close()
+    throw error
+  }
+}
+
+export interface FractureResult {
+  clone: string
+  state: string
+  alreadyFractured: boolean
+  fracturedAt?: string
+}
+
+/**
+ * Fracture clones: stop mirroring; from now on their delta maps record host writes. The
+ * caller runs this inside the host gate under `serve`, so each write is either wholly in the
+ * point-in-time copy or recorded in the map. Flushes the clones before recording the state.
+ */
+export async function fractureClones(g: CloneGroup, names: string[]): Promise<FractureResult[]> {
+  const out: FractureResult[] = []
+  const members = names.map((n) => g.member(n))
+  for (const m of members) {
+    if (m.state === 'fractured') {
+      out.push({clone: m.name, state: m.state, alreadyFractured: true, fracturedAt: m.record.lastFractureAt})
+      continue
+    }
+    if (m.state !== 'synchronized')
+      throw new StateError(
+        `clone ${m.name} is ${m.state}, not a consistent copy to fracture`,
+        m.state === 'restoring' || m.state === 'reverse-syncing' ? 'wait for the restore to finish' : `sync it first: \`clonectl clone sync ${g.name} ${m.name}\``,
+      )
+  }
+  const now = new Date().toISOString()
+  const flushing: Array<Promise<void>> = []
+  for (const m of members) {
+    if (m.state !== 'synchronized') continue
+    m.setState('fractured')
+    m.record.lastFractureAt = now
+    flushing.push(m.vol.flush())
+    out.push({clone: m.name, state: 'fractured', alreadyFractured: false, fracturedAt: now})
+  }
+  await Promise.all(flushing)
+  await g.checkpoint()
+  await g.save()
+  return out
+}
+
+/** Remove a clone from the group: its record and map go; its volume is never touched. */
+export async function removeClone(g: CloneGroup, name: string): Promise<{clone: string; path: string}> {
+  const m = g.member(name)
+  if (g.record.operation?.clone === name)
+    throw new StateError(`clone ${name} has an interrupted ${g.record.operation.kind}`, g.record.operation.kind === 'restore' ? `finish it with \`clonectl restore ${g.name}\`` : `finish it with \`clonectl clone sync ${g.name} ${name}\` first`)
+  g.members.delete(name)
+  await g.save()
+  await m.volume?.close()
+  m.volume = undefined
+  await m.map.close()
+  await g.ctx.fs.unlink(m.map.path)
+  return {clone: name, path: m.record.volume.path}
+}
+
+/** Destroy a group's state (never volume data). Refuses while clones exist unless force. */
+export async function destroyGroup(ctx: GroupContext, name: string, force: boolean): Promise<{group: string; clones: number}> {
+  const record = await ctx.store.load(name)
+  if (record.clones.length > 0 && !force)
+    throw new RefusedError(`group ${name} still has ${record.clones.length} clone(s): ${record.clones.map((c) => c.name).join(', ')}`, 'remove them first, or pass --force (volume data is never touched)')
+  if (record.operation?.kind === 'restore' && !force)
+    throw new StateError(`group ${name} has an interrupted restore`, `finish it with \`clonectl restore ${name}\`, or pass --force`)
+  await ctx.store.destroy(name)
+  return {group: name, clones: record.clones.length}
+}
+
+/**
+ * After the lock is taken: a sync recorded in group.json belongs to a dead process, so its
+ * clone is out-of-sync (map intact); a P file with no restore recorded is a leftover of a
+ * restore that ended (or never began) and is removed.
+ */
+export async function recoverStale(g: CloneGroup): Promise<void> {
+  const op = g.record.operation
+  if (op?.kind === 'sync') {
+    const m = g.members.get(op.clone)
+    if (m) m.setState('out-of-sync', 'the sync was interrupted')
+    delete g.record.operation
+    await g.save()
+  }
+  if (!g.record.operation) {
+    const p = g.ctx.store.mapPath(g.name, protectedMapFile)
+    if (await g.ctx.fs.exists(p)) await g.ctx.fs.unlink(p)
+  }
+}

@@ -1,0 +1,200 @@
+import {InterruptedError, StateError, UsageError} from '../errors/errors.js'
+import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
+import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
+import type {SyncProgress} from '../engine/SyncEngine.js'
+import {controlRequest, findServer} from '../control/ControlClient.js'
+import type {ControlRequest} from '../control/protocol.js'
+import type {CloneRecord} from '../store/GroupRecord.js'
+import type {GroupContext} from './CloneGroup.js'
+import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
+import {withGroup} from './GroupSession.js'
+import {assertVerified, verifyClone, type VerifyReport} from './Verify.js'
+
+/** Progress of a running copy, for the UI to draw (bar on a TTY, plain lines otherwise). */
+export interface ProgressEvent {
+  operation: 'sync' | 'restore' | 'verify'
+  group: string
+  clone: string
+  totalBytes: number
+  doneBytes: number
+  remainingExtents: number
+  codCopies?: number
+  paused?: boolean
+  rate?: number
+}
+
+export interface RunOptions {
+  command: string
+  waitSeconds?: number
+  signal?: AbortSignal
+  onProgress?: (p: ProgressEvent) => void
+  progressIntervalMs?: number
+}
+
+/**
+ * When a `serve` process owns the group, send it the request (DESIGN §5: same output and
+ * exit code as offline, progress streamed back); otherwise undefined and the caller runs it
+ * in its own process.
+ */
+async function viaServer<T>(ctx: GroupContext, group: string, req: ControlRequest, o: Pick<RunOptions, 'onProgress' | 'signal'> = {}): Promise<{value: T} | undefined> {
+  await ctx.store.load(group)
+  const sock = await findServer(ctx.fs, ctx.store.groupDir(group))
+  if (!sock) return undefined
+  try {
+    const value = await controlRequest<T>(sock, req, {onProgress: (p) => o.onProgress?.(p as ProgressEvent), onLog: (m) => ctx.warn?.(m), signal: o.signal})
+    return {value}
+  } catch (error) {
+    if (o.signal?.aborted) throw new InterruptedError(`the ${req.op} was interrupted; the server stopped it at a safe point`, `run the command again to go on`)
+    throw error
+  }
+}
+
+function ticker(fn: () => void, ms: number): () => void {
+  const t = setInterval(fn, ms)
+  t.unref()
+  return () => {
+    clearInterval(t)
+    fn()
+  }
+}
+
+function progressBytes(p: SyncProgress, extentSize: number): {total: number; done: number} {
+  const total = p.totalExtents * extentSize
+  return {total, done: Math.max(0, total - p.remainingExtents * extentSize)}
+}
+
+export interface SyncCloneOptions extends RunOptions {
+  clone: string
+  full?: boolean
+  rate?: number
+}
+
+/**
+ * `clone sync`: copy source → clone what its delta map says, under the group lock. Stops
+ * cleanly on the signal: the clone is then out-of-sync with its map intact, and the error
+ * says how to go on. Waits.
+ */
+export async function syncClone(ctx: GroupContext, group: string, o: SyncCloneOptions): Promise<SyncSummary> {
+  const served = await viaServer<SyncSummary>(ctx, group, {op: 'sync', clone: o.clone, full: o.full, rate: o.rate}, o)
+  if (served) return served.value
+  const abort = new AbortController()
+  o.signal?.addEventListener('abort', () => abort.abort(o.signal?.reason))
+  return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds, abort}, async (g) => {
+    const started = await ForwardSync.start(g, {clone: o.clone, full: o.full, rate: o.rate, command: o.command})
+    if (!(started instanceof ForwardSync)) return started
+    const stopOnAbort = (): void => started.stop()
+    abort.signal.addEventListener('abort', stopOnAbort)
+    if (abort.signal.aborted) started.stop()
+    const stopTicker = ticker(() => {
+      const b = progressBytes(started.progress, g.extentSize)
+      o.onProgress?.({operation: 'sync', group, clone: o.clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: started.progress.remainingExtents, rate: started.limiter.rate})
+    }, o.progressIntervalMs ?? 500)
+    try {
+      const summary = await started.run()
+      if (!summary.completed && abort.signal.aborted)
+        throw new InterruptedError(`sync of clone ${o.clone} was interrupted; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
+      return summary
+    } finally {
+      stopTicker()
+      abort.signal.removeEventListener('abort', stopOnAbort)
+    }
+  })
+}
+
+export interface RestoreOptions extends RunOptions {
+  /** Optional when resuming an interrupted restore. */
+  clone?: string
+  unprotected?: boolean
+  force?: boolean
+  rate?: number
+}
+
+/**
+ * `restore`: start a restore of the source from a clone, or resume the interrupted one, and
+ * run it to the end. On the signal it stops at a safe point with everything durable; the
+ * restore stays recorded and the next `restore GROUP` resumes it. Waits.
+ */
+export async function restoreSource(ctx: GroupContext, group: string, o: RestoreOptions): Promise<RestoreSummary> {
+  const served = await viaServer<RestoreSummary>(ctx, group, {op: 'restore', clone: o.clone, unprotected: o.unprotected, force: o.force, rate: o.rate}, o)
+  if (served) return served.value
+  const record = await ctx.store.load(group)
+  const op = record.operation?.kind === 'restore' ? record.operation : undefined
+  if (op && o.clone && o.clone !== op.clone)
+    throw new StateError(`group ${group} has an interrupted restore from clone ${op.clone}, not ${o.clone}`, `resume it with \`clonectl restore ${group}\``)
+  if (!op && !o.clone) throw new UsageError(`group ${group} has no interrupted restore to resume`, `name the clone to restore from: \`clonectl restore ${group} CLONE\``)
+  const clone = op?.clone ?? (o.clone as string)
+  const isProtected = op ? op.protected !== false : !o.unprotected
+  const abort = new AbortController()
+  o.signal?.addEventListener('abort', () => abort.abort(o.signal?.reason))
+  return withGroup(
+    ctx,
+    group,
+    {command: o.command, waitSeconds: o.waitSeconds, abort, open: {writable: true, readOnlyClones: isProtected ? [clone] : []}},
+    async (g) => {
+      const session = op
+        ? await RestoreSession.resume(g, {rate: o.rate, forceLostP: o.force})
+        : await RestoreSession.start(g, {clone, protected: isProtected, force: o.force, rate: o.rate, command: o.command})
+      const stopOnAbort = (): void => session.stop()
+      abort.signal.addEventListener('abort', stopOnAbort)
+      if (abort.signal.aborted) session.stop()
+      const stopTicker = ticker(() => {
+        const b = progressBytes(session.progress, g.extentSize)
+        o.onProgress?.({operation: 'restore', group, clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: session.progress.remainingExtents, codCopies: session.cod.copies, rate: session.limiter.rate})
+      }, o.progressIntervalMs ?? 500)
+      try {
+        const done = await session.run()
+        if (done) {
+          await session.finish()
+          return session.summary(true)
+        }
+        await session.suspend()
+        throw new InterruptedError(`restore of group ${group} from clone ${clone} was interrupted with ${session.remaining()} extents left; nothing is lost`, `run \`clonectl restore ${group}\` to resume it`)
+      } finally {
+        stopTicker()
+        abort.signal.removeEventListener('abort', stopOnAbort)
+      }
+    },
+  )
+}
+
+export interface AdminOptions {
+  command: string
+  waitSeconds?: number
+}
+
+/** `clone fracture`, offline or through the server (atomic w.r.t. in-flight host writes). */
+export async function fracture(ctx: GroupContext, group: string, clones: string[], o: AdminOptions): Promise<FractureResult[]> {
+  const served = await viaServer<FractureResult[]>(ctx, group, {op: 'fracture', clones})
+  if (served) return served.value
+  return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds}, (g) => fractureClones(g, clones))
+}
+
+/** `clone add` (without its first sync), offline or through the server. */
+export async function add(ctx: GroupContext, group: string, a: AddCloneOptions, o: AdminOptions): Promise<CloneRecord> {
+  const served = await viaServer<CloneRecord>(ctx, group, {op: 'add', clone: a.clone, path: a.path, create: a.create})
+  if (served) return served.value
+  return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds}, (g) => addClone(g, a))
+}
+
+/** `clone remove`, offline or through the server. The clone's volume is never touched. */
+export async function remove(ctx: GroupContext, group: string, clone: string, o: AdminOptions): Promise<{clone: string; path: string}> {
+  const served = await viaServer<{clone: string; path: string}>(ctx, group, {op: 'remove', clone})
+  if (served) return served.value
+  return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds, open: {writable: true, volumes: false}}, (g) => removeClone(g, clone))
+}
+
+/** `verify`: compare source and clone against the delta map; VerifyMismatchError on a violation. */
+export async function verify(ctx: GroupContext, group: string, clone: string, o: AdminOptions & {repair?: boolean; signal?: AbortSignal; onProgress?: (p: ProgressEvent) => void}): Promise<VerifyReport> {
+  const served = await viaServer<VerifyReport>(ctx, group, {op: 'verify', clone, repair: o.repair})
+  const report =
+    served?.value ??
+    (await withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds}, (g) =>
+      verifyClone(g, clone, {
+        repair: o.repair,
+        signal: o.signal,
+        onProgress: (done, total) => o.onProgress?.({operation: 'verify', group, clone, totalBytes: total * g.extentSize, doneBytes: done * g.extentSize, remainingExtents: total - done}),
+      }),
+    ))
+  assertVerified(report)
+  return report
+}

@@ -1,0 +1,298 @@
+import {join} from 'node:path'
+import {ControlServer} from '../control/ControlServer.js'
+import type {ControlMessage, ControlRequest} from '../control/protocol.js'
+import {controlSocketName} from '../control/protocol.js'
+import {StateError, UsageError} from '../errors/errors.js'
+import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
+import {HostIO} from '../engine/HostIO.js'
+import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
+import type {SyncProgress} from '../engine/SyncEngine.js'
+import {NbdServer} from '../nbd/NbdServer.js'
+import {GroupLock} from '../store/GroupLock.js'
+import {openVolume} from '../volume/openVolume.js'
+import {CloneGroup, type GroupContext} from './CloneGroup.js'
+import {addClone, fractureClones, recoverStale, removeClone} from './GroupAdmin.js'
+import type {ProgressEvent} from './GroupOperations.js'
+import {groupStatus} from './GroupStatus.js'
+import {verifyClone} from './Verify.js'
+
+export interface ServeOptions {
+  command: string
+  /** Unix socket path for NBD (default: nbd.sock in the group directory). */
+  socket?: string
+  /** TCP address, only when the user names one. */
+  listen?: {host: string; port: number}
+  readOnly?: boolean
+  log?: (message: string) => void
+}
+
+interface Background {
+  kind: 'sync' | 'restore'
+  clone: string
+  done: Promise<unknown>
+  stop: () => void
+  pause: () => void
+  resume: () => void
+  paused: () => boolean
+  setRate: (rate?: number) => void
+  progress: () => ProgressEvent
+}
+
+/**
+ * `clonectl serve GROUP`: owns the group while it runs (DESIGN §5). It holds the lock, serves
+ * the source over NBD through the host I/O path, answers the control socket (other
+ * invocations' sync, fracture, restore, status...), runs one copy operation at a time in the
+ * background, and on start resumes an interrupted restore while serving at once.
+ */
+export class GroupServer {
+  readonly nbd: NbdServer
+  readonly control: ControlServer
+  private bg?: Background
+  nbdSocket?: string
+  tcpPort?: number
+  private stopping = false
+
+  private constructor(
+    readonly ctx: GroupContext,
+    readonly g: CloneGroup,
+    readonly host: HostIO,
+    private readonly lock: GroupLock,
+    private readonly opts: ServeOptions,
+  ) {
+    this.nbd = new NbdServer(host, {exportName: '', description: `clonectl group ${g.name}`, log: opts.log})
+    this.control = new ControlServer((req, send, cancelled) => this.handle(req, send, cancelled))
+  }
+
+  static async start(ctx: GroupContext, name: string, opts: ServeOptions): Promise<GroupServer> {
+    const record = await ctx.store.load(name)
+    const op = record.operation
+    let lost: Error | undefined
+    const lock = await GroupLock.acquire({
+      groupDir: ctx.store.groupDir(name),
+      group: name,
+      command: opts.command,
+      onCompromised: (err) => {
+        lost = err
+        opts.log?.(`lost the group lock (${err.message}); stopping`)
+        void server?.stop()
+      },
+      onStaleTakeover: (h) => ctx.warn?.(`took over the lock of group ${name} left by pid ${h.pid} (${h.command}), which is no longer running`),
+    })
+    let server: GroupServer | undefined
+    try {
+      const readOnlyClones = op?.kind === 'restore' && op.protected !== false ? [op.clone] : []
+      const g = await CloneGroup.open(ctx, name, {writable: true, readOnlyClones})
+      await recoverStale(g)
+      await g.beginSession(opts.command)
+      const host = new HostIO(g, {readOnly: opts.readOnly, onMirrorFailure: (c, err) => opts.log?.(`clone ${c} fractured: a mirrored write failed: ${err.message}`)})
+      server = new GroupServer(ctx, g, host, lock, opts)
+      const dir = ctx.store.groupDir(name)
+      await server.control.listen(join(dir, controlSocketName))
+      if (opts.listen) server.tcpPort = await server.nbd.listenTcp(opts.listen.host, opts.listen.port)
+      if (!opts.listen || opts.socket) {
+        server.nbdSocket = opts.socket ?? join(dir, 'nbd.sock')
+        await server.nbd.listenUnix(server.nbdSocket)
+      }
+      // Boot-time recovery: resume an interrupted restore in the background, serving at once.
+      if (g.record.operation?.kind === 'restore') await server.startRestore({}, true)
+      if (lost) throw lost
+      return server
+    } catch (error) {
+      await server?.control.close().catch(() => undefined)
+      await server?.nbd.close().catch(() => undefined)
+      await server?.g.close().catch(() => undefined)
+      await lock.release().catch(() => undefined)
+      throw error
+    }
+  }
+
+  get operation(): Background | undefined {
+    return this.bg
+  }
+
+  private progressOf(kind: 'sync' | 'restore', clone: string, p: SyncProgress, extra: Partial<ProgressEvent> = {}): ProgressEvent {
+    const total = p.totalExtents * this.g.extentSize
+    return {operation: kind, group: this.g.name, clone, totalBytes: total, doneBytes: Math.max(0, total - p.remainingExtents * this.g.extentSize), remainingExtents: p.remainingExtents, ...extra}
+  }
+
+  private busy(): void {
+    if (this.bg) throw new StateError(`group ${this.g.name} is already running a ${this.bg.kind} of clone ${this.bg.clone}`, `watch it with \`clonectl status ${this.g.name}\`, or wait for it to finish`)
+  }
+
+  /** Start a forward sync in the background. Resolves once it has started. */
+  async startSync(req: {clone: string; full?: boolean; rate?: number}): Promise<{done: Promise<SyncSummary>}> {
+    this.busy()
+    const started = await ForwardSync.start(this.g, {clone: req.clone, full: req.full, rate: req.rate, command: `${this.opts.command} (sync)`, gate: this.host.gate})
+    if (!(started instanceof ForwardSync)) return {done: Promise.resolve(started)}
+    const done = started.run().finally(() => {
+      this.bg = undefined
+    })
+    this.bg = {
+      kind: 'sync',
+      clone: req.clone,
+      done,
+      stop: () => started.stop(),
+      pause: () => started.engine.pause(),
+      resume: () => started.engine.resume(),
+      paused: () => started.engine.isPaused,
+      setRate: (r) => started.limiter.setRate(r),
+      progress: () => this.progressOf('sync', req.clone, started.progress, {paused: started.engine.isPaused, rate: started.limiter.rate}),
+    }
+    return {done}
+  }
+
+  /** Start (or resume) a restore in the background; host I/O is routed through it at once. */
+  async startRestore(req: {clone?: string; unprotected?: boolean; force?: boolean; rate?: number}, resume = false): Promise<{done: Promise<RestoreSummary>}> {
+    this.busy()
+    const {g, host} = this
+    const op = g.record.operation
+    let session: RestoreSession
+    if (op?.kind === 'restore' && host.restore && host.restore.operationId === op.id) {
+      // Stopped earlier in this process (cancel): the same session goes on; COD never stopped.
+      session = host.restore
+      session.engine.restart()
+      if (req.rate !== undefined) session.limiter.setRate(req.rate)
+    } else if (op?.kind === 'restore') {
+      if (req.clone && req.clone !== op.clone) throw new StateError(`group ${g.name} has an interrupted restore from clone ${op.clone}, not ${req.clone}`, `resume it with \`clonectl restore ${g.name}\``)
+      session = await host.gate.exclusive(async () => RestoreSession.resume(g, {rate: req.rate, forceLostP: req.force}))
+    } else {
+      if (resume) throw new StateError('no restore to resume')
+      if (!req.clone) throw new UsageError(`group ${g.name} has no interrupted restore to resume`, `name the clone to restore from: \`clonectl restore ${g.name} CLONE\``)
+      const clone = req.clone
+      const isProtected = !req.unprotected
+      session = await host.gate.exclusive(async () => {
+        const m = g.member(clone)
+        // INV-3: the restore clone is read through a read-only handle from here on.
+        if (isProtected && m.volume && !m.volume.readOnly) {
+          const ro = await openVolume(g.ctx.fs, m.record.volume.path, {write: false})
+          await m.volume.close()
+          m.volume = ro
+        }
+        return RestoreSession.start(g, {clone, protected: isProtected, force: req.force, rate: req.rate, command: `${this.opts.command} (restore)`})
+      })
+    }
+    host.restore = session
+    const clone = session.member.name
+    const done = (async () => {
+      try {
+        const complete = await session.run()
+        if (!complete) {
+          // Progress durable; host I/O keeps going through the session's COD meanwhile.
+          await g.checkpoint()
+          if (this.stopping) await session.suspend()
+          return session.summary(false)
+        }
+        await host.gate.exclusive(async () => {
+          await session.finish()
+          host.restore = undefined
+          // The clone may be mirrored again later: give it back a writable handle.
+          const m = g.member(clone)
+          if (m.volume?.readOnly) {
+            const rw = await openVolume(g.ctx.fs, m.record.volume.path, {write: true})
+            await m.volume.close()
+            m.volume = rw
+          }
+        })
+        return session.summary(true)
+      } finally {
+        this.bg = undefined
+      }
+    })()
+    this.bg = {
+      kind: 'restore',
+      clone,
+      done,
+      stop: () => session.stop(),
+      pause: () => session.engine.pause(),
+      resume: () => session.engine.resume(),
+      paused: () => session.engine.isPaused,
+      setRate: (r) => session.limiter.setRate(r),
+      progress: () => this.progressOf('restore', clone, session.progress, {codCopies: session.cod.copies, paused: session.engine.isPaused, rate: session.limiter.rate}),
+    }
+    return {done}
+  }
+
+  /** Wait for a background operation, streaming its progress; a disconnect stops it. */
+  private async follow<T>(done: Promise<T>, send: (m: ControlMessage) => void, cancelled: AbortSignal, background?: boolean): Promise<T | {started: true}> {
+    if (background) return {started: true}
+    const bg = this.bg
+    const onCancel = (): void => bg?.stop()
+    cancelled.addEventListener('abort', onCancel)
+    const t = setInterval(() => {
+      if (bg) send({type: 'progress', progress: bg.progress()})
+    }, 500)
+    try {
+      return await done
+    } finally {
+      clearInterval(t)
+      cancelled.removeEventListener('abort', onCancel)
+    }
+  }
+
+  /** One control request from another invocation. */
+  async handle(req: ControlRequest, send: (m: ControlMessage) => void, cancelled: AbortSignal): Promise<unknown> {
+    const {g, host} = this
+    switch (req.op) {
+      case 'ping':
+        return {pid: process.pid, group: g.name}
+      case 'status': {
+        await g.checkpoint()
+        const s = await groupStatus(this.ctx, g.name)
+        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, operation: this.bg ? this.bg.progress() : undefined}}
+      }
+      case 'sync': {
+        const {done} = await this.startSync(req)
+        return this.follow(done, send, cancelled, req.background)
+      }
+      case 'restore': {
+        const {done} = await this.startRestore(req)
+        return this.follow(done, send, cancelled, req.background)
+      }
+      case 'fracture':
+        return host.gate.exclusive(async () => {
+          await Promise.all(req.clones.map((c) => Promise.all([...g.member(c).mirrorWrites])))
+          return fractureClones(g, req.clones)
+        })
+      case 'add':
+        if (this.bg) this.busy()
+        return host.gate.exclusive(async () => addClone(g, req))
+      case 'remove':
+        if (this.bg?.clone === req.clone) this.busy()
+        return host.gate.exclusive(async () => removeClone(g, req.clone))
+      case 'verify':
+        if (this.bg) this.busy()
+        return host.gate.exclusive(async () => verifyClone(g, req.clone, {repair: req.repair}))
+      case 'pause':
+      case 'resume':
+      case 'rate':
+      case 'cancel': {
+        const bg = this.bg
+        if (!bg) throw new StateError(`group ${g.name} has no operation running`)
+        if (req.op === 'pause') bg.pause()
+        else if (req.op === 'resume') bg.resume()
+        else if (req.op === 'rate') bg.setRate(req.rate)
+        else bg.stop()
+        return bg.progress()
+      }
+      default:
+        throw new UsageError(`unknown control request ${(req as {op: string}).op}`)
+    }
+  }
+
+  /**
+   * Stop: no new connections, the background operation stopped at a safe point (a restore
+   * stays recorded and resumes at the next start), NBD drained and flushed, state saved,
+   * lock released. Waits. Safe to call twice.
+   */
+  async stop(): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    await this.control.close().catch(() => undefined)
+    const bg = this.bg
+    bg?.stop()
+    await bg?.done.catch(() => undefined)
+    await this.nbd.close().catch(() => undefined)
+    await this.g.close().catch((error: unknown) => this.opts.log?.(`closing the group: ${(error as Error).message}`))
+    await this.lock.release().catch(() => undefined)
+  }
+}

@@ -1,0 +1,136 @@
+import {ExtentBitmap} from '../map/ExtentBitmap.js'
+import {PersistentMap} from '../map/PersistentMap.js'
+import type {CloneState, GroupRecord} from '../store/GroupRecord.js'
+import {GroupLock} from '../store/GroupLock.js'
+import type {GroupContext} from './CloneGroup.js'
+import {extentCount, protectedMapFile} from './CloneGroup.js'
+
+export interface CloneStatus {
+  name: string
+  path: string
+  state: CloneState
+  stateReason?: string
+  /** Extents whose delta bit is set (they may differ from the source). */
+  dirtyExtents: number
+  dirtyBytes: number
+  /** 100 × (1 − dirty / total), to one decimal. */
+  inSyncPercent: number
+  trusted: boolean
+  lastSyncAt?: string
+  lastFractureAt?: string
+}
+
+export interface OperationStatus {
+  id: string
+  kind: 'sync' | 'restore'
+  clone: string
+  protected?: boolean
+  startedAt: string
+  /** running: its process holds the group; interrupted: nobody does (resume it). */
+  state: 'running' | 'interrupted'
+  pid: number
+  totalExtents?: number
+  remainingExtents: number
+  percentDone: number
+  /** Extents the hosts wrote during a protected restore (P). */
+  hostWrittenExtents?: number
+}
+
+export interface GroupStatus {
+  name: string
+  source: {path: string; size: number}
+  extentSize: number
+  extentCount: number
+  createdAt: string
+  clones: CloneStatus[]
+  operation?: OperationStatus
+  /** Who holds the group lock right now, if anyone. */
+  lockedBy?: {pid: number; command: string; startedAt: string}
+}
+
+function popcount(bits: ExtentBitmap, extentSize: number, volumeSize: number): {extents: number; bytes: number} {
+  const extents = bits.countSet()
+  let bytes = extents * extentSize
+  const last = bits.count - 1
+  if (last >= 0 && bits.get(last)) bytes -= bits.count * extentSize - volumeSize
+  return {extents, bytes}
+}
+
+/**
+ * The state of one group, read without taking its lock (status never waits on a running
+ * operation). Maps are read from disk: counts are as of the holder's last checkpoint.
+ */
+export async function groupStatus(ctx: GroupContext, name: string): Promise<GroupStatus> {
+  const record: GroupRecord = await ctx.store.load(name)
+  const size = record.source.fingerprint.size
+  const count = extentCount(size, record.extentSize)
+  const holder = await GroupLock.inspect(ctx.store.groupDir(name))
+  const clones: CloneStatus[] = []
+  const maps = new Map<string, ExtentBitmap>()
+  for (const c of record.clones) {
+    // eslint-disable-next-line no-await-in-loop
+    const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize: size})
+    const bits = map.bits.clone()
+    // eslint-disable-next-line no-await-in-loop
+    await map.close()
+    maps.set(c.name, bits)
+    const dirty = popcount(bits, record.extentSize, size)
+    clones.push({
+      name: c.name,
+      path: c.volume.path,
+      state: record.operation?.kind === 'sync' && record.operation.clone === c.name && !holder ? 'out-of-sync' : c.state,
+      stateReason: c.stateReason,
+      dirtyExtents: dirty.extents,
+      dirtyBytes: dirty.bytes,
+      inSyncPercent: Math.floor(1000 * (1 - dirty.extents / Math.max(count, 1))) / 10,
+      trusted: c.trusted,
+      lastSyncAt: c.lastSyncAt,
+      lastFractureAt: c.lastFractureAt,
+    })
+  }
+  let operation: OperationStatus | undefined
+  const op = record.operation
+  if (op) {
+    let remaining = maps.get(op.clone)?.countSet() ?? 0
+    let hostWritten: number | undefined
+    if (op.kind === 'restore' && op.protected) {
+      try {
+        const P = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, protectedMapFile), {kind: 'protected', extentSize: record.extentSize, volumeSize: size, operationId: op.id})
+        const d = maps.get(op.clone)
+        if (d) {
+          const left = d.clone()
+          left.andNot(P.bits)
+          remaining = left.countSet()
+        }
+        hostWritten = P.bits.countSet()
+        await P.close()
+      } catch {
+        // A missing or damaged P is reported by `restore` itself, with its fix.
+      }
+    }
+    const total = op.totalExtents ?? count
+    operation = {
+      id: op.id,
+      kind: op.kind,
+      clone: op.clone,
+      protected: op.protected,
+      startedAt: op.startedAt,
+      state: holder ? 'running' : 'interrupted',
+      pid: op.pid,
+      totalExtents: op.totalExtents,
+      remainingExtents: remaining,
+      percentDone: total > 0 ? Math.floor(1000 * (1 - Math.min(remaining, total) / total)) / 10 : 100,
+      hostWrittenExtents: hostWritten,
+    }
+  }
+  return {
+    name,
+    source: {path: record.source.path, size},
+    extentSize: record.extentSize,
+    extentCount: count,
+    createdAt: record.createdAt,
+    clones,
+    operation,
+    lockedBy: holder ? {pid: holder.pid, command: holder.command, startedAt: holder.startedAt} : undefined,
+  }
+}

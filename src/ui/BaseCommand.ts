@@ -1,0 +1,90 @@
+import {Command, Flags, type Interfaces} from '@oclif/core'
+import {ExitCode, isClonectlError} from '../errors/errors.js'
+import type {GroupContext} from '../group/CloneGroup.js'
+import {nodeFs} from '../io/NodeDurableFs.js'
+import {GroupStore} from '../store/GroupStore.js'
+import {ensureStateDir, resolveStateDir} from '../store/stateDir.js'
+import {colour, configureColour} from './terminal.js'
+
+export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
+
+/**
+ * What every clonectl command shares: the state directory, --json, the rendering of
+ * expected errors (message and fix on stderr, the documented exit status) and of bugs.
+ */
+export abstract class BaseCommand extends Command {
+  static enableJsonFlag = true
+
+  static baseFlags = {
+    'state-dir': Flags.string({
+      summary: 'State directory (default: $CLONECTL_STATE_DIR, /var/lib/clonectl as root, else ~/.local/state/clonectl).',
+      helpGroup: 'GLOBAL',
+    }),
+  }
+
+  protected stateDir = ''
+
+  public async init(): Promise<void> {
+    configureColour()
+    // `--wait` alone means wait forever: oclif wants a value, so give it one.
+    this.argv = this.argv.map((a) => (a === '--wait' ? '--wait=forever' : a))
+    await super.init()
+  }
+
+  /** Resolve the state directory and build the context the engine needs. */
+  protected async context(stateDirFlag: string | undefined, opts: {create?: boolean} = {}): Promise<GroupContext> {
+    this.stateDir = resolveStateDir(stateDirFlag)
+    if (opts.create ?? true) await ensureStateDir(nodeFs, this.stateDir)
+    return {fs: nodeFs, store: new GroupStore(nodeFs, this.stateDir), warn: (m) => this.warnLine(m)}
+  }
+
+  /** A diagnostic line on stderr (never stdout: stdout carries results). */
+  protected warnLine(message: string): void {
+    process.stderr.write(`${colour.warn('Warning:')} ${message}\n`)
+  }
+
+  protected info(message: string): void {
+    if (!this.jsonEnabled()) process.stderr.write(`${message}\n`)
+  }
+
+  /** The command line as the user typed it, for lock holders and operation records. */
+  protected commandLine(): string {
+    return ['clonectl', ...this.id!.split(':'), ...this.argv].join(' ')
+  }
+
+  protected async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<unknown> {
+    if (isClonectlError(err)) {
+      if (this.jsonEnabled()) {
+        process.stdout.write(`${JSON.stringify({status: err.exitCode, error: {code: err.code, name: err.name, message: err.message, fix: err.fix}}, null, 2)}\n`)
+      } else {
+        process.stderr.write(`${colour.error('Error:')} ${err.message}\n`)
+        if (err.fix) process.stderr.write(`  ${err.fix}\n`)
+      }
+      this.exit(err.exitCode)
+    }
+    // oclif's own errors (bad flags: exit 2) and exits pass through.
+    if (err.oclif?.exit !== undefined) throw err
+    if (err.name === 'ExitError') throw err
+    process.stderr.write(`${colour.error('Error (a bug in clonectl):')} ${err.stack ?? err.message}\n  please report it with the command you ran\n`)
+    this.exit(ExitCode.bug)
+  }
+}
+
+/** Parse --wait's value: "forever" (bare --wait) or seconds. */
+export function waitSeconds(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined
+  if (v === 'forever') return Number.POSITIVE_INFINITY
+  const n = Number(v)
+  if (!Number.isFinite(n) || n < 0) throw new Error(`--wait expects seconds, got "${v}"`)
+  return n
+}
+
+export const waitFlag = Flags.string({
+  summary: 'If the group is locked by another clonectl, wait for it (forever, or SECONDS) instead of failing.',
+  helpValue: 'SECONDS',
+})
+
+export const rateFlag = Flags.string({
+  summary: 'Limit copying to this many bytes per second (e.g. 50M).',
+  helpValue: 'BYTES/s',
+})

@@ -1,0 +1,49 @@
+import type {ProgressEvent} from '../group/GroupOperations.js'
+import {humanBytes, humanDuration, humanRate} from './format.js'
+import {stderrIsLive} from './terminal.js'
+
+/**
+ * Draws copy progress on stderr: a live bar with %, MB/s and ETA on a terminal, and plain
+ * periodic lines otherwise (cron logs, pipes), never escape codes there.
+ */
+export class ProgressRenderer {
+  private readonly live = stderrIsLive()
+  private lastPlain = 0
+  private samples: Array<{t: number; done: number}> = []
+  private drawn = false
+
+  constructor(
+    private readonly quiet = false,
+    private readonly plainEveryMs = 5000,
+    private readonly out: NodeJS.WriteStream = process.stderr,
+  ) {}
+
+  update(p: ProgressEvent): void {
+    if (this.quiet) return
+    const now = Date.now()
+    this.samples.push({t: now, done: p.doneBytes})
+    while (this.samples.length > 2 && now - this.samples[0].t > 5000) this.samples.shift()
+    const first = this.samples[0]
+    const dt = (now - first.t) / 1000
+    const rate = dt > 0 ? (p.doneBytes - first.done) / dt : 0
+    const pct = p.totalBytes > 0 ? (100 * p.doneBytes) / p.totalBytes : 100
+    const eta = rate > 0 ? ((p.totalBytes - p.doneBytes) / rate) * 1000 : Number.POSITIVE_INFINITY
+    const what = `${p.operation} ${p.group}/${p.clone}`
+    const extra = `${p.codCopies ? `  COD ${p.codCopies}` : ''}${p.paused ? '  (paused)' : ''}`
+    if (this.live) {
+      const width = 28
+      const fill = Math.round((width * pct) / 100)
+      const bar = '█'.repeat(fill) + '░'.repeat(width - fill)
+      this.out.write(`\r\u001B[2K${what} ${bar} ${pct.toFixed(1).padStart(5)}%  ${humanRate(rate)}  ETA ${humanDuration(eta)}${extra}`)
+      this.drawn = true
+    } else if (now - this.lastPlain >= this.plainEveryMs) {
+      this.lastPlain = now
+      this.out.write(`${what}: ${pct.toFixed(1)}% ${humanBytes(p.doneBytes)}/${humanBytes(p.totalBytes)} ${humanRate(rate)} ETA ${humanDuration(eta)}${extra}\n`)
+    }
+  }
+
+  done(): void {
+    if (this.live && this.drawn) this.out.write('\r\u001B[2K')
+    this.drawn = false
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * Generates man/clonectl.1 and one page per command (clonectl-clone-sync.1, ...) from the
+ * oclif manifest, i.e. from the commands' own metadata, so pages cannot drift from the code.
+ * Run by `npm run build` after `oclif manifest`. nbdinfo(1)-style sections: NAME, SYNOPSIS,
+ * DESCRIPTION, OPTIONS, EXIT STATUS, EXAMPLES, FILES, SEE ALSO.
+ */
+import {mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {ExitCode} from '../errors/errors.js'
+
+interface ManifestFlag {
+  name: string
+  char?: string
+  type: 'boolean' | 'option'
+  summary?: string
+  description?: string
+  helpValue?: string
+  default?: unknown
+  allowNo?: boolean
+  required?: boolean
+  hidden?: boolean
+}
+interface ManifestArg {
+  name: string
+  description?: string
+  required?: boolean
+}
+interface ManifestCommand {
+  id: string
+  summary?: string
+  description?: string
+  examples?: Array<string | {command: string; description?: string}>
+  flags: Record<string, ManifestFlag>
+  args: Record<string, ManifestArg>
+  strict?: boolean
+  hidden?: boolean
+  pluginType?: string
+}
+
+export const exitStatusText: Array<[number, string]> = [
+  [ExitCode.ok, 'Success (also when the end state already held: "already synchronized", "already fractured").'],
+  [ExitCode.bug, 'An internal error (a bug): reported with its stack.'],
+  [ExitCode.usage, 'Bad command line: unknown flag, missing argument, bad size or name.'],
+  [ExitCode.notFound, 'No such group, clone or volume.'],
+  [ExitCode.lockHeld, 'The group is locked by another clonectl (its pid, command and start time are named); use --wait.'],
+  [ExitCode.refused, 'Refused as unsafe: the clone is the source under another name, is used by a group, is smaller than the source, is busy or mounted; or not confirmed.'],
+  [ExitCode.badState, 'Not allowed in the current state: restoring from an out-of-sync or untrusted clone without --force, an interrupted restore pending, fracturing a clone that is not synchronized.'],
+  [ExitCode.corrupt, 'Persistent state cannot be trusted: a map file or group.json is corrupt, truncated or mismatched (the file is named, with the fix).'],
+  [ExitCode.io, 'A volume read or write failed (ENOSPC, EIO); nothing acknowledged was lost.'],
+  [ExitCode.verifyMismatch, 'verify found extents that differ while their delta bit is clear.'],
+  [ExitCode.drillFailed, 'A recovery drill failed one of its checks.'],
+  [ExitCode.remote, 'A remote clone could not be reached.'],
+  [ExitCode.interrupted, 'Interrupted by SIGINT or SIGTERM; stopped at a safe point (run the command again to go on).'],
+]
+
+function esc(text: string): string {
+  return text
+    .replace(/\\/g, '\\e')
+    .replace(/^([.'])/gm, '\\&$1')
+    .replace(/-/g, '\\-')
+}
+
+function expand(text: string): string {
+  return text.replace(/<%= config\.bin %>/g, 'clonectl').replace(/<%= command\.id %>/g, '')
+}
+
+function flagLine(f: ManifestFlag): string {
+  const names = [f.char ? `\\-${f.char}` : '', `\\-\\-${f.allowNo ? '[no\\-]' : ''}${esc(f.name)}`].filter(Boolean).join(', ')
+  return f.type === 'option' ? `${names} \\fI${esc(f.helpValue ?? 'VALUE')}\\fR` : names
+}
+
+export function renderCommandPage(c: ManifestCommand, version: string): string {
+  const page = `clonectl-${c.id.replace(/:/g, '-')}`
+  const words = c.id.split(':').join(' ')
+  const args = Object.values(c.args ?? {})
+    .map((a) => (a.required ? `\\fI${a.name.toUpperCase()}\\fR` : `[\\fI${a.name.toUpperCase()}\\fR]`) + (c.strict === false && a.required ? '...' : ''))
+    .join(' ')
+  const flags = Object.values(c.flags ?? {}).filter((f) => !f.hidden)
+  const out = [
+    `.TH ${page.toUpperCase()} 1 "" "clonectl ${version}" "clonectl manual"`,
+    '.SH NAME',
+    `${page} \\- ${esc(c.summary ?? '')}`,
+    '.SH SYNOPSIS',
+    `.B clonectl ${words}`,
+    `${args} [\\fIOPTIONS\\fR]`,
+    '.SH DESCRIPTION',
+    esc(expand(c.summary ?? '')),
+  ]
+  if (c.description) for (const para of expand(c.description).split(/\n\n+/)) out.push('.PP', esc(para))
+  out.push('.SH OPTIONS')
+  for (const a of Object.values(c.args ?? {})) out.push('.TP', `\\fI${a.name.toUpperCase()}\\fR`, esc(a.description ?? ''))
+  for (const f of flags) {
+    const def = f.default !== undefined && f.default !== false ? ` Default: ${esc(String(f.default))}.` : ''
+    out.push('.TP', flagLine(f), esc(f.summary ?? f.description ?? '') + def)
+  }
+  out.push('.SH EXIT STATUS', 'See \\fBclonectl\\fR(1) for the full list.')
+  for (const [code, text] of exitStatusText) out.push('.TP', `.B ${code}`, esc(text))
+  if (c.examples?.length) {
+    out.push('.SH EXAMPLES')
+    for (const ex of c.examples) {
+      const cmd = typeof ex === 'string' ? ex : ex.command
+      out.push('.PP', '.nf', esc(expand(cmd)), '.fi')
+    }
+  }
+  out.push(
+    '.SH FILES',
+    '.TP',
+    '.I /var/lib/clonectl/groups/GROUP/',
+    'group.json, one delta map per clone, the protected restore map during a restore, the lock, and the sockets of a running server (root; otherwise $XDG_STATE_HOME/clonectl, or $CLONECTL_STATE_DIR / \\-\\-state\\-dir).',
+    '.SH SEE ALSO',
+    '\\fBclonectl\\fR(1), \\fBnbdinfo\\fR(1), \\fBqemu\\-img\\fR(1)',
+  )
+  return `${out.join('\n')}\n`
+}
+
+export function renderMainPage(commands: ManifestCommand[], version: string): string {
+  const out = [
+    `.TH CLONECTL 1 "" "clonectl ${version}" "clonectl manual"`,
+    '.SH NAME',
+    'clonectl \\- full\\-copy clones of a volume: fracture, incremental sync, and a protected restore that keeps the source usable and the clone untouched',
+    '.SH SYNOPSIS',
+    '.B clonectl',
+    '\\fICOMMAND\\fR [\\fIARGS\\fR] [\\fIOPTIONS\\fR]',
+    '.SH DESCRIPTION',
+    esc('clonectl keeps full-copy clones of a source volume (an image file or a block device) in a clone group, fractures them into point-in-time copies, synchronizes them incrementally through per-clone delta maps, and restores the source from a clone. A protected restore makes the source usable at once: hosts read and write it through `clonectl serve` while the restore copies in the background (copy on demand), the clone is never modified, and a restore killed by SIGKILL or power loss resumes with nothing lost.'),
+    '.SH COMMANDS',
+  ]
+  for (const c of commands) out.push('.TP', `\\fBclonectl ${c.id.split(':').join(' ')}\\fR`, `${esc(c.summary ?? '')} See \\fBclonectl\\-${c.id.replace(/:/g, '\\-')}\\fR(1).`)
+  out.push('.SH EXIT STATUS')
+  for (const [code, text] of exitStatusText) out.push('.TP', `.B ${code}`, esc(text))
+  out.push(
+    '.SH ENVIRONMENT',
+    '.TP',
+    '.B CLONECTL_STATE_DIR',
+    'The state directory, when \\-\\-state\\-dir is not given.',
+    '.TP',
+    '.B NO_COLOR',
+    'No colour and no live progress bar.',
+    '.SH FILES',
+    '.TP',
+    '.I /var/lib/clonectl',
+    'The state directory for root (mode 0700).',
+    '.SH SEE ALSO',
+    commands.map((c) => `\\fBclonectl\\-${c.id.replace(/:/g, '\\-')}\\fR(1)`).join(', '),
+  )
+  return `${out.join('\n')}\n`
+}
+
+/** The clonectl commands of a manifest (plugins' commands such as help are left to oclif). */
+export function ownCommands(manifest: {commands: Record<string, ManifestCommand>}): ManifestCommand[] {
+  return Object.values(manifest.commands)
+    .filter((c) => !c.hidden && (c.pluginType === undefined || c.pluginType === 'core'))
+    .sort((a, b) => a.id.localeCompare(b.id))
+}
+
+function main(): void {
+  const root = process.argv[2] ?? '.'
+  const manifest = JSON.parse(readFileSync(join(root, 'oclif.manifest.json'), 'utf8')) as {version: string; commands: Record<string, ManifestCommand>}
+  const dir = join(root, 'man')
+  mkdirSync(dir, {recursive: true})
+  for (const f of readdirSync(dir)) if (f.endsWith('.1')) rmSync(join(dir, f))
+  const cmds = ownCommands(manifest)
+  writeFileSync(join(dir, 'clonectl.1'), renderMainPage(cmds, manifest.version))
+  for (const c of cmds) writeFileSync(join(dir, `clonectl-${c.id.replace(/:/g, '-')}.1`), renderCommandPage(c, manifest.version))
+  process.stderr.write(`wrote ${cmds.length + 1} man pages to ${dir}\n`)
+}
+
+if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) main()

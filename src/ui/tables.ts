@@ -1,0 +1,47 @@
+import Table from 'cli-table3'
+import type {GroupStatus} from '../group/GroupStatus.js'
+import {humanAge, humanBytes} from './format.js'
+import {colour, stdoutIsLive} from './terminal.js'
+
+function table(head: string[]): Table.Table {
+  return new Table({head, style: {head: stdoutIsLive() ? ['cyan'] : [], border: stdoutIsLive() ? ['grey'] : []}})
+}
+
+/** status: one table per group. */
+export function renderGroupStatus(s: GroupStatus): string {
+  const lines = [`Group ${s.name}: source ${s.source.path} (${humanBytes(s.source.size)}), extent ${humanBytes(s.extentSize)} × ${s.extentCount}`]
+  if (s.operation) {
+    const o = s.operation
+    const verb = o.kind === 'restore' ? `${o.protected === false ? 'unprotected' : 'protected'} restore from ${o.clone}` : `sync of ${o.clone}`
+    lines.push(
+      o.state === 'running'
+        ? `  ${verb}: running (pid ${o.pid}), ${o.percentDone}% done, ${o.remainingExtents} extents left`
+        : `  ${verb}: INTERRUPTED at ${o.percentDone}% (${o.remainingExtents} extents left) — resume with \`clonectl ${o.kind === 'restore' ? `restore ${s.name}` : `clone sync ${s.name} ${o.clone}`}\``,
+    )
+  } else if (s.lockedBy) {
+    lines.push(`  in use by pid ${s.lockedBy.pid} (${s.lockedBy.command}) since ${s.lockedBy.startedAt}`)
+  }
+  if (s.clones.length === 0) {
+    lines.push('  no clones (add one with `clonectl clone add`)')
+    return lines.join('\n')
+  }
+  const t = table(['clone', 'state', 'dirty', 'in sync', 'last sync', 'last fracture', 'path'])
+  for (const c of s.clones)
+    t.push([
+      c.name,
+      colour.state(c.state) + (c.stateReason ? colour.dim(` (${c.stateReason})`) : '') + (c.trusted ? '' : ' [map untrusted]'),
+      `${c.dirtyExtents} ext / ${humanBytes(c.dirtyBytes)}`,
+      `${c.inSyncPercent.toFixed(1)}%`,
+      humanAge(c.lastSyncAt),
+      humanAge(c.lastFractureAt),
+      c.path,
+    ])
+  lines.push(t.toString())
+  return lines.join('\n')
+}
+
+export function renderRows(head: string[], rows: string[][]): string {
+  const t = table(head)
+  for (const r of rows) t.push(r)
+  return t.toString()
+}

@@ -1,0 +1,5 @@
+export type {Fingerprint, Volume, VolumeKind} from './Volume.js'
+export {FileVolume} from './FileVolume.js'
+export {BlockVolume} from './BlockVolume.js'
+export {openVolume, isNbdUri} from './openVolume.js'
+export {checkCloneCandidate, checkCloneSize, resolveIdentity, sameVolume} from './identity.js'
