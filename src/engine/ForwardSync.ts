@@ -119,6 +119,7 @@ export class ForwardSync {
           m.setState('synchronized')
           m.record.lastSyncAt = new Date().toISOString()
           m.record.trusted = true
+          delete m.record.untrustedReason
           delete g.record.operation
           await g.refreshFingerprints()
           await g.save()

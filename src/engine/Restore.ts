@@ -116,6 +116,8 @@ export class RestoreSession {
       )
     const c = g.member(opts.clone)
     const untrusted = !c.record.trusted
+    // A changed source is no reason to refuse (every extent is compared); a changed clone is.
+    const cloneChanged = untrusted && c.record.untrustedReason !== 'source-changed'
     if (c.state === 'out-of-sync' || c.state === 'synchronizing') {
       if (!opts.force)
         throw new StateError(
@@ -123,7 +125,7 @@ export class RestoreSession {
           `sync it first (\`clonectl clone sync ${g.name} ${c.name}\`), or pass --force to restore from it anyway`,
         )
     }
-    if (untrusted && !opts.force)
+    if (cloneChanged && !opts.force)
       throw new StateError(
         `clone ${c.name} (${c.record.volume.path}) changed outside clonectl, so its delta map cannot be trusted`,
         'pass --force to compare and copy every extent from it',
@@ -287,8 +289,13 @@ export class RestoreSession {
       // D[c] ∧ ¬P is empty now, and every host write set both, so D[c] = P: make it exact.
       await c.map.replaceAll(P.bits.clone())
       c.setState('fractured')
+      // Compared whole, D[c] is exact again.
+      c.record.trusted = true
+      delete c.record.untrustedReason
     } else {
       c.setState('synchronized')
+      c.record.trusted = true
+      delete c.record.untrustedReason
       c.record.lastSyncAt = new Date().toISOString()
     }
     delete g.record.operation

@@ -194,7 +194,10 @@ export class CloneGroup {
     if (await check('source', this.src, this.record.source.fingerprint)) {
       this.changedOutside.add('(source)')
       this.ctx.warn?.(`the source ${this.src.path} changed outside clonectl: no delta map is trusted; syncs compare and copy every extent`)
-      for (const m of this.members.values()) m.record.trusted = false
+      for (const m of this.members.values()) {
+        m.record.trusted = false
+        m.record.untrustedReason ??= 'source-changed'
+      }
     }
     for (const m of this.members.values()) {
       // eslint-disable-next-line no-await-in-loop
@@ -202,6 +205,7 @@ export class CloneGroup {
         this.changedOutside.add(m.name)
         this.ctx.warn?.(`clone ${m.name} (${m.volume.path}) changed outside clonectl: its delta map is not trusted`)
         m.record.trusted = false
+        m.record.untrustedReason = 'clone-changed'
       }
     }
   }

@@ -55,6 +55,7 @@ export async function verifyClone(
     await g.checkpoint()
     await D.replaceAll(exact)
     m.record.trusted = true
+    delete m.record.untrustedReason
     if (m.state === 'synchronized' && !exact.isEmpty()) m.setState('out-of-sync', 'verify found differences')
     await g.save()
     repaired = true

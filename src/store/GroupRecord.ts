@@ -21,6 +21,8 @@ export interface CloneRecord {
   lastFractureAt?: string
   /** False when its map must not be trusted (a change behind clonectl's back). */
   trusted: boolean
+  /** Why: the source changed (a restore from this clone just compares), or the clone did (refused without --force). */
+  untrustedReason?: 'source-changed' | 'clone-changed'
 }
 
 export interface OperationRecord {
