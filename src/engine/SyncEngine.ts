@@ -44,6 +44,13 @@ export interface SyncJobOptions {
   checkpointBytes?: number
   /** Called when bytes were written to `to` (so the next checkpoint flushes it). */
   onWrite?: () => void
+  /**
+   * fdatasync `to` every this many bytes written (default 64 MiB). Node has neither
+   * sync_file_range nor fadvise; without early writeback the kernel throttles the writer
+   * once dirty pages pile up (dd's 5–8 s for 2 GiB). Measured on this machine, 2 GiB:
+   * none 8.1 s, every 64 MiB awaited by the chunk that crossed it 1.0 s (nbdcopy: 1.1 s).
+   */
+  writebackBytes?: number
 }
 
 const MiB = 1024 * 1024
@@ -59,6 +66,7 @@ const MiB = 1024 * 1024
  */
 export class SyncEngine {
   private stopping = false
+  private sinceWriteback = 0
   private paused?: {promise: Promise<void>; resume: () => void}
   private readonly zero: Buffer
   private readonly written?: ExtentBitmap
@@ -244,6 +252,12 @@ export class SyncEngine {
         this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - (end - start))
         o.onCopied?.(start, end)
       }
+    }
+    // Early writeback: this chunk keeps its slot while the flush runs; the others go on.
+    this.sinceWriteback += len
+    if (this.sinceWriteback >= (o.writebackBytes ?? 64 * MiB)) {
+      this.sinceWriteback = 0
+      await o.to.flush()
     }
   }
 }
