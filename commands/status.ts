@@ -1,5 +1,6 @@
 import {Args} from '@oclif/core'
-import {groupStatus, type GroupStatus} from '../src/group/GroupStatus.js'
+import {status} from '../src/group/GroupOperations.js'
+import type {GroupStatus} from '../src/group/GroupStatus.js'
 import {BaseCommand} from '../src/ui/BaseCommand.js'
 import {renderGroupStatus} from '../src/ui/tables.js'
 
@@ -14,7 +15,7 @@ export default class Status extends BaseCommand {
     const names = args.group ? [args.group] : await ctx.store.list()
     const out: GroupStatus[] = []
     // eslint-disable-next-line no-await-in-loop
-    for (const n of names) out.push(await groupStatus(ctx, n))
+    for (const n of names) out.push(await status(ctx, n))
     if (!this.jsonEnabled()) {
       if (out.length === 0) this.log(`No clone groups in ${this.stateDir}.`)
       this.log(out.map((s) => renderGroupStatus(s)).join('\n\n'))

@@ -224,21 +224,46 @@ export class SyncEngine {
     let ok = false
     try {
       const data = await o.from.read(pos, len)
-      let write = true
       if (o.compare) {
+        // Compare-and-copy: write only the runs of extents that differ.
         const old = await o.to.read(pos, len)
-        write = !old.equals(data)
-      } else if (data.equals(this.zero.subarray(0, len))) {
-        if (this.written && !this.written.anySet(start, end)) write = false
-        else if (!this.written) write = !(await o.to.read(pos, len)).equals(data)
-      }
-      if (write) {
-        await o.to.write(pos, data)
-        this.written?.setRange(start, end)
-        o.onWrite?.()
-        this.progress.copiedBytes += len
+        let written = 0
+        for (let e = start; e < end; ) {
+          const a = (e - start) * o.extentSize
+          const differs = (x: number): boolean => {
+            const p0 = (x - start) * o.extentSize
+            const p1 = Math.min(p0 + o.extentSize, len)
+            return data.compare(old, p0, p1, p0, p1) !== 0
+          }
+          if (!differs(e)) {
+            e++
+            continue
+          }
+          let f = e + 1
+          while (f < end && differs(f)) f++
+          const b = Math.min((f - start) * o.extentSize, len)
+          // eslint-disable-next-line no-await-in-loop
+          await o.to.write(pos + a, data.subarray(a, b))
+          written += b - a
+          e = f
+        }
+        if (written > 0) o.onWrite?.()
+        this.progress.copiedBytes += written
+        this.progress.skippedBytes += len - written
       } else {
-        this.progress.skippedBytes += len
+        let write = true
+        if (data.equals(this.zero.subarray(0, len))) {
+          if (this.written && !this.written.anySet(start, end)) write = false
+          else if (!this.written) write = !(await o.to.read(pos, len)).equals(data)
+        }
+        if (write) {
+          await o.to.write(pos, data)
+          this.written?.setRange(start, end)
+          o.onWrite?.()
+          this.progress.copiedBytes += len
+        } else {
+          this.progress.skippedBytes += len
+        }
       }
       ok = true
     } finally {

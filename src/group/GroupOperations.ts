@@ -8,6 +8,7 @@ import type {CloneRecord} from '../store/GroupRecord.js'
 import type {GroupContext} from './CloneGroup.js'
 import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
+import {groupStatus, type GroupStatus} from './GroupStatus.js'
 import {assertVerified, verifyClone, type VerifyReport} from './Verify.js'
 
 /** Progress of a running copy, for the UI to draw (bar on a TTY, plain lines otherwise). */
@@ -197,4 +198,10 @@ export async function verify(ctx: GroupContext, group: string, clone: string, o:
     ))
   assertVerified(report)
   return report
+}
+
+/** `status`: from the owning server when one runs (live progress), else from disk. */
+export async function status(ctx: GroupContext, group: string): Promise<GroupStatus> {
+  const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch(() => undefined)
+  return served?.value ?? groupStatus(ctx, group)
 }

@@ -46,6 +46,8 @@ export interface GroupStatus {
   operation?: OperationStatus
   /** Who holds the group lock right now, if anyone. */
   lockedBy?: {pid: number; command: string; startedAt: string}
+  /** When a `serve` owns the group: its export and the operation it runs, live. */
+  server?: {pid: number; nbdSocket?: string; tcpPort?: number; connections: number; operation?: unknown}
 }
 
 function popcount(bits: ExtentBitmap, extentSize: number, volumeSize: number): {extents: number; bytes: number} {

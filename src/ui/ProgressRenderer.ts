@@ -25,20 +25,21 @@ export class ProgressRenderer {
     while (this.samples.length > 2 && now - this.samples[0].t > 5000) this.samples.shift()
     const first = this.samples[0]
     const dt = (now - first.t) / 1000
-    const rate = dt > 0 ? (p.doneBytes - first.done) / dt : 0
+    const rate = dt > 0.2 ? (p.doneBytes - first.done) / dt : Number.NaN
     const pct = p.totalBytes > 0 ? (100 * p.doneBytes) / p.totalBytes : 100
     const eta = rate > 0 ? ((p.totalBytes - p.doneBytes) / rate) * 1000 : Number.POSITIVE_INFINITY
+    const speed = Number.isNaN(rate) ? '' : `  ${humanRate(rate)}  ETA ${humanDuration(eta)}`
     const what = `${p.operation} ${p.group}/${p.clone}`
     const extra = `${p.codCopies ? `  COD ${p.codCopies}` : ''}${p.paused ? '  (paused)' : ''}`
     if (this.live) {
       const width = 28
       const fill = Math.round((width * pct) / 100)
       const bar = '█'.repeat(fill) + '░'.repeat(width - fill)
-      this.out.write(`\r\u001B[2K${what} ${bar} ${pct.toFixed(1).padStart(5)}%  ${humanRate(rate)}  ETA ${humanDuration(eta)}${extra}`)
+      this.out.write(`\r\u001B[2K${what} ${bar} ${pct.toFixed(1).padStart(5)}%${speed}${extra}`)
       this.drawn = true
     } else if (now - this.lastPlain >= this.plainEveryMs) {
       this.lastPlain = now
-      this.out.write(`${what}: ${pct.toFixed(1)}% ${humanBytes(p.doneBytes)}/${humanBytes(p.totalBytes)} ${humanRate(rate)} ETA ${humanDuration(eta)}${extra}\n`)
+      this.out.write(`${what}: ${pct.toFixed(1)}% ${humanBytes(p.doneBytes)}/${humanBytes(p.totalBytes)}${speed}${extra}\n`)
     }
   }
 

@@ -18,7 +18,10 @@ export function renderGroupStatus(s: GroupStatus): string {
         ? `  ${verb}: running (pid ${o.pid}), ${o.percentDone}% done, ${o.remainingExtents} extents left`
         : `  ${verb}: INTERRUPTED at ${o.percentDone}% (${o.remainingExtents} extents left) — resume with \`clonectl ${o.kind === 'restore' ? `restore ${s.name}` : `clone sync ${s.name} ${o.clone}`}\``,
     )
-  } else if (s.lockedBy) {
+  }
+  if (s.server) {
+    lines.push(`  served by pid ${s.server.pid}${s.server.nbdSocket ? ` on nbd+unix:///?socket=${s.server.nbdSocket}` : ''}${s.server.tcpPort ? ` and TCP port ${s.server.tcpPort}` : ''}, ${s.server.connections} connection(s)`)
+  } else if (!s.operation && s.lockedBy) {
     lines.push(`  in use by pid ${s.lockedBy.pid} (${s.lockedBy.command}) since ${s.lockedBy.startedAt}`)
   }
   if (s.clones.length === 0) {
