@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {parseSize} from '../../src/group/GroupAdmin.js'
-import {add, syncClone} from '../../src/group/GroupOperations.js'
+import {add, addAndSync} from '../../src/group/GroupOperations.js'
 import type {SyncSummary} from '../../src/engine/ForwardSync.js'
 import type {CloneRecord} from '../../src/store/GroupRecord.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
@@ -28,23 +28,25 @@ export default class CloneAdd extends BaseCommand {
     const {args, flags} = await this.parse(CloneAdd)
     const ctx = await this.context(flags['state-dir'])
     const wait = waitSeconds(flags.wait)
-    const clone = await add(ctx, args.group, {clone: args.clone, path: flags.path, create: flags.create}, {command: this.commandLine(), waitSeconds: wait})
-    this.info(`Added clone ${args.clone} (${clone.volume.path}) to group ${args.group}`)
-    if (!flags.sync) return {clone}
+    const opts = {command: this.commandLine(), waitSeconds: wait}
+    const spec = {clone: args.clone, path: flags.path, create: flags.create}
+    if (!flags.sync) {
+      const clone = await add(ctx, args.group, spec, opts)
+      this.info(`Added clone ${args.clone} (${clone.volume.path}) to group ${args.group}; not synchronized (--no-sync)`)
+      return {clone}
+    }
     const progress = new ProgressRenderer()
     const {controller, dispose} = signalController()
     try {
-      const sync = await syncClone(ctx, args.group, {
-        clone: args.clone,
+      const out = await addAndSync(ctx, args.group, spec, {
+        ...opts,
         rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
-        command: this.commandLine(),
-        waitSeconds: wait,
         signal: controller.signal,
         onProgress: (p) => progress.update(p),
       })
       progress.done()
-      if (!this.jsonEnabled()) this.log(`Synchronized clone ${args.clone}: copied ${humanBytes(sync.copiedBytes)}, skipped ${humanBytes(sync.skippedBytes)} of zeros`)
-      return {clone, sync}
+      if (!this.jsonEnabled()) this.log(`Added clone ${args.clone} (${out.clone.volume.path}) and synchronized it: copied ${humanBytes(out.sync.copiedBytes)}, skipped ${humanBytes(out.sync.skippedBytes)} of zeros`)
+      return out
     } finally {
       progress.done()
       dispose()

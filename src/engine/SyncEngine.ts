@@ -217,56 +217,102 @@ export class SyncEngine {
     return Math.min(end * this.o.extentSize, this.o.volumeSize) - from
   }
 
+  /** Buffers of chunkBytes, reused: a fresh 4 MiB Buffer per chunk lets RSS run ahead of GC. */
+  private readonly pool: Buffer[] = []
+
+  private buffer(): Buffer {
+    return this.pool.pop() ?? Buffer.allocUnsafe(Math.max(this.o.chunkBytes ?? 4 * MiB, this.o.extentSize))
+  }
+
+  /** Extent e's slice [a, b) of a chunk starting at extent `start`. */
+  private slice(e: number, start: number, len: number): [number, number] {
+    const a = (e - start) * this.o.extentSize
+    return [a, Math.min(a + this.o.extentSize, len)]
+  }
+
+  /**
+   * Write the runs of extents in [start, end) for which keep(e) is true, from data. Returns
+   * the bytes written.
+   */
+  private async writeRuns(start: number, end: number, pos: number, len: number, data: Buffer, keep: (e: number) => boolean): Promise<number> {
+    let written = 0
+    for (let e = start; e < end; ) {
+      if (!keep(e)) {
+        e++
+        continue
+      }
+      let f = e + 1
+      while (f < end && keep(f)) f++
+      const a = this.slice(e, start, len)[0]
+      const b = this.slice(f - 1, start, len)[1]
+      // eslint-disable-next-line no-await-in-loop
+      await this.o.to.write(pos + a, data.subarray(a, b))
+      written += b - a
+      e = f
+    }
+    return written
+  }
+
   private async copyChunk(start: number, end: number): Promise<void> {
     const {o} = this
     const pos = start * o.extentSize
     const len = this.byteLen(start, end)
     let ok = false
+    const buf = this.buffer()
+    let other: Buffer | undefined
     try {
-      const data = await o.from.read(pos, len)
+      const data = await o.from.read(pos, len, buf)
+      let written: number
       if (o.compare) {
         // Compare-and-copy: write only the runs of extents that differ.
-        const old = await o.to.read(pos, len)
-        let written = 0
-        for (let e = start; e < end; ) {
-          const a = (e - start) * o.extentSize
-          const differs = (x: number): boolean => {
-            const p0 = (x - start) * o.extentSize
-            const p1 = Math.min(p0 + o.extentSize, len)
-            return data.compare(old, p0, p1, p0, p1) !== 0
-          }
-          if (!differs(e)) {
-            e++
-            continue
-          }
-          let f = e + 1
-          while (f < end && differs(f)) f++
-          const b = Math.min((f - start) * o.extentSize, len)
-          // eslint-disable-next-line no-await-in-loop
-          await o.to.write(pos + a, data.subarray(a, b))
-          written += b - a
-          e = f
-        }
-        if (written > 0) o.onWrite?.()
-        this.progress.copiedBytes += written
-        this.progress.skippedBytes += len - written
+        other = this.buffer()
+        const old = await o.to.read(pos, len, other)
+        written = await this.writeRuns(start, end, pos, len, data, (e) => {
+          const [a, b] = this.slice(e, start, len)
+          return data.compare(old, a, b, a, b) !== 0
+        })
       } else {
-        let write = true
-        if (data.equals(this.zero.subarray(0, len))) {
-          if (this.written && !this.written.anySet(start, end)) write = false
-          else if (!this.written) write = !(await o.to.read(pos, len)).equals(data)
+        // Sparse: an all-zero extent is not written where the destination already reads as
+        // zero (never written by this run on a known-zero image, or read back as zero).
+        const zero = (e: number): boolean => {
+          const [a, b] = this.slice(e, start, len)
+          return data.subarray(a, b).equals(this.zero.subarray(0, b - a))
         }
-        if (write) {
+        let zeros: boolean[] | undefined
+        for (let e = start; e < end; e++)
+          if (zero(e)) {
+            zeros ??= new Array<boolean>(end - start).fill(false)
+            zeros[e - start] = true
+          }
+        if (!zeros) {
           await o.to.write(pos, data)
-          this.written?.setRange(start, end)
-          o.onWrite?.()
-          this.progress.copiedBytes += len
+          written = len
         } else {
-          this.progress.skippedBytes += len
+          const z = zeros
+          let destZero: (e: number) => boolean
+          if (this.written) {
+            const w = this.written
+            destZero = (e) => !w.get(e)
+          } else {
+            other = this.buffer()
+            const old = await o.to.read(pos, len, other)
+            destZero = (e) => {
+              const [a, b] = this.slice(e, start, len)
+              return old.subarray(a, b).equals(this.zero.subarray(0, b - a))
+            }
+          }
+          written = await this.writeRuns(start, end, pos, len, data, (e) => !(z[e - start] && destZero(e)))
         }
+        this.written?.setRange(start, end)
       }
+      if (written > 0) o.onWrite?.()
+      this.sinceWriteback += written
+      this.progress.copiedBytes += written
+      this.progress.skippedBytes += len - written
       ok = true
     } finally {
+      this.pool.push(buf)
+      if (other) this.pool.push(other)
       for (let e = start; e < end; e++) {
         const collided = o.collisions?.end(e) ?? false
         // Recipe 2: clear in memory only after the write completed; durable at a checkpoint.
@@ -278,8 +324,8 @@ export class SyncEngine {
         o.onCopied?.(start, end)
       }
     }
-    // Early writeback: this chunk keeps its slot while the flush runs; the others go on.
-    this.sinceWriteback += len
+    // Early writeback (of bytes written, not skipped): this chunk keeps its slot while the
+    // flush runs; the others go on.
     if (this.sinceWriteback >= (o.writebackBytes ?? 64 * MiB)) {
       this.sinceWriteback = 0
       await o.to.flush()

@@ -5,7 +5,7 @@ import type {SyncProgress} from '../engine/SyncEngine.js'
 import {controlRequest, findServer} from '../control/ControlClient.js'
 import type {ControlRequest} from '../control/protocol.js'
 import type {CloneRecord} from '../store/GroupRecord.js'
-import type {GroupContext} from './CloneGroup.js'
+import type {CloneGroup, GroupContext} from './CloneGroup.js'
 import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
 import {groupStatus, type GroupStatus} from './GroupStatus.js'
@@ -80,25 +80,44 @@ export async function syncClone(ctx: GroupContext, group: string, o: SyncCloneOp
   if (served) return served.value
   const abort = new AbortController()
   o.signal?.addEventListener('abort', () => abort.abort(o.signal?.reason))
+  return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds, abort}, (g) => runForwardSync(g, o, abort.signal))
+}
+
+/** The sync itself, on a group already open under its lock. */
+async function runForwardSync(g: CloneGroup, o: SyncCloneOptions, signal: AbortSignal): Promise<SyncSummary> {
+  const group = g.name
+  const started = await ForwardSync.start(g, {clone: o.clone, full: o.full, rate: o.rate, command: o.command})
+  if (!(started instanceof ForwardSync)) return started
+  const stopOnAbort = (): void => started.stop()
+  signal.addEventListener('abort', stopOnAbort)
+  if (signal.aborted) started.stop()
+  const stopTicker = ticker(() => {
+    const b = progressBytes(started.progress, g.extentSize)
+    o.onProgress?.({operation: 'sync', group, clone: o.clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: started.progress.remainingExtents, rate: started.limiter.rate})
+  }, o.progressIntervalMs ?? 500)
+  try {
+    const summary = await started.run()
+    if (!summary.completed && signal.aborted)
+      throw new InterruptedError(`sync of clone ${o.clone} was interrupted; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
+    return summary
+  } finally {
+    stopTicker()
+    signal.removeEventListener('abort', stopOnAbort)
+  }
+}
+
+/**
+ * `clone add` and its first sync. Offline both run in one session, so a freshly created
+ * sparse image is known to read as zero and zero extents are never written to it.
+ */
+export async function addAndSync(ctx: GroupContext, group: string, a: AddCloneOptions, o: Omit<SyncCloneOptions, 'clone'>): Promise<{clone: CloneRecord; sync: SyncSummary}> {
+  const served = await viaServer<CloneRecord>(ctx, group, {op: 'add', clone: a.clone, path: a.path, create: a.create})
+  if (served) return {clone: served.value, sync: await syncClone(ctx, group, {...o, clone: a.clone})}
+  const abort = new AbortController()
+  o.signal?.addEventListener('abort', () => abort.abort(o.signal?.reason))
   return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds, abort}, async (g) => {
-    const started = await ForwardSync.start(g, {clone: o.clone, full: o.full, rate: o.rate, command: o.command})
-    if (!(started instanceof ForwardSync)) return started
-    const stopOnAbort = (): void => started.stop()
-    abort.signal.addEventListener('abort', stopOnAbort)
-    if (abort.signal.aborted) started.stop()
-    const stopTicker = ticker(() => {
-      const b = progressBytes(started.progress, g.extentSize)
-      o.onProgress?.({operation: 'sync', group, clone: o.clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: started.progress.remainingExtents, rate: started.limiter.rate})
-    }, o.progressIntervalMs ?? 500)
-    try {
-      const summary = await started.run()
-      if (!summary.completed && abort.signal.aborted)
-        throw new InterruptedError(`sync of clone ${o.clone} was interrupted; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
-      return summary
-    } finally {
-      stopTicker()
-      abort.signal.removeEventListener('abort', stopOnAbort)
-    }
+    const clone = await addClone(g, a)
+    return {clone, sync: await runForwardSync(g, {...o, clone: a.clone}, abort.signal)}
   })
 }
 

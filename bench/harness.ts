@@ -1,0 +1,123 @@
+/**
+ * Small pieces the benchmark rows share: running commands, timing them, alternating a pair,
+ * and medians. Ratios, not absolute times, are what hold on a shared machine.
+ */
+import {execFileSync, spawn, spawnSync, type ChildProcess} from 'node:child_process'
+import {existsSync, mkdirSync, rmSync, statSync} from 'node:fs'
+import {join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+export const repo = join(fileURLToPath(import.meta.url), '..', '..', '..')
+export const bin = join(repo, 'bin', 'run.js')
+
+export function have(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0
+}
+
+export function sh(cmd: string, env: NodeJS.ProcessEnv = process.env): string {
+  return execFileSync('sh', ['-c', cmd], {env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, stdio: ['ignore', 'pipe', 'pipe']})
+}
+
+/** Wall time of a shell command, in seconds. */
+export function timed(cmd: string, env?: NodeJS.ProcessEnv): number {
+  const t0 = performance.now()
+  sh(cmd, env)
+  return (performance.now() - t0) / 1000
+}
+
+/** Flush dirty pages and drop caches between runs, so one run's writeback does not tax the next. */
+export function settle(): void {
+  spawnSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; sleep 0.5'])
+}
+
+export interface Stats {
+  min: number
+  median: number
+  max: number
+  samples: number[]
+}
+
+export function stats(xs: number[]): Stats {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+  return {min: s[0], median: m, max: s[s.length - 1], samples: xs}
+}
+
+/** Run a and b alternately `n` times each (setup before every run). */
+export function alternate(n: number, a: () => number, b: () => number, setup?: (which: 'a' | 'b') => void): {a: Stats; b: Stats} {
+  const ra: number[] = []
+  const rb: number[] = []
+  for (let i = 0; i < n; i++) {
+    for (const which of i % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const)) {
+      setup?.(which)
+      settle()
+      if (which === 'a') ra.push(a())
+      else rb.push(b())
+    }
+  }
+  return {a: stats(ra), b: stats(rb)}
+}
+
+export function allocatedBytes(path: string): number {
+  return statSync(path).blocks * 512
+}
+
+export function freshDir(base: string, name: string): string {
+  const d = join(base, name)
+  rmSync(d, {recursive: true, force: true})
+  mkdirSync(d, {recursive: true})
+  return d
+}
+
+export function clonectl(stateDir: string, args: string): string {
+  return sh(`node ${bin} ${args} --state-dir=${stateDir}`)
+}
+
+/** Start a background process; resolves when `ready(path)` exists. */
+export async function background(cmd: string, readyPath: string, env: NodeJS.ProcessEnv = process.env): Promise<ChildProcess> {
+  const p = spawn('sh', ['-c', `exec ${cmd}`], {env, stdio: ['ignore', 'ignore', 'pipe']})
+  let err = ''
+  p.stderr?.on('data', (d: Buffer) => {
+    err += d.toString()
+  })
+  for (let i = 0; i < 200; i++) {
+    if (existsSync(readyPath)) return p
+    if (p.exitCode !== null) throw new Error(`${cmd} exited early: ${err}`)
+    // eslint-disable-next-line no-await-in-loop
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  p.kill('SIGKILL')
+  throw new Error(`${cmd} did not become ready: ${err}`)
+}
+
+export async function stop(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null) return
+  const done = new Promise((r) => p.once('exit', r))
+  p.kill('SIGTERM')
+  await Promise.race([done, new Promise((r) => setTimeout(r, 15_000))])
+  if (p.exitCode === null) p.kill('SIGKILL')
+}
+
+export interface FioResult {
+  readIops: number
+  writeIops: number
+  readMBps: number
+  writeMBps: number
+  readP99us?: number
+}
+
+/** fio over NBD; returns IOPS and bandwidth from its JSON output. */
+export function fio(uri: string, opts: {rw: string; bs: string; iodepth: number; size: string; runtime: number; extra?: string}): FioResult {
+  const out = sh(
+    `fio --name=b --ioengine=nbd --uri='${uri}' --rw=${opts.rw} --bs=${opts.bs} --iodepth=${opts.iodepth} --size=${opts.size} --time_based --runtime=${opts.runtime} --output-format=json ${opts.extra ?? ''} 2>/dev/null`,
+  )
+  const j = JSON.parse(out.slice(out.indexOf('{'))) as {jobs: Array<{read: {iops: number; bw_bytes: number; clat_ns?: {percentile?: Record<string, number>}}; write: {iops: number; bw_bytes: number}}>}
+  const job = j.jobs[0]
+  return {
+    readIops: job.read.iops,
+    writeIops: job.write.iops,
+    readMBps: job.read.bw_bytes / 1e6,
+    writeMBps: job.write.bw_bytes / 1e6,
+    readP99us: job.read.clat_ns?.percentile?.['99.000000'] ? job.read.clat_ns.percentile['99.000000'] / 1000 : undefined,
+  }
+}

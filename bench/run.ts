@@ -1,0 +1,426 @@
+/**
+ * npm run bench [-- --quick]: clonectl side by side with the tools an administrator would
+ * otherwise use (nbdcopy, dd, qemu-nbd, nbdkit), same files, same run, alternating, reported
+ * as median ratios with pass marks. The full run writes BENCHMARKS.md and an SVG timeline of
+ * host IOPS and restore progress during a protected restore. --quick shrinks everything so
+ * the harness runs in CI in a few minutes (marks are printed, not enforced).
+ */
+import {writeFileSync, readFileSync, existsSync, rmSync} from 'node:fs'
+import {cpus, totalmem, release, tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {controlRequest} from '../src/control/ControlClient.js'
+import {dirtyExtents} from './dirty.js'
+import {alternate, allocatedBytes, background, bin, clonectl, fio, freshDir, have, repo, settle, sh, stats, stop, timed, type Stats} from './harness.js'
+
+const quick = process.argv.includes('--quick')
+const MiB = 1024 * 1024
+const GiB = 1024 * MiB
+const SIZE = quick ? 128 * MiB : 2 * GiB
+const RUNS = quick ? 1 : 3
+const FIO_SECONDS = quick ? 3 : 15
+const base = freshDir(process.env.CLONECTL_BENCH_DIR ?? tmpdir(), 'clonectl-bench')
+
+interface Row {
+  row: string
+  clonectl: string
+  peer: string
+  ratio: number
+  ratioText: string
+  mark: string
+  pass: boolean | undefined
+  note?: string
+}
+const rows: Row[] = []
+const commands: string[] = []
+
+function fmt(s: Stats, unit = 's', digits = 2): string {
+  return `${s.median.toFixed(digits)} ${unit} (min ${s.min.toFixed(digits)}, max ${s.max.toFixed(digits)})`
+}
+
+function record(r: Row): void {
+  rows.push(r)
+  const verdict = r.pass === undefined ? 'n/a' : r.pass ? 'PASS' : 'MISS'
+  process.stdout.write(`${verdict.padEnd(4)} ${r.row}: clonectl ${r.clonectl} | ${r.peer} | ratio ${r.ratioText} (mark ${r.mark})${r.note ? ` — ${r.note}` : ''}\n`)
+}
+
+function skip(row: string, why: string): void {
+  record({row, clonectl: '-', peer: '-', ratio: Number.NaN, ratioText: '-', mark: '-', pass: undefined, note: `skipped: ${why}`})
+}
+
+function makeRandom(path: string, size: number): void {
+  sh(`head -c ${size} /dev/urandom > ${path}`)
+}
+
+function makeSparse(path: string, size: number, dataFraction: number): void {
+  sh(`rm -f ${path}; truncate -s ${size} ${path}`)
+  const blocks = size / MiB
+  const n = Math.floor(blocks * dataFraction)
+  const step = Math.floor(blocks / Math.max(n, 1))
+  for (let i = 0; i < n; i++) sh(`dd if=/dev/urandom of=${path} bs=1M count=1 seek=${i * step} conv=notrunc status=none`)
+}
+
+// ---- rows ------------------------------------------------------------------------------
+
+function fullAndIncremental(): {state: string; dir: string} {
+  const dir = freshDir(base, 'full')
+  const src = join(dir, 'src.img')
+  makeRandom(src, SIZE)
+  let state = ''
+  const cmd = `node ${bin} clone add g c --path ${dir}/c.img --create`
+  commands.push(cmd, `nbdcopy --flush ${src} nc.img`, `dd if=${src} of=dd.img bs=4M conv=fdatasync`)
+  const r = alternate(
+    RUNS,
+    () => timed(`${cmd} --state-dir=${state}`),
+    () => timed(`nbdcopy --flush ${src} ${dir}/nc.img`),
+    (w) => {
+      if (w === 'a') {
+        state = join(dir, 'state')
+        rmSync(state, {recursive: true, force: true})
+        rmSync(join(dir, 'c.img'), {force: true})
+        clonectl(state, `group create g --source ${src}`)
+      } else {
+        sh(`rm -f ${dir}/nc.img; truncate -s ${SIZE} ${dir}/nc.img`)
+      }
+    },
+  )
+  const dd: number[] = []
+  for (let i = 0; i < RUNS; i++) {
+    sh(`rm -f ${dir}/dd.img`)
+    settle()
+    dd.push(timed(`dd if=${src} of=${dir}/dd.img bs=4M conv=fdatasync status=none`))
+  }
+  sh(`rm -f ${dir}/dd.img ${dir}/nc.img`)
+  const ratio = r.b.median / r.a.median
+  record({row: `full sync, ${SIZE / MiB} MiB random`, clonectl: fmt(r.a), peer: `nbdcopy --flush ${fmt(r.b)}; dd ${fmt(stats(dd))}`, ratio, ratioText: `${ratio.toFixed(2)}× nbdcopy throughput, ${(stats(dd).median / r.a.median).toFixed(1)}× dd`, mark: '≥ 0.7', pass: ratio >= 0.7})
+  return {state, dir}
+}
+
+async function incremental(state: string, full: number): Promise<void> {
+  const times: number[] = []
+  for (let i = 0; i < RUNS; i++) {
+    clonectl(state, 'clone fracture g c')
+    // eslint-disable-next-line no-await-in-loop
+    await dirtyExtents(state, 'g', 0.01, i + 7)
+    settle()
+    times.push(timed(`node ${bin} clone sync g c --state-dir=${state}`))
+  }
+  commands.push('clonectl clone sync g c   # after 1% of extents written through the host path')
+  const s = stats(times)
+  const ratio = s.median / full
+  record({row: 'incremental sync, 1% of extents dirty', clonectl: fmt(s), peer: `its own full sync ${full.toFixed(2)} s`, ratio, ratioText: ratio.toFixed(3), mark: '≤ 0.05', pass: ratio <= 0.05, note: 'includes ~0.3 s of CLI start-up'})
+}
+
+function sparse(): void {
+  const dir = freshDir(base, 'sparse')
+  const src = join(dir, 'src.img')
+  makeSparse(src, SIZE, 0.1)
+  let state = ''
+  const r = alternate(
+    RUNS,
+    () => timed(`node ${bin} clone add g c --path ${dir}/c.img --create --state-dir=${state}`),
+    () => timed(`nbdcopy --flush ${src} ${dir}/nc.img`),
+    (w) => {
+      if (w === 'a') {
+        state = join(dir, 'state')
+        rmSync(state, {recursive: true, force: true})
+        rmSync(join(dir, 'c.img'), {force: true})
+        clonectl(state, `group create g --source ${src}`)
+      } else sh(`rm -f ${dir}/nc.img; truncate -s ${SIZE} ${dir}/nc.img`)
+    },
+  )
+  settle()
+  const dd = timed(`dd if=${src} of=${dir}/dd.img bs=4M conv=fdatasync status=none`)
+  sh(`rm -f ${dir}/dd.img`)
+  const du = allocatedBytes(join(dir, 'c.img')) / allocatedBytes(src)
+  const vsDd = dd / r.a.median
+  const vsNbd = r.b.median / r.a.median
+  record({
+    row: `sparse sync, ${SIZE / MiB} MiB with 90% holes`,
+    clonectl: fmt(r.a),
+    peer: `dd ${dd.toFixed(2)} s; nbdcopy ${fmt(r.b)}`,
+    ratio: vsDd,
+    ratioText: `${vsDd.toFixed(1)}× faster than dd, ${vsNbd.toFixed(2)}× nbdcopy, clone du ${du.toFixed(2)}× source`,
+    mark: '≥ 5× dd, ≥ 0.7 nbdcopy, du ≤ 2×',
+    pass: vsDd >= 5 && vsNbd >= 0.7 && du <= 2,
+  })
+  rmSync(dir, {recursive: true, force: true})
+}
+
+async function protectedRestore(state: string, dir: string): Promise<void> {
+  clonectl(state, 'clone fracture g c')
+  const a: number[] = []
+  const b: number[] = []
+  for (let i = 0; i < RUNS; i++) {
+    // eslint-disable-next-line no-await-in-loop
+    await dirtyExtents(state, 'g', 0.5, 100 + i)
+    settle()
+    a.push(timed(`node ${bin} restore g c --yes --state-dir=${state}`))
+    settle()
+    b.push(timed(`nbdcopy --flush ${dir}/c.img ${dir}/src.img`))
+  }
+  commands.push('clonectl restore g c --yes   # 50% of extents written (scattered) since the fracture', 'nbdcopy --flush c.img src.img')
+  const sa = stats(a)
+  const sb = stats(b)
+  const ratio = sa.median / sb.median
+  record({row: `protected restore, ${SIZE / MiB} MiB, 50% of extents dirty`, clonectl: fmt(sa), peer: `nbdcopy of the whole clone ${fmt(sb)}`, ratio, ratioText: `${ratio.toFixed(2)} of its time`, mark: '≤ 0.75', pass: ratio <= 0.75})
+}
+
+async function serveGroup(state: string, group: string): Promise<{proc: Awaited<ReturnType<typeof background>>; uri: string}> {
+  const sock = join(state, 'groups', group, 'nbd.sock')
+  rmSync(sock, {force: true})
+  const proc = await background(`node ${bin} serve ${group} --state-dir=${state}`, sock)
+  await new Promise((r) => setTimeout(r, 200))
+  return {proc, uri: `nbd+unix:///?socket=${sock}`}
+}
+
+async function firstRead(): Promise<void> {
+  const sizes = quick ? [256 * MiB, GiB] : [GiB, 16 * GiB]
+  const results: string[] = []
+  const lat: number[] = []
+  for (const size of sizes) {
+    const dir = freshDir(base, `first-${size}`)
+    const state = join(dir, 'state')
+    makeSparse(join(dir, 'src.img'), size, 0.001)
+    clonectl(state, `group create g --source ${dir}/src.img`)
+    clonectl(state, `clone add g c --path ${dir}/c.img --create`)
+    clonectl(state, 'clone fracture g c')
+    // Damage the first 64 MiB through the host path: what the first read after the restore needs.
+    // eslint-disable-next-line no-await-in-loop
+    const {proc, uri} = await serveGroup(state, 'g')
+    sh(`qemu-io -f raw '${uri}' -c 'write -P 0x5a 0 64M'`)
+    const idle = timed(`qemu-io -f raw '${uri}' -c 'read 32M 4k'`)
+    const restore = background(`node ${bin} restore g c --yes --rate 50M --state-dir=${state}`, '/dev/null')
+    // eslint-disable-next-line no-await-in-loop
+    await restore
+    // wait until the server runs the restore
+    for (let i = 0; i < 100; i++) {
+      // eslint-disable-next-line no-await-in-loop
+      const s = (await controlRequest(join(state, 'groups', 'g', 'control.sock'), {op: 'status'})) as {operation?: unknown}
+      if (s.operation) break
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    const t = timed(`qemu-io -f raw '${uri}' -c 'read -P 0 40M 4k'`)
+    lat.push(t * 1000)
+    results.push(`${size / GiB} GiB: ${(t * 1000).toFixed(0)} ms (idle read ${(idle * 1000).toFixed(0)} ms)`)
+    // eslint-disable-next-line no-await-in-loop
+    await stop(proc)
+    sh(`pkill -f 'run[.]js restore g c' || true`)
+    rmSync(dir, {recursive: true, force: true})
+  }
+  settle()
+  const ddDir = freshDir(base, 'first-dd')
+  makeSparse(join(ddDir, 'c.img'), sizes[0], 0.001)
+  const dd = timed(`dd if=${ddDir}/c.img of=${ddDir}/s.img bs=4M conv=fdatasync status=none`)
+  rmSync(ddDir, {recursive: true, force: true})
+  commands.push('clonectl serve g & clonectl restore g c --yes & qemu-io -c "read 40M 4k"   # timed: first read needing COD')
+  const worst = Math.max(...lat)
+  record({
+    row: 'time to first host read after a restore starts',
+    clonectl: results.join('; '),
+    peer: `dd (first read = full copy of ${sizes[0] / GiB} GiB) ${dd.toFixed(2)} s; QEMU copy-on-read not measured here`,
+    ratio: worst,
+    ratioText: `${worst.toFixed(0)} ms worst (qemu-io process start included)`,
+    mark: '≤ 100 ms, flat in size',
+    pass: worst <= 100,
+  })
+}
+
+async function fioRows(): Promise<void> {
+  if (!have('fio')) return skip('fio rows', 'install fio')
+  const dir = freshDir(base, 'fio')
+  const state = join(dir, 'state')
+  const size = quick ? 256 * MiB : GiB
+  makeRandom(join(dir, 'src.img'), size)
+  clonectl(state, `group create g --source ${dir}/src.img`)
+  const job = {size: `${size / MiB}M`, runtime: FIO_SECONDS}
+  const run = async (what: 'clonectl' | 'qemu-nbd' | 'nbdkit', rw: string, bs: string, iodepth: number): Promise<ReturnType<typeof fio>> => {
+    if (what === 'clonectl') {
+      const {proc, uri} = await serveGroup(state, 'g')
+      try {
+        return fio(uri, {...job, rw, bs, iodepth})
+      } finally {
+        await stop(proc)
+      }
+    }
+    const sock = join(dir, `${what}.sock`)
+    rmSync(sock, {force: true})
+    const cmd = what === 'qemu-nbd' ? `qemu-nbd -f raw -t -k ${sock} ${dir}/src.img` : `nbdkit -f -U ${sock} file file=${dir}/src.img`
+    const proc = await background(cmd, sock)
+    try {
+      return fio(`nbd+unix:///?socket=${sock}`, {...job, rw, bs, iodepth})
+    } finally {
+      await stop(proc)
+    }
+  }
+  const peers: Array<'qemu-nbd' | 'nbdkit'> = []
+  if (have('qemu-nbd')) peers.push('qemu-nbd')
+  if (have('nbdkit')) peers.push('nbdkit')
+  const rand: Record<string, number[]> = {clonectl: [], 'qemu-nbd': [], nbdkit: []}
+  for (let i = 0; i < RUNS; i++)
+    for (const w of ['clonectl', ...peers] as const) {
+      // eslint-disable-next-line no-await-in-loop
+      const r = await run(w, 'randrw', '4k', 16)
+      rand[w].push(r.readIops + r.writeIops)
+    }
+  commands.push(`fio --ioengine=nbd --uri=... --rw=randrw --bs=4k --iodepth=16 --size=${job.size} --time_based --runtime=${FIO_SECONDS}`)
+  const c = stats(rand.clonectl)
+  const q = rand['qemu-nbd'].length ? stats(rand['qemu-nbd']) : undefined
+  const k = rand.nbdkit.length ? stats(rand.nbdkit) : undefined
+  const rq = q ? c.median / q.median : Number.NaN
+  record({row: '4K randrw QD16 IOPS', clonectl: fmt(c, 'IOPS', 0), peer: `qemu-nbd ${q ? fmt(q, 'IOPS', 0) : '-'}; nbdkit ${k ? fmt(k, 'IOPS', 0) : '-'}`, ratio: rq, ratioText: `${rq.toFixed(2)} of qemu-nbd, ${k ? (c.median / k.median).toFixed(2) : '-'} of nbdkit`, mark: '≥ 0.8 of qemu-nbd', pass: q ? rq >= 0.8 : undefined})
+
+  for (const rw of ['read', 'write'] as const) {
+    const a = (await run('clonectl', rw, '1M', 8)) as ReturnType<typeof fio>
+    const b = peers.includes('qemu-nbd') ? await run('qemu-nbd', rw, '1M', 8) : undefined
+    const ma = rw === 'read' ? a.readMBps : a.writeMBps
+    const mb = b ? (rw === 'read' ? b.readMBps : b.writeMBps) : Number.NaN
+    record({row: `1M sequential ${rw} MB/s`, clonectl: `${ma.toFixed(0)} MB/s`, peer: `qemu-nbd ${mb.toFixed(0)} MB/s`, ratio: ma / mb, ratioText: (ma / mb).toFixed(2), mark: '≥ 0.9', pass: b ? ma / mb >= 0.9 : undefined})
+  }
+
+  // A fractured clone: every first write to an extent pays one map commit.
+  const none = await run('clonectl', 'randwrite', '4k', 16)
+  clonectl(state, `clone add g c --path ${dir}/c.img --create`)
+  clonectl(state, 'clone fracture g c')
+  const one = await run('clonectl', 'randwrite', '4k', 16)
+  const rf = one.writeIops / none.writeIops
+  record({row: '4K randwrite with one fractured clone', clonectl: `${one.writeIops.toFixed(0)} IOPS`, peer: `no clone ${none.writeIops.toFixed(0)} IOPS`, ratio: rf, ratioText: rf.toFixed(2), mark: '≥ 0.5', pass: rf >= 0.5})
+
+  // During a protected restore, with a timeline for the SVG.
+  clonectl(state, 'clone sync g c')
+  clonectl(state, 'clone fracture g c')
+  const idle = await run('clonectl', 'randrw', '4k', 16)
+  await dirtyExtents(state, 'g', 0.5, 5)
+  const {proc, uri} = await serveGroup(state, 'g')
+  const timeline: Array<{t: number; done: number}> = []
+  const t0 = Date.now()
+  let during: ReturnType<typeof fio> | undefined
+  try {
+    const logBase = join(dir, 'fiolog')
+    const fioDone = new Promise<ReturnType<typeof fio>>((resolve) => {
+      setTimeout(() => resolve(fio(uri, {...job, rw: 'randrw', bs: '4k', iodepth: 16, extra: `--percentile_list=99 --write_iops_log=${logBase} --log_avg_msec=250`})), 10)
+    })
+    const restore = background(`node ${bin} restore g c --yes --rate ${quick ? '64M' : '256M'} --state-dir=${state}`, '/dev/null')
+    await restore
+    const sampler = setInterval(() => {
+      controlRequest(join(state, 'groups', 'g', 'control.sock'), {op: 'status'})
+        .then((s) => {
+          const op = (s as {server?: {operation?: {doneBytes: number; totalBytes: number}}}).server?.operation
+          if (op) timeline.push({t: (Date.now() - t0) / 1000, done: op.totalBytes ? (100 * op.doneBytes) / op.totalBytes : 100})
+        })
+        .catch(() => undefined)
+    }, 250)
+    during = await fioDone
+    clearInterval(sampler)
+    if (!quick) writeTimeline(logBase, timeline)
+  } finally {
+    await stop(proc)
+    sh(`pkill -f 'run[.]js restore g c' || true`)
+  }
+  const rd = (during.readIops + during.writeIops) / (idle.readIops + idle.writeIops)
+  record({
+    row: '4K randrw during a protected restore',
+    clonectl: `${(during.readIops + during.writeIops).toFixed(0)} IOPS, read p99 ${during.readP99us?.toFixed(0) ?? '?'} µs`,
+    peer: `idle ${(idle.readIops + idle.writeIops).toFixed(0)} IOPS`,
+    ratio: rd,
+    ratioText: rd.toFixed(2),
+    mark: '≥ 0.5',
+    pass: rd >= 0.5,
+  })
+  rmSync(dir, {recursive: true, force: true})
+}
+
+function writeTimeline(logBase: string, progress: Array<{t: number; done: number}>): void {
+  const logs = ['_iops.1.log', '_iops.log'].map((s) => `${logBase}${s}`).filter((p) => existsSync(p))
+  const iops: Array<{t: number; v: number}> = []
+  if (logs[0])
+    for (const line of readFileSync(logs[0], 'utf8').split('\n')) {
+      const [ms, v] = line.split(',').map((x) => Number(x.trim()))
+      if (Number.isFinite(ms) && Number.isFinite(v)) iops.push({t: ms / 1000, v})
+    }
+  const W = 720
+  const H = 300
+  const maxT = Math.max(1, ...iops.map((p) => p.t), ...progress.map((p) => p.t))
+  const maxV = Math.max(1, ...iops.map((p) => p.v))
+  const x = (t: number): number => 50 + (t / maxT) * (W - 100)
+  const y = (f: number): number => H - 40 - f * (H - 80)
+  const line = (pts: Array<[number, number]>): string => pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(' ')
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="${W / 2}" y="20" text-anchor="middle">Host I/O during a protected restore (fio 4K randrw QD16 over clonectl serve)</text>
+<line x1="50" y1="${H - 40}" x2="${W - 50}" y2="${H - 40}" stroke="black"/><line x1="50" y1="40" x2="50" y2="${H - 40}" stroke="black"/>
+<text x="${W / 2}" y="${H - 10}" text-anchor="middle">seconds since the restore started</text>
+<text x="10" y="35" fill="steelblue">write IOPS (max ${maxV.toFixed(0)})</text>
+<text x="${W - 10}" y="35" fill="darkorange" text-anchor="end">restore progress %</text>
+<polyline fill="none" stroke="steelblue" stroke-width="1.5" points="${line(iops.map((p) => [x(p.t), y(p.v / maxV)]))}"/>
+<polyline fill="none" stroke="darkorange" stroke-width="2" points="${line(progress.map((p) => [x(p.t), y(p.done / 100)]))}"/>
+</svg>
+`
+  writeFileSync(join(repo, 'bench', 'restore-timeline.svg'), svg)
+}
+
+function memory(): void {
+  const size = quick ? GiB : 16 * GiB
+  const dir = freshDir(base, 'mem')
+  const state = join(dir, 'state')
+  makeSparse(join(dir, 'src.img'), size, 0.0005)
+  clonectl(state, `group create g --source ${dir}/src.img`)
+  const rss = (cmd: string): number => Number(sh(`/usr/bin/time -f '%M' ${cmd} --state-dir=${state} 2>&1 >/dev/null | tail -1`).trim()) / 1024
+  const sync = rss(`node ${bin} clone add g c --path ${dir}/c.img --create`)
+  clonectl(state, 'clone fracture g c')
+  sh(`dd if=/dev/urandom of=${dir}/src.img bs=1M count=8 seek=100 conv=notrunc status=none`)
+  const restore = rss(`node ${bin} restore g c --yes`)
+  const worst = Math.max(sync, restore)
+  record({row: `memory: peak RSS, sync and restore of a ${size / GiB} GiB sparse source`, clonectl: `sync ${sync.toFixed(0)} MiB, restore ${restore.toFixed(0)} MiB`, peer: '-', ratio: worst, ratioText: `${worst.toFixed(0)} MiB`, mark: '≤ 150 MiB', pass: worst <= 150})
+  rmSync(dir, {recursive: true, force: true})
+}
+
+async function main(): Promise<void> {
+  const missing = ['nbdcopy', 'qemu-io', 'qemu-nbd', 'nbdkit', 'fio'].filter((c) => !have(c))
+  if (missing.length) process.stdout.write(`missing tools: ${missing.join(', ')} (apt-get install libnbd-bin qemu-utils nbdkit fio); their rows are skipped\n`)
+  process.stdout.write(`clonectl bench${quick ? ' --quick' : ''}: ${SIZE / MiB} MiB, ${RUNS} run(s) per pair, in ${base}\n`)
+  const canCopy = have('nbdcopy')
+  let fullMedian = Number.NaN
+  if (canCopy) {
+    const {state, dir} = fullAndIncremental()
+    fullMedian = Number.parseFloat(rows[rows.length - 1].clonectl)
+    await incremental(state, fullMedian)
+    sparse()
+    await protectedRestore(state, dir)
+    rmSync(dir, {recursive: true, force: true})
+  } else skip('copy rows', 'install libnbd-bin (nbdcopy)')
+  if (have('qemu-io')) await firstRead()
+  else skip('time to first host read', 'install qemu-utils')
+  await fioRows()
+  memory()
+  if (!quick) writeReport()
+  rmSync(base, {recursive: true, force: true})
+  const missed = rows.filter((r) => r.pass === false).length
+  process.stdout.write(`bench done: ${rows.filter((r) => r.pass).length} rows passed their mark, ${missed} missed, ${rows.filter((r) => r.pass === undefined).length} not judged${quick ? ' (--quick: marks are not enforced)' : ''}\n`)
+}
+
+function writeReport(): void {
+  const machine = `${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${(totalmem() / GiB).toFixed(0)} GiB, Linux ${release()}, Node ${process.version}`
+  const table = rows.map((r) => `| ${r.row} | ${r.clonectl} | ${r.peer} | ${r.ratioText} | ${r.mark} | ${r.pass === undefined ? 'n/a' : r.pass ? 'pass' : '**miss**'} |`).join('\n')
+  const md = `# clonectl benchmarks
+
+Measured by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}: ${machine}.
+Each pair ran alternately ${RUNS} times on the same files; medians (min, max) and the median
+ratio are shown. Numbers are as measured; rows that miss their mark say so.
+
+| row | clonectl | peer | ratio | mark | result |
+|---|---|---|---|---|---|
+${table}
+
+![host IOPS and restore progress during a protected restore](bench/restore-timeline.svg)
+
+Commands:
+
+\`\`\`
+${commands.join('\n')}
+\`\`\`
+`
+  writeFileSync(join(repo, 'BENCHMARKS.md'), md)
+}
+
+await main()
