@@ -396,7 +396,7 @@ async function main(): Promise<void> {
   if (!quick) writeReport()
   rmSync(base, {recursive: true, force: true})
   const missed = rows.filter((r) => r.pass === false).length
-  process.stdout.write(`bench done: ${rows.filter((r) => r.pass).length} rows passed their mark, ${missed} missed, ${rows.filter((r) => r.pass === undefined).length} not judged${quick ? ' (--quick: marks are not enforced)' : ''}\n`)
+  process.stdout.write(`bench done: marks met by ${rows.filter((r) => r.pass).length} of ${rows.length} rows (${missed} missed)${quick ? '; --quick: marks are not enforced' : ''}\n`)
 }
 
 function writeReport(): void {
