@@ -54,4 +54,6 @@ export interface DurableFs {
   exists(path: string): Promise<boolean>
   stat(path: string): Promise<FileStat>
   readFile(path: string): Promise<Buffer>
+  /** The canonical path (symlinks resolved); ENOENT when missing. */
+  realpath(path: string): Promise<string>
 }

@@ -104,6 +104,10 @@ export class NodeDurableFs implements DurableFs {
   async readFile(path: string): Promise<Buffer> {
     return fsp.readFile(path)
   }
+
+  async realpath(path: string): Promise<string> {
+    return fsp.realpath(path)
+  }
 }
 
 export const nodeFs = new NodeDurableFs()

@@ -1,3 +1,4 @@
+import {dirname} from 'node:path'
 import {RefusedError, VolumeIoError, errnoOf} from '../errors/errors.js'
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
 import type {Fingerprint, Volume, VolumeKind} from './Volume.js'
@@ -61,6 +62,8 @@ export class FileVolume implements Volume {
     } finally {
       await f.close()
     }
+    // The new name must survive power loss before group.json names it (found by the crash model).
+    await fs.fsyncDir(dirname(path))
   }
 
   private range(position: number, length: number, what: string): void {

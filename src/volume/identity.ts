@@ -1,4 +1,4 @@
-import {realpath, stat} from 'node:fs/promises'
+import {stat} from 'node:fs/promises'
 import {NotFoundError, RefusedError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {loopBackingFile, majorMinor} from './blockDevice.js'
@@ -14,16 +14,16 @@ export interface VolumeIdentity {
 }
 
 /** What a path really is: its file (dev, inode), or its device and a loop device's backing file. */
-export async function resolveIdentity(_fs: DurableFs, path: string): Promise<VolumeIdentity> {
+export async function resolveIdentity(fs: DurableFs, path: string): Promise<VolumeIdentity> {
   let real: string
   try {
-    real = await realpath(path)
+    real = await fs.realpath(path)
   } catch {
     throw new NotFoundError(`${path} does not exist`, 'create it, or pass --create to make a sparse image')
   }
-  const s = await stat(real)
-  if (s.isFile()) return {realPath: real, kind: 'file', dev: s.dev, ino: s.ino}
-  if (s.isBlockDevice()) {
+  const s = await fs.stat(real)
+  if (s.isFile) return {realPath: real, kind: 'file', dev: s.dev, ino: s.ino}
+  if (s.isBlockDevice) {
     const mm = majorMinor(s.rdev)
     const id: VolumeIdentity = {realPath: real, kind: 'block', majorMinor: mm}
     const backing = await loopBackingFile(mm)
