@@ -17,6 +17,13 @@ export interface RestoreOptions {
   force?: boolean
   rate?: number
   command: string
+  /** Copy granularity (tests use one extent, to interleave finely with host I/O). */
+  tuning?: RestoreTuning
+}
+
+export interface RestoreTuning {
+  chunkBytes?: number
+  parallel?: number
 }
 
 export interface RestoreSummary {
@@ -62,6 +69,7 @@ export class RestoreSession {
     readonly resumed: boolean,
     readonly compared: boolean,
     rate?: number,
+    tuning: RestoreTuning = {},
   ) {
     const D = member.map
     const needsCopy = P ? (e: number) => D.bits.get(e) && !P.bits.get(e) : (e: number) => D.bits.get(e)
@@ -93,6 +101,8 @@ export class RestoreSession {
       collisions: P ? undefined : g.collisions,
       compare: compared,
       limiter: this.limiter,
+      chunkBytes: tuning.chunkBytes,
+      parallel: tuning.parallel,
       onCopied: () => {
         this.firstCopyAt ??= Date.now()
         this.queue.wake()
@@ -175,14 +185,14 @@ export class RestoreSession {
     c.setState(opts.protected ? 'restoring' : 'reverse-syncing')
     await g.save()
     g.protectedMap = P
-    return new RestoreSession(g, c, P, operationId, opts.protected, false, compare, opts.rate)
+    return new RestoreSession(g, c, P, operationId, opts.protected, false, compare, opts.rate, opts.tuning)
   }
 
   /**
    * Resume the restore recorded in group.json: load D[c] and P from disk and go on. A bit
    * still set in D[c] for an extent already copied is harmless: P decides (DESIGN §4).
    */
-  static async resume(g: CloneGroup, opts: {rate?: number; forceLostP?: boolean}): Promise<RestoreSession> {
+  static async resume(g: CloneGroup, opts: {rate?: number; forceLostP?: boolean; tuning?: RestoreTuning}): Promise<RestoreSession> {
     const op = g.record.operation
     if (!op || op.kind !== 'restore') throw new StateError(`group ${g.name} has no interrupted restore`, `start one with \`clonectl restore ${g.name} CLONE\``)
     const c = g.member(op.clone)
@@ -203,7 +213,7 @@ export class RestoreSession {
     op.pid = process.pid
     await g.save()
     g.protectedMap = P
-    return new RestoreSession(g, c, P, op.id, op.protected ?? true, true, op.compare ?? false, opts.rate)
+    return new RestoreSession(g, c, P, op.id, op.protected ?? true, true, op.compare ?? false, opts.rate, opts.tuning)
   }
 
   /** Extents still to restore (D[c] ∧ ¬P). */
