@@ -1,13 +1,18 @@
-import {RefusedError, errnoOf} from '../errors/errors.js'
+import {NotFoundError, RefusedError, UsageError, errnoOf} from '../errors/errors.js'
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
-import {isMounted, majorMinor, sysfsSize} from './blockDevice.js'
+import {majorMinor, mountPoints, sysfsReadOnly, sysfsSize} from './blockDevice.js'
 import {FileVolume, ioError} from './FileVolume.js'
 import type {Fingerprint, VolumeKind} from './Volume.js'
 
 /**
- * A block device. Opened for writing with O_EXCL (without O_CREAT), which Linux refuses with
- * EBUSY while the device is mounted or held exclusively by another program. Its size comes
- * from sysfs by major:minor.
+ * A block device, with FileVolume's data path (positional I/O through the page cache;
+ * fdatasync on a block device flushes it, including its volatile write cache).
+ *
+ * Opened for writing with O_EXCL (without O_CREAT), which Linux refuses with EBUSY while the
+ * device is mounted, or held exclusively by another program (another clonectl, a VM, a
+ * device-mapper or md stack; a whole disk while one of its partitions is). The exclusive
+ * claim lasts until close(). Read-only opens are not exclusive. The size comes from sysfs
+ * by major:minor (no BLKGETSIZE64 ioctl without a native addon).
  */
 export class BlockVolume extends FileVolume {
   override readonly kind: VolumeKind = 'block'
@@ -18,25 +23,54 @@ export class BlockVolume extends FileVolume {
     path: string,
     size: number,
     readOnly: boolean,
+    /** "major:minor" of the device. */
     readonly majorMinor: string,
   ) {
     super(fs, file, path, size, readOnly)
   }
 
+  /** Open a block device by path (symlinks such as /dev/disk/by-id/… are followed). Waits. */
+  static override async open(fs: DurableFs, path: string, opts: {write: boolean}): Promise<BlockVolume> {
+    let st
+    try {
+      st = await fs.stat(path)
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') throw new NotFoundError(`block device ${path} does not exist`, 'check the path (lsblk, losetup -l)')
+      throw ioError(path, 'opening', error)
+    }
+    if (!st.isBlockDevice) throw new UsageError(`${path} is not a block device`)
+    return BlockVolume.openDevice(fs, path, st.rdev, opts)
+  }
+
+  /** Open a block device whose stat rdev is already known (openVolume stats it first). Waits. */
   static async openDevice(fs: DurableFs, path: string, rdev: number, opts: {write: boolean}): Promise<BlockVolume> {
     const mm = majorMinor(rdev)
-    if (opts.write && (await isMounted(mm))) throw new RefusedError(`block device ${path} (${mm}) is mounted`, 'unmount it first; clonectl never writes a mounted device')
+    if (opts.write && (await sysfsReadOnly(mm)))
+      throw new RefusedError(`block device ${path} (${mm}) is read-only`, `make it writable (blockdev --setrw ${path}), or use another device`)
     let file: DurableFile
     try {
       file = await fs.open(path, {write: opts.write, exclusive: opts.write})
     } catch (error) {
-      if (errnoOf(error) === 'EBUSY') throw new RefusedError(`block device ${path} is busy (mounted or in use by another program)`, 'stop whatever holds it (a mount, a VM, another clonectl), then run the command again')
+      if (errnoOf(error) === 'EBUSY') {
+        const at = await mountPoints(mm)
+        throw new RefusedError(
+          `block device ${path} is busy (mounted or in use by another program)${at.length > 0 ? `: mounted on ${at.join(', ')}` : ''}`,
+          at.length > 0 ? `unmount it first (umount ${at[0]}); clonectl never writes a mounted device` : 'stop whatever holds it (a mount, a VM, another clonectl; see lsblk and fuser -v), then run the command again',
+        )
+      }
       throw ioError(path, 'opening', error)
     }
-    const size = await sysfsSize(mm)
+    let size: number
+    try {
+      size = await sysfsSize(mm)
+    } catch (error) {
+      await file.close().catch(() => undefined)
+      throw error
+    }
     return new BlockVolume(fs, file, path, size, !opts.write, mm)
   }
 
+  /** The device number and its size now (a resized device changes it). Waits. */
   override async fingerprint(): Promise<Fingerprint> {
     return {kind: 'block', size: await sysfsSize(this.majorMinor), majorMinor: this.majorMinor}
   }

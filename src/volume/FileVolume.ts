@@ -1,29 +1,60 @@
 import {dirname} from 'node:path'
-import {RefusedError, VolumeIoError, errnoOf} from '../errors/errors.js'
+import {ClonectlError, NotFoundError, RefusedError, UsageError, VolumeIoError, errnoOf} from '../errors/errors.js'
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
 import type {Fingerprint, Volume, VolumeKind} from './Volume.js'
 
+/** writeZeroes writes at most this much per call, from one shared buffer. */
 const ZERO_CHUNK = 1024 * 1024
 let zeros: Buffer | undefined
 
-/** A shared, never-written 1 MiB of zeros. */
-export function zeroChunk(): Buffer {
+/** A shared 1 MiB of zeros. Only ever written from, never read into: keep it private. */
+function zeroChunk(): Buffer {
   zeros ??= Buffer.alloc(ZERO_CHUNK)
   return zeros
 }
 
-export function ioError(path: string, what: string, error: unknown, offset?: number): VolumeIoError {
-  const errno = errnoOf(error)
-  const at = offset === undefined ? '' : ` at offset ${offset}`
-  const reason = errno === 'ENOSPC' ? 'no space left on device' : errno === 'EIO' ? 'I/O error' : (error as Error)?.message ?? String(error)
-  return new VolumeIoError(`${reason} ${what} ${path}${at}`, errno, errno === 'ENOSPC' ? 'free space on that file system, then run the command again' : undefined)
+/** errno → the words a storage administrator expects, and what to do about it. */
+const ERRNO: Record<string, {reason: string; fix?: string}> = {
+  ENOSPC: {reason: 'no space left on device', fix: 'free space on that file system, then run the command again'},
+  EDQUOT: {reason: 'disk quota exceeded', fix: 'raise the quota or free space, then run the command again'},
+  EFBIG: {reason: 'file too large', fix: 'the file system cannot hold a file this size; use another one'},
+  EIO: {reason: 'I/O error', fix: 'check the device (dmesg, smartctl); it may be failing'},
+  EROFS: {reason: 'read-only file system', fix: 'remount it read-write, or use a volume on another file system'},
+  EACCES: {reason: 'permission denied', fix: 'run as a user that may open it (block devices usually need root)'},
+  EPERM: {reason: 'operation not permitted', fix: 'run as a user that may open it (block devices usually need root)'},
+  ENOENT: {reason: 'no such file or directory', fix: 'check the path'},
+  ENOTDIR: {reason: 'a component of the path is not a directory', fix: 'check the path'},
+  EISDIR: {reason: 'is a directory', fix: 'name an image file or a block device'},
+  ENXIO: {reason: 'no such device (is it attached?)', fix: 'check that the device exists (lsblk, losetup -l)'},
+  ENODEV: {reason: 'no such device (is it attached?)', fix: 'check that the device exists (lsblk, losetup -l)'},
+  EBUSY: {reason: 'device or resource busy', fix: 'stop whatever holds it (a mount, a VM, another clonectl), then run the command again'},
+  EMFILE: {reason: 'too many open files', fix: 'raise the open-file limit (ulimit -n)'},
+  ENFILE: {reason: 'too many open files in the system', fix: 'raise fs.file-max, or close other programs'},
+  EINVAL: {reason: 'invalid argument'},
 }
 
 /**
- * An image file (or, through BlockVolume, a block device): positional I/O through a
- * DurableFile, so crash tests can run it over the recording MemoryFs.
+ * Wrap an error from the fs as a VolumeIoError naming the path and offset, e.g.
+ * "no space left on device writing /srv/a.img at offset 4096". A ClonectlError passes
+ * through; an error without an errno is a bug and is rethrown as it is.
+ */
+export function ioError(path: string, what: string, error: unknown, offset?: number): Error {
+  if (error instanceof ClonectlError) return error
+  const errno = errnoOf(error)
+  if (errno === undefined || !/^E[A-Z0-9]+$/.test(errno)) return error instanceof Error ? error : new Error(String(error))
+  const known = ERRNO[errno]
+  const at = offset === undefined ? '' : ` at offset ${offset}`
+  return new VolumeIoError(`${known?.reason ?? `error ${errno}`} ${what} ${path}${at}`, errno, known?.fix)
+}
+
+/**
+ * An image file: positional I/O through a DurableFile, so crash tests can run it over the
+ * recording MemoryFs. Its size is fixed when it is opened: I/O past it is refused, never
+ * grows the file. Not safe to close() while I/O is in flight; everything else may overlap.
+ * (BlockVolume reuses the data path for block devices.)
  */
 export class FileVolume implements Volume {
+  /** Set by the caller for a freshly created sparse image (see Volume.knownZero). */
   knownZero = false
   readonly kind: VolumeKind = 'file'
 
@@ -35,42 +66,74 @@ export class FileVolume implements Volume {
     readonly readOnly: boolean,
   ) {}
 
-  /** Open an image file. Waits. */
+  /**
+   * Open an existing regular file as a volume, for reading, or reading and writing. Its size
+   * is the file's size now (fstat of the opened file). Waits.
+   */
   static async open(fs: DurableFs, path: string, opts: {write: boolean}): Promise<FileVolume> {
+    let isFile: boolean
+    try {
+      isFile = (await fs.stat(path)).isFile
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') throw new NotFoundError(`image file ${path} does not exist`, 'check the path, or pass --create to make a sparse image')
+      throw ioError(path, 'opening', error)
+    }
+    if (!isFile) throw new UsageError(`${path} is not a regular file`, 'name an image file (block devices are opened through openVolume)')
     let file: DurableFile
     try {
       file = await fs.open(path, {write: opts.write})
     } catch (error) {
       throw ioError(path, 'opening', error)
     }
-    const size = await file.size()
+    let size: number
+    try {
+      size = await file.size()
+    } catch (error) {
+      await file.close().catch(() => undefined)
+      throw ioError(path, 'reading the size of', error)
+    }
     return new FileVolume(fs, file, path, size, !opts.write)
   }
 
-  /** Create a new sparse image of `size` bytes; refuses an existing path. Waits. */
+  /**
+   * Create a new sparse image of `size` bytes at `path`: refuses an existing path, makes the
+   * size and the new name durable (fdatasync, then fsync of the directory) before it
+   * resolves. The caller opens it and marks the volume knownZero. Waits.
+   */
   static async createSparse(fs: DurableFs, path: string, size: number): Promise<void> {
+    if (!Number.isSafeInteger(size) || size < 0) throw new UsageError(`cannot create ${path} with size ${size}: not a byte count`)
     let f: DurableFile
     try {
       f = await fs.open(path, {write: true, create: 'new'})
     } catch (error) {
       if (errnoOf(error) === 'EEXIST') throw new RefusedError(`${path} already exists; refusing to overwrite it`, 'pick a new path, or drop --create to use the existing volume')
+      if (errnoOf(error) === 'ENOENT') throw new NotFoundError(`cannot create ${path}: its directory ${dirname(path)} does not exist`, 'create the directory first')
       throw ioError(path, 'creating', error)
     }
     try {
       await f.truncate(size)
       await f.datasync()
-    } finally {
-      await f.close()
+    } catch (error) {
+      // Leave no half-made image behind: the user would have to remove it before retrying.
+      await f.close().catch(() => undefined)
+      await fs.unlink(path).catch(() => undefined)
+      throw ioError(path, `making a ${size}-byte sparse image at`, error)
     }
+    await f.close()
     // The new name must survive power loss before group.json names it (found by the crash model).
     await fs.fsyncDir(dirname(path))
   }
 
-  private range(position: number, length: number, what: string): void {
-    if (position < 0 || length < 0 || position + length > this.size)
-      throw new VolumeIoError(`${what} [${position}, +${length}) is past the end of ${this.path} (${this.size} bytes)`, 'EINVAL')
+  private range(position: number, length: number, what: 'read' | 'write'): void {
+    if (!Number.isSafeInteger(position) || !Number.isSafeInteger(length) || position < 0 || length < 0 || position + length > this.size)
+      throw new VolumeIoError(`${what} of ${length} bytes at offset ${position} is past the end of ${this.path} (${this.size} bytes)`, 'EINVAL')
   }
 
+  private writable(): void {
+    if (this.readOnly) throw new VolumeIoError(`${this.path} is open read-only; cannot write it`, 'EBADF')
+  }
+
+  /** Read exactly `length` bytes at `position`. Refuses a range past the end. Waits. */
   async read(position: number, length: number, into?: Buffer): Promise<Buffer> {
     this.range(position, length, 'read')
     const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length)
@@ -80,13 +143,16 @@ export class FileVolume implements Volume {
     } catch (error) {
       throw ioError(this.path, 'reading', error, position)
     }
-    if (n < length) buf.fill(0, n)
+    // Short only when the file shrank behind clonectl's back: returning zeros would copy them.
+    if (n < length)
+      throw new VolumeIoError(`${this.path} ended at offset ${position + n}, inside its size of ${this.size} bytes when opened: was it truncated by another program?`, 'EIO', 'find what changed the volume; then verify or fully resync the group')
     return buf
   }
 
+  /** Write the whole buffer at `position`. Refuses a range past the end. Not durable until flush(). Waits. */
   async write(position: number, data: Uint8Array): Promise<void> {
-    if (this.readOnly) throw new VolumeIoError(`${this.path} is open read-only`, 'EPERM')
-    this.range(position, data.length, 'write')
+    this.writable()
+    this.range(position, data.byteLength, 'write')
     try {
       await this.file.write(data, position)
     } catch (error) {
@@ -94,16 +160,27 @@ export class FileVolume implements Volume {
     }
   }
 
-  /** Node cannot punch holes (no fallocate): zeros are written, in 1 MiB chunks. */
+  /**
+   * Make a range read as zeros by writing zeros, at most 1 MiB a write from one shared
+   * buffer: Node cannot punch holes (no fallocate(PUNCH_HOLE) / BLKZEROOUT without a native
+   * addon), so this costs as much as writing the range. Not durable until flush(). Waits.
+   */
   async writeZeroes(position: number, length: number): Promise<void> {
+    this.writable()
     this.range(position, length, 'write')
     const z = zeroChunk()
     for (let off = 0; off < length; off += z.length) {
-      // eslint-disable-next-line no-await-in-loop
-      await this.write(position + off, z.subarray(0, Math.min(z.length, length - off)))
+      const n = Math.min(z.length, length - off)
+      try {
+        // eslint-disable-next-line no-await-in-loop -- in order, one chunk at a time
+        await this.file.write(n === z.length ? z : z.subarray(0, n), position + off)
+      } catch (error) {
+        throw ioError(this.path, 'writing zeros to', error, position + off)
+      }
     }
   }
 
+  /** fdatasync: every write that completed before the call is durable when it resolves. Waits. */
   async flush(): Promise<void> {
     try {
       await this.file.datasync()
@@ -112,12 +189,23 @@ export class FileVolume implements Volume {
     }
   }
 
+  /** dev, inode, size, mtime and ctime of the file now (stat by path). Waits. */
   async fingerprint(): Promise<Fingerprint> {
-    const s = await this.fs.stat(this.path)
+    let s
+    try {
+      s = await this.fs.stat(this.path)
+    } catch (error) {
+      throw ioError(this.path, 'examining', error)
+    }
     return {kind: 'file', size: s.size, dev: s.dev, ino: s.ino, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs}
   }
 
+  /** Close the file. Does not flush. Waits. */
   async close(): Promise<void> {
-    await this.file.close()
+    try {
+      await this.file.close()
+    } catch (error) {
+      throw ioError(this.path, 'closing', error)
+    }
   }
 }
