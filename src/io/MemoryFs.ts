@@ -1,316 +1,670 @@
 /**
- * An in-memory DurableFs that knows what is durable, for crash tests (after dm-log-writes,
- * CrashMonkey, ALICE and SQLite's crash VFS), and the in-memory test volume backend.
+ * MemoryFs: an in-memory DurableFs that knows what would survive power loss — the tool every
+ * crash test stands on (after dm-log-writes, CrashMonkey, ALICE and SQLite's crash VFS), and
+ * the in-memory test volume backend.
  *
- * Model (the contract of DurableFs):
- * - each file (inode) has a volatile content (what reads see) and a durable one; a write or
- *   truncate is pending until datasync() of that file, which makes that file's pending
- *   operations durable and nothing else;
- * - each directory has volatile and durable name tables; creating, renaming or unlinking a
- *   name is pending until fsyncDir() of that directory;
- * - directories themselves are durable once made (the state directory exists beforehand).
- * crash(choice) returns a new, independent MemoryFs holding the durable state plus a chosen
- * subset of the pending operations, applied in their original order; one chosen write may be
- * torn at a sector boundary.
+ * Notes on the design (the contract of DurableFs, and no more):
+ * - A file is an inode with a VOLATILE content (what reads see now) and a DURABLE one (what
+ *   survives power loss), plus the ordered list of its writes and truncates since its last
+ *   datasync (each write keeps a copy of its data only while it is pending).
+ * - datasync(file) makes durable that file's pending ops that completed before the call, and
+ *   nothing else: it orders only its own file.
+ * - A directory has a volatile name → inode table. create, rename and unlink change it at
+ *   once and are pending until fsyncDir(dir); a rename (one atomic op, also across
+ *   directories) waits for the fsyncDir of its target's directory. A rename or unlink that
+ *   lands removes a name only if it still names the same inode.
+ * - Name tables after a crash are the replay, in issue order, of the name ops that are durable
+ *   or chosen to land — never "durable ones first": a rename out of /e made durable by
+ *   fsyncDir(/d) must not be undone by an older, still pending create in /e. So name ops are
+ *   kept in one log in issue order; the prefix that is all durable is folded into a base
+ *   table per directory (fsyncs keep the log short).
+ * - Directories themselves are durable once made (mkdirp is not a recorded op): the state
+ *   directory and volume directories are assumed to exist before a scenario starts.
+ * - crash(choice) returns a new, independent MemoryFs whose durable and volatile states are
+ *   the old durable state plus the chosen pending ops, applied in their original (global)
+ *   order, with no pending ops. A chosen torn write lands only a prefix of whole units.
+ * - Inodes no name can reach after any crash (unlinked or replaced, closed, and the change
+ *   durable) are dropped with their pending ops.
+ * - Contents are Buffers that grow by doubling and are shared copy-on-write between a fs and
+ *   its crash snapshots, so a snapshot costs only the files that differ.
+ * - capacity (optional) counts allocated bytes: bytes written or seeded and not truncated
+ *   away, in files that are still linked or open. Holes (a truncate that grows, a write past
+ *   the end) are free, as on a file system with sparse files. A crash snapshot keeps each
+ *   surviving file's allocation as it was in the live fs, clipped to its new size.
+ *
+ * onOp is awaited before each mutating op takes effect: a test can hold an op (await a
+ * promise), or stop the run there (throw: the op does not happen). opCount counts the op
+ * before the hook runs, so the hook sees its own op's number. crash() from inside the hook
+ * gives the state just before that op.
  */
-import {basename, dirname} from 'node:path'
+import {posix} from 'node:path'
+import {landing, type CrashChoice, type PendingOp, tornLength} from './CrashState.js'
 import type {DurableFile, DurableFs, FileStat, OpenOptions} from './DurableFs.js'
 
-type Pending =
-  | {kind: 'write'; ino: number; offset: number; data: Buffer}
-  | {kind: 'truncate'; ino: number; size: number}
-  | {kind: 'name'; dir: string; name: string; ino: number | undefined}
+export {enumerateCrashStates, MAX_CRASH_STATES, mulberry32} from './CrashState.js'
+export type {CrashChoice, PendingOp, TearUnit, TornChoice} from './CrashState.js'
 
-export type FsOp = {kind: 'write' | 'datasync' | 'rename' | 'fsyncDir' | 'unlink' | 'truncate' | 'create'; path: string; offset?: number; length?: number}
-
-export type CrashChoice = (
-  | {kind: 'durable'}
-  | {kind: 'all'}
-  | {kind: 'subset'; seed: number}
-  | {kind: 'all-but-one'; index: number}
-  | {kind: 'prefix'; count: number}
-) & {torn?: {index: number; sectors: number}}
-
-interface Inode {
-  ino: number
-  data: Buffer
-  size: number
-  durable: Buffer
-  durableSize: number
-  mtime: number
+/** A mutating operation, as onOp sees it before it takes effect. */
+export type FsOp = {
+  kind: 'write' | 'datasync' | 'rename' | 'fsyncDir' | 'unlink' | 'truncate' | 'create'
+  path: string
+  offset?: number
+  length?: number
+  /** A rename's new name. */
+  to?: string
 }
 
-function errno(code: string, path: string): Error {
-  return Object.assign(new Error(`${code}: ${path}`), {code})
+export interface MemoryFsOptions {
+  /** The atomic unit of the device: a torn write never splits one. Default 512. */
+  sectorSize?: number
+  /** Allocated bytes allowed in all files; a write past it fails with ENOSPC. Default: unlimited. */
+  capacity?: number
 }
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+// ---------------------------------------------------------------------------------------
+// Contents: growable buffers, shared copy-on-write. Invariant: buf[size..] is all zero.
+
+class Content {
+  /** Holders (inode slots, in any fs) sharing this buffer; a holder copies before it writes when > 1. */
+  refs = 1
+  constructor(
+    public buf: Buffer,
+    public size: number,
+  ) {}
+}
+
+/** `c` if this holder may write it and it has room for `need` bytes, else a private copy that has. */
+function owned(c: Content, need: number): Content {
+  if (c.refs > 1) {
+    c.refs--
+    const buf = Buffer.alloc(Math.max(need, c.size))
+    c.buf.copy(buf, 0, 0, c.size)
+    return new Content(buf, c.size)
   }
+  if (c.buf.length < need) {
+    const buf = Buffer.alloc(Math.max(need, c.buf.length * 2, 4096))
+    c.buf.copy(buf, 0, 0, c.size)
+    c.buf = buf
+  }
+  return c
 }
 
-function grow(buf: Buffer, size: number): Buffer {
-  if (buf.length >= size) return buf
-  const n = Buffer.alloc(Math.max(size, buf.length * 2))
-  buf.copy(n)
+function writeAt(c: Content, offset: number, data: Uint8Array): Content {
+  const o = owned(c, offset + data.byteLength)
+  o.buf.set(data, offset)
+  o.size = Math.max(o.size, offset + data.byteLength)
+  return o
+}
+
+function truncateTo(c: Content, size: number): Content {
+  if (size === c.size) return c
+  const o = owned(c, size)
+  if (size < o.size) o.buf.fill(0, size, o.size)
+  o.size = size
+  return o
+}
+
+function shared(c: Content, holders: number): Content {
+  c.refs += holders
+  return c
+}
+
+// ---------------------------------------------------------------------------------------
+// Allocation (only tracked with a capacity): sorted, disjoint, non-adjacent [start, end) pairs.
+
+type Ranges = Array<[number, number]>
+
+/** Bytes of [s, e) not yet in `r`. */
+function unallocated(r: Ranges, s: number, e: number): number {
+  let covered = 0
+  for (const [a, b] of r) {
+    if (a >= e) break
+    if (b > s) covered += Math.min(b, e) - Math.max(a, s)
+  }
+  return e - s - covered
+}
+
+function allocate(r: Ranges, s: number, e: number): Ranges {
+  const out: Ranges = []
+  let i = 0
+  while (i < r.length && r[i][1] < s) out.push(r[i++])
+  let a = s
+  let b = e
+  while (i < r.length && r[i][0] <= e) {
+    a = Math.min(a, r[i][0])
+    b = Math.max(b, r[i][1])
+    i++
+  }
+  out.push([a, b])
+  while (i < r.length) out.push(r[i++])
+  return out
+}
+
+function clip(r: Ranges, size: number): Ranges {
+  const out: Ranges = []
+  for (const [a, b] of r) if (a < size) out.push([a, Math.min(b, size)])
+  return out
+}
+
+function allocatedBytes(r: Ranges): number {
+  let n = 0
+  for (const [a, b] of r) n += b - a
   return n
 }
 
-function applyWrite(target: {data: Buffer; size: number}, offset: number, data: Buffer): void {
-  target.data = grow(target.data, offset + data.length)
-  data.copy(target.data, offset)
-  target.size = Math.max(target.size, offset + data.length)
+// ---------------------------------------------------------------------------------------
+// Inodes, directories and pending ops.
+
+type FileOp = {seq: number; path: string} & ({kind: 'write'; offset: number; data: Buffer} | {kind: 'truncate'; size: number})
+
+/** `dir` is the directory whose fsyncDir makes the op durable (a rename's target's). */
+type NameOp = {seq: number; dir: string; ino: number} & (
+  | {kind: 'create'; name: string}
+  | {kind: 'unlink'; name: string}
+  | {kind: 'rename'; fromDir: string; from: string; to: string}
+)
+
+interface Inode {
+  readonly ino: number
+  vol: Content
+  dur: Content
+  /** Writes and truncates since the last datasync, in order. */
+  pending: FileOp[]
+  mtime: number
+  /** Names in volatile tables. */
+  links: number
+  /** Open handles. */
+  opens: number
+  /** Allocated byte ranges (with a capacity only). */
+  alloc: Ranges
+  /** Neither linked nor open: its bytes no longer count against the capacity. */
+  released: boolean
 }
 
-function applyTruncate(target: {data: Buffer; size: number}, size: number): void {
-  target.data = grow(target.data, size)
-  if (size < target.size) target.data.fill(0, size, target.size)
-  target.size = size
+interface Dir {
+  readonly ino: number
+  vol: Map<string, number>
+  /** The names as of the start of the name log (every op folded into it was durable). */
+  base: Map<string, number>
 }
+
+/** Apply a name op to name tables (volatile, durable, or a crash state's). */
+function applyName(op: NameOp, table: (dir: string) => Map<string, number>): void {
+  switch (op.kind) {
+    case 'create':
+      table(op.dir).set(op.name, op.ino)
+      break
+    case 'unlink': {
+      const t = table(op.dir)
+      if (t.get(op.name) === op.ino) t.delete(op.name)
+      break
+    }
+    case 'rename': {
+      const f = table(op.fromDir)
+      if (f.get(op.from) === op.ino) f.delete(op.from)
+      table(op.dir).set(op.to, op.ino)
+      break
+    }
+  }
+}
+
+const MESSAGES: Record<string, string> = {
+  ENOENT: 'no such file or directory',
+  EEXIST: 'file already exists',
+  EBADF: 'bad file descriptor',
+  ENOSPC: 'no space left on device',
+  EISDIR: 'illegal operation on a directory',
+  ENOTDIR: 'not a directory',
+  EINVAL: 'invalid argument',
+}
+
+/** An error shaped like Node's system errors (code, syscall, path). */
+function fsError(code: string, syscall: string, path: string, dest?: string): NodeJS.ErrnoException {
+  const where = dest === undefined ? `'${path}'` : `'${path}' -> '${dest}'`
+  return Object.assign(new Error(`${code}: ${MESSAGES[code] ?? 'error'}, ${syscall} ${where}`), {code, syscall, path, ...(dest === undefined ? {} : {dest})})
+}
+
+function norm(path: string): string {
+  return posix.resolve('/', path)
+}
+
+function checkPosition(n: number, syscall: string, path: string): void {
+  if (!Number.isSafeInteger(n) || n < 0) throw fsError('EINVAL', syscall, path)
+}
+
+// ---------------------------------------------------------------------------------------
 
 export class MemoryFs implements DurableFs {
-  private readonly inodes = new Map<number, Inode>()
-  private readonly dirs = new Map<string, {volatile: Map<string, number>; durable: Map<string, number>}>()
-  private pending: Pending[] = []
-  private nextIno = 1
-  private clock = 1
-  opCount = 0
-  /** Called before each mutating operation; may wait (hold the op) or throw (stop the run). */
+  /** The atomic unit of the device (bytes): a torn write never splits one. */
+  readonly sectorSize: number
+  /** Allocated bytes allowed; undefined when unlimited. */
+  readonly capacity: number | undefined
+  /** Called (and awaited) before each mutating op takes effect; may hold it, or throw to stop it. */
   onOp?: (op: FsOp) => void | Promise<void>
 
-  constructor(readonly opts: {sectorSize?: number; capacity?: number} = {}) {}
+  private readonly inodes = new Map<number, Inode>()
+  private readonly dirs = new Map<string, Dir>()
+  /** Name ops since the base tables, in issue order; the first one, if any, is pending. */
+  private nameLog: Array<{op: NameOp; durable: boolean}> = []
+  /** Inodes released but maybe still reachable after a crash (durable name or pending name op). */
+  private readonly unreachableCandidates = new Set<Inode>()
+  private nextIno = 2
+  private clock = 1
+  private seq = 0
+  private pendingTotal = 0
+  private ops = 0
+  private allocated = 0
+  private pendingCache?: {seq: number; total: number; list: ReadonlyArray<{ino: number; op: FileOp | NameOp}>}
 
-  private dir(path: string): {volatile: Map<string, number>; durable: Map<string, number>} {
-    const d = this.dirs.get(path)
-    if (!d) throw errno('ENOENT', path)
-    return d
+  constructor(opts: MemoryFsOptions = {}) {
+    const sector = opts.sectorSize ?? 512
+    if (!Number.isSafeInteger(sector) || sector < 512 || (sector & (sector - 1)) !== 0)
+      throw new RangeError(`MemoryFs sectorSize must be a power of two ≥ 512, not ${sector}`)
+    if (opts.capacity !== undefined && !(opts.capacity >= 0)) throw new RangeError(`MemoryFs capacity must be a byte count, not ${opts.capacity}`)
+    this.sectorSize = sector
+    this.capacity = opts.capacity
+    this.dirs.set('/', {ino: 1, vol: new Map(), base: new Map()})
   }
 
-  private lookup(path: string): Inode | undefined {
-    const d = this.dirs.get(dirname(path))
-    const ino = d?.volatile.get(basename(path))
-    return ino === undefined ? undefined : this.inodes.get(ino)
+  /** Count of mutating ops so far (creates, writes, truncates, datasyncs, renames, unlinks, fsyncDirs). */
+  get opCount(): number {
+    return this.ops
   }
 
-  private async op(op: FsOp): Promise<void> {
-    this.opCount++
-    await this.onOp?.(op)
-  }
-
-  private usedBytes(): number {
-    let n = 0
-    for (const i of this.inodes.values()) n += i.size
-    return n
-  }
-
-  /** A durable file with this content (already synced, its name durable). */
-  seedFile(path: string, content: Uint8Array): void {
-    const dir = dirname(path)
-    if (!this.dirs.has(dir)) this.mkdirSync(dir)
-    const ino = this.nextIno++
-    const data = Buffer.from(content)
-    this.inodes.set(ino, {ino, data: Buffer.from(data), size: data.length, durable: Buffer.from(data), durableSize: data.length, mtime: this.clock++})
-    this.dir(dir).volatile.set(basename(path), ino)
-    this.dir(dir).durable.set(basename(path), ino)
-  }
-
-  contentOf(path: string): Buffer {
-    const i = this.lookup(path)
-    if (!i) throw errno('ENOENT', path)
-    return Buffer.from(i.data.subarray(0, i.size))
-  }
-
+  /** Number of pending (not yet durable) ops: writes, truncates, creates, renames, unlinks. */
   pendingCount(): number {
-    return this.pending.length
+    return this.pendingTotal
   }
 
-  private mkdirSync(dir: string): void {
-    if (this.dirs.has(dir)) return
-    if (dir !== dirname(dir)) this.mkdirSync(dirname(dir))
-    this.dirs.set(dir, {volatile: new Map(), durable: new Map()})
+  /** The pending ops in global order: what a CrashChoice's indices refer to. */
+  pendingOps(): PendingOp[] {
+    return this.pendingList().map((p, index): PendingOp => {
+      if ('data' in p.op) return {index, kind: 'write', path: p.op.path, offset: p.op.offset, length: p.op.data.length}
+      if ('size' in p.op) return {index, kind: 'truncate', path: p.op.path, length: p.op.size}
+      if (p.op.kind === 'rename') return {index, kind: 'rename', path: posix.join(p.op.fromDir, p.op.from), to: posix.join(p.op.dir, p.op.to)}
+      return {index, kind: p.op.kind, path: posix.join(p.op.dir, p.op.name)}
+    })
+  }
+
+  /** Bytes allocated in linked or open files (tracked only with a capacity; 0 otherwise). */
+  get usedBytes(): number {
+    return this.allocated
+  }
+
+  // -- test conveniences -----------------------------------------------------------------
+
+  /** A durable file with this content (already synced, its name durable), replacing any. Makes missing directories. */
+  seedFile(path: string, content: Uint8Array): void {
+    const p = norm(path)
+    if (this.dirs.has(p)) throw fsError('EISDIR', 'open', p)
+    const dirPath = posix.dirname(p)
+    const name = posix.basename(p)
+    this.mkdirSync(dirPath)
+    const dir = this.dirs.get(dirPath)!
+    const old = dir.vol.get(name)
+    const c = new Content(Buffer.from(content), content.byteLength)
+    const node = this.newInode(c)
+    if (this.capacity !== undefined && content.byteLength > 0) {
+      node.alloc = [[0, content.byteLength]]
+      this.allocated += content.byteLength
+    }
+    dir.vol.set(name, node.ino)
+    node.links = 1
+    // A durable create, in issue order after everything before it.
+    this.nameLog.push({op: {seq: this.seq++, kind: 'create', dir: dirPath, name, ino: node.ino}, durable: true})
+    this.fold()
+    if (old !== undefined) this.unlinked(old)
+  }
+
+  /** Current (volatile) content of a file: a copy. */
+  contentOf(path: string): Buffer {
+    const p = norm(path)
+    const node = this.lookup(p)
+    if (!node) throw fsError(this.dirs.has(p) ? 'EISDIR' : 'ENOENT', 'open', p)
+    return Buffer.from(node.vol.buf.subarray(0, node.vol.size))
+  }
+
+  // -- crash -----------------------------------------------------------------------------
+
+  /**
+   * A snapshot of what survives power loss now under `choice` (default: only the durable
+   * state): a new, independent MemoryFs with no pending ops, the same options and no onOp.
+   * Pending ops that land are applied in their original order. Does not change this fs.
+   */
+  crash(choice: CrashChoice = {kind: 'durable'}): MemoryFs {
+    const list = this.pendingList()
+    const lands = landing(list.length, choice)
+    let tornIndex = -1
+    let tornBytes = 0
+    if (choice.torn) {
+      const t = choice.torn
+      const p = list[t.index]
+      if (!p || !('data' in p.op)) throw new RangeError(`torn index ${t.index} is not a pending write (${list.length} pending ops)`)
+      if (t.at !== 512 && t.at !== 4096) throw new RangeError(`a torn write is cut at 512 or 4096 bytes, not ${String(t.at)}`)
+      tornIndex = t.index
+      tornBytes = tornLength(p.op.offset, p.op.data.length, t, this.sectorSize, choice.kind === 'subset' ? choice.seed : 0)
+    }
+
+    // Files start from their durable content (copied only when a landing op changes it);
+    // names from the base, then every durable or landing name op in issue order.
+    const landed = new Set<NameOp>()
+    const tables = new Map<string, Map<string, number>>()
+    for (const [path, d] of this.dirs) tables.set(path, new Map(d.base))
+    const contents = new Map<number, Content>()
+    const contentFor = (ino: number): Content => {
+      let c = contents.get(ino)
+      if (!c) {
+        const d = this.inodes.get(ino)!.dur
+        c = new Content(Buffer.from(d.buf.subarray(0, d.size)), d.size)
+        contents.set(ino, c)
+      }
+      return c
+    }
+    list.forEach((p, i) => {
+      if (!lands[i] && i !== tornIndex) return
+      if ('data' in p.op) {
+        const data = i === tornIndex ? p.op.data.subarray(0, tornBytes) : p.op.data
+        contents.set(p.ino, writeAt(contentFor(p.ino), p.op.offset, data))
+      } else if ('size' in p.op) {
+        contents.set(p.ino, truncateTo(contentFor(p.ino), p.op.size))
+      } else {
+        landed.add(p.op)
+      }
+    })
+    for (const e of this.nameLog) if (e.durable || landed.has(e.op)) applyName(e.op, (d) => tables.get(d)!)
+
+    const out = new MemoryFs({sectorSize: this.sectorSize, capacity: this.capacity})
+    out.nextIno = this.nextIno
+    out.clock = this.clock
+    out.dirs.clear()
+    const links = new Map<number, number>()
+    for (const [path, t] of tables) {
+      out.dirs.set(path, {ino: this.dirs.get(path)!.ino, vol: new Map(t), base: t})
+      for (const ino of t.values()) links.set(ino, (links.get(ino) ?? 0) + 1)
+    }
+    for (const [ino, n] of links) {
+      const src = this.inodes.get(ino)!
+      const own = contents.get(ino)
+      // vol and dur of the new inode share one content; an unchanged one is shared with this fs too.
+      const c = own ? shared(own, 1) : shared(src.dur, 2)
+      const alloc = this.capacity === undefined ? [] : clip(src.alloc, c.size)
+      out.inodes.set(ino, {ino, vol: c, dur: c, pending: [], mtime: src.mtime, links: n, opens: 0, alloc, released: false})
+      out.allocated += allocatedBytes(alloc)
+    }
+    return out
+  }
+
+  // -- DurableFs -------------------------------------------------------------------------
+
+  async open(path: string, o: OpenOptions = {}): Promise<DurableFile> {
+    const p = norm(path)
+    if (this.dirs.has(p)) throw fsError('EISDIR', 'open', p)
+    let node = this.lookup(p)
+    if (node && o.create === 'new') throw fsError('EEXIST', 'open', p)
+    if (!node) {
+      if (!o.create) throw fsError('ENOENT', 'open', p)
+      const dir = this.dirs.get(posix.dirname(p))
+      if (!dir) throw fsError('ENOENT', 'open', p)
+      await this.op({kind: 'create', path: p})
+      // Another open may have made it while the hook ran.
+      node = this.lookup(p)
+      if (node && o.create === 'new') throw fsError('EEXIST', 'open', p)
+      if (!node) {
+        node = this.newInode(new Content(Buffer.alloc(0), 0))
+        node.links = 1
+        dir.vol.set(posix.basename(p), node.ino)
+        this.recordName({seq: 0, kind: 'create', dir: posix.dirname(p), name: posix.basename(p), ino: node.ino})
+      }
+    }
+    node.opens++
+    return new MemoryFile(this, p, node, Boolean(o.write))
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    const f = norm(from)
+    const t = norm(to)
+    this.checkRename(f, t)
+    if (f === t) return
+    await this.op({kind: 'rename', path: f, to: t})
+    const node = this.checkRename(f, t)
+    const fromDir = this.dirs.get(posix.dirname(f))!
+    const toDir = this.dirs.get(posix.dirname(t))!
+    fromDir.vol.delete(posix.basename(f))
+    const old = toDir.vol.get(posix.basename(t))
+    toDir.vol.set(posix.basename(t), node.ino)
+    this.recordName({seq: 0, kind: 'rename', dir: posix.dirname(t), fromDir: posix.dirname(f), from: posix.basename(f), to: posix.basename(t), ino: node.ino})
+    if (old !== undefined && old !== node.ino) this.unlinked(old)
+  }
+
+  async fsyncDir(dir: string): Promise<void> {
+    const p = norm(dir)
+    const d = this.dirs.get(p)
+    if (!d) throw fsError(this.lookup(p) ? 'ENOTDIR' : 'ENOENT', 'fsync', p)
+    const before = this.seq
+    await this.op({kind: 'fsyncDir', path: p})
+    for (const e of this.nameLog) {
+      if (e.op.seq >= before) break
+      if (e.durable || e.op.dir !== p) continue
+      e.durable = true
+      this.pendingTotal--
+    }
+    this.fold()
+    this.collect()
+  }
+
+  async unlink(path: string): Promise<void> {
+    const p = norm(path)
+    if (this.dirs.has(p)) throw fsError('EISDIR', 'unlink', p)
+    if (!this.lookup(p)) return // like NodeDurableFs (rm --force)
+    await this.op({kind: 'unlink', path: p})
+    const node = this.lookup(p)
+    if (!node) return
+    const dir = this.dirs.get(posix.dirname(p))!
+    dir.vol.delete(posix.basename(p))
+    this.recordName({seq: 0, kind: 'unlink', dir: posix.dirname(p), name: posix.basename(p), ino: node.ino})
+    this.unlinked(node.ino)
   }
 
   async mkdirp(dir: string): Promise<void> {
-    this.mkdirSync(dir)
+    this.mkdirSync(norm(dir))
   }
 
   async readdir(dir: string): Promise<string[]> {
-    const names = [...this.dir(dir).volatile.keys()]
-    for (const d of this.dirs.keys()) if (dirname(d) === dir && d !== dir) names.push(basename(d))
+    const p = norm(dir)
+    const d = this.dirs.get(p)
+    if (!d) throw fsError(this.lookup(p) ? 'ENOTDIR' : 'ENOENT', 'scandir', p)
+    const names = [...d.vol.keys()]
+    for (const sub of this.dirs.keys()) if (sub !== p && posix.dirname(sub) === p) names.push(posix.basename(sub))
     return names.sort()
   }
 
   async exists(path: string): Promise<boolean> {
-    return this.dirs.has(path) || this.lookup(path) !== undefined
+    const p = norm(path)
+    return this.dirs.has(p) || this.lookup(p) !== undefined
   }
 
   async stat(path: string): Promise<FileStat> {
-    if (this.dirs.has(path)) return {dev: 1, ino: 0, size: 0, mtimeMs: 0, ctimeMs: 0, isFile: false, isBlockDevice: false, rdev: 0}
-    const i = this.lookup(path)
-    if (!i) throw errno('ENOENT', path)
-    return {dev: 1, ino: i.ino, size: i.size, mtimeMs: i.mtime, ctimeMs: i.mtime, isFile: true, isBlockDevice: false, rdev: 0}
+    const p = norm(path)
+    const d = this.dirs.get(p)
+    if (d) return {dev: 1, ino: d.ino, size: 4096, mtimeMs: 0, ctimeMs: 0, isFile: false, isBlockDevice: false, rdev: 0}
+    const node = this.lookup(p)
+    if (!node) throw fsError('ENOENT', 'stat', p)
+    return this.statOf(node)
   }
 
   async readFile(path: string): Promise<Buffer> {
-    return this.contentOf(path)
+    const p = norm(path)
+    if (this.dirs.has(p)) throw fsError('EISDIR', 'read', p)
+    if (!this.lookup(p)) throw fsError('ENOENT', 'open', p)
+    return this.contentOf(p)
   }
 
   async realpath(path: string): Promise<string> {
-    if (!(await this.exists(path))) throw errno('ENOENT', path)
-    return path
+    const p = norm(path)
+    if (!(await this.exists(p))) throw fsError('ENOENT', 'realpath', p)
+    return p
   }
 
-  private setName(dir: string, name: string, ino: number | undefined): void {
-    const d = this.dir(dir)
-    if (ino === undefined) d.volatile.delete(name)
-    else d.volatile.set(name, ino)
-    this.pending.push({kind: 'name', dir, name, ino})
+  // -- used by MemoryFile (not part of the public API) ---------------------------------------
+
+  /** @internal */
+  statOf(node: Inode): FileStat {
+    return {dev: 1, ino: node.ino, size: node.vol.size, mtimeMs: node.mtime, ctimeMs: node.mtime, isFile: true, isBlockDevice: false, rdev: 0}
   }
 
-  async open(path: string, o: OpenOptions = {}): Promise<DurableFile> {
-    let node = this.lookup(path)
-    if (node && o.create === 'new') throw errno('EEXIST', path)
-    if (!node) {
-      if (!o.create) throw errno('ENOENT', path)
-      if (!this.dirs.has(dirname(path))) throw errno('ENOENT', dirname(path))
-      await this.op({kind: 'create', path})
-      const ino = this.nextIno++
-      node = {ino, data: Buffer.alloc(0), size: 0, durable: Buffer.alloc(0), durableSize: 0, mtime: this.clock++}
-      this.inodes.set(ino, node)
-      this.setName(dirname(path), basename(path), ino)
+  /** @internal */
+  async fileWrite(path: string, node: Inode, buf: Uint8Array, offset: number): Promise<void> {
+    await this.op({kind: 'write', path, offset, length: buf.byteLength})
+    if (buf.byteLength === 0) return
+    const end = offset + buf.byteLength
+    if (this.capacity !== undefined) {
+      const more = unallocated(node.alloc, offset, end)
+      if (more > 0 && this.allocated + more > this.capacity) throw fsError('ENOSPC', 'write', path)
+      node.alloc = allocate(node.alloc, offset, end)
+      this.allocated += more
     }
-    return new MemoryFile(this, path, node, Boolean(o.write))
-  }
-
-  /** @internal used by MemoryFile */
-  async fileWrite(path: string, node: Inode, buf: Uint8Array, position: number): Promise<void> {
-    await this.op({kind: 'write', path, offset: position, length: buf.byteLength})
-    if (this.opts.capacity !== undefined && position + buf.byteLength > node.size && this.usedBytes() + (position + buf.byteLength - node.size) > this.opts.capacity) throw errno('ENOSPC', path)
     const data = Buffer.from(buf)
-    applyWrite(node, position, data)
+    node.vol = writeAt(node.vol, offset, data)
     node.mtime = this.clock++
-    this.pending.push({kind: 'write', ino: node.ino, offset: position, data})
+    this.recordFile(node, {seq: 0, path, kind: 'write', offset, data})
   }
 
   /** @internal */
   async fileTruncate(path: string, node: Inode, size: number): Promise<void> {
     await this.op({kind: 'truncate', path, length: size})
-    applyTruncate(node, size)
+    if (this.capacity !== undefined && size < node.vol.size) {
+      const before = allocatedBytes(node.alloc)
+      node.alloc = clip(node.alloc, size)
+      this.allocated -= before - allocatedBytes(node.alloc)
+    }
+    node.vol = truncateTo(node.vol, size)
     node.mtime = this.clock++
-    this.pending.push({kind: 'truncate', ino: node.ino, size})
+    this.recordFile(node, {seq: 0, path, kind: 'truncate', size})
   }
 
-  /** @internal datasync: this file's pending writes and truncates become durable. */
+  /** @internal datasync: this file's ops that completed before the call become durable. */
   async fileSync(path: string, node: Inode): Promise<void> {
+    const before = this.seq
     await this.op({kind: 'datasync', path})
-    const keep: Pending[] = []
-    for (const p of this.pending) {
-      if (p.kind !== 'name' && p.ino === node.ino) {
-        const t = {data: node.durable, size: node.durableSize}
-        if (p.kind === 'write') applyWrite(t, p.offset, p.data)
-        else applyTruncate(t, p.size)
-        node.durable = t.data
-        node.durableSize = t.size
-      } else keep.push(p)
+    let k = 0
+    for (; k < node.pending.length && node.pending[k].seq < before; k++) {
+      const p = node.pending[k]
+      node.dur = 'data' in p ? writeAt(node.dur, p.offset, p.data) : truncateTo(node.dur, p.size)
     }
-    this.pending = keep
+    node.pending.splice(0, k)
+    this.pendingTotal -= k
   }
 
-  async rename(from: string, to: string): Promise<void> {
-    const node = this.lookup(from)
-    if (!node) throw errno('ENOENT', from)
-    await this.op({kind: 'rename', path: from})
-    if (dirname(from) === dirname(to)) {
-      // One atomic step in one directory: both names change together at fsyncDir.
-      const d = this.dir(dirname(from))
-      d.volatile.delete(basename(from))
-      d.volatile.set(basename(to), node.ino)
-      this.pending.push({kind: 'name', dir: dirname(to), name: `\u0000rename\u0000${basename(from)}\u0000${basename(to)}`, ino: node.ino})
-    } else {
-      this.setName(dirname(to), basename(to), node.ino)
-      this.setName(dirname(from), basename(from), undefined)
+  /** @internal */
+  fileClosed(node: Inode): void {
+    node.opens--
+    this.maybeRelease(node)
+  }
+
+  // -- internals -------------------------------------------------------------------------
+
+  private async op(op: FsOp): Promise<void> {
+    this.ops++
+    await this.onOp?.(op)
+  }
+
+  private lookup(p: string): Inode | undefined {
+    const ino = this.dirs.get(posix.dirname(p))?.vol.get(posix.basename(p))
+    return ino === undefined ? undefined : this.inodes.get(ino)
+  }
+
+  private checkRename(f: string, t: string): Inode {
+    if (this.dirs.has(f)) throw fsError('EISDIR', 'rename', f, t) // MemoryFs does not rename directories
+    const node = this.lookup(f)
+    if (!node) throw fsError('ENOENT', 'rename', f, t)
+    if (this.dirs.has(t)) throw fsError('EISDIR', 'rename', f, t)
+    if (!this.dirs.has(posix.dirname(t))) throw fsError('ENOENT', 'rename', f, t)
+    return node
+  }
+
+  private mkdirSync(p: string): void {
+    if (this.dirs.has(p)) return
+    const parent = posix.dirname(p)
+    this.mkdirSync(parent)
+    if (this.dirs.get(parent)!.vol.has(posix.basename(p))) throw fsError('EEXIST', 'mkdir', p)
+    this.dirs.set(p, {ino: this.nextIno++, vol: new Map(), base: new Map()})
+  }
+
+  /** A new inode whose volatile and durable contents are both `c` (a fresh content, now held twice). */
+  private newInode(c: Content): Inode {
+    const node: Inode = {ino: this.nextIno++, vol: c, dur: shared(c, 1), pending: [], mtime: this.clock++, links: 0, opens: 0, alloc: [], released: false}
+    this.inodes.set(node.ino, node)
+    return node
+  }
+
+  private recordName(op: NameOp): void {
+    op.seq = this.seq++
+    this.nameLog.push({op, durable: false})
+    this.pendingTotal++
+  }
+
+  /** Fold the all-durable prefix of the name log into the base tables. */
+  private fold(): void {
+    let k = 0
+    while (k < this.nameLog.length && this.nameLog[k].durable) applyName(this.nameLog[k++].op, (d) => this.dirs.get(d)!.base)
+    if (k > 0) this.nameLog.splice(0, k)
+  }
+
+  private recordFile(node: Inode, op: FileOp): void {
+    op.seq = this.seq++
+    node.pending.push(op)
+    this.pendingTotal++
+  }
+
+  /** A volatile name of inode `ino` went away. */
+  private unlinked(ino: number): void {
+    const node = this.inodes.get(ino)
+    if (!node) return
+    node.links--
+    this.maybeRelease(node)
+  }
+
+  private maybeRelease(node: Inode): void {
+    if (node.released || node.links > 0 || node.opens > 0) return
+    node.released = true
+    this.allocated -= allocatedBytes(node.alloc)
+    this.unreachableCandidates.add(node)
+    this.collect()
+  }
+
+  /** Drop released inodes that no crash can bring back: no durable name, no pending name op. */
+  private collect(): void {
+    if (this.unreachableCandidates.size === 0) return
+    // Reachable: named in the durable tables (base + durable log), or by a pending name op.
+    const durable = new Map<string, Map<string, number>>()
+    for (const [path, d] of this.dirs) durable.set(path, new Map(d.base))
+    const reachable = new Set<number>()
+    for (const e of this.nameLog) {
+      if (e.durable) applyName(e.op, (d) => durable.get(d)!)
+      else reachable.add(e.op.ino)
     }
-  }
-
-  async fsyncDir(dir: string): Promise<void> {
-    await this.op({kind: 'fsyncDir', path: dir})
-    const keep: Pending[] = []
-    for (const p of this.pending) {
-      if (p.kind === 'name' && p.dir === dir) MemoryFs.applyName(this.dir(dir).durable, p)
-      else keep.push(p)
+    for (const t of durable.values()) for (const ino of t.values()) reachable.add(ino)
+    for (const node of this.unreachableCandidates) {
+      if (reachable.has(node.ino)) continue
+      this.inodes.delete(node.ino)
+      this.pendingTotal -= node.pending.length
+      node.pending = []
+      this.unreachableCandidates.delete(node)
     }
-    this.pending = keep
-  }
-
-  private static applyName(table: Map<string, number>, p: Extract<Pending, {kind: 'name'}>): void {
-    if (p.name.startsWith('\u0000rename\u0000')) {
-      const [, , from, to] = p.name.split('\u0000')
-      table.delete(from)
-      table.set(to, p.ino!)
-    } else if (p.ino === undefined) table.delete(p.name)
-    else table.set(p.name, p.ino)
-  }
-
-  async unlink(path: string): Promise<void> {
-    if (!this.lookup(path)) return
-    await this.op({kind: 'unlink', path})
-    this.setName(dirname(path), basename(path), undefined)
   }
 
   /**
-   * A new MemoryFs holding what survives power loss now: the durable state plus the chosen
-   * pending operations (in order); a chosen torn write lands only its first `sectors` sectors.
+   * Every pending op with its inode, in global (issue) order. Cached: (seq, pendingTotal)
+   * names the pending set, since ops are only added (seq grows) or retired (the total shrinks).
    */
-  crash(choice: CrashChoice = {kind: 'durable'}): MemoryFs {
-    const n = this.pending.length
-    const lands: boolean[] = new Array(n).fill(false)
-    if (choice.kind === 'all') lands.fill(true)
-    else if (choice.kind === 'prefix') for (let i = 0; i < Math.min(choice.count, n); i++) lands[i] = true
-    else if (choice.kind === 'all-but-one') {
-      lands.fill(true)
-      if (choice.index < n) lands[choice.index] = false
-    } else if (choice.kind === 'subset') {
-      const r = mulberry32(choice.seed)
-      for (let i = 0; i < n; i++) lands[i] = r() < 0.5
-    }
-    const out = new MemoryFs(this.opts)
-    out.nextIno = this.nextIno
-    out.clock = this.clock
-    const files = new Map<number, {data: Buffer; size: number}>()
-    for (const i of this.inodes.values()) files.set(i.ino, {data: Buffer.from(i.durable.subarray(0, Math.max(i.durableSize, 0))), size: i.durableSize})
-    const tables = new Map<string, Map<string, number>>()
-    for (const [d, t] of this.dirs) tables.set(d, new Map(t.durable))
-    const sector = this.opts.sectorSize ?? 512
-    this.pending.forEach((p, i) => {
-      if (!lands[i] && choice.torn?.index !== i) return
-      if (p.kind === 'name') MemoryFs.applyName(tables.get(p.dir)!, p)
-      else if (p.kind === 'truncate') applyTruncate(files.get(p.ino)!, p.size)
-      else {
-        let data = p.data
-        if (choice.torn?.index === i) data = data.subarray(0, Math.min(data.length, choice.torn.sectors * sector))
-        applyWrite(files.get(p.ino)!, p.offset, data)
-      }
-    })
-    for (const [ino, f] of files) {
-      const d = Buffer.from(f.data.subarray(0, f.size))
-      out.inodes.set(ino, {ino, data: Buffer.from(d), size: f.size, durable: d, durableSize: f.size, mtime: this.inodes.get(ino)!.mtime})
-    }
-    for (const [d, t] of tables) out.dirs.set(d, {volatile: new Map(t), durable: new Map(t)})
-    return out
-  }
-
-  /** Pending writes (index in pending order, length) for choosing torn variants. */
-  pendingWrites(): Array<{index: number; length: number}> {
-    const out: Array<{index: number; length: number}> = []
-    this.pending.forEach((p, index) => {
-      if (p.kind === 'write') out.push({index, length: p.data.length})
-    })
+  private pendingList(): ReadonlyArray<{ino: number; op: FileOp | NameOp}> {
+    const c = this.pendingCache
+    if (c && c.seq === this.seq && c.total === this.pendingTotal) return c.list
+    const out: Array<{ino: number; op: FileOp | NameOp}> = []
+    for (const node of this.inodes.values()) for (const op of node.pending) out.push({ino: node.ino, op})
+    for (const e of this.nameLog) if (!e.durable) out.push({ino: e.op.ino, op: e.op})
+    out.sort((a, b) => a.op.seq - b.op.seq)
+    this.pendingCache = {seq: this.seq, total: this.pendingTotal, list: out}
     return out
   }
 }
@@ -321,67 +675,52 @@ class MemoryFile implements DurableFile {
   constructor(
     private readonly fs: MemoryFs,
     readonly path: string,
-    private readonly node: {ino: number; data: Buffer; size: number; durable: Buffer; durableSize: number; mtime: number},
+    private readonly node: Inode,
     private readonly writable: boolean,
   ) {}
 
-  private live(): void {
-    if (this.closed) throw errno('EBADF', this.path)
+  private live(syscall: string): void {
+    if (this.closed) throw fsError('EBADF', syscall, this.path)
   }
 
   async read(buf: Uint8Array, position: number, length = buf.byteLength): Promise<number> {
-    this.live()
-    const n = Math.max(0, Math.min(length, this.node.size - position))
-    if (n > 0) this.node.data.copy(buf, 0, position, position + n)
+    this.live('read')
+    checkPosition(position, 'read', this.path)
+    if (!Number.isSafeInteger(length) || length < 0 || length > buf.byteLength)
+      throw new RangeError(`read of ${length} bytes into a ${buf.byteLength}-byte buffer (${this.path})`)
+    const c = this.node.vol
+    const n = Math.max(0, Math.min(length, c.size - position))
+    if (n > 0) buf.set(c.buf.subarray(position, position + n), 0)
     return n
   }
 
   async write(buf: Uint8Array, position: number): Promise<void> {
-    this.live()
-    if (!this.writable) throw errno('EBADF', this.path)
+    this.live('write')
+    if (!this.writable) throw fsError('EBADF', 'write', this.path)
+    checkPosition(position, 'write', this.path)
     await this.fs.fileWrite(this.path, this.node, buf, position)
   }
 
   async datasync(): Promise<void> {
-    this.live()
+    this.live('fdatasync')
     await this.fs.fileSync(this.path, this.node)
   }
 
   async size(): Promise<number> {
-    return this.node.size
+    this.live('fstat')
+    return this.node.vol.size
   }
 
   async truncate(length: number): Promise<void> {
-    this.live()
+    this.live('ftruncate')
+    if (!this.writable) throw fsError('EINVAL', 'ftruncate', this.path)
+    checkPosition(length, 'ftruncate', this.path)
     await this.fs.fileTruncate(this.path, this.node, length)
   }
 
   async close(): Promise<void> {
+    if (this.closed) return
     this.closed = true
-  }
-}
-
-/**
- * Crash states of fs as it is now: durable, all, prefixes, all-but-one, random subsets and
- * torn writes. At most `max` states (prefixes and all-but-one are sampled evenly beyond it).
- */
-export function* enumerateCrashStates(fs: MemoryFs, o: {subsets: number; seed: number; torn: boolean; max?: number}): Generator<{choice: CrashChoice; label: string}> {
-  const n = fs.pendingCount()
-  const max = o.max ?? 200
-  yield {choice: {kind: 'durable'}, label: 'durable'}
-  if (n === 0) return
-  yield {choice: {kind: 'all'}, label: 'all'}
-  const budget = Math.max(2, Math.floor((max - o.subsets) / 3))
-  const step = Math.max(1, Math.ceil(n / budget))
-  for (let c = 1; c < n; c += step) yield {choice: {kind: 'prefix', count: c}, label: `prefix ${c}/${n}`}
-  for (let i = 0; i < n; i += step) yield {choice: {kind: 'all-but-one', index: i}, label: `all but #${i}/${n}`}
-  for (let s = 0; s < o.subsets; s++) yield {choice: {kind: 'subset', seed: o.seed * 1000 + s}, label: `subset seed ${o.seed * 1000 + s}`}
-  if (o.torn) {
-    const r = mulberry32(o.seed)
-    const writes = fs.pendingWrites().filter((w) => w.length > 512)
-    for (const w of writes.slice(0, budget)) {
-      const sectors = 1 + Math.floor(r() * (Math.ceil(w.length / 512) - 1))
-      yield {choice: {kind: 'prefix', count: w.index, torn: {index: w.index, sectors}}, label: `torn #${w.index} at ${sectors * 512}`}
-    }
+    this.fs.fileClosed(this.node)
   }
 }

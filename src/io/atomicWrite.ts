@@ -1,3 +1,4 @@
+import {randomBytes} from 'node:crypto'
 import {dirname} from 'node:path'
 import type {DurableFs} from './DurableFs.js'
 
@@ -7,7 +8,8 @@ import type {DurableFs} from './DurableFs.js'
  * content, never a mix.
  */
 export async function writeFileAtomic(fs: DurableFs, path: string, data: Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Date.now().toString(36)}`
+  // Unique even for two saves in one millisecond (the crash model hit that: EEXIST).
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`
   const f = await fs.open(tmp, {write: true, create: 'new'})
   try {
     await f.write(data, 0)

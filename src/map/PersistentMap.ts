@@ -1,41 +1,76 @@
 /*
- * Design notes (after nbdkit's cow filter): what a bit means, and when.
+ * Design notes (after nbdkit's cow filter): what a bit means, where, and when.
+ * ===========================================================================
  *
- * A PersistentMap is one map file plus two bitmaps in memory:
- *   bits     the truth the engines act on. Delta map D[k]: set ⇒ extent e may differ between
- *            source and clone k. Protected restore map P: set ⇒ a host wrote e during the
- *            restore; never copy over it.
- *   durable  exactly what the file holds (what survives power loss). Every page written to
- *            the file is rendered from `durable`, never from `bits`.
+ * A PersistentMap is one map file (DESIGN §3) plus bitmaps in memory:
  *
- * A set bit on disk may be stale (the copy happened, the clear never became durable): that
- * costs a repeated copy, never wrong data. A clear bit on disk must be true. So:
- *   setDurable  (recipe 1, "set ahead") bits and durable set, page written and fdatasynced
- *               before the promise resolves; concurrent callers share one commit (group
- *               commit, as md's write-intent bitmap does).
- *   clear       (recipe 2, "clear behind") bits cleared now; durable cleared only by a
- *               checkpoint whose caller fdatasynced the destination volume first (recipe 5).
- *   setVolatile + stage  (recipe 3, "protect behind") P is set in memory before the host's
- *               data write so no copy can start; stage() after the write completes makes it
- *               eligible; the checkpoint commits it after fdatasyncing the source (INV-2).
- * A checkpoint ticket captures the staged sets and pending clears at beginCheckpoint(); any
- * set after that removes the bit from the ticket's clears, so a clear whose second copy is
- * not yet flushed can never become durable through an older ticket.
+ *   bits      the truth the engines act on, changed at once by every call below.
+ *   durable   the image of the file: what it holds once the commit in flight (if any) is
+ *             datasynced. Every page ever written is rendered from `durable`, never from
+ *             `bits` (which may hold clears whose copied data is not yet durable).
+ *   unsynced  bits set in `durable` by the commit in flight, whose datasync has not yet
+ *             returned: set in the image, not yet on disk.
+ *   staged    bits set in `bits` whose data write completed: eligible for the next checkpoint.
+ *   cleared   bits cleared in `bits` since the last checkpoint was begun.
  *
- * Crash model: a 512-byte sector is written whole or not at all. A torn 4 KiB page mixes
- * old and new sectors of `durable`, each of which is safe by the rules above, so pages need
- * no checksum. The header (first 4 KiB) carries a CRC32C and is only written whole at create
- * or replace time, through a temp file and rename.
+ * Delta map D[k] (kind 'delta'): set ⇒ extent e may differ between the source and clone k.
  *
- * All file writes of one map are serialized (one commit at a time). Methods that say they
- * do not wait are synchronous.
+ *   bits durable
+ *    1     1    e may differ, and a crash remembers it.
+ *    1     0    only while a setDurable is committing (its caller has not issued the write
+ *               that makes e differ yet: recipe 1), or a set not yet staged/checkpointed.
+ *    0     1    e was copied (clear behind, recipe 2); until a checkpoint commits the clear,
+ *               a crash costs one repeated copy, never wrong data.
+ *    0     0    e is equal on both sides, and a crash keeps it so.
+ *
+ * Protected restore map P (kind 'protected'): set ⇒ a host wrote e during this restore, so
+ * nothing may copy e from the clone any more.
+ *
+ *    1     0    a host write to e is in progress, or completed but not yet checkpointed:
+ *               copies of e are blocked at once (recipe 3, "set in memory before the data is
+ *               written"). A crash recopies e from the clone: an unflushed write may be lost,
+ *               as NBD allows, never misplaced.
+ *    1     1    every byte of source[e] is the clone's or a host's (INV-2): durable only
+ *               after a checkpoint that fdatasynced the source after the data write.
+ *    0     1    never (P bits are only dropped whole, by replaceAll or by deleting P).
+ *
+ * Ordering rules kept here (DESIGN §4); the caller keeps the rest:
+ *   recipe 1  setDurable resolves only after its bits are datasynced (or were already on
+ *             disk). Concurrent callers share one commit: group commit, as md's write-intent
+ *             bitmap does. A call whose bits are set in the image but still unsynced waits
+ *             for that commit: a second write to e must not overtake the first's set ahead.
+ *   recipe 2  clear() is memory only; the bit becomes durably clear only through a
+ *             checkpoint ticket, and only if it is still clear and was not set again (by
+ *             setDurable or setVolatile) after the ticket was taken: a set removes the bit
+ *             from every open ticket, so a clear whose second copy is not yet flushed never
+ *             becomes durable through an older ticket.
+ *   recipe 3  setVolatile (P before the host's data write) is never eligible for disk;
+ *             stage() after the write completes makes exactly the bits then set eligible;
+ *             a set after that (a bit that was clear again) is not eligible until staged
+ *             again. The checkpoint commits P before the delta maps (Checkpointer).
+ *   recipe 5  the caller takes a ticket (beginCheckpoint), fdatasyncs the volumes that the
+ *             cleared extents were copied to (and the source, for staged P bits), and only
+ *             then commits the ticket (commitCheckpoint).
+ *
+ * A ticket that is never committed (its checkpoint failed part-way) loses nothing: every
+ * ticket includes the work of all older tickets not yet committed, and committing it retires
+ * them. Committing a retired ticket does nothing.
+ *
+ * Crash model: a 512-byte sector is written whole or not at all. A torn page mixes sectors
+ * of the previous and the next `durable` image, and each sector of either is safe under the
+ * rules above, so pages need no checksum. The header page carries a CRC32C and is written
+ * only whole, through a temp file and a rename (create).
+ *
+ * Concurrency: all writes to the file are serialized (one commit at a time, a promise chain).
+ * After a failed page write or datasync the map is failed: the file may not match `durable`,
+ * so every later durable request rejects instead of pretending (as dm-clone goes read-only).
  */
 import {dirname} from 'node:path'
-import {CorruptStateError} from '../errors/errors.js'
+import {CorruptStateError, errnoOf, VolumeIoError} from '../errors/errors.js'
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
 import {writeFileAtomic} from '../io/atomicWrite.js'
 import {crc32c} from './crc32c.js'
-import {ExtentBitmap} from './ExtentBitmap.js'
+import {ExtentBitmap, MAX_EXTENTS} from './ExtentBitmap.js'
 
 export type MapKind = 'delta' | 'protected'
 
@@ -47,290 +82,538 @@ export interface MapHeader {
   operationId: string
 }
 
-export interface CheckpointTicket {
-  readonly sets: ExtentBitmap
-  readonly clears: ExtentBitmap
+/** What open() checks the file's header against. */
+export interface MapExpectation {
+  kind: MapKind
+  extentSize: number
+  volumeSize: number
+  /** When given, the header's operation id must equal it (P belongs to one restore). */
+  operationId?: string
 }
 
 export const MAP_MAGIC = 'CLNMAP01'
 export const MAP_VERSION = 1
+/** Header page and bitmap page size. */
 export const PAGE = 4096
-const HEADER_CRC_AT = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 64
-const KIND_CODE: Record<MapKind, number> = {delta: 1, protected: 2}
+/** Extents covered by one bitmap page: page p covers [p * EXTENTS_PER_PAGE, (p + 1) * EXTENTS_PER_PAGE). */
+export const EXTENTS_PER_PAGE = PAGE * 8
+/** Longest operation id (ASCII bytes, NUL-padded in the header). */
+export const OPERATION_ID_BYTES = 64
 
+// Header layout, little-endian.
+const AT_VERSION = 8
+const AT_KIND = 12
+const AT_EXTENT_SIZE = 16
+const AT_RESERVED = 20
+const AT_VOLUME_SIZE = 24
+const AT_EXTENT_COUNT = 32
+const AT_OPERATION_ID = 40
+const AT_CRC = AT_OPERATION_ID + OPERATION_ID_BYTES // 104
+
+const KIND_CODE: Record<MapKind, number> = {delta: 1, protected: 2}
+const KIND_NAME: Record<MapKind, string> = {delta: 'delta map', protected: 'protected restore map (P)'}
+
+/** Bitmap bytes in the file for `extentCount` extents: ceil(count/8) padded to whole pages. */
 export function bitmapBytes(extentCount: number): number {
   return Math.ceil(Math.ceil(extentCount / 8) / PAGE) * PAGE
 }
 
+/** Size of a whole map file. */
+export function mapFileSize(extentCount: number): number {
+  return PAGE + bitmapBytes(extentCount)
+}
+
+/** The header page of `h`. Throws RangeError for a header no map file may carry. */
 export function encodeHeader(h: MapHeader): Buffer {
+  checkHeader(h)
   const b = Buffer.alloc(PAGE)
   b.write(MAP_MAGIC, 0, 'ascii')
-  b.writeUInt32LE(MAP_VERSION, 8)
-  b.writeUInt32LE(KIND_CODE[h.kind], 12)
-  b.writeUInt32LE(h.extentSize, 16)
-  b.writeUInt32LE(0, 20)
-  b.writeBigUInt64LE(BigInt(h.volumeSize), 24)
-  b.writeBigUInt64LE(BigInt(h.extentCount), 32)
-  if (h.operationId.length > 64) throw new RangeError('operation id longer than 64 bytes')
-  b.write(h.operationId, 40, 'ascii')
-  b.writeUInt32LE(crc32c(b.subarray(0, HEADER_CRC_AT)), HEADER_CRC_AT)
+  b.writeUInt32LE(MAP_VERSION, AT_VERSION)
+  b.writeUInt32LE(KIND_CODE[h.kind], AT_KIND)
+  b.writeUInt32LE(h.extentSize, AT_EXTENT_SIZE)
+  b.writeUInt32LE(0, AT_RESERVED)
+  b.writeBigUInt64LE(BigInt(h.volumeSize), AT_VOLUME_SIZE)
+  b.writeBigUInt64LE(BigInt(h.extentCount), AT_EXTENT_COUNT)
+  b.write(h.operationId, AT_OPERATION_ID, 'ascii')
+  b.writeUInt32LE(crc32c(b.subarray(0, AT_CRC)), AT_CRC)
   return b
 }
 
-function rebuildFix(path: string): string {
-  return `the map cannot be trusted: move ${path} aside and run \`clonectl clone sync GROUP CLONE --full\` (a full compare-and-copy rebuilds it)`
+function checkHeader(h: MapHeader): void {
+  if (!(h.kind in KIND_CODE)) throw new RangeError(`map kind ${String(h.kind)} is not delta or protected`)
+  if (!Number.isInteger(h.extentSize) || h.extentSize <= 0 || h.extentSize > 0xffffffff)
+    throw new RangeError(`extent size ${h.extentSize} is out of range (1..4294967295)`)
+  if (!Number.isSafeInteger(h.volumeSize) || h.volumeSize < 0) throw new RangeError(`volume size ${h.volumeSize} is not a whole number of bytes`)
+  const count = Math.ceil(h.volumeSize / h.extentSize)
+  if (h.extentCount !== count)
+    throw new RangeError(`extent count ${h.extentCount} does not match the ${count} extents of a ${h.volumeSize}-byte volume at extent size ${h.extentSize}`)
+  if (count > MAX_EXTENTS) throw new RangeError(`${count} extents is more than a map can track (${MAX_EXTENTS}); use a larger extent size`)
+  if (!/^[\x20-\x7e]*$/.test(h.operationId) || h.operationId.length > OPERATION_ID_BYTES)
+    throw new RangeError(`operation id ${JSON.stringify(h.operationId)} is not printable ASCII of at most ${OPERATION_ID_BYTES} bytes`)
 }
 
-export function decodeHeader(b: Buffer, path: string): MapHeader {
-  const bad = (what: string): CorruptStateError => new CorruptStateError(`map file ${path}: ${what}`, rebuildFix(path))
-  if (b.length < PAGE) throw bad(`truncated header (${b.length} bytes, expected ${PAGE})`)
-  if (b.toString('ascii', 0, 8) !== MAP_MAGIC) throw bad('bad magic (not a clonectl map file)')
-  const crc = b.readUInt32LE(HEADER_CRC_AT)
-  if (crc !== crc32c(b.subarray(0, HEADER_CRC_AT))) throw bad('header checksum mismatch')
-  const version = b.readUInt32LE(8)
-  if (version !== MAP_VERSION) throw bad(`unknown version ${version} (this clonectl reads ${MAP_VERSION})`)
-  const code = b.readUInt32LE(12)
-  const kind = (Object.keys(KIND_CODE) as MapKind[]).find((k) => KIND_CODE[k] === code)
-  if (!kind) throw bad(`unknown kind ${code}`)
-  const opEnd = b.indexOf(0, 40)
+/** The one-line fix for an untrustworthy map file of this kind. */
+function fixFor(kind: MapKind): string {
+  return kind === 'protected'
+    ? 'do not delete it: without P, host writes made during the restore cannot be told apart; `clonectl restore GROUP --force` copies every extent from the clone again, overwriting them'
+    : 'run `clonectl clone sync GROUP CLONE --full` to rebuild it with a full copy'
+}
+
+/**
+ * Parse and check a header page read from `path` (CorruptStateError naming the file when it is
+ * short, not a map file, of an unknown version, or fails its CRC). `kind` only picks the fix.
+ */
+export function decodeHeader(b: Uint8Array, path: string, kind: MapKind = 'delta'): MapHeader {
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+  const bad = (what: string): CorruptStateError => new CorruptStateError(`map file ${path}: ${what}`, fixFor(kind))
+  if (buf.length < PAGE) throw bad(`truncated: ${buf.length} bytes, shorter than the ${PAGE}-byte header`)
+  if (buf.toString('latin1', 0, 8) !== MAP_MAGIC) throw bad(`bad magic ${JSON.stringify(buf.toString('latin1', 0, 8))}, expected "${MAP_MAGIC}" (not a clonectl map file)`)
+  // Version before CRC: a later version may lay its header out differently.
+  const version = buf.readUInt32LE(AT_VERSION)
+  if (version !== MAP_VERSION) throw bad(`unknown version ${version} (this clonectl reads version ${MAP_VERSION}; a newer clonectl wrote it, or the header is damaged)`)
+  const stored = buf.readUInt32LE(AT_CRC)
+  const actual = crc32c(buf.subarray(0, AT_CRC))
+  if (stored !== actual) throw bad(`header checksum mismatch (stored CRC32C 0x${hex(stored)}, computed 0x${hex(actual)}): the header is damaged`)
+  const code = buf.readUInt32LE(AT_KIND)
+  const found = (Object.keys(KIND_CODE) as MapKind[]).find((k) => KIND_CODE[k] === code)
+  if (!found) throw bad(`unknown kind ${code} (1 = delta, 2 = protected)`)
+  const volumeSize = buf.readBigUInt64LE(AT_VOLUME_SIZE)
+  const extentCount = buf.readBigUInt64LE(AT_EXTENT_COUNT)
+  if (volumeSize > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`volume size ${volumeSize} is out of range`)
+  if (extentCount > BigInt(MAX_EXTENTS)) throw bad(`extent count ${extentCount} is out of range (at most ${MAX_EXTENTS})`)
+  const nul = buf.indexOf(0, AT_OPERATION_ID)
+  const opEnd = nul < 0 || nul > AT_CRC ? AT_CRC : nul
   return {
-    kind,
-    extentSize: b.readUInt32LE(16),
-    volumeSize: Number(b.readBigUInt64LE(24)),
-    extentCount: Number(b.readBigUInt64LE(32)),
-    operationId: b.toString('ascii', 40, opEnd < 0 || opEnd > 104 ? 104 : opEnd),
+    kind: found,
+    extentSize: buf.readUInt32LE(AT_EXTENT_SIZE),
+    volumeSize: Number(volumeSize),
+    extentCount: Number(extentCount),
+    operationId: buf.toString('latin1', AT_OPERATION_ID, opEnd),
   }
 }
 
-function fileImage(header: MapHeader, bits: ExtentBitmap): Buffer {
-  const body = Buffer.alloc(bitmapBytes(header.extentCount))
-  bits.copyBytes(body, 0, 0, Math.ceil(header.extentCount / 8))
-  return Buffer.concat([encodeHeader(header), body])
+function hex(n: number): string {
+  return n.toString(16).padStart(8, '0')
+}
+
+/** Bitmap page holding extent e. */
+function pageOf(e: number): number {
+  return Math.floor(e / EXTENTS_PER_PAGE)
+}
+
+/** Bitmap page holding word w of an ExtentBitmap (1024 words a page). */
+function pageOfWord(w: number): number {
+  return Math.floor(w / (PAGE / 4))
+}
+
+/**
+ * What a checkpoint may make durable, taken by beginCheckpoint() and applied by
+ * commitCheckpoint(). Opaque to callers; a ticket belongs to the map that issued it.
+ */
+export class CheckpointTicket {
+  /** @internal staged sets (bits set in memory whose data write completed). */
+  readonly sets: ExtentBitmap
+  /** @internal clears not undone by a later set. */
+  readonly clears: ExtentBitmap
+  /** @internal false once committed, or retired by a newer ticket's commit or a replaceAll. */
+  open = true
+
+  /** @internal */
+  constructor(
+    readonly owner: PersistentMap,
+    sets: ExtentBitmap,
+    clears: ExtentBitmap,
+  ) {
+    this.sets = sets
+    this.clears = clears
+  }
+
+  /** Nothing to make durable (committing it writes nothing). */
+  get empty(): boolean {
+    return this.sets.isEmpty() && this.clears.isEmpty()
+  }
 }
 
 export class PersistentMap {
+  /** The bits the engines act on. Read it freely; change it only through the methods below. */
   readonly bits: ExtentBitmap
   private readonly durable: ExtentBitmap
+  private readonly unsynced: ExtentBitmap
   private staged: ExtentBitmap
-  private pendingClears: ExtentBitmap
-  private readonly tickets = new Set<CheckpointTicket>()
+  private cleared: ExtentBitmap
+  /** Tickets taken and not yet committed or retired, oldest first. */
+  private tickets: CheckpointTicket[] = []
+  /** Tail of the commit chain: every file write runs after the previous one settled. */
   private chain: Promise<void> = Promise.resolve()
-  private batch?: {ranges: Array<[number, number]>; promise: Promise<void>}
+  /** The setDurable batch waiting for its turn; new callers join it until it starts. */
+  private batch?: {ranges: Array<[number, number]>; done: Promise<void>}
+  /** The page write + datasync in flight (the one that leaves `unsynced` bits). */
+  private inflight: Promise<void> = Promise.resolve()
+  /** replaceAll calls not yet written: `durable` is about to be replaced, no fast path. */
+  private replacing = 0
+  private failure?: VolumeIoError
   private file?: DurableFile
-  /** Page writes + datasyncs done (for tests and benchmarks). */
-  commits = 0
+  private closing = false
+  private datasyncs = 0
 
   private constructor(
-    private readonly fs: DurableFs,
     readonly path: string,
-    readonly header: MapHeader,
+    readonly header: Readonly<MapHeader>,
     bits: ExtentBitmap,
     file: DurableFile,
   ) {
     this.bits = bits
     this.durable = bits.clone()
+    this.unsynced = new ExtentBitmap(bits.count)
     this.staged = new ExtentBitmap(bits.count)
-    this.pendingClears = new ExtentBitmap(bits.count)
+    this.cleared = new ExtentBitmap(bits.count)
     this.file = file
   }
 
-  /** Create the file whole (temp, datasync, rename, fsync dir) and open it. Waits. */
+  /**
+   * Create the map file whole, with the bits of `initial` (default: none set), and open it:
+   * written to a temp name, datasynced, renamed into place, directory fsynced. Replaces an
+   * existing file at `path`. Waits. Throws RangeError for an impossible header.
+   */
   static async create(fs: DurableFs, path: string, header: MapHeader, initial?: ExtentBitmap): Promise<PersistentMap> {
+    const head = encodeHeader(header)
     const bits = initial ? initial.clone() : new ExtentBitmap(header.extentCount)
-    if (bits.count !== header.extentCount) throw new RangeError(`initial bitmap has ${bits.count} bits, header says ${header.extentCount}`)
-    await fs.mkdirp(dirname(path))
-    await writeFileAtomic(fs, path, fileImage(header, bits))
-    const file = await fs.open(path, {write: true})
-    return new PersistentMap(fs, path, header, bits, file)
+    if (bits.count !== header.extentCount) throw new RangeError(`initial bitmap has ${bits.count} extents, the header says ${header.extentCount}`)
+    const image = Buffer.alloc(mapFileSize(header.extentCount))
+    head.copy(image, 0)
+    bits.copyBytes(image, PAGE, 0, Math.ceil(bits.count / 8))
+    try {
+      await fs.mkdirp(dirname(path))
+      await writeFileAtomic(fs, path, image)
+    } catch (error) {
+      throw ioError(path, 'cannot be created', error)
+    }
+    const file = await openFile(fs, path, header.kind)
+    return new PersistentMap(path, Object.freeze({...header}), bits, file)
   }
 
   /**
-   * Open and validate a map file. Missing, truncated, corrupt or mismatched files are a
-   * CorruptStateError naming the file: a map is never read as empty. Waits.
+   * Open a map file and check it against what the group expects. A missing, truncated or
+   * damaged file, or one of another kind, extent size, volume size, extent count or
+   * operation, is a CorruptStateError that names the file and the values: a map is never
+   * read as empty. Other I/O failures are a VolumeIoError. Waits.
    */
-  static async open(fs: DurableFs, path: string, expect: {kind: MapKind; extentSize: number; volumeSize: number; operationId?: string}): Promise<PersistentMap> {
-    let file: DurableFile
+  static async open(fs: DurableFs, path: string, expect: MapExpectation): Promise<PersistentMap> {
+    const file = await openFile(fs, path, expect.kind)
     try {
-      file = await fs.open(path, {write: true})
-    } catch (error) {
-      if ((error as {code?: string}).code === 'ENOENT') throw new CorruptStateError(`map file ${path} is missing`, rebuildFix(path))
-      throw error
-    }
-    try {
-      const size = await file.size()
+      const bad = (what: string): CorruptStateError => new CorruptStateError(`map file ${path}: ${what}`, fixFor(expect.kind))
+      let size: number
       const head = Buffer.alloc(PAGE)
-      const n = await file.read(head, 0, PAGE)
-      const h = decodeHeader(head.subarray(0, n), path)
-      const bad = (what: string): CorruptStateError => new CorruptStateError(`map file ${path}: ${what}`, rebuildFix(path))
-      if (h.kind !== expect.kind) throw bad(`is a ${h.kind} map, expected a ${expect.kind} map`)
+      let n: number
+      try {
+        size = await file.size()
+        n = await file.read(head, 0, PAGE)
+      } catch (error) {
+        throw ioError(path, 'cannot be read', error)
+      }
+      const h = decodeHeader(head.subarray(0, n), path, expect.kind)
+      const need = mapFileSize(h.extentCount)
+      if (size < need) throw bad(`truncated: ${size} bytes, shorter than the ${need} bytes of a map of ${h.extentCount} extents`)
+      if (h.kind !== expect.kind) throw bad(`is a ${KIND_NAME[h.kind]}, expected a ${KIND_NAME[expect.kind]}`)
       if (h.extentSize !== expect.extentSize) throw bad(`extent size ${h.extentSize} does not match the group's ${expect.extentSize}`)
       if (h.volumeSize !== expect.volumeSize) throw bad(`volume size ${h.volumeSize} does not match the group's ${expect.volumeSize}`)
-      if (h.extentCount !== Math.ceil(expect.volumeSize / expect.extentSize)) throw bad(`extent count ${h.extentCount} does not match ${Math.ceil(expect.volumeSize / expect.extentSize)}`)
+      const count = Math.ceil(expect.volumeSize / expect.extentSize)
+      if (h.extentCount !== count)
+        throw bad(`extent count ${h.extentCount} does not match the ${count} extents of a ${expect.volumeSize}-byte volume at extent size ${expect.extentSize}`)
       if (expect.operationId !== undefined && h.operationId !== expect.operationId)
-        throw bad(`belongs to operation ${h.operationId || '(none)'}, not ${expect.operationId}`)
-      const need = PAGE + bitmapBytes(h.extentCount)
-      if (size < need) throw bad(`truncated (${size} bytes, expected ${need})`)
+        throw bad(`belongs to operation ${JSON.stringify(h.operationId)}, not to the group's operation ${JSON.stringify(expect.operationId)}`)
       const body = Buffer.alloc(Math.ceil(h.extentCount / 8))
-      await file.read(body, PAGE, body.length)
-      return new PersistentMap(fs, path, h, ExtentBitmap.fromBytes(h.extentCount, body), file)
+      let got: number
+      try {
+        got = await file.read(body, PAGE, body.length)
+      } catch (error) {
+        throw ioError(path, 'cannot be read', error)
+      }
+      if (got < body.length) throw bad(`truncated while reading: ${got} of ${body.length} bitmap bytes`)
+      return new PersistentMap(path, Object.freeze(h), ExtentBitmap.fromBytes(h.extentCount, body), file)
     } catch (error) {
-      await file.close()
+      await file.close().catch(() => undefined)
       throw error
     }
   }
 
+  /** bits.get(e). Does not wait. */
   get(e: number): boolean {
     return this.bits.get(e)
   }
 
-  /** True when memory holds changes not yet on disk (staged sets or pending clears). */
+  /**
+   * True while a set or clear is not yet checkpointed: staged sets, clears, or tickets taken
+   * and not yet committed. Does not wait.
+   */
   hasPendingWork(): boolean {
-    return !this.staged.isEmpty() || !this.pendingClears.isEmpty()
+    return !this.staged.isEmpty() || !this.cleared.isEmpty() || this.tickets.some((t) => !t.empty)
   }
 
-  private noteSet(start: number, end: number): void {
-    this.pendingClears.clearRange(start, end)
-    for (const t of this.tickets) t.clears.clearRange(start, end)
-  }
-
-  /** Run fn alone on the file (one commit at a time). */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(fn)
-    this.chain = run.then(
-      () => undefined,
-      () => undefined,
-    )
-    return run
-  }
-
-  private async writePages(pages: Iterable<number>): Promise<void> {
-    const f = this.file
-    if (!f) throw new Error(`map file ${this.path} is closed`)
-    const page = Buffer.alloc(PAGE)
-    const limit = Math.ceil(this.bits.count / 8)
-    let wrote = false
-    for (const p of [...pages].sort((a, b) => a - b)) {
-      const from = p * PAGE
-      page.fill(0)
-      this.durable.copyBytes(page, 0, from, Math.min(PAGE, limit - from))
-      // eslint-disable-next-line no-await-in-loop
-      await f.write(page, PAGE + from)
-      wrote = true
-    }
-    if (wrote) {
-      await f.datasync()
-      this.commits++
-    }
+  /** Page writes + datasyncs done so far (for tests and benchmarks). */
+  get commits(): number {
+    return this.datasyncs
   }
 
   /**
-   * Set ahead (recipe 1): set [start, end) in memory at once and resolve when it is durable.
-   * Concurrent calls join one commit. Resolves at once when the bits are already durable.
+   * Set ahead (recipe 1): set [start, end) in memory at once, and resolve once the bits are
+   * durable. Callers while a commit is in flight join the next commit (group commit). When
+   * every bit is already on disk it resolves without I/O. Waits; may run alongside any
+   * other method. Rejects (VolumeIoError) once the map has failed; the caller must then not
+   * issue the write it guards.
    */
   setDurable(start: number, end: number): Promise<void> {
-    if (start >= end) return Promise.resolve()
-    this.bits.setRange(start, end)
+    try {
+      this.bits.setRange(start, end)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    if (this.failure) return Promise.reject(this.failure)
+    if (this.closing) return Promise.reject(this.closedError())
+    if (start === end) return Promise.resolve()
     this.noteSet(start, end)
-    if (this.durable.allSet(start, end)) return Promise.resolve()
+    if (this.replacing === 0 && this.durable.allSet(start, end)) {
+      // In the image; on disk too, unless the commit in flight set some of them.
+      return this.unsynced.anySet(start, end) ? this.inflight : Promise.resolve()
+    }
     if (this.batch) {
       this.batch.ranges.push([start, end])
-      return this.batch.promise
+      return this.batch.done
     }
     const ranges: Array<[number, number]> = [[start, end]]
-    const promise = this.serial(async () => {
-      // From here on, new callers start the next batch.
+    const done = this.serial(() => {
+      // From now on new callers start the next batch.
       if (this.batch?.ranges === ranges) this.batch = undefined
       const pages = new Set<number>()
       for (const [s, e] of ranges) {
+        if (this.durable.allSet(s, e)) continue
+        this.unsynced.setRange(s, e)
         this.durable.setRange(s, e)
-        for (let p = Math.floor(s / (PAGE * 8)); p <= Math.floor((e - 1) / (PAGE * 8)); p++) pages.add(p)
+        for (let p = pageOf(s); p <= pageOf(e - 1); p++) pages.add(p)
       }
-      await this.writePages(pages)
+      return this.writePages(pages)
     })
-    this.batch = {ranges, promise}
-    return promise
+    this.batch = {ranges, done}
+    return done
   }
 
-  /** Set in memory only, not yet eligible for disk (P before the host's data write). Does not wait. */
+  /**
+   * Set [start, end) in memory only, not yet eligible for disk: P before the host's data
+   * write (recipe 3). Bits that were clear stay ineligible until stage() is called after the
+   * write completes. Does not wait.
+   */
   setVolatile(start: number, end: number): void {
-    if (start >= end) return
+    this.checkRange(start, end)
+    // Bits clear until now: withdraw any eligibility they had from an earlier stage().
+    for (let s = this.bits.nextClear(start); s >= 0 && s < end; ) {
+      const next = this.bits.nextSet(s)
+      const e = next < 0 || next > end ? end : next
+      this.staged.clearRange(s, e)
+      for (const t of this.tickets) t.sets.clearRange(s, e)
+      s = e >= end ? -1 : this.bits.nextClear(e)
+    }
     this.bits.setRange(start, end)
     this.noteSet(start, end)
   }
 
-  /** Bits in [start, end) that are set become eligible for the next checkpoint. Does not wait. */
+  /**
+   * The bits of [start, end) that are set in memory now become eligible for the next
+   * checkpoint (call it after the data write they protect completed). Does not wait.
+   */
   stage(start: number, end: number): void {
-    if (start >= end) return
-    this.staged.setRange(start, end)
-  }
-
-  /** Clear in memory; durable only through a checkpoint (recipe 2). Does not wait. */
-  clear(start: number, end: number): void {
-    if (start >= end) return
-    this.bits.clearRange(start, end)
-    this.pendingClears.setRange(start, end)
+    for (const [s, e] of this.bits.runs(start, end)) this.staged.setRange(s, e)
   }
 
   /**
-   * Take what may become durable now. Then the caller fdatasyncs the volumes the cleared
-   * extents were copied to (and the source for staged P bits), then commitCheckpoint().
-   * Does not wait.
+   * Clear behind (recipe 2): clear [start, end) in memory now. It becomes durable only
+   * through a checkpoint begun after this call. Does not wait.
+   */
+  clear(start: number, end: number): void {
+    this.bits.clearRange(start, end)
+    this.cleared.setRange(start, end)
+  }
+
+  /**
+   * Take what may become durable: the staged sets and the clears so far, plus the work of
+   * older tickets not yet committed; the pending lists start empty again. Next the caller
+   * fdatasyncs the volumes the cleared extents were copied to, and the source for staged P
+   * bits (recipe 5), then calls commitCheckpoint(ticket). Does not wait.
    */
   beginCheckpoint(): CheckpointTicket {
-    const t: CheckpointTicket = {sets: this.staged, clears: this.pendingClears}
+    const sets = this.staged
+    const clears = this.cleared
+    for (const t of this.tickets) {
+      sets.or(t.sets)
+      clears.or(t.clears)
+    }
     this.staged = new ExtentBitmap(this.bits.count)
-    this.pendingClears = new ExtentBitmap(this.bits.count)
-    this.tickets.add(t)
+    this.cleared = new ExtentBitmap(this.bits.count)
+    const t = new CheckpointTicket(this, sets, clears)
+    this.tickets.push(t)
     return t
   }
 
   /**
-   * Apply a ticket to disk: staged bits still set become durably set; cleared bits still
-   * clear (and not set again since the ticket) become durably clear. Writes only the pages
-   * that changed, then datasync. Waits; serialized with every other commit of this map.
+   * Apply a ticket to the file: its staged bits still set in memory become durably set; its
+   * clears still clear in memory, and not set again since the ticket was taken, become
+   * durably clear. Writes only the pages that change (rendered from the durable image),
+   * then one datasync. Retires older tickets. A retired or already committed ticket does
+   * nothing. Waits; serialized with every other write of this map. Must only be called
+   * after the data the ticket's clears depend on is durable (recipe 5).
    */
   commitCheckpoint(t: CheckpointTicket): Promise<void> {
-    return this.serial(async () => {
-      this.tickets.delete(t)
+    if (t.owner !== this) return Promise.reject(new Error(`checkpoint ticket of map ${t.owner.path} committed to map ${this.path}`))
+    if (this.failure) return Promise.reject(this.failure)
+    if (!t.open) return Promise.resolve()
+    if (this.closing) return Promise.reject(this.closedError())
+    return this.serial(() => {
+      if (!t.open) return Promise.resolve()
+      const i = this.tickets.indexOf(t)
+      // This ticket holds the work of every older one: retire them with it.
+      for (const old of this.tickets.splice(0, i + 1)) old.open = false
       const pages = new Set<number>()
       const mem = this.bits.words
       const dur = this.durable.words
+      const uns = this.unsynced.words
       const sets = t.sets.words
       const clears = t.clears.words
       for (let w = 0; w < dur.length; w++) {
         if ((sets[w] | clears[w]) === 0) continue
-        const next = ((dur[w] | (sets[w] & mem[w])) & ~(clears[w] & ~mem[w])) >>> 0
-        if (next !== dur[w]) {
+        const was = dur[w]
+        const next = ((was | (sets[w] & mem[w])) & ~(clears[w] & ~mem[w])) >>> 0
+        if (next !== was) {
+          uns[w] |= next & ~was
           dur[w] = next
-          pages.add(Math.floor((w * 4) / PAGE))
+          pages.add(pageOfWord(w))
         }
       }
-      await this.writePages(pages)
+      return this.writePages(pages)
     })
   }
 
-  /** Make memory and disk equal `bits`, durably (D[c] := P at the end of a restore). Waits. */
+  /**
+   * Make memory and disk equal `bits`, durably: memory at once, then the whole bitmap is
+   * rewritten and datasynced after the commits already queued. Drops staged sets, clears and
+   * open tickets. Used for D[c] := P at the end of a restore, and for "all bits set". Every
+   * bit it clears must already be true on disk (e.g. the source was fdatasynced first).
+   * Waits. Must not run alongside host writes, copies or checkpoints of this map.
+   */
   replaceAll(bits: ExtentBitmap): Promise<void> {
-    return this.serial(async () => {
-      this.bits.copyFrom(bits)
-      this.durable.copyFrom(bits)
-      this.staged.clearAll()
-      this.pendingClears.clearAll()
-      for (const t of this.tickets) {
-        t.sets.clearAll()
-        t.clears.clearAll()
-      }
+    if (bits.count !== this.bits.count) return Promise.reject(new RangeError(`map ${this.path} has ${this.bits.count} extents, the new bitmap ${bits.count}`))
+    if (this.failure) return Promise.reject(this.failure)
+    if (this.closing) return Promise.reject(this.closedError())
+    const image = bits.clone()
+    // A batch not yet started would write before us and be undone: later callers start a new one.
+    this.batch = undefined
+    this.bits.copyFrom(image)
+    this.staged.clearAll()
+    this.cleared.clearAll()
+    for (const t of this.tickets) t.open = false
+    this.tickets = []
+    this.replacing++
+    return this.serial(() => {
+      this.replacing--
+      const u = this.unsynced.words
+      const d = this.durable.words
+      const n = image.words
+      for (let w = 0; w < d.length; w++) u[w] |= n[w] & ~d[w]
+      this.durable.copyFrom(image)
       const pages = new Set<number>()
-      for (let p = 0; p < bitmapBytes(this.bits.count) / PAGE; p++) pages.add(p)
-      await this.writePages(pages)
+      for (let p = 0; p < bitmapBytes(image.count) / PAGE; p++) pages.add(p)
+      return this.writePages(pages)
     })
   }
 
-  /** Waits for commits in flight, then closes the file. */
+  /**
+   * Wait for the commits in flight and queued, then close the file. Durable requests
+   * (setDurable, commitCheckpoint, replaceAll) made once close() was called reject. Waits.
+   */
   async close(): Promise<void> {
+    this.closing = true
     await this.chain
     const f = this.file
     this.file = undefined
     await f?.close()
   }
+
+  private checkRange(start: number, end: number): void {
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > this.bits.count || start > end)
+      throw new RangeError(`extent range [${start}, ${end}) is outside map ${this.path}'s [0, ${this.bits.count})`)
+  }
+
+  /** A set makes the bit ineligible to be durably cleared by any ticket taken before it. */
+  private noteSet(start: number, end: number): void {
+    this.cleared.clearRange(start, end)
+    for (const t of this.tickets) t.clears.clearRange(start, end)
+  }
+
+  /** Run `fn` when every earlier write of this map has settled (one commit at a time). */
+  private serial(fn: () => Promise<void>): Promise<void> {
+    const run = this.chain.then(fn)
+    this.chain = run.catch(() => undefined)
+    return run
+  }
+
+  /**
+   * Write the given bitmap pages from `durable` (adjacent pages in one write), then one
+   * datasync. Must be called synchronously after `durable` was changed, inside serial(), so
+   * `inflight` covers the bits in `unsynced`.
+   */
+  private writePages(pages: Set<number>): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure)
+    const f = this.file
+    if (!f) return Promise.reject(this.closedError())
+    if (pages.size === 0) return Promise.resolve()
+    this.inflight = this.writeAndSync(f, [...pages].sort((a, b) => a - b)).then(
+      () => {
+        this.unsynced.clearAll()
+      },
+      (error: unknown) => {
+        // From now on nothing may be taken as durable (a set ahead would be a lie): fail.
+        this.failure ??= ioError(this.path, 'could not be written', error)
+        throw this.failure
+      },
+    )
+    return this.inflight
+  }
+
+  private async writeAndSync(f: DurableFile, pages: number[]): Promise<void> {
+    const bytes = Math.ceil(this.durable.count / 8)
+    for (let i = 0; i < pages.length; ) {
+      let j = i + 1
+      while (j < pages.length && pages[j] === pages[j - 1] + 1) j++
+      const from = pages[i] * PAGE
+      const buf = new Uint8Array((j - i) * PAGE)
+      this.durable.copyBytes(buf, 0, from, Math.min(buf.length, bytes - from))
+      // eslint-disable-next-line no-await-in-loop -- one write at a time, in page order
+      await f.write(buf, PAGE + from)
+      i = j
+    }
+    await f.datasync()
+    this.datasyncs++
+  }
+
+  private closedError(): Error {
+    return new Error(`map file ${this.path} is closed`)
+  }
+}
+
+async function openFile(fs: DurableFs, path: string, kind: MapKind): Promise<DurableFile> {
+  try {
+    return await fs.open(path, {write: true})
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT') throw new CorruptStateError(`map file ${path} is missing`, fixFor(kind))
+    throw ioError(path, 'cannot be opened', error)
+  }
+}
+
+function ioError(path: string, what: string, error: unknown): VolumeIoError {
+  if (error instanceof VolumeIoError) return error
+  const errno = errnoOf(error)
+  const detail = error instanceof Error ? error.message : String(error)
+  return new VolumeIoError(
+    `map file ${path} ${what}: ${detail}`,
+    errno,
+    'check the disk holding the state directory, then run the command again (the map on disk errs only towards extra copies)',
+  )
 }
