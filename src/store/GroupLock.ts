@@ -1,51 +1,159 @@
-import {readFile, rm, writeFile} from 'node:fs/promises'
+/**
+ * One lock per clone group: whoever holds it may change the group's state and volumes.
+ *
+ * Notes on the design
+ *
+ * Files, all inside groups/NAME/:
+ * - `lock/`             the lock: a directory made atomically by proper-lockfile (mkdir),
+ *                       whose mtime the holder refreshes every UPDATE_MS;
+ * - `lock.holder.json`  who holds it (pid, command, start time, host), written by the holder
+ *                       right after it takes the lock, removed on release; advisory: never
+ *                       fsynced (after a power loss every holder is gone anyway);
+ * - `lock.gate/`        a short-lived proper-lockfile lock held only while acquiring (below).
+ *
+ * Timing (DESIGN §3). Staleness is judged by the *acquirer*, against the holder's refresh
+ * rate, so every invocation must use the same STALE_MS; that is why both are constants here
+ * and not options. A holder refreshes its lock every UPDATE_MS (10 s) from a timer on the
+ * event loop, so a live holder's lock is never older than ~10 s; another process declares it
+ * stale only after STALE_MS (60 s), i.e. after six missed refreshes. The event loop must
+ * therefore never be blocked for anything near 50 s (the engine does I/O asynchronously or in
+ * workers, and fsyncs in bounded chunks). If it ever is, proper-lockfile notices that the lock
+ * was not refreshed in time (or was taken) and calls onCompromised: the command stops
+ * acknowledging writes, stops at a safe point and exits non-zero; the on-disk state is
+ * crash-safe either way. A shorter stale would let a slow disk or a paused VM steal a live
+ * lock; a longer one would make recovery after a crash on another host (where pids cannot be
+ * checked) slower.
+ *
+ * Prompt takeover. A process killed with SIGKILL leaves `lock/` behind, and waiting a minute
+ * before a restore can resume is too long. So when the holder file names a pid on this host
+ * that no longer exists (kill(pid, 0) → ESRCH), the lock is taken over at once and
+ * onStaleTakeover is called (the command prints a warning). A lock whose holder is on another
+ * host, or unknown, is taken over only once it is STALE_MS old.
+ *
+ * Why the gate. Removing a stale lock and making a new one are two steps. With two takers A
+ * and B that both judged the lock stale, A may remove it and make its own before B removes
+ * "the stale lock" — which is now A's — and makes one too: two holders. proper-lockfile's own
+ * stale handling has the same window. So every acquisition (check, removal of a stale lock,
+ * mkdir, holder file) runs under `lock.gate/`, a second proper-lockfile lock held for a few
+ * milliseconds. Under the gate the holder file always describes the process that made
+ * `lock/` (or is a leftover of a process that is gone), so "the holder is dead" really means
+ * "the lock is abandoned". Outside the gate locks are only ever removed (release, exit). The
+ * gate itself goes stale after GATE_STALE_MS; the residual risk is two processes both taking
+ * over a gate abandoned by a process killed in those milliseconds, at the same moment as a
+ * takeover of the main lock.
+ */
+import {randomBytes} from 'node:crypto'
+import {readFile, rename, rm, rmdir, stat, writeFile} from 'node:fs/promises'
 import {hostname} from 'node:os'
-import {join} from 'node:path'
+import {join, resolve} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 import lockfile from 'proper-lockfile'
-import {LockHeldError} from '../errors/errors.js'
+import {errnoOf, LockHeldError, NotFoundError} from '../errors/errors.js'
 
+/** Every invocation's stale threshold for a group lock (see the notes above). */
+export const STALE_MS = 60_000
+/** How often a holder refreshes its lock's mtime. */
+export const UPDATE_MS = 10_000
+/** The acquisition gate is held for milliseconds; a gate older than this was abandoned. */
+const GATE_STALE_MS = 10_000
+/** How often a waiting acquirer tries again. */
+const POLL_MS = 250
+
+/** Who holds a group lock. */
 export interface HolderInfo {
+  /** 0 when unknown (a lock with no readable holder file). */
   pid: number
+  /** The command line, e.g. "clonectl clone sync db1 c1". */
   command: string
+  /** ISO 8601, seconds precision. */
   startedAt: string
   hostname: string
 }
 
-/*
- * One lock per group (a directory made atomically by proper-lockfile). Every invocation uses
- * the same `stale` (60 s): a holder refreshes its lock's mtime every `update` (10 s), so a
- * lock older than a minute belongs to a process that is gone or whose event loop has been
- * blocked that long — which the engine never does (DESIGN §3). On top of that, a holder file
- * names the pid, command and start time: a lock whose holder pid is dead on this host is
- * taken over at once instead of after a minute (a SIGKILLed restore resumes immediately).
- */
-const STALE_MS = 60_000
-const UPDATE_MS = 10_000
+interface HolderFile extends HolderInfo {
+  /** Unique per acquisition, so a release never removes a later holder's file. */
+  token: string
+}
+
+export interface AcquireOptions {
+  groupDir: string
+  /** The group's name, for messages. */
+  group: string
+  /** The command line, recorded in the holder file and shown to whoever finds the lock held. */
+  command: string
+  /** undefined or 0: fail fast; otherwise seconds to wait (Infinity: forever). */
+  waitSeconds?: number
+  /** The lock was lost (not refreshed in time, or taken): stop at a safe point, exit non-zero. */
+  onCompromised: (err: Error) => void
+  /** Called once the lock of a holder that is gone has been taken over. */
+  onStaleTakeover?: (holder: HolderInfo) => void
+}
 
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
   } catch (error) {
-    return (error as {code?: string}).code === 'EPERM'
+    // EPERM: it exists, as another user.
+    return errnoOf(error) !== 'ESRCH'
   }
 }
 
-export interface AcquireOptions {
-  groupDir: string
-  group: string
-  command: string
-  /** undefined: fail fast; seconds to wait (Infinity: forever). */
-  waitSeconds?: number
-  onCompromised: (err: Error) => void
-  onStaleTakeover?: (holder: HolderInfo) => void
+/** The holder is a process of this host that no longer exists. */
+function deadHere(h: HolderInfo): boolean {
+  return h.pid > 0 && h.hostname === hostname() && !alive(h.pid)
+}
+
+function isoSeconds(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z')
+}
+
+/** "pid 4242 (clonectl clone sync db1 c1) since 2026-11-23T05:40:00Z", for messages. */
+export function describeHolder(h: HolderInfo | undefined): string {
+  if (!h || h.pid === 0) return 'another clonectl process'
+  const host = h.hostname === hostname() ? '' : ` on ${h.hostname}`
+  return `pid ${h.pid}${host} (${h.command}) since ${h.startedAt}`
+}
+
+async function readHolderFile(groupDir: string): Promise<HolderFile | undefined> {
+  let doc: unknown
+  try {
+    doc = JSON.parse(await readFile(GroupLock.holderPath(groupDir), 'utf8'))
+  } catch {
+    return undefined
+  }
+  if (typeof doc !== 'object' || doc === null) return undefined
+  const d = doc as Record<string, unknown>
+  if (!Number.isSafeInteger(d.pid) || (d.pid as number) <= 0) return undefined
+  if (typeof d.command !== 'string' || typeof d.startedAt !== 'string' || typeof d.hostname !== 'string') return undefined
+  return {pid: d.pid as number, command: d.command, startedAt: d.startedAt, hostname: d.hostname, token: typeof d.token === 'string' ? d.token : ''}
+}
+
+/** mtime of the lock directory in ms, or undefined when there is none. */
+async function lockMtime(groupDir: string): Promise<number | undefined> {
+  try {
+    return (await stat(GroupLock.lockPath(groupDir))).mtimeMs
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT') return undefined
+    throw error
+  }
+}
+
+function publicHolder(h: HolderFile): HolderInfo {
+  return {pid: h.pid, command: h.command, startedAt: h.startedAt, hostname: h.hostname}
 }
 
 export class GroupLock {
+  /** The group locks this process holds, by resolved group directory. */
+  private static readonly heldHere = new Map<string, GroupLock>()
+  private released = false
+  private compromised = false
+  private removeDirOnRelease = false
+
   private constructor(
-    private readonly groupDir: string,
+    readonly groupDir: string,
     private readonly releaseFn: () => Promise<void>,
-    readonly holder: HolderInfo,
+    private readonly holderFile: HolderFile,
   ) {}
 
   static lockPath(groupDir: string): string {
@@ -56,68 +164,189 @@ export class GroupLock {
     return join(groupDir, 'lock.holder.json')
   }
 
-  private static async readHolder(groupDir: string): Promise<HolderInfo | undefined> {
-    try {
-      return JSON.parse(await readFile(GroupLock.holderPath(groupDir), 'utf8')) as HolderInfo
-    } catch {
-      return undefined
+  static gatePath(groupDir: string): string {
+    return join(groupDir, 'lock.gate')
+  }
+
+  /** True for the names GroupLock makes in a group directory (for GroupStore.destroy). */
+  static ownsName(name: string): boolean {
+    return name === 'lock' || name === 'lock.gate' || name === 'lock.holder.json' || name.startsWith('lock.holder.json.tmp-')
+  }
+
+  /** The lock this process holds on the group directory, if any. */
+  static heldBy(groupDir: string): GroupLock | undefined {
+    return GroupLock.heldHere.get(resolve(groupDir))
+  }
+
+  /**
+   * The group was destroyed under this lock (GroupStore.destroy): release() removes the
+   * group directory too, once the lock's own files are gone.
+   */
+  removeDirectoryOnRelease(): void {
+    this.removeDirOnRelease = true
+  }
+
+  /** This lock's holder (this process). */
+  get holder(): HolderInfo {
+    return publicHolder(this.holderFile)
+  }
+
+  /**
+   * Who holds the group's lock, if a live process does (a lock that is stale, or whose holder
+   * is a dead process of this host, counts as free). pid 0 when the lock is held but its
+   * holder file is missing (someone is between taking the lock and writing it). Takes
+   * nothing; waits only for a stat and a read.
+   */
+  static async inspect(groupDir: string): Promise<HolderInfo | undefined> {
+    const mtime = await lockMtime(groupDir)
+    if (mtime === undefined || mtime < Date.now() - STALE_MS) return undefined
+    const h = await readHolderFile(groupDir)
+    if (!h) return {pid: 0, command: '(unknown)', startedAt: isoSeconds(mtime), hostname: '(unknown)'}
+    if (deadHere(h)) return undefined
+    return publicHolder(h)
+  }
+
+  /**
+   * Take the group lock: fail fast (waitSeconds undefined or 0) with a LockHeldError naming
+   * the holder, or poll until waitSeconds have passed. A lock abandoned by a dead process of
+   * this host is taken over at once (onStaleTakeover). The group directory must exist. Waits.
+   */
+  static async acquire(o: AcquireOptions): Promise<GroupLock> {
+    const wait = o.waitSeconds ?? 0
+    if (!(wait >= 0)) throw new RangeError(`waitSeconds must be ≥ 0 or Infinity, got ${wait}`)
+    const started = Date.now()
+    const deadline = started + wait * 1000
+    for (;;) {
+      // eslint-disable-next-line no-await-in-loop
+      const got = await GroupLock.attempt(o)
+      if (got instanceof GroupLock) return got
+      const now = Date.now()
+      if (now >= deadline) {
+        const waited = wait > 0 ? `; waited ${Math.round((now - started) / 1000)} s` : ''
+        throw new LockHeldError(`group ${o.group} is locked by ${describeHolder(got.holder)}${waited}`)
+      }
+      // eslint-disable-next-line no-await-in-loop
+      await sleep(Math.min(POLL_MS, deadline - now))
     }
   }
 
-  /** Who holds the lock, if a live process does. Does not take it. */
-  static async inspect(groupDir: string): Promise<HolderInfo | undefined> {
-    const locked = await lockfile.check(groupDir, {stale: STALE_MS, realpath: false, lockfilePath: GroupLock.lockPath(groupDir)}).catch(() => false)
-    if (!locked) return undefined
-    const h = await GroupLock.readHolder(groupDir)
-    if (h && h.hostname === hostname() && !alive(h.pid)) return undefined
-    return h ?? {pid: 0, command: '(unknown)', startedAt: '(unknown)', hostname: '(unknown)'}
-  }
-
-  /** Take the group lock: fail fast, or wait up to waitSeconds. Waits. */
-  static async acquire(o: AcquireOptions): Promise<GroupLock> {
-    const deadline = o.waitSeconds === undefined ? 0 : Date.now() + o.waitSeconds * 1000
-    for (;;) {
+  /** One try, under the gate: the lock, or who holds it. */
+  private static async attempt(o: AcquireOptions): Promise<GroupLock | {holder?: HolderInfo}> {
+    const gate = await GroupLock.enterGate(o.groupDir, o.group)
+    let lock: GroupLock | undefined
+    let takenOver: HolderInfo | undefined
+    try {
+      const mtime = await lockMtime(o.groupDir)
+      const previous = await readHolderFile(o.groupDir)
+      if (mtime !== undefined) {
+        const stale = mtime < Date.now() - STALE_MS
+        if (!stale && !(previous && deadHere(previous))) return {holder: previous && publicHolder(previous)}
+        // Abandoned: its holder is gone. Safe to remove under the gate (see the notes).
+        await rm(GroupLock.holderPath(o.groupDir), {force: true})
+        await rm(GroupLock.lockPath(o.groupDir), {recursive: true, force: true})
+        takenOver = previous && publicHolder(previous)
+      }
+      let release: () => Promise<void>
       try {
-        // eslint-disable-next-line no-await-in-loop
-        const release = await lockfile.lock(o.groupDir, {
+        release = await lockfile.lock(o.groupDir, {
           stale: STALE_MS,
           update: UPDATE_MS,
           retries: 0,
           realpath: false,
           lockfilePath: GroupLock.lockPath(o.groupDir),
-          onCompromised: o.onCompromised,
+          onCompromised: (err) => {
+            if (lock) {
+              lock.compromised = true
+              lock.forget()
+            }
+            o.onCompromised(err)
+          },
         })
-        const holder: HolderInfo = {pid: process.pid, command: o.command, startedAt: new Date().toISOString(), hostname: hostname()}
-        // eslint-disable-next-line no-await-in-loop
-        await writeFile(GroupLock.holderPath(o.groupDir), JSON.stringify(holder), {mode: 0o600})
-        return new GroupLock(o.groupDir, release, holder)
       } catch (error) {
-        if ((error as {code?: string}).code !== 'ELOCKED') throw error
+        // Only a clonectl that does not take the gate can get here first.
+        if (errnoOf(error) === 'ELOCKED') return {holder: await GroupLock.inspect(o.groupDir)}
+        throw error
+      }
+      const holder: HolderFile = {pid: process.pid, command: o.command, startedAt: isoSeconds(Date.now()), hostname: hostname(), token: randomBytes(8).toString('hex')}
+      lock = new GroupLock(o.groupDir, release, holder)
+      GroupLock.heldHere.set(resolve(o.groupDir), lock)
+      try {
+        const tmp = `${GroupLock.holderPath(o.groupDir)}.tmp-${process.pid}-${holder.token}`
+        await writeFile(tmp, `${JSON.stringify(holder)}\n`, {mode: 0o600})
+        await rename(tmp, GroupLock.holderPath(o.groupDir))
+        if (gate.lost()) throw new Error('the lock gate was lost while acquiring')
+      } catch (error) {
+        await lock.release().catch(() => undefined)
+        if (gate.lost()) return {}
+        throw error
+      }
+    } finally {
+      await gate.release().catch(() => undefined)
+    }
+    if (!lock) throw new Error('GroupLock.attempt: no lock and no holder (unreachable)')
+    if (takenOver) {
+      try {
+        o.onStaleTakeover?.(takenOver)
+      } catch (error) {
+        await lock.release().catch(() => undefined)
+        throw error
+      }
+    }
+    return lock
+  }
+
+  /** Take the acquisition gate; it is held for milliseconds, so keep trying briefly. */
+  private static async enterGate(groupDir: string, group: string): Promise<{release: () => Promise<void>; lost: () => boolean}> {
+    const path = GroupLock.gatePath(groupDir)
+    const giveUp = Date.now() + GATE_STALE_MS + 5000
+    for (;;) {
+      let lost = false
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        const release = await lockfile.lock(path, {
+          stale: GATE_STALE_MS,
+          retries: 0,
+          realpath: false,
+          lockfilePath: path,
+          onCompromised: () => {
+            lost = true
+          },
+        })
+        return {release, lost: () => lost}
+      } catch (error) {
+        const code = errnoOf(error)
+        if (code === 'ENOENT') throw new NotFoundError(`clone group ${group} has no directory ${groupDir}`, 'list groups with `clonectl group list`')
+        if (code !== 'ELOCKED') throw error
+        if (Date.now() > giveUp) throw new LockHeldError(`group ${group}: another process has been taking its lock for over ${(GATE_STALE_MS + 5000) / 1000} s (${path})`)
       }
       // eslint-disable-next-line no-await-in-loop
-      const h = await GroupLock.readHolder(o.groupDir)
-      if (h && h.hostname === hostname() && h.pid !== process.pid && !alive(h.pid)) {
-        // The holder was killed: take over now (the mkdir in lock() stays the atomic step
-        // between two takers; the loser sees ELOCKED from the winner's fresh lock).
-        o.onStaleTakeover?.(h)
-        // eslint-disable-next-line no-await-in-loop
-        await rm(GroupLock.lockPath(o.groupDir), {recursive: true, force: true})
-        // eslint-disable-next-line no-await-in-loop
-        await rm(GroupLock.holderPath(o.groupDir), {force: true})
-        continue
-      }
-      if (Date.now() >= deadline) {
-        const who = h ? `pid ${h.pid} (${h.command}) since ${h.startedAt}` : 'another clonectl'
-        throw new LockHeldError(`group ${o.group} is locked by ${who}`)
-      }
-      // eslint-disable-next-line no-await-in-loop
-      await new Promise((r) => setTimeout(r, Math.min(250, Math.max(10, deadline - Date.now()))))
+      await sleep(10 + Math.floor(Math.random() * 40))
     }
   }
 
-  /** Release the lock and remove the holder file. Waits. */
+  /**
+   * Release the lock: remove the holder file (if it is still ours), then the lock; after a
+   * destroy under this lock, the group directory too. Idempotent;
+   * a compromised lock is not touched (it may be someone else's now). Waits.
+   */
   async release(): Promise<void> {
-    await rm(GroupLock.holderPath(this.groupDir), {force: true})
-    await this.releaseFn()
+    if (this.released) return
+    this.released = true
+    this.forget()
+    if (this.compromised) return
+    const h = await readHolderFile(this.groupDir)
+    if (h?.token === this.holderFile.token) await rm(GroupLock.holderPath(this.groupDir), {force: true})
+    try {
+      await this.releaseFn()
+    } catch (error) {
+      if (errnoOf(error) !== 'ERELEASED' && errnoOf(error) !== 'ENOTACQUIRED') throw error
+    }
+    // Only an empty directory goes: a group re-created meanwhile keeps its new files.
+    if (this.removeDirOnRelease) await rmdir(this.groupDir).catch(() => undefined)
+  }
+
+  private forget(): void {
+    const key = resolve(this.groupDir)
+    if (GroupLock.heldHere.get(key) === this) GroupLock.heldHere.delete(key)
   }
 }

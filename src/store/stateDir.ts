@@ -1,25 +1,48 @@
 import {homedir} from 'node:os'
-import {join} from 'node:path'
+import {isAbsolute, join, resolve} from 'node:path'
 import {UsageError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 
-/** --state-dir, else $CLONECTL_STATE_DIR, else /var/lib/clonectl (root), else the XDG state dir. */
+/** The state directory for root (DESIGN §3). */
+export const ROOT_STATE_DIR = '/var/lib/clonectl'
+
+/**
+ * Where clonectl keeps its state (DESIGN §3), as an absolute path: the --state-dir flag, else
+ * $CLONECTL_STATE_DIR, else /var/lib/clonectl when running as root, else
+ * $XDG_STATE_HOME/clonectl, else ~/.local/state/clonectl. A relative $XDG_STATE_HOME is
+ * ignored, as the XDG base directory spec requires. Pure: touches no file.
+ */
 export function resolveStateDir(flag?: string, env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
-  if (flag) return flag
-  if (env.CLONECTL_STATE_DIR) return env.CLONECTL_STATE_DIR
-  if (uid === 0) return '/var/lib/clonectl'
-  const base = env.XDG_STATE_HOME || join(env.HOME || homedir(), '.local', 'state')
+  if (flag) return resolve(flag)
+  if (env.CLONECTL_STATE_DIR) return resolve(env.CLONECTL_STATE_DIR)
+  if (uid === 0) return ROOT_STATE_DIR
+  const xdg = env.XDG_STATE_HOME
+  const base = xdg && isAbsolute(xdg) ? xdg : join(env.HOME || homedir(), '.local', 'state')
   return join(base, 'clonectl')
 }
 
-/** Create the state directory and groups/ (mode 0700). Waits. */
+/**
+ * Create the state directory and its groups/ directory, mode 0700 (a directory that already
+ * exists keeps its mode). Waits.
+ */
 export async function ensureStateDir(fs: DurableFs, dir: string): Promise<void> {
   await fs.mkdirp(join(dir, 'groups'), 0o700)
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+const NAME_RULE = '1 to 64 letters, digits, ".", "_" or "-", starting with a letter or digit'
 
+/** True when `name` is a valid group or clone name. */
+export function isValidName(name: string): boolean {
+  return NAME.test(name)
+}
+
+/**
+ * Check a group or clone name: 1–64 characters of [A-Za-z0-9._-], the first a letter or
+ * digit (so a name is always a plain file name: no "/", never "." or ".."). Throws a
+ * UsageError naming the value and the rule.
+ */
 export function validateName(kind: 'group' | 'clone', name: string): void {
   if (!NAME.test(name))
-    throw new UsageError(`${kind} name "${name}" is not allowed`, 'use 1 to 64 letters, digits, ".", "_" or "-", starting with a letter or digit')
+    throw new UsageError(`${kind} name ${JSON.stringify(name)} is not valid: a ${kind} name is ${NAME_RULE}`, `pick a ${kind} name of ${NAME_RULE}`)
 }
