@@ -1,7 +1,8 @@
 import {Args, Flags} from '@oclif/core'
 import {GroupServer} from '../src/group/GroupServer.js'
 import {UsageError} from '../src/errors/errors.js'
-import {BaseCommand} from '../src/ui/BaseCommand.js'
+import {parseSize} from '../src/group/GroupAdmin.js'
+import {BaseCommand, rateFlag} from '../src/ui/BaseCommand.js'
 
 export default class Serve extends BaseCommand {
   static summary = "Serve a group's source over NBD; own the group while running (other commands are carried out by this server)."
@@ -16,6 +17,7 @@ export default class Serve extends BaseCommand {
     socket: Flags.string({summary: 'Unix socket path for NBD (default: nbd.sock in the group directory).', helpValue: 'PATH'}),
     listen: Flags.string({summary: 'Also (or instead) listen on TCP at HOST:PORT.', helpValue: 'HOST:PORT'}),
     'read-only': Flags.boolean({summary: 'Refuse host writes (EPERM).'}),
+    rate: {...rateFlag, summary: 'Limit the copying of a restore resumed at start to this many bytes per second (e.g. 50M).'},
   }
   static args = {group: Args.string({description: 'The group.', required: true})}
 
@@ -35,6 +37,7 @@ export default class Serve extends BaseCommand {
       socket: flags.socket,
       listen,
       readOnly: flags['read-only'],
+      rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
       log: (m) => process.stderr.write(`${m}\n`),
     })
     process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on nbd+unix:///?socket=${server.nbdSocket}` : ''}${server.tcpPort ? ` and nbd://${listen?.host}:${server.tcpPort}/` : ''}\n`)

@@ -1,5 +1,5 @@
-import {chmod} from 'node:fs/promises'
-import {createServer, type Server, type Socket} from 'node:net'
+import {chmod, rm} from 'node:fs/promises'
+import {connect, createServer, type Server, type Socket} from 'node:net'
 import {ClonectlError, isClonectlError} from '../errors/errors.js'
 import type {ControlMessage, ControlRequest} from './protocol.js'
 
@@ -17,7 +17,22 @@ export class ControlServer {
 
   constructor(private readonly handler: ControlHandler) {}
 
+  /**
+   * Listen on `path` (mode 0600). A socket file left by a server that was killed (SIGKILL,
+   * power loss) is replaced when nobody answers on it; one that answers is EADDRINUSE.
+   * The caller holds the group lock, so a live one means a bug elsewhere, never a race.
+   */
   async listen(path: string): Promise<void> {
+    const live = await new Promise<boolean>((resolve) => {
+      const c = connect(path)
+      c.once('connect', () => {
+        c.destroy()
+        resolve(true)
+      })
+      c.once('error', () => resolve(false))
+    })
+    if (live) throw Object.assign(new Error(`${path} is in use by a running server`), {code: 'EADDRINUSE'})
+    await rm(path, {force: true})
     const server = createServer((s) => this.accept(s))
     this.server = server
     await new Promise<void>((resolve, reject) => {

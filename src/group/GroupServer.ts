@@ -23,6 +23,8 @@ export interface ServeOptions {
   /** TCP address, only when the user names one. */
   listen?: {host: string; port: number}
   readOnly?: boolean
+  /** Copy rate (bytes/s) for a restore resumed at start (default unlimited). */
+  rate?: number
   log?: (message: string) => void
 }
 
@@ -94,7 +96,7 @@ export class GroupServer {
         await server.nbd.listenUnix(server.nbdSocket)
       }
       // Boot-time recovery: resume an interrupted restore in the background, serving at once.
-      if (g.record.operation?.kind === 'restore') await server.startRestore({}, true)
+      if (g.record.operation?.kind === 'restore') await server.startRestore({rate: opts.rate}, true)
       if (lost) throw lost
       return server
     } catch (error) {

@@ -1,6 +1,36 @@
-import {chmod, rm} from 'node:fs/promises'
+/**
+ * An NBD server for one export (DESIGN §5).
+ *
+ * Notes on the design:
+ * - Fixed newstyle only. Options: GO and INFO (NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE
+ *   always, NAME and DESCRIPTION when asked), EXPORT_NAME, LIST, ABORT; everything else
+ *   (STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, …) is NBD_REP_ERR_UNSUP,
+ *   so transmission uses simple replies only.
+ * - Transmission: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, DISC. Requests are parsed as
+ *   they arrive and handed to the backend at once: many are in flight, replies go out in
+ *   the order they complete. Per connection at most `maxInflight` requests and
+ *   `maxInflightBytes` of READ/WRITE data are in flight; past either, or when the socket's
+ *   unsent replies pass `maxBacklogBytes`, the server stops reading that socket until
+ *   things drain (back-pressure reaches the client through the socket).
+ * - Received bytes stay in a list of socket chunks. A request header is read in place when
+ *   it lies in one chunk; a write payload within one chunk is passed on as a view of it, so
+ *   a 32 MiB write that arrives in hundreds of chunks costs one copy, never O(n²).
+ * - Replies completed in one turn of the event loop are sent together (one write, or one
+ *   writev when read data is large) from a setImmediate.
+ * - Validation, in this order: unknown command → EINVAL; a flag the command does not take
+ *   (FUA is taken by all, NO_HOLE by WRITE_ZEROES) → EINVAL; WRITE/TRIM/WRITE_ZEROES on a
+ *   read-only export → EPERM; past the end → EINVAL for READ, ENOSPC for the writes;
+ *   READ/WRITE longer than 32 MiB → EINVAL. A rejected WRITE's payload is read and
+ *   dropped; a payload over 64 MiB, a bad magic, or bad client flags drop the connection —
+ *   that one only. Zero-length requests succeed without reaching the backend.
+ * - Disconnect (DISC, EOF, error, drop, or close()): requests in flight complete first,
+ *   then the backend's clientClosed() (else flush()) runs once for every connection that
+ *   reached transmission, since nbdcopy sends no FLUSH unless asked.
+ */
+import {EventEmitter} from 'node:events'
+import {chmod, lstat, rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
-import {ByteQueue} from './ByteQueue.js'
+import {RefusedError, errnoOf} from '../errors/errors.js'
 import type {ExportBackend} from './ExportBackend.js'
 import {
   BLOCK_MAX,
@@ -8,385 +38,809 @@ import {
   Cmd,
   CmdFlag,
   Errno,
-  type ErrnoName,
   IHAVEOPT,
   Info,
   OPTION_HEADER_SIZE,
   Opt,
   REQUEST_SIZE,
   Rep,
+  type RequestHeader,
+  SIMPLE_REPLY_SIZE,
   TxFlag,
+  cmdName,
   decodeGoData,
-  decodeRequest,
+  encodeExportNameReply,
   encodeInfoBlockSize,
   encodeInfoExport,
   encodeInfoText,
   encodeOptionReply,
   encodeServerGreeting,
-  encodeSimpleReply,
+  encodeServerReplyData,
+  errnoName,
+  nbdErrnoOf,
+  optName,
+  readRequestHeader,
+  writeSimpleReplyHeader,
 } from './protocol.js'
 
 export interface NbdServerOptions {
+  /** The export's name (default ''); the empty name also reaches it. */
   exportName?: string
+  /** Sent as NBD_INFO_DESCRIPTION and in NBD_OPT_LIST replies. */
   description?: string
+  /** Connections dropped, backend errors, disconnect flushes that failed. */
   log?: (message: string) => void
   /** Advertise CAN_MULTI_CONN (default true: every connection sees the same data and flush). */
   multiConn?: boolean
-  /** Requests in flight per connection before the socket is paused. */
+  /** Requests in flight per connection before the server stops reading it (default 64). */
   maxInflight?: number
+  /** READ/WRITE bytes in flight per connection before it stops reading (default 128 MiB). */
+  maxInflightBytes?: number
+  /** Unsent reply bytes per connection before it stops reading (default 64 MiB). */
+  maxBacklogBytes?: number
+  /** A client that has not finished the handshake by then is dropped (default 60 s). */
+  handshakeTimeoutMs?: number
 }
 
-/** Payloads beyond this are hostile: drop the connection instead of buffering them. */
+/** A WRITE claiming more than this is hostile or broken: drop it instead of buffering. */
 const MAX_PAYLOAD = 64 * 1024 * 1024
+/** Option data beyond this drops the connection (names are at most 4 KiB by the spec). */
 const MAX_OPTION_DATA = 64 * 1024
+/** Options per connection before it is dropped (a client looping on LIST, say). */
+const MAX_OPTIONS = 1024
+/** Read data up to this size is copied into the batch's reply buffer; larger goes by writev. */
+const INLINE_DATA_MAX = 16 * 1024
+/** How long a graceful close waits for the client to take the last replies. */
+const END_GRACE_MS = 10_000
+const EMPTY = Buffer.alloc(0)
+const IHAVEOPT_HI = Number(IHAVEOPT >> 32n)
+const IHAVEOPT_LO = Number(IHAVEOPT & 0xffffffffn)
 
-function errnoFor(error: unknown): number {
-  const e = error as {errno?: unknown; code?: unknown}
-  const name = (typeof e?.errno === 'string' ? e.errno : typeof e?.code === 'string' ? e.code : 'EIO') as string
-  return name in Errno ? Errno[name as ErrnoName] : Errno.EIO
+/**
+ * Bytes received and not parsed yet: the socket's chunks, in order. Headers are read in
+ * place when they sit in one chunk (`header` sets `pos`); `take` copies only what does not.
+ * Exported for its unit test only.
+ */
+export class RecvQueue {
+  private chunks: Buffer[] = []
+  private head = 0
+  length = 0
+  /** Where the last `header` result starts in the buffer it returned. */
+  pos = 0
+  private readonly scratch = Buffer.allocUnsafe(64)
+
+  push(b: Buffer): void {
+    if (b.length === 0) return
+    this.chunks.push(b)
+    this.length += b.length
+  }
+
+  /** Consume n (≤ 64, ≤ length) bytes; they are at `pos` in the buffer returned, valid until the next call. */
+  header(n: number): Buffer {
+    const first = this.chunks[0]
+    if (first.length - this.head >= n) {
+      this.pos = this.head
+      this.advance(first, n)
+      this.length -= n
+      return first
+    }
+    this.copyOut(this.scratch, n)
+    this.pos = 0
+    return this.scratch
+  }
+
+  /** Consume and return n (≤ length) bytes: a view when they sit in one chunk, else one copy. */
+  take(n: number): Buffer {
+    if (n === 0) return EMPTY
+    const first = this.chunks[0]
+    if (first.length - this.head >= n) {
+      const out = first.subarray(this.head, this.head + n)
+      this.advance(first, n)
+      this.length -= n
+      return out
+    }
+    const out = Buffer.allocUnsafe(n)
+    this.copyOut(out, n)
+    return out
+  }
+
+  /** Discard n (≤ length) bytes. */
+  skip(n: number): void {
+    let left = n
+    while (left > 0) {
+      const c = this.chunks[0]
+      const k = Math.min(c.length - this.head, left)
+      this.advance(c, k)
+      left -= k
+    }
+    this.length -= n
+  }
+
+  clear(): void {
+    this.chunks = []
+    this.head = 0
+    this.length = 0
+  }
+
+  private advance(c: Buffer, k: number): void {
+    this.head += k
+    if (this.head === c.length) {
+      this.chunks.shift()
+      this.head = 0
+    }
+  }
+
+  private copyOut(out: Buffer, n: number): void {
+    let done = 0
+    while (done < n) {
+      const c = this.chunks[0]
+      const k = Math.min(c.length - this.head, n - done)
+      c.copy(out, done, this.head, this.head + k)
+      done += k
+      this.advance(c, k)
+    }
+    this.length -= n
+  }
 }
+
+/** One request from parse to reply. */
+class Req implements RequestHeader {
+  flags = 0
+  type = 0
+  cookieHi = 0
+  cookieLo = 0
+  offset = 0
+  length = 0
+  /** NBD errno of the reply (0: success). */
+  error = 0
+  /** WRITE: the payload; READ: the data to send back. */
+  data: Buffer | undefined = undefined
+  /** Bytes this request holds while in flight (counted against maxInflightBytes). */
+  cost = 0
+}
+
+type Phase = 'flags' | 'options' | 'transmission' | 'ending' | 'dead'
 
 class Connection {
-  private readonly q = new ByteQueue()
-  private phase: 'clientFlags' | 'option' | 'request' | 'payload' | 'closed' = 'clientFlags'
+  readonly finished: Promise<void>
+  private resolveFinished!: () => void
+  private phase: Phase = 'flags'
+  private readonly q = new RecvQueue()
   private noZeroes = false
-  private pending?: {type: 'option'; option: number; length: number} | {type: 'write'; req: NonNullable<ReturnType<typeof decodeRequest>>}
+  private options = 0
+  private pendingOption: {option: number; length: number} | undefined
+  private pendingWrite: Req | undefined
   private inflight = 0
-  private readonly drained: Array<() => void> = []
+  private inflightBytes = 0
   private paused = false
-  private disconnecting = false
+  private pumping = false
+  private replies: Req[] = []
+  private flushScheduled = false
+  private reachedTransmission = false
+  private closeHandled = false
+  private size = 0
+  private txFlags = 0
+  private timer: NodeJS.Timeout | undefined
+  private idleWaiter: (() => void) | undefined
+  private readonly flushBound = (): void => this.flushReplies()
 
   constructor(
     private readonly s: Socket,
     private readonly srv: NbdServer,
     private readonly backend: ExportBackend,
+    readonly id: number,
   ) {
+    this.finished = new Promise((r) => (this.resolveFinished = r))
     s.setNoDelay(true)
-    s.on('data', (b) => this.onData(b))
-    s.on('error', () => this.close())
-    s.on('close', () => void this.finish())
+    s.on('data', (b: Buffer) => {
+      if (this.phase === 'ending' || this.phase === 'dead') return
+      this.q.push(b)
+      this.pump()
+    })
+    s.on('end', () => this.onEnd())
+    s.on('drain', () => this.maybeResume())
+    s.on('error', (e: Error) => {
+      const code = errnoOf(e)
+      if (code !== 'ECONNRESET' && code !== 'EPIPE') this.log(`socket error: ${e.message}`)
+    })
+    s.on('close', () => this.onClose())
+    this.timer = setTimeout(() => this.drop('handshake not finished in time'), srv.handshakeTimeoutMs)
+    this.timer.unref()
     s.write(encodeServerGreeting())
   }
 
-  private get txFlags(): number {
+  /** Never throws: a failing log callback must not take the connection down. */
+  private log(message: string): void {
+    try {
+      this.srv.log?.(`nbd: connection ${this.id}: ${message}`)
+    } catch {
+      // nowhere left to report it
+    }
+  }
+
+  /** Hard disconnect: this connection only. */
+  private drop(why: string): void {
+    if (this.phase === 'dead') return
+    this.log(`dropped: ${why}`)
+    this.phase = 'dead'
+    this.q.clear()
+    this.s.destroy()
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Parsing
+
+  private pump(): void {
+    if (this.pumping) return
+    this.pumping = true
+    try {
+      while (!this.paused && this.step()) {
+        // each step consumed one message
+      }
+    } catch (error) {
+      this.drop(`internal error (a bug): ${describe(error, true)}`)
+    } finally {
+      this.pumping = false
+    }
+  }
+
+  /** Parse one message; false when more bytes are needed or input is over. */
+  private step(): boolean {
+    switch (this.phase) {
+      case 'flags': {
+        if (this.q.length < 4) return false
+        const b = this.q.header(4)
+        const flags = b.readUInt32BE(this.q.pos)
+        const known = ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES
+        if (!(flags & ClientFlag.FIXED_NEWSTYLE) || flags & ~known) {
+          this.drop(`client flags 0x${flags.toString(16)} (fixed newstyle required, no unknown bits)`)
+          return false
+        }
+        this.noZeroes = (flags & ClientFlag.NO_ZEROES) !== 0
+        this.phase = 'options'
+        return true
+      }
+      case 'options':
+        return this.stepOption()
+      case 'transmission':
+        return this.stepRequest()
+      default:
+        return false
+    }
+  }
+
+  private stepOption(): boolean {
+    if (!this.pendingOption) {
+      if (this.q.length < OPTION_HEADER_SIZE) return false
+      const b = this.q.header(OPTION_HEADER_SIZE)
+      const p = this.q.pos
+      if (b.readUInt32BE(p) !== IHAVEOPT_HI || b.readUInt32BE(p + 4) !== IHAVEOPT_LO) {
+        this.drop('bad option magic')
+        return false
+      }
+      const option = b.readUInt32BE(p + 8)
+      const length = b.readUInt32BE(p + 12)
+      if (length > MAX_OPTION_DATA) {
+        this.drop(`${optName(option)} with ${length} bytes of data (limit ${MAX_OPTION_DATA})`)
+        return false
+      }
+      if (++this.options > MAX_OPTIONS) {
+        this.drop(`more than ${MAX_OPTIONS} options`)
+        return false
+      }
+      this.pendingOption = {option, length}
+    }
+    const {option, length} = this.pendingOption
+    if (this.q.length < length) return false
+    this.pendingOption = undefined
+    this.handleOption(option, this.q.take(length))
+    return this.phase === 'options' || this.phase === 'transmission'
+  }
+
+  private stepRequest(): boolean {
+    let req = this.pendingWrite
+    if (!req) {
+      if (this.q.length < REQUEST_SIZE) return false
+      const b = this.q.header(REQUEST_SIZE)
+      req = readRequestHeader(b, this.q.pos, new Req())
+      if (!req) {
+        this.drop('bad request magic')
+        return false
+      }
+      if (req.type === Cmd.DISC) {
+        this.beginEnding()
+        return false
+      }
+      if (req.type !== Cmd.WRITE) {
+        this.dispatch(req)
+        return true
+      }
+      if (req.length > MAX_PAYLOAD) {
+        this.drop(`write of ${req.length} bytes (limit ${MAX_PAYLOAD})`)
+        return false
+      }
+      this.pendingWrite = req
+    }
+    if (this.q.length < req.length) return false
+    this.pendingWrite = undefined
+    req.error = this.validate(req)
+    if (req.error) this.q.skip(req.length)
+    else req.data = this.q.take(req.length)
+    this.dispatch(req)
+    return true
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Option haggling
+
+  private optionReply(option: number, type: number, data?: Buffer): void {
+    this.s.write(encodeOptionReply(option, type, data))
+  }
+
+  private nameMatches(name: string): boolean {
+    return name === '' || name === this.srv.exportName
+  }
+
+  private handleOption(option: number, data: Buffer): void {
+    const {srv, backend} = this
+    switch (option) {
+      case Opt.EXPORT_NAME: {
+        const wanted = data.toString('utf8')
+        // No error reply exists for EXPORT_NAME: the spec says close.
+        if (!this.nameMatches(wanted)) return this.drop(`NBD_OPT_EXPORT_NAME for unknown export "${wanted}"`)
+        this.enterTransmission()
+        this.s.write(encodeExportNameReply(this.size, this.txFlags, this.noZeroes))
+        return
+      }
+      case Opt.ABORT:
+        this.phase = 'ending'
+        this.s.end(encodeOptionReply(option, Rep.ACK), () => this.s.destroy())
+        return
+      case Opt.LIST:
+        if (data.length !== 0) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from('NBD_OPT_LIST takes no data'))
+        this.s.cork()
+        this.optionReply(option, Rep.SERVER, encodeServerReplyData(srv.exportName, srv.description ?? ''))
+        this.optionReply(option, Rep.ACK)
+        this.s.uncork()
+        return
+      case Opt.INFO:
+      case Opt.GO: {
+        const go = decodeGoData(data)
+        if (!go) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from(`malformed ${optName(option)} data`))
+        if (!this.nameMatches(go.name)) return this.optionReply(option, Rep.ERR_UNKNOWN, Buffer.from(`no export named "${go.name}"`))
+        const flags = this.computeTxFlags()
+        this.s.cork()
+        // qemu refuses a GO reply without NBD_INFO_EXPORT; block sizes go whether asked or not.
+        this.optionReply(option, Rep.INFO, encodeInfoExport(backend.size, flags))
+        this.optionReply(option, Rep.INFO, encodeInfoBlockSize())
+        if (go.infos.includes(Info.NAME)) this.optionReply(option, Rep.INFO, encodeInfoText(Info.NAME, srv.exportName))
+        if (go.infos.includes(Info.DESCRIPTION) && srv.description !== undefined) this.optionReply(option, Rep.INFO, encodeInfoText(Info.DESCRIPTION, srv.description))
+        this.optionReply(option, Rep.ACK)
+        if (option === Opt.GO) this.enterTransmission()
+        this.s.uncork()
+        return
+      }
+      default:
+        // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, anything unknown.
+        this.optionReply(option, Rep.ERR_UNSUP)
+    }
+  }
+
+  private computeTxFlags(): number {
     let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES
     if (this.srv.multiConn) f |= TxFlag.CAN_MULTI_CONN
     if (this.backend.readOnly) f |= TxFlag.READ_ONLY
     return f
   }
 
-  private drop(why: string): void {
-    this.srv.log?.(`nbd: dropping a connection: ${why}`)
-    this.close()
+  private enterTransmission(): void {
+    this.phase = 'transmission'
+    this.reachedTransmission = true
+    this.size = this.backend.size
+    this.txFlags = this.computeTxFlags()
+    clearTimeout(this.timer)
+    this.timer = undefined
   }
 
-  close(): void {
-    this.phase = 'closed'
-    this.s.destroy()
-  }
+  // -------------------------------------------------------------------------------------
+  // Transmission
 
-  private onData(b: Buffer): void {
-    if (this.phase === 'closed') return
-    this.q.push(b)
-    try {
-      this.parse()
-    } catch (error) {
-      this.drop(`parse error: ${(error as Error).message}`)
-    }
-  }
-
-  private parse(): void {
-    for (;;) {
-      switch (this.phase) {
-        case 'clientFlags': {
-          if (this.q.length < 4) return
-          const flags = this.q.take(4).readUInt32BE(0)
-          if (!(flags & ClientFlag.FIXED_NEWSTYLE) || flags & ~(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES)) return this.drop(`unsupported client flags ${flags}`)
-          this.noZeroes = (flags & ClientFlag.NO_ZEROES) !== 0
-          this.phase = 'option'
-          break
-        }
-        case 'option': {
-          if (!this.pending) {
-            if (this.q.length < OPTION_HEADER_SIZE) return
-            const h = this.q.take(OPTION_HEADER_SIZE)
-            if (h.readBigUInt64BE(0) !== IHAVEOPT) return this.drop('bad option magic')
-            const length = h.readUInt32BE(12)
-            if (length > MAX_OPTION_DATA) return this.drop(`option data of ${length} bytes`)
-            this.pending = {type: 'option', option: h.readUInt32BE(8), length}
-          }
-          const p = this.pending
-          if (p.type !== 'option' || this.q.length < p.length) return
-          this.pending = undefined
-          this.handleOption(p.option, this.q.take(p.length))
-          if ((this.phase as string) === 'closed') return
-          break
-        }
-        case 'request': {
-          if (this.q.length < REQUEST_SIZE) return
-          const req = decodeRequest(this.q.take(REQUEST_SIZE))
-          if (!req) return this.drop('bad request magic')
-          if (req.type === Cmd.WRITE) {
-            if (req.length > MAX_PAYLOAD) return this.drop(`write payload of ${req.length} bytes`)
-            this.pending = {type: 'write', req}
-            this.phase = 'payload'
-            break
-          }
-          if (req.type === Cmd.DISC) {
-            this.disconnecting = true
-            this.phase = 'closed'
-            void this.waitIdle().then(() => this.s.end())
-            return
-          }
-          this.dispatch(req, undefined)
-          break
-        }
-        case 'payload': {
-          const p = this.pending
-          if (!p || p.type !== 'write') return this.drop('internal: no pending write')
-          if (this.q.length < p.req.length) return
-          this.pending = undefined
-          this.phase = 'request'
-          this.dispatch(p.req, this.q.take(p.req.length))
-          break
-        }
-        case 'closed':
-          return
-      }
-      if (this.paused) return
-    }
-  }
-
-  private reply(option: number, type: number, data?: Buffer): void {
-    this.s.write(encodeOptionReply(option, type, data))
-  }
-
-  private handleOption(option: number, data: Buffer): void {
-    const name = this.srv.exportName
-    switch (option) {
-      case Opt.EXPORT_NAME: {
-        const wanted = data.toString('utf8')
-        if (wanted !== '' && wanted !== name) return this.drop(`unknown export "${wanted}"`)
-        const b = Buffer.alloc(this.noZeroes ? 10 : 134)
-        b.writeBigUInt64BE(BigInt(this.backend.size), 0)
-        b.writeUInt16BE(this.txFlags, 8)
-        this.s.write(b)
-        this.phase = 'request'
-        return
-      }
-      case Opt.ABORT:
-        this.reply(option, Rep.ACK)
-        this.s.end()
-        this.phase = 'closed'
-        return
-      case Opt.LIST: {
-        if (data.length !== 0) return this.reply(option, Rep.ERR_INVALID)
-        const n = Buffer.from(name, 'utf8')
-        const d = Buffer.alloc(4 + n.length)
-        d.writeUInt32BE(n.length, 0)
-        n.copy(d, 4)
-        this.reply(option, Rep.SERVER, d)
-        this.reply(option, Rep.ACK)
-        return
-      }
-      case Opt.INFO:
-      case Opt.GO: {
-        const go = decodeGoData(data)
-        if (!go) return this.reply(option, Rep.ERR_INVALID)
-        if (go.name !== '' && go.name !== name) return this.reply(option, Rep.ERR_UNKNOWN)
-        this.reply(option, Rep.INFO, encodeInfoExport(this.backend.size, this.txFlags))
-        this.reply(option, Rep.INFO, encodeInfoBlockSize())
-        if (go.infos.includes(Info.NAME)) this.reply(option, Rep.INFO, encodeInfoText(Info.NAME, name))
-        if (go.infos.includes(Info.DESCRIPTION) && this.srv.description) this.reply(option, Rep.INFO, encodeInfoText(Info.DESCRIPTION, this.srv.description))
-        this.reply(option, Rep.ACK)
-        if (option === Opt.GO) this.phase = 'request'
-        return
-      }
-      default:
-        // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, anything else.
-        this.reply(option, Rep.ERR_UNSUP)
-    }
-  }
-
-  private sendReply(error: number, cookie: bigint, data?: Buffer): void {
-    if (this.s.destroyed) return
-    if (data && error === 0) {
-      this.s.cork()
-      this.s.write(encodeSimpleReply(0, cookie))
-      this.s.write(data)
-      process.nextTick(() => this.s.uncork())
-    } else {
-      this.s.write(encodeSimpleReply(error, cookie))
-    }
-  }
-
-  private dispatch(req: NonNullable<ReturnType<typeof decodeRequest>>, payload: Buffer | undefined): void {
-    const {backend} = this
-    const offset = Number(req.offset)
-    const len = req.length
-    const fua = (req.flags & CmdFlag.FUA) !== 0
-    const end = offset + len
-    const past = req.offset > BigInt(Number.MAX_SAFE_INTEGER) || end > backend.size
-    let work: (() => Promise<Buffer | void>) | undefined
-    let error = 0
-    switch (req.type) {
+  /** The NBD errno a request gets before it reaches the backend (0: pass it on). */
+  private validate(r: Req): number {
+    const {type, flags, offset, length} = r
+    const past = offset < 0 || offset + length > this.size
+    const readOnly = (this.txFlags & TxFlag.READ_ONLY) !== 0
+    switch (type) {
       case Cmd.READ:
-        if (past || len > BLOCK_MAX) error = Errno.EINVAL
-        else work = () => backend.read(offset, len)
-        break
+        if (flags & ~CmdFlag.FUA) return Errno.EINVAL
+        return past || length > BLOCK_MAX ? Errno.EINVAL : 0
       case Cmd.WRITE:
-        if (backend.readOnly) error = Errno.EPERM
-        else if (past) error = Errno.ENOSPC
-        else if (len > BLOCK_MAX) error = Errno.EINVAL
-        else work = () => backend.write(offset, payload!, fua)
-        break
-      case Cmd.WRITE_ZEROES:
+        if (flags & ~CmdFlag.FUA) return Errno.EINVAL
+        if (readOnly) return Errno.EPERM
+        if (past) return Errno.ENOSPC
+        return length > BLOCK_MAX ? Errno.EINVAL : 0
       case Cmd.TRIM:
-        if (backend.readOnly) error = Errno.EPERM
-        else if (past) error = Errno.ENOSPC
-        else work = req.type === Cmd.TRIM ? () => backend.trim(offset, len, fua) : () => backend.writeZeroes(offset, len, fua)
-        break
+      case Cmd.WRITE_ZEROES:
+        if (flags & ~(type === Cmd.WRITE_ZEROES ? CmdFlag.FUA | CmdFlag.NO_HOLE : CmdFlag.FUA)) return Errno.EINVAL
+        if (readOnly) return Errno.EPERM
+        return past ? Errno.ENOSPC : 0
       case Cmd.FLUSH:
-        work = () => backend.flush()
-        break
-      case Cmd.CACHE:
-        if (past) error = Errno.EINVAL
-        else work = async () => undefined
-        break
+        return flags & ~CmdFlag.FUA ? Errno.EINVAL : 0
       default:
-        error = Errno.EINVAL
+        return Errno.EINVAL
     }
-    if (!work) {
-      this.sendReply(error, req.cookie)
+  }
+
+  private dispatch(r: Req): void {
+    if (r.type !== Cmd.WRITE) r.error = this.validate(r)
+    if (r.error !== 0 || (r.length === 0 && r.type !== Cmd.FLUSH)) {
+      r.data = undefined
+      this.answer(r)
       return
     }
+    const {backend} = this
+    const fua = (r.flags & CmdFlag.FUA) !== 0
+    r.cost = r.type === Cmd.READ || r.type === Cmd.WRITE ? r.length : 0
     this.inflight++
-    if (this.inflight >= this.srv.maxInflight && !this.paused) {
-      this.paused = true
-      this.s.pause()
+    this.inflightBytes += r.cost
+    let p: Promise<Buffer | void>
+    try {
+      switch (r.type) {
+        case Cmd.READ:
+          p = backend.read(r.offset, r.length)
+          break
+        case Cmd.WRITE:
+          p = backend.write(r.offset, r.data!, fua)
+          break
+        case Cmd.WRITE_ZEROES:
+          p = backend.writeZeroes(r.offset, r.length, fua)
+          break
+        case Cmd.TRIM:
+          p = backend.trim(r.offset, r.length, fua)
+          break
+        default:
+          p = backend.flush()
+      }
+    } catch (error) {
+      p = Promise.reject(error)
     }
-    work()
-      .then(
-        (data) => this.sendReply(0, req.cookie, data instanceof Buffer ? data : undefined),
-        (error_: unknown) => {
-          const code = errnoFor(error_)
-          if (code === Errno.EIO) this.srv.log?.(`nbd: ${['read', 'write', '', 'flush', 'trim', 'cache', 'write-zeroes'][req.type] ?? 'request'} at ${offset}+${len} failed: ${(error_ as Error)?.message ?? error_}`)
-          this.sendReply(code, req.cookie)
-        },
-      )
-      .finally(() => {
-        this.inflight--
-        if (this.paused && this.inflight < this.srv.maxInflight / 2) {
-          this.paused = false
-          this.s.resume()
-          try {
-            this.parse()
-          } catch (error_) {
-            this.drop(`parse error: ${(error_ as Error).message}`)
-          }
-        }
-        if (this.inflight === 0) for (const r of this.drained.splice(0)) r()
-      })
+    p.then(
+      (v) => this.completed(r, v),
+      (e: unknown) => this.failed(r, e),
+    )
+    if (this.inflight >= this.srv.maxInflight || this.inflightBytes >= this.srv.maxInflightBytes) this.pause()
   }
 
-  waitIdle(): Promise<void> {
-    if (this.inflight === 0) return Promise.resolve()
-    return new Promise((r) => this.drained.push(r))
+  private completed(r: Req, v: Buffer | void): void {
+    if (r.type === Cmd.READ) {
+      if (Buffer.isBuffer(v) && v.length === r.length) r.data = v
+      else {
+        this.log(`${cmdName(r.type)} at ${r.offset}+${r.length}: the backend returned ${Buffer.isBuffer(v) ? `${v.length} bytes` : typeof v}; answering EIO`)
+        r.error = Errno.EIO
+        r.data = undefined
+      }
+    } else r.data = undefined
+    this.settle(r)
+  }
+
+  private failed(r: Req, e: unknown): void {
+    r.error = nbdErrnoOf(e)
+    r.data = undefined
+    this.log(`${cmdName(r.type)} at ${r.offset}+${r.length} failed: ${errnoName(r.error)}: ${describe(e)}`)
+    this.settle(r)
+  }
+
+  private settle(r: Req): void {
+    this.inflight--
+    this.inflightBytes -= r.cost
+    this.answer(r)
+    if (this.inflight === 0 && this.idleWaiter) {
+      const w = this.idleWaiter
+      this.idleWaiter = undefined
+      w()
+    }
+    this.maybeResume()
+  }
+
+  /** Queue a reply; every reply queued in this turn of the event loop goes out in one write. */
+  private answer(r: Req): void {
+    if (this.phase === 'dead') return
+    this.replies.push(r)
+    if (!this.flushScheduled) {
+      this.flushScheduled = true
+      setImmediate(this.flushBound)
+    }
+  }
+
+  private flushReplies(): void {
+    this.flushScheduled = false
+    try {
+      this.writeReplies()
+    } catch (error) {
+      // Runs from setImmediate: a throw here would take the whole process down.
+      this.drop(`internal error (a bug): ${describe(error, true)}`)
+    }
+  }
+
+  private writeReplies(): void {
+    const list = this.replies
+    if (list.length === 0) return this.maybeFinishEnding()
+    this.replies = []
+    if (this.phase === 'dead' || this.s.destroyed) return
+    let inline = 0
+    let large = false
+    for (const r of list) {
+      inline += SIMPLE_REPLY_SIZE
+      const d = r.data
+      if (d) {
+        if (d.length <= INLINE_DATA_MAX) inline += d.length
+        else large = true
+      }
+    }
+    const buf = Buffer.allocUnsafe(inline)
+    let pos = 0
+    if (!large) {
+      for (const r of list) {
+        writeSimpleReplyHeader(buf, pos, r.error, r.cookieHi, r.cookieLo)
+        pos += SIMPLE_REPLY_SIZE
+        if (r.data) pos += r.data.copy(buf, pos)
+        r.data = undefined
+      }
+      this.s.write(buf)
+    } else {
+      // Large read data goes by reference: header bytes so far, the data, and on (one writev).
+      this.s.cork()
+      let start = 0
+      for (const r of list) {
+        writeSimpleReplyHeader(buf, pos, r.error, r.cookieHi, r.cookieLo)
+        pos += SIMPLE_REPLY_SIZE
+        const d = r.data
+        r.data = undefined
+        if (!d) continue
+        if (d.length <= INLINE_DATA_MAX) pos += d.copy(buf, pos)
+        else {
+          this.s.write(buf.subarray(start, pos))
+          this.s.write(d)
+          start = pos
+        }
+      }
+      if (pos > start) this.s.write(buf.subarray(start, pos))
+      this.s.uncork()
+    }
+    if (this.s.writableLength > this.srv.maxBacklogBytes) this.pause()
+    this.maybeFinishEnding()
+  }
+
+  private pause(): void {
+    if (this.paused) return
+    this.paused = true
+    this.s.pause()
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.phase === 'dead') return
+    const {srv} = this
+    if (this.inflight >= srv.maxInflight || this.inflightBytes >= srv.maxInflightBytes || this.s.writableLength > srv.maxBacklogBytes) return
+    this.paused = false
+    this.s.resume()
+    this.pump()
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Ending
+
+  /** Stop taking requests; once those in flight are answered, close (soft disconnect). */
+  private beginEnding(): void {
+    if (this.phase === 'ending' || this.phase === 'dead') return
+    this.phase = 'ending'
+    this.pendingWrite = undefined
+    this.q.clear()
+    this.maybeFinishEnding()
+  }
+
+  private maybeFinishEnding(): void {
+    if (this.phase !== 'ending' || this.inflight > 0 || this.replies.length > 0 || this.flushScheduled) return
+    this.phase = 'dead'
+    const t = setTimeout(() => this.s.destroy(), END_GRACE_MS)
+    t.unref()
+    this.s.end(() => {
+      clearTimeout(t)
+      this.s.destroy()
+    })
+  }
+
+  /** The client half-closed: finish what is in flight, then close. */
+  private onEnd(): void {
+    if (this.phase === 'transmission') this.beginEnding()
+    else if (this.phase !== 'ending' && this.phase !== 'dead') {
+      // A probe, or a client giving up during the handshake: nothing to finish.
+      this.phase = 'dead'
+      this.s.destroy()
+    }
+  }
+
+  /** Server shutdown: handshakes are cut; transmission answers what is in flight first. */
+  shutdown(): void {
+    if (this.phase === 'transmission') this.beginEnding()
+    else if (this.phase !== 'ending' && this.phase !== 'dead') this.drop('server shutting down')
+  }
+
+  private onClose(): void {
+    if (this.closeHandled) return
+    this.closeHandled = true
+    this.phase = 'dead'
+    clearTimeout(this.timer)
+    this.q.clear()
+    this.pendingWrite = undefined
+    this.replies = []
+    void this.finish()
   }
 
   private async finish(): Promise<void> {
-    this.phase = 'closed'
-    await this.waitIdle()
-    try {
-      await this.backend.clientClosed?.()
-    } catch (error) {
-      this.srv.log?.(`nbd: flush after disconnect failed: ${(error as Error).message}`)
+    if (this.inflight > 0) await new Promise<void>((r) => (this.idleWaiter = r))
+    if (this.reachedTransmission) {
+      try {
+        await (this.backend.clientClosed ? this.backend.clientClosed() : this.backend.flush())
+      } catch (error) {
+        this.log(`flush after disconnect failed: ${describe(error)}`)
+      }
     }
     this.srv.forget(this)
-  }
-
-  get closing(): boolean {
-    return this.disconnecting
+    this.resolveFinished()
   }
 }
 
+interface NbdServerEvents {
+  /** A client connected; the argument is the number of connections now. */
+  connect: [connections: number]
+  /** A connection closed and its disconnect flush finished. */
+  disconnect: [connections: number]
+}
+
 /**
- * An NBD server for one export (fixed newstyle; OPT_GO/INFO/LIST/ABORT/EXPORT_NAME; READ,
- * WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, DISC; simple replies, out of order, many in flight).
- * Malformed or hostile bytes drop that connection only.
+ * Serves one ExportBackend over NBD (fixed newstyle, simple replies) on any number of unix
+ * and TCP listeners. Malformed or hostile input drops that connection only; backend
+ * errors become NBD errors and are logged; the server keeps serving.
  */
-export class NbdServer {
+export class NbdServer extends EventEmitter<NbdServerEvents> {
   readonly exportName: string
   readonly description?: string
   readonly log?: (message: string) => void
   readonly multiConn: boolean
   readonly maxInflight: number
+  readonly maxInflightBytes: number
+  readonly maxBacklogBytes: number
+  readonly handshakeTimeoutMs: number
   private readonly servers: Server[] = []
   private readonly conns = new Set<Connection>()
+  private nextId = 0
+  private closing: Promise<void> | undefined
 
   constructor(
     private readonly backend: ExportBackend,
     opts: NbdServerOptions = {},
   ) {
+    super()
     this.exportName = opts.exportName ?? ''
     this.description = opts.description
     this.log = opts.log
     this.multiConn = opts.multiConn ?? true
-    this.maxInflight = opts.maxInflight ?? 64
+    this.maxInflight = Math.max(1, opts.maxInflight ?? 64)
+    this.maxInflightBytes = Math.max(BLOCK_MAX, opts.maxInflightBytes ?? 128 * 1024 * 1024)
+    this.maxBacklogBytes = opts.maxBacklogBytes ?? 64 * 1024 * 1024
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 60_000
   }
 
+  /** Open connections, in any phase. */
   get connections(): number {
     return this.conns.size
   }
 
+  /** @internal A connection has closed and flushed. */
   forget(c: Connection): void {
-    this.conns.delete(c)
+    if (this.conns.delete(c)) this.emit('disconnect', this.conns.size)
   }
 
-  private make(): Server {
-    const server = createServer((s) => {
-      this.conns.add(new Connection(s, this, this.backend))
+  private async listenOn(listen: (server: Server, done: () => void) => void): Promise<Server> {
+    if (this.closing) throw new Error('NbdServer: listen after close')
+    const server = createServer({allowHalfOpen: true}, (s) => {
+      if (this.closing) {
+        s.destroy()
+        return
+      }
+      this.conns.add(new Connection(s, this, this.backend, ++this.nextId))
+      this.emit('connect', this.conns.size)
+    })
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      listen(server, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+    // Accept errors (EMFILE, …) must not crash the process.
+    server.on('error', (e) => {
+      try {
+        this.log?.(`nbd: listener error: ${e.message}`)
+      } catch {
+        // nowhere left to report it
+      }
     })
     this.servers.push(server)
     return server
   }
 
-  /** Listen on a unix socket (mode 0600). A stale socket file with nobody behind it is replaced. */
+  /**
+   * Listen on a unix socket, mode 0600. A stale socket file (nobody accepting) is replaced;
+   * a live one, or a path that is not a socket, is refused. Resolves once listening.
+   */
   async listenUnix(path: string): Promise<void> {
-    const live = await new Promise<boolean>((resolve) => {
-      const c = connect(path)
-      c.once('connect', () => {
-        c.destroy()
-        resolve(true)
-      })
-      c.once('error', () => resolve(false))
-    })
-    if (live) throw Object.assign(new Error(`${path} is in use by a running server`), {code: 'EADDRINUSE'})
-    await rm(path, {force: true})
-    const server = this.make()
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(path, () => resolve())
-    })
-    await chmod(path, 0o600)
+    let isSocket: boolean | undefined
+    try {
+      isSocket = (await lstat(path)).isSocket()
+    } catch (error) {
+      if (errnoOf(error) !== 'ENOENT') throw error
+    }
+    if (isSocket === false) throw new RefusedError(`${path} exists and is not a socket`, 'remove it, or choose another socket path')
+    if (isSocket) {
+      if (await socketAccepts(path)) throw new RefusedError(`another server is listening on ${path}`, 'stop that server, or choose another socket path')
+      await rm(path, {force: true})
+    }
+    const server = await this.listenOn((s, done) => s.listen(path, done))
+    try {
+      await chmod(path, 0o600)
+    } catch (error) {
+      this.servers.splice(this.servers.indexOf(server), 1)
+      await new Promise<void>((r) => server.close(() => r()))
+      throw error
+    }
   }
 
-  /** Listen on TCP; resolves to the bound port (port 0 picks one). */
+  /** Listen on TCP (only on an explicit address, DESIGN §5). Resolves to the bound port (port 0 picks one). */
   async listenTcp(host: string, port: number): Promise<number> {
-    const server = this.make()
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, host, () => resolve())
-    })
+    const server = await this.listenOn((s, done) => s.listen(port, host, done))
     const addr = server.address()
     return typeof addr === 'object' && addr ? addr.port : port
   }
 
-  /** Stop accepting, let requests in flight finish, flush, close every connection. Waits. */
-  async close(): Promise<void> {
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))))
-    await Promise.all([...this.conns].map((c) => c.waitIdle()))
-    for (const c of this.conns) c.close()
-    await this.backend.flush()
+  /**
+   * Stop accepting, cut connections still in the handshake, let every request in flight
+   * finish and its reply go out, run the disconnect flush of each connection, close them.
+   * Waits for all of it. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const listeners = this.servers.map((s) => new Promise<void>((r) => s.close(() => r())))
+      const conns = [...this.conns]
+      for (const c of conns) c.shutdown()
+      await Promise.all(conns.map((c) => c.finished))
+      await Promise.all(listeners)
+    })()
+    return this.closing
   }
+}
+
+/** An error's message (its stack, for a bug), never throwing whatever was thrown. */
+function describe(e: unknown, stack = false): string {
+  try {
+    if (e instanceof Error) return (stack && e.stack) || e.message || e.name
+    return String(e)
+  } catch {
+    return 'an unprintable error'
+  }
+}
+
+/** True when something accepts connections on the unix socket at `path`. */
+function socketAccepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect(path)
+    const done = (live: boolean): void => {
+      c.destroy()
+      resolve(live)
+    }
+    c.once('connect', () => done(true))
+    // ECONNREFUSED (stale) or ENOENT: nobody there. Anything else (EACCES, EAGAIN: a full
+    // backlog) means we cannot tell: treat it as live rather than delete someone's socket.
+    c.once('error', (e) => done(!['ECONNREFUSED', 'ENOENT'].includes(errnoOf(e) ?? '')))
+  })
 }

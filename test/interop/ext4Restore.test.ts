@@ -1,0 +1,188 @@
+/**
+ * An ext4 file system on a served source, restored from a clone while it is mounted and in
+ * use (DESIGN §7): nbdfuse exposes the export as a file, losetup makes it a block device,
+ * the kernel mounts it.
+ *
+ * Given an ext4 image made by `mke2fs -t ext4 -d DIR`, a clone synced and fractured, and
+ * files then changed through the export; when a protected restore from the clone runs (from
+ * another shell, through the control socket) while the file system is mounted, read and
+ * written; then after it: e2fsck -fn is clean, and the files are the clone's versions plus
+ * the writes made during the restore. The clone is bit-identical throughout.
+ *
+ * Needs root, /dev/fuse, nbdfuse, fusermount3, losetup, mount, mke2fs and e2fsck; skipped by
+ * name with the reason otherwise. Every mount, loop device and FUSE mount is undone.
+ */
+import assert from 'node:assert/strict'
+import {spawn} from 'node:child_process'
+import {randomBytes} from 'node:crypto'
+import {existsSync} from 'node:fs'
+import * as fsp from 'node:fs/promises'
+import {join} from 'node:path'
+import {after, before, describe, test} from 'node:test'
+import {MiB, type Served, clonectl, clonectlOk, has, isRoot, run, runOk, sha256File, sleep, startServe, statusJson, tempDir} from '../helpers/serve.js'
+
+const SIZE = 64 * MiB
+const tools = ['nbdfuse', 'fusermount3', 'losetup', 'mount', 'mke2fs', 'e2fsck'].filter((t) => !has(t, '--version') && !has(t, '-V'))
+const skip = !isRoot ? 'needs root (losetup, mount)' : !existsSync('/dev/fuse') ? 'needs /dev/fuse' : tools.length ? `needs ${tools.join(', ')}` : false
+
+let dir: string
+let state: string
+let src: string
+let cl: string
+let served: Served | undefined
+const cleanups: Array<() => Promise<unknown>> = []
+
+/** nbdfuse + losetup + mount of the export; detach() undoes all three, in order. */
+async function attach(uri: string, name: string): Promise<{mnt: string; detach: () => Promise<void>}> {
+  const fuseDir = join(dir, `${name}-fuse`)
+  const mnt = join(dir, `${name}-mnt`)
+  const pidFile = join(dir, `${name}.pid`)
+  await fsp.mkdir(fuseDir, {recursive: true})
+  await fsp.mkdir(mnt, {recursive: true})
+  const fuse = spawn('nbdfuse', ['-P', pidFile, fuseDir, uri], {stdio: ['ignore', 'ignore', 'pipe']})
+  let fuseErr = ''
+  fuse.stderr.on('data', (b: Buffer) => (fuseErr += b.toString()))
+  const fuseExit = new Promise<void>((r) => fuse.on('exit', () => r()))
+  const steps: Array<() => Promise<unknown>> = [
+    async () => {
+      await run('fusermount3', ['-u', fuseDir])
+      await Promise.race([fuseExit, sleep(5000)])
+    },
+  ]
+  const detach = async (): Promise<void> => {
+    for (const s of steps.splice(0).reverse()) await s().catch(() => undefined)
+  }
+  cleanups.push(detach)
+  try {
+    for (let i = 0; !existsSync(pidFile); i++) {
+      if (i > 500 || fuse.exitCode !== null) throw new Error(`nbdfuse did not start: ${fuseErr}`)
+      await sleep(10)
+    }
+    await fsp.rm(pidFile)
+    const loop = (await runOk('losetup', ['-f', '--show', join(fuseDir, 'nbd')])).stdout.trim()
+    steps.push(() => runOk('losetup', ['-d', loop]))
+    await runOk('mount', ['-t', 'ext4', loop, mnt])
+    steps.push(() => runOk('umount', [mnt]))
+    return {mnt, detach}
+  } catch (error) {
+    await detach()
+    throw error
+  }
+}
+
+before(async () => {
+  dir = await tempDir('ext4')
+  state = join(dir, 'state')
+  src = join(dir, 'src.img')
+  cl = join(dir, 'clone.img')
+})
+
+after(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined)
+  if (served) await served.stop('SIGKILL')
+  await fsp.rm(dir, {recursive: true, force: true})
+})
+
+describe('ext4 on a served source: protected restore while mounted', {skip}, () => {
+  const bigV1 = randomBytes(3 * MiB)
+  const smallV1 = 'version 1 of a small file\n'
+  const duringRestore = randomBytes(2 * MiB)
+
+  test('given an ext4 source made by mke2fs -d, a synced and fractured clone, and files changed through the export', async () => {
+    const tree = join(dir, 'tree')
+    await fsp.mkdir(join(tree, 'sub'), {recursive: true})
+    await fsp.writeFile(join(tree, 'small.txt'), smallV1)
+    await fsp.writeFile(join(tree, 'big.bin'), bigV1)
+    await fsp.writeFile(join(tree, 'sub', 'keep.txt'), 'kept\n')
+    await runOk('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', tree, src, `${SIZE / 1024}k`])
+    await clonectlOk(state, ['group', 'create', 'e', '--source', src, '--extent-size', '64K'])
+    await clonectlOk(state, ['clone', 'add', 'e', 'c', '--path', cl, '--create'])
+    served = await startServe(state, 'e')
+    await clonectlOk(state, ['clone', 'fracture', 'e', 'c'])
+
+    const m = await attach(served.uri, 'a')
+    assert.equal(await fsp.readFile(join(m.mnt, 'small.txt'), 'utf8'), smallV1)
+    await fsp.writeFile(join(m.mnt, 'small.txt'), 'version 2, written after the fracture\n')
+    await fsp.writeFile(join(m.mnt, 'big.bin'), randomBytes(3 * MiB))
+    await fsp.writeFile(join(m.mnt, 'after-fracture.txt'), 'gone after the restore\n')
+    await fsp.rm(join(m.mnt, 'sub', 'keep.txt'))
+    // Enough changed extents for the restore to take a while at its rate.
+    await fsp.writeFile(join(m.mnt, 'filler.bin'), randomBytes(24 * MiB))
+    await runOk('sync', ['-f', join(m.mnt, 'small.txt')])
+    await m.detach()
+    assert.ok((await statusJson(state, 'e')).clones[0].dirtyExtents > 0)
+  })
+
+  test('when a protected restore runs from another shell, the mounted file system is read and written during it', async () => {
+    const cloneSum = await sha256File(cl)
+    // About 30 MiB changed, at 3 MiB/s: about 10 s, long enough to use the file system during it.
+    const restore = clonectl(state, ['restore', 'e', 'c', '--yes', '--rate', '3M'], {timeoutMs: 180_000})
+    for (let i = 0; !(await statusJson(state, 'e')).operation; i++) {
+      assert.ok(i < 400, 'the restore did not start')
+      await sleep(25)
+    }
+    // The host attaches again once the restore has started (a cache from before would be stale).
+    const m = await attach(served!.uri, 'b')
+    const during = (await statusJson(state, 'e')).operation as {remainingExtents?: number} | undefined
+    assert.ok(during, 'the restore is still running while the file system is in use')
+    // Reads see the clone's point in time, at once.
+    assert.equal(await fsp.readFile(join(m.mnt, 'small.txt'), 'utf8'), smallV1)
+    assert.ok((await fsp.readFile(join(m.mnt, 'big.bin'))).equals(bigV1))
+    assert.equal(await fsp.readFile(join(m.mnt, 'sub', 'keep.txt'), 'utf8'), 'kept\n')
+    assert.equal(existsSync(join(m.mnt, 'after-fracture.txt')), false)
+    assert.equal(existsSync(join(m.mnt, 'filler.bin')), false)
+    // Writes during the restore.
+    await fsp.writeFile(join(m.mnt, 'during.bin'), duringRestore)
+    await fsp.appendFile(join(m.mnt, 'sub', 'keep.txt'), 'appended during the restore\n')
+    await fsp.mkdir(join(m.mnt, 'newdir'))
+    await fsp.writeFile(join(m.mnt, 'newdir', 'n.txt'), 'new during the restore\n')
+    await runOk('sync', ['-f', join(m.mnt, 'during.bin')])
+    const still = (await statusJson(state, 'e')).operation
+    console.log(`ext4: file system used during the restore; restore ${still ? 'still running' : 'already done'} after the writes`)
+    await m.detach()
+    const r = await restore
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stdout, /Completed protected restore/)
+    assert.equal(await sha256File(cl), cloneSum, 'the clone is bit-identical')
+  })
+
+  test('then e2fsck -fn is clean and the files are the clone’s plus the writes made during the restore', async () => {
+    const exit = await served!.stop('SIGTERM')
+    served = undefined
+    assert.equal(exit.code, 0)
+    const fsck = await run('e2fsck', ['-fn', src])
+    assert.equal(fsck.code, 0, fsck.stdout + fsck.stderr)
+    // Check the files through the export once more (serve again, read-only).
+    served = await startServe(state, 'e', ['--read-only'])
+    const fuseDir = join(dir, 'c-fuse')
+    const mnt = join(dir, 'c-mnt')
+    await fsp.mkdir(fuseDir, {recursive: true})
+    await fsp.mkdir(mnt, {recursive: true})
+    const fuse = spawn('nbdfuse', ['-r', '-P', join(dir, 'c.pid'), fuseDir, served.uri], {stdio: 'ignore'})
+    try {
+      while (!existsSync(join(dir, 'c.pid'))) await sleep(10)
+      const loop = (await runOk('losetup', ['-r', '-f', '--show', join(fuseDir, 'nbd')])).stdout.trim()
+      try {
+        await runOk('mount', ['-t', 'ext4', '-o', 'ro,noload', loop, mnt])
+        try {
+          assert.equal(await fsp.readFile(join(mnt, 'small.txt'), 'utf8'), smallV1)
+          assert.ok((await fsp.readFile(join(mnt, 'big.bin'))).equals(bigV1))
+          assert.equal(await fsp.readFile(join(mnt, 'sub', 'keep.txt'), 'utf8'), 'kept\nappended during the restore\n')
+          assert.ok((await fsp.readFile(join(mnt, 'during.bin'))).equals(duringRestore))
+          assert.equal(await fsp.readFile(join(mnt, 'newdir', 'n.txt'), 'utf8'), 'new during the restore\n')
+          assert.equal(existsSync(join(mnt, 'after-fracture.txt')), false)
+        } finally {
+          await runOk('umount', [mnt])
+        }
+      } finally {
+        await runOk('losetup', ['-d', loop])
+      }
+    } finally {
+      await run('fusermount3', ['-u', fuseDir])
+      await new Promise((r) => (fuse.exitCode !== null ? r(undefined) : fuse.on('exit', r)))
+    }
+    const exit2 = await served.stop('SIGTERM')
+    served = undefined
+    assert.equal(exit2.code, 0)
+  })
+})
