@@ -39,9 +39,15 @@ export interface SyncJobOptions {
   chunkBytes?: number
   /** Called after each chunk's bits are cleared (e.g. wake the COD queue). */
   onCopied?: (start: number, end: number) => void
-  /** Called every `checkpointBytes` copied; a checkpoint makes progress durable. */
+  /**
+   * Called every `checkpointBytes` copied, and at least every `checkpointMs` while copying
+   * (a short timer, DESIGN §4: a throttled copy killed with SIGKILL must not lose minutes of
+   * progress); a checkpoint makes progress durable.
+   */
   checkpoint?: () => Promise<void>
   checkpointBytes?: number
+  /** Default 1000 ms. */
+  checkpointMs?: number
   /** Called when bytes were written to `to` (so the next checkpoint flushes it). */
   onWrite?: () => void
   /**
@@ -132,6 +138,7 @@ export class SyncEngine {
     const perChunk = Math.max(1, Math.floor((o.chunkBytes ?? 4 * MiB) / o.extentSize))
     const inflight = new Set<Promise<void>>()
     let sinceCheckpoint = 0
+    let lastCheckpoint = Date.now()
     let failure: unknown
 
     for (;;) {
@@ -166,8 +173,9 @@ export class SyncEngine {
           // eslint-disable-next-line no-await-in-loop
           await Promise.race(inflight)
         }
-        if (o.checkpoint && sinceCheckpoint >= (o.checkpointBytes ?? 256 * MiB)) {
+        if (o.checkpoint && sinceCheckpoint > 0 && (sinceCheckpoint >= (o.checkpointBytes ?? 256 * MiB) || Date.now() - lastCheckpoint >= (o.checkpointMs ?? 1000))) {
           sinceCheckpoint = 0
+          lastCheckpoint = Date.now()
           // eslint-disable-next-line no-await-in-loop
           await o.checkpoint()
         }

@@ -227,10 +227,19 @@ export class CloneGroup {
       if (m.volume) m.record.volume.fingerprint = await m.volume.fingerprint()
   }
 
-  /** group.json, atomically (temp, fsync, rename, fsync dir). Waits. */
-  async save(): Promise<void> {
-    this.record.clones = [...this.members.values()].map((m) => m.record)
-    await this.ctx.store.save(this.record)
+  private saving: Promise<void> = Promise.resolve()
+
+  /**
+   * group.json, atomically (temp, fsync, rename, fsync dir). Saves are serialized, each
+   * writing the record as it is when its turn comes, so the last save always wins. Waits.
+   */
+  save(): Promise<void> {
+    const run = this.saving.then(async () => {
+      this.record.clones = [...this.members.values()].map((m) => m.record)
+      await this.ctx.store.save(this.record)
+    })
+    this.saving = run.catch(() => undefined)
+    return run
   }
 
   noteWritten(v: Volume): void {

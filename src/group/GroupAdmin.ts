@@ -134,7 +134,7 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
     if (m.state !== 'synchronized')
       throw new StateError(
         `clone ${m.name} is ${m.state}, not a consistent copy to fracture`,
-        m.state === 'restoring' || m.state === 'reverse-syncing' ? 'wait for the restore to finish' : `sync it first: \`clonectl clone sync ${g.name} ${m.name}\``,
+        m.state === 'restoring' || m.state === 'reverse-syncing' ? `wait for the restore to finish, or resume an interrupted one with \`clonectl restore ${g.name}\`` : `sync it first: \`clonectl clone sync ${g.name} ${m.name}\``,
       )
   }
   const now = new Date().toISOString()

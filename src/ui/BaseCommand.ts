@@ -1,5 +1,5 @@
 import {Command, Flags, type Interfaces} from '@oclif/core'
-import {ExitCode, isClonectlError} from '../errors/errors.js'
+import {ExitCode, isClonectlError, UsageError} from '../errors/errors.js'
 import type {GroupContext} from '../group/CloneGroup.js'
 import {nodeFs} from '../io/NodeDurableFs.js'
 import {GroupStore} from '../store/GroupStore.js'
@@ -75,7 +75,7 @@ export function waitSeconds(v: string | undefined): number | undefined {
   if (v === undefined) return undefined
   if (v === 'forever') return Number.POSITIVE_INFINITY
   const n = Number(v)
-  if (!Number.isFinite(n) || n < 0) throw new Error(`--wait expects seconds, got "${v}"`)
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new UsageError(`--wait expects seconds, got "${v}"`, 'pass --wait alone to wait forever, or --wait=SECONDS')
   return n
 }
 

@@ -38,6 +38,11 @@ describe('Fig. 6: host writes during a protected restore', () => {
     await Promise.all([host.write(4 * X + 10, Buffer.alloc(100, 2), false), host.write(7 * X + 4000, Buffer.alloc(96, 3), false)])
     assert.equal(s.cod.copies, 2, 'extents 4 and 7 were copied on demand')
     assert.deepEqual(setBits(g.protectedMap!.bits), [0, 4, 7], 'then: P has bits 0, 4 and 7')
+    // The seeds clear D[c] 4 and 7 after their COD. Here the host write sets D[c] again (every
+    // host write sets D[c] and P, so D[c] := P at the end is exact); what the seeds' clear
+    // means — nothing left to restore at 4 and 7 — is D[c] ∧ ¬P empty there.
+    for (const e of [4, 7]) assert.ok(!(g.member('c').map.bits.get(e) && !g.protectedMap!.bits.get(e)), `D[c] ∧ ¬P is clear at ${e}`)
+    assert.equal(s.remaining(), 0, 'the sync engine has nothing left to copy: 4 and 7 were restored by COD')
 
     const src = await g.src.read(0, 8 * X)
     const ext4 = src.subarray(4 * X, 5 * X)
@@ -97,6 +102,7 @@ describe('Figs. 7–9: two clones, a host write over extents 6 and 7, a crash, r
     const r = await host2.gate.exclusive(() => RestoreSession.resume(g2, {}))
     host2.restore = r
     assert.ok(g2.member('c').map.bits.get(6) || g2.member('c').map.bits.get(7), 'Fig. 9: bits for 6/7 are set in D[c] after recovery')
+    assert.deepEqual(setBits(g2.protectedMap!.bits), [6, 7], 'the flush made P 6 and 7 durable: recovery knows the host wrote them')
     // Host write 2 after the resume: P protects 6 and 7, so no COD although D[c] has them.
     await host2.write(6 * X + 100, Buffer.alloc(50, 0x78), false)
     assert.equal(r.cod.copies, 0)
