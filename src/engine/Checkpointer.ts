@@ -11,6 +11,26 @@ import type {Volume} from '../volume/Volume.js'
  * One checkpoint runs at a time; a request while one runs joins the next one, so every
  * caller's writes (issued before it called) are covered when its promise resolves.
  */
+/**
+ * Some clone volumes could not be made durable (fdatasync or NBD FLUSH failed); the source
+ * and every other volume were, and their maps were committed. The failed clones' copies
+ * since the last checkpoint are marked to do again (PersistentMap.abandonCheckpoint).
+ * A host FLUSH is still a success (the source is durable); a sync to such a clone is not.
+ */
+export class CloneFlushError extends Error {
+  constructor(readonly failures: Array<{volume: Volume; error: unknown}>) {
+    super(failures.map((f) => `${f.volume.path}: ${f.error instanceof Error ? f.error.message : String(f.error)}`).join('; '))
+    this.name = 'CloneFlushError'
+  }
+}
+
+/**
+ * Told of a volume whose flush failed; returns the maps whose checkpoint to abandon when
+ * the failure is a clone's (which the group then takes out of mirroring), or undefined
+ * when it is fatal (the source: nothing may be committed).
+ */
+export type FlushFailureHandler = (volume: Volume, error: unknown) => PersistentMap[] | undefined
+
 export class Checkpointer {
   private readonly dirty = new Set<Volume>()
   private running?: Promise<void>
@@ -20,7 +40,10 @@ export class Checkpointer {
   /**
    * @param maps the maps to commit, P (if any) first; read at each checkpoint.
    */
-  constructor(private readonly maps: () => PersistentMap[]) {}
+  constructor(
+    private readonly maps: () => PersistentMap[],
+    private readonly onFlushFailure?: FlushFailureHandler,
+  ) {}
 
   /** A volume was written: the next checkpoint fdatasyncs it. Does not wait. */
   noteWritten(v: Volume): void {
@@ -50,17 +73,31 @@ export class Checkpointer {
     const tickets = maps.map((m) => m.beginCheckpoint())
     const vols = [...this.dirty]
     this.dirty.clear()
-    try {
-      await Promise.all(vols.map((v) => v.flush()))
-    } catch (error) {
-      for (const v of vols) this.dirty.add(v)
-      throw error
+    const results = await Promise.allSettled(vols.map((v) => v.flush()))
+    const abandoned = new Set<PersistentMap>()
+    const cloneFailures: Array<{volume: Volume; error: unknown}> = []
+    let fatal: {error: unknown} | undefined
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled') return
+      const drop = this.onFlushFailure?.(vols[i], r.reason)
+      if (drop) {
+        for (const m of drop) abandoned.add(m)
+        cloneFailures.push({volume: vols[i], error: r.reason})
+      } else fatal ??= {error: r.reason}
+    })
+    for (let i = 0; i < maps.length; i++) if (abandoned.has(maps[i])) maps[i].abandonCheckpoint(tickets[i])
+    if (fatal) {
+      // Nothing is committed; the open tickets are folded into the next one.
+      for (let i = 0; i < vols.length; i++) if (results[i].status === 'fulfilled' || !cloneFailures.some((f) => f.volume === vols[i])) this.dirty.add(vols[i])
+      throw fatal.error
     }
     // Recipe 3: P (first in the list) becomes durable before any delta clear.
     for (let i = 0; i < maps.length; i++) {
+      if (abandoned.has(maps[i])) continue
       // eslint-disable-next-line no-await-in-loop
       await maps[i].commitCheckpoint(tickets[i])
     }
     this.count++
+    if (cloneFailures.length) throw new CloneFlushError(cloneFailures)
   }
 }

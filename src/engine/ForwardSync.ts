@@ -2,6 +2,7 @@ import {StateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {CloneGroup, type CloneMember} from '../group/CloneGroup.js'
 import type {HostGate} from './HostGate.js'
+import {CloneFlushError} from './Checkpointer.js'
 import {RateLimiter} from './RateLimiter.js'
 import {SyncEngine, type SyncProgress} from './SyncEngine.js'
 
@@ -56,7 +57,7 @@ export class ForwardSync {
       collisions: g.collisions,
       compare: compared,
       limiter: this.limiter,
-      checkpoint: () => g.checkpoint(),
+      checkpoint: () => this.checkpoint(),
       onWrite: () => g.noteWritten(member.vol),
     })
   }
@@ -90,6 +91,17 @@ export class ForwardSync {
     return new ForwardSync(g, m, id, compare, opts.rate, opts.gate)
   }
 
+  /** A checkpoint; a clone flush that failed is this sync's error only if it is this clone's. */
+  private async checkpoint(): Promise<void> {
+    try {
+      await this.g.checkpoint()
+    } catch (error) {
+      if (!(error instanceof CloneFlushError)) throw error
+      const mine = error.failures.find((f) => f.volume === this.member.volume)
+      if (mine) throw mine.error
+    }
+  }
+
   get progress(): SyncProgress {
     return this.engine.progress
   }
@@ -105,6 +117,7 @@ export class ForwardSync {
   async run(): Promise<SyncSummary> {
     const {g, member: m} = this
     let completed = false
+    let failure: unknown
     const exclusive = <T>(fn: () => Promise<T>): Promise<T> => (this.gate ? this.gate.exclusive(fn) : fn())
     try {
       for (;;) {
@@ -115,7 +128,7 @@ export class ForwardSync {
         // eslint-disable-next-line no-await-in-loop
         completed = await exclusive(async () => {
           if (!m.map.bits.isEmpty()) return false
-          await g.checkpoint()
+          await this.checkpoint()
           m.setState('synchronized')
           m.record.lastSyncAt = new Date().toISOString()
           m.record.trusted = true
@@ -127,10 +140,18 @@ export class ForwardSync {
         })
         if (completed) break
       }
+    } catch (error) {
+      failure = error
+      throw error
     } finally {
       if (!completed) {
-        await g.checkpoint()
-        m.setState('out-of-sync', this.engine.stopped ? 'the sync was interrupted' : 'the sync stopped with an error')
+        // Keep what was copied durable; a failed clone flush was already undone safely
+        // (Checkpointer), and the first error is the one to report.
+        await this.checkpoint().catch((error: unknown) => {
+          failure ??= error
+        })
+        const why = failure instanceof Error ? failure.message : failure === undefined ? undefined : String(failure)
+        m.setState('out-of-sync', this.engine.stopped && !why ? 'the sync was interrupted' : `the sync stopped: ${why ?? 'unknown error'}`)
         delete g.record.operation
         await g.refreshFingerprints()
         await g.save()

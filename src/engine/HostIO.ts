@@ -1,6 +1,7 @@
 import {VolumeIoError} from '../errors/errors.js'
 import type {CloneGroup, CloneMember} from '../group/CloneGroup.js'
 import type {Volume} from '../volume/Volume.js'
+import {CloneFlushError} from './Checkpointer.js'
 import {extentRange} from './extents.js'
 import {HostGate} from './HostGate.js'
 import type {RestoreSession} from './Restore.js'
@@ -79,7 +80,13 @@ export class HostIO {
 
   /** Make every acknowledged write durable (INV-4). Waits. */
   async flush(): Promise<void> {
-    await this.g.checkpoint()
+    try {
+      await this.g.checkpoint()
+    } catch (error) {
+      // The source and the maps are durable; the clones that failed were taken out of
+      // mirroring and their lost copies marked to do again. The host's flush succeeded.
+      if (!(error instanceof CloneFlushError)) throw error
+    }
   }
 
   async clientClosed(): Promise<void> {

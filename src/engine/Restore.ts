@@ -1,4 +1,4 @@
-import {CorruptStateError, StateError} from '../errors/errors.js'
+import {CorruptStateError, RemoteError, StateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import type {PersistentMap} from '../map/PersistentMap.js'
 import {CloneGroup, protectedMapFile, type CloneMember} from '../group/CloneGroup.js'
@@ -277,9 +277,58 @@ export class RestoreSession {
     this.P?.stage(s, e)
   }
 
-  /** Copy until done or stopped; true when every extent is restored (call finish() then). */
+  /**
+   * How long the background copy waits for a remote clone that stopped answering before
+   * run() gives up with its RemoteError (the restore stays recorded; `restore G` resumes
+   * it). The CLI bounds it; `serve` waits for ever, since hosts are served meanwhile.
+   */
+  remoteWaitMs = 60_000
+  /** Told each time the copy pauses for the remote (for stderr). */
+  onRemoteWait?: (error: RemoteError, retryInMs: number) => void
+
+  /**
+   * Copy until done or stopped; true when every extent is restored (call finish() then).
+   * A remote clone that vanishes pauses the copy — COD reads fail cleanly meanwhile (EIO to
+   * the host, never wrong data) — and the copy goes on when it is back. Waits.
+   */
   async run(): Promise<boolean> {
-    return this.engine.run()
+    let waitingSince: number | undefined
+    let progressAtFailure = -1
+    let backoff = 250
+    for (;;) {
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        return await this.engine.run()
+      } catch (error) {
+        if (!(error instanceof RemoteError) || this.member.vol.kind !== 'nbd') throw error
+        const progress = this.engine.progress.copiedBytes + this.engine.progress.skippedBytes
+        if (progress !== progressAtFailure) {
+          // It answered for a while since the last failure: a new outage.
+          waitingSince = Date.now()
+          progressAtFailure = progress
+          backoff = 250
+        }
+        const waited = Date.now() - (waitingSince ?? Date.now())
+        if (waited >= this.remoteWaitMs) throw error
+        const pause = Math.min(backoff, this.remoteWaitMs - waited)
+        this.onRemoteWait?.(error, pause)
+        // eslint-disable-next-line no-await-in-loop
+        await this.sleepUnlessStopped(pause)
+        if (this.engine.stopped) return false
+        backoff = Math.min(backoff * 2, 5000)
+      }
+    }
+  }
+
+  private sleepUnlessStopped(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const start = Date.now()
+      const tick = (): void => {
+        if (this.engine.stopped || Date.now() - start >= ms) resolve()
+        else setTimeout(tick, Math.min(100, ms))
+      }
+      tick()
+    })
   }
 
   stop(): void {

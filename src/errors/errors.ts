@@ -103,6 +103,24 @@ export class InterruptedError extends ClonectlError {
   }
 }
 
+/**
+ * An NBD remote (a clone at nbd://…) failed: it cannot be reached, the handshake or TLS
+ * failed, the connection broke, a request timed out, or the server answered a request
+ * with an error. The message names the URI; `errno` is the NBD error (EIO, ENOSPC,
+ * EPERM…) when the server sent one, so an export backed by this volume passes it on.
+ */
+export class RemoteError extends ClonectlError {
+  readonly errno?: string
+  /** What went wrong, for callers that retry or tests: stable words, not prose. */
+  readonly reason: RemoteErrorReason
+  constructor(message: string, reason: RemoteErrorReason, fix?: string, errno?: string) {
+    super('REMOTE', 'remote', message, fix)
+    this.reason = reason
+    this.errno = errno
+  }
+}
+export type RemoteErrorReason = 'connect' | 'timeout' | 'handshake' | 'tls' | 'lost' | 'reply' | 'protocol' | 'closed' | 'read-only'
+
 export function isClonectlError(e: unknown): e is ClonectlError {
   return e instanceof ClonectlError
 }

@@ -94,10 +94,29 @@ export class CloneGroup {
     readonly members: Map<string, CloneMember>,
     readonly writable: boolean,
   ) {
-    this.checkpointer = new Checkpointer(() => [
-      ...(this.protectedMap ? [this.protectedMap] : []),
-      ...[...this.members.values()].map((m) => m.map),
-    ])
+    this.checkpointer = new Checkpointer(
+      () => [...(this.protectedMap ? [this.protectedMap] : []), ...[...this.members.values()].map((m) => m.map)],
+      (v, error) => this.cloneFlushFailed(v, error),
+    )
+  }
+
+  /**
+   * A clone volume could not be made durable (a remote clone vanished, a disk failed): its
+   * copies since the last checkpoint are done again later (the Checkpointer abandons its
+   * map's ticket), and a mirrored clone is fractured, as for a failed mirrored write, so the
+   * host's writes go on. The source failing is fatal (undefined): nothing is committed.
+   */
+  private cloneFlushFailed(v: Volume, error: unknown): PersistentMap[] | undefined {
+    const m = [...this.members.values()].find((x) => x.volume === v)
+    if (!m || m.state === 'restoring' || m.state === 'reverse-syncing') return undefined
+    if (m.state === 'synchronized') {
+      const why = `a flush of the clone failed: ${error instanceof Error ? error.message : String(error)}`
+      m.setState('fractured', why)
+      m.record.lastFractureAt = new Date().toISOString()
+      this.ctx.warn?.(`clone ${m.name} fractured: ${why}`)
+      void this.save().catch(() => undefined)
+    }
+    return [m.map]
   }
 
   get name(): string {

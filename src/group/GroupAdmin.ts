@@ -3,7 +3,7 @@ import type {CloneRecord, GroupRecord} from '../store/GroupRecord.js'
 import {validateName} from '../store/stateDir.js'
 import {FileVolume} from '../volume/FileVolume.js'
 import {checkCloneCandidate, checkCloneSize} from '../volume/identity.js'
-import {openVolume} from '../volume/openVolume.js'
+import {isNbdUri, openVolume} from '../volume/openVolume.js'
 import {CloneGroup, type GroupContext, mapFileName, protectedMapFile} from './CloneGroup.js'
 
 export const MIN_EXTENT = 4096
@@ -36,6 +36,8 @@ export async function createGroup(ctx: GroupContext, o: CreateGroupOptions): Pro
   const extentSize = o.extentSize ?? DEFAULT_EXTENT
   validateExtentSize(extentSize)
   if (await ctx.store.exists(o.name)) throw new RefusedError(`clone group ${o.name} already exists`, `pick another name, or see it with \`clonectl status ${o.name}\``)
+  // Hosts reach the source through clonectl (serve), so it must be local; clones may be remote.
+  if (isNbdUri(o.sourcePath)) throw new UsageError(`the source ${o.sourcePath} is an NBD URI; a group's source must be a local image file or block device`, 'name a local source; NBD URIs are for clones (`clonectl clone add G C --path nbd://…`)')
   const src = await openVolume(ctx.fs, o.sourcePath, {write: false})
   try {
     if (src.size === 0) throw new RefusedError(`source ${o.sourcePath} is empty (0 bytes)`)
@@ -79,6 +81,7 @@ export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<Clone
   if (g.record.operation) throw new StateError(`group ${g.name} has an interrupted ${g.record.operation.kind}`, `finish it first (\`clonectl ${g.record.operation.kind === 'restore' ? 'restore' : 'clone sync'} ${g.name}${g.record.operation.kind === 'sync' ? ` ${g.record.operation.clone}` : ''}\`)`)
   const {ctx} = g
   const used = await ctx.store.allClonePaths()
+  if (o.create && isNbdUri(o.path)) throw new UsageError(`--create makes a local sparse image; ${o.path} is an NBD remote`, 'create the export on the remote system (e.g. `qemu-img create -f raw`), then add it without --create')
   if (o.create) {
     if (await ctx.fs.exists(o.path)) throw new RefusedError(`${o.path} already exists; --create makes a new image and never overwrites one`, 'drop --create to use it as the clone, or pick a new path')
     await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used).catch((error: unknown) => {

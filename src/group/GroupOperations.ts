@@ -1,4 +1,4 @@
-import {InterruptedError, StateError, UsageError} from '../errors/errors.js'
+import {InterruptedError, RemoteError, StateError, UsageError} from '../errors/errors.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
 import type {SyncProgress} from '../engine/SyncEngine.js'
@@ -127,6 +127,8 @@ export interface RestoreOptions extends RunOptions {
   unprotected?: boolean
   force?: boolean
   rate?: number
+  /** How long to wait for a remote clone that stopped answering (default 60 s). */
+  remoteWaitSeconds?: number
 }
 
 /**
@@ -154,6 +156,8 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
       const session = op
         ? await RestoreSession.resume(g, {rate: o.rate, forceLostP: o.force})
         : await RestoreSession.start(g, {clone, protected: isProtected, force: o.force, rate: o.rate, command: o.command})
+      if (o.remoteWaitSeconds !== undefined) session.remoteWaitMs = o.remoteWaitSeconds * 1000
+      session.onRemoteWait = (error, retryInMs) => ctx.warn?.(`restore paused: ${error.message}; retrying in ${(retryInMs / 1000).toFixed(1)} s`)
       const stopOnAbort = (): void => session.stop()
       abort.signal.addEventListener('abort', stopOnAbort)
       if (abort.signal.aborted) session.stop()
@@ -169,6 +173,11 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
         }
         await session.suspend()
         throw new InterruptedError(`restore of group ${group} from clone ${clone} was interrupted with ${session.remaining()} extents left; nothing is lost`, `run \`clonectl restore ${group}\` to resume it`)
+      } catch (error) {
+        if (!(error instanceof RemoteError)) throw error
+        // The remote clone stayed away longer than we wait: keep the progress, stay recorded.
+        await session.suspend().catch(() => undefined)
+        throw new RemoteError(`restore of group ${group} paused: ${error.message}`, error.reason, `the restore is recorded with ${session.remaining()} extents left; run \`clonectl restore ${group}\` once the remote answers`, error.errno)
       } finally {
         stopTicker()
         abort.signal.removeEventListener('abort', stopOnAbort)

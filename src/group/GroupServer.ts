@@ -174,6 +174,9 @@ export class GroupServer {
       })
     }
     host.restore = session
+    // Hosts are served meanwhile: wait for a vanished remote clone for as long as it takes.
+    session.remoteWaitMs = Number.POSITIVE_INFINITY
+    session.onRemoteWait = (error, retryInMs) => this.opts.log?.(`restore paused: ${error.message}; retrying in ${(retryInMs / 1000).toFixed(1)} s (host reads of extents not yet restored get EIO meanwhile)`)
     const clone = session.member.name
     const done = (async () => {
       try {

@@ -492,6 +492,26 @@ export class PersistentMap {
   }
 
   /**
+   * Give up a ticket whose data never became durable (an fdatasync of the volume its
+   * clears were copied to failed, e.g. a remote clone that vanished): its clears, and those
+   * of the older tickets it holds, are set again in memory and staged, so the next
+   * checkpoint makes them durably set. Re-setting a bit is always safe (it costs a recopy);
+   * keeping the clear would let a crash forget data the clone never got (INV-1). Its
+   * staged sets go back to the pending list. Does not wait.
+   */
+  abandonCheckpoint(t: CheckpointTicket): void {
+    if (t.owner !== this || !t.open) return
+    const i = this.tickets.indexOf(t)
+    for (const old of this.tickets.splice(0, i + 1)) old.open = false
+    this.bits.or(t.clears)
+    this.staged.or(t.clears)
+    this.staged.or(t.sets)
+    // A newer ticket must not clear these bits durably either: their copies are the lost ones.
+    this.cleared.andNot(t.clears)
+    for (const newer of this.tickets) newer.clears.andNot(t.clears)
+  }
+
+  /**
    * Make memory and disk equal `bits`, durably: memory at once, then the whole bitmap is
    * rewritten and datasynced after the commits already queued. Drops staged sets, clears and
    * open tickets. Used for D[c] := P at the end of a restore, and for "all bits set". Every

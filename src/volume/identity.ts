@@ -19,6 +19,7 @@ import {ClonectlError, NotFoundError, RefusedError, errnoOf} from '../errors/err
 import type {DurableFs} from '../io/DurableFs.js'
 import {devPathOf, isBlockDeviceNumber, loopBackingFile, loopOffset, majorMinor, partitionOf, sysfsSize} from './blockDevice.js'
 import {ioError} from './FileVolume.js'
+import {parseNbdUri} from '../nbd/nbdUri.js'
 import {isNbdUri} from './openVolume.js'
 
 export interface VolumeIdentity {
@@ -30,6 +31,8 @@ export interface VolumeIdentity {
   ino?: number
   /** Block devices: "major:minor". */
   majorMinor?: string
+  /** NBD remotes: where the export is, normalized ("unix /real/sock export", "tcp host:port export"). */
+  nbdKey?: string
   /** Block devices: size in bytes (from sysfs). */
   size?: number
   /** A loop device (or a partition of one) whose backing file is a regular file. */
@@ -63,7 +66,7 @@ export async function resolveIdentity(fs: DurableFs, path: string): Promise<Volu
 }
 
 async function resolveAt(fs: DurableFs, path: string, depth: number): Promise<VolumeIdentity> {
-  if (isNbdUri(path)) return {realPath: path, kind: 'nbd'}
+  if (isNbdUri(path)) return {realPath: path, kind: 'nbd', nbdKey: await nbdKey(fs, path)}
   let real: string
   try {
     real = await fs.realpath(path)
@@ -118,7 +121,7 @@ async function deviceIdentity(fs: DurableFs, mm: string, real: string, depth: nu
 }
 
 function spans(v: VolumeIdentity): Span[] {
-  if (v.kind === 'nbd') return [{on: `nbd ${v.realPath}`, start: 0, end: Infinity}]
+  if (v.kind === 'nbd') return [{on: `nbd ${v.nbdKey ?? v.realPath}`, start: 0, end: Infinity}]
   if (v.kind === 'file' || v.kind === 'other') {
     const own: Span = v.dev !== undefined && v.ino !== undefined ? {on: `file ${v.dev}:${v.ino}`, start: 0, end: Infinity} : {on: `path ${v.realPath}`, start: 0, end: Infinity}
     return v.hostDevice ? [own, ...spans(v.hostDevice).map((h) => ({...h, weak: true}))] : [own]
@@ -221,4 +224,20 @@ export function checkCloneSize(sourcePath: string, sourceSize: number, clonePath
       `clone ${clonePath} (${cloneSize} bytes) is smaller than the source ${sourcePath} (${sourceSize} bytes)`,
       `use a volume of at least ${sourceSize} bytes, or pass --create with a new path`,
     )
+}
+
+/**
+ * One export reached by two spellings of its URI is one volume: compare where it is (the
+ * socket's real path, or the host lower-cased and the port) and the export name, not the
+ * text. Two host names for one machine cannot be told apart here. Waits (realpath).
+ */
+async function nbdKey(fs: DurableFs, uri: string): Promise<string> {
+  const u = parseNbdUri(uri)
+  const t = u.transport
+  if (t.kind === 'unix') {
+    const real = await fs.realpath(t.path).catch(() => t.path)
+    return `unix ${real} ${JSON.stringify(u.exportName)}`
+  }
+  const host = t.host.toLowerCase() === 'localhost' ? '127.0.0.1' : t.host.toLowerCase()
+  return `tcp ${host}:${t.port} ${JSON.stringify(u.exportName)}`
 }
