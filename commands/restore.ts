@@ -20,6 +20,7 @@ export default class Restore extends BaseCommand {
     yes: Flags.boolean({char: 'y', summary: 'Do not ask for confirmation (the source is overwritten).'}),
     rate: rateFlag,
     wait: waitFlag,
+    'remote-wait': Flags.integer({summary: 'Seconds to wait for a remote (NBD) clone that stopped answering before giving up; the restore stays recorded (default 60).', min: 0, helpValue: 'SECONDS'}),
   }
   static args = {
     group: Args.string({description: 'The group.', required: true}),
@@ -43,6 +44,7 @@ export default class Restore extends BaseCommand {
         rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
         command: this.commandLine(),
         waitSeconds: waitSeconds(flags.wait),
+        remoteWaitSeconds: flags['remote-wait'],
         signal: controller.signal,
         onProgress: (p) => progress.update(p),
       })

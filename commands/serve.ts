@@ -2,15 +2,21 @@ import {Args, Flags} from '@oclif/core'
 import {GroupServer} from '../src/group/GroupServer.js'
 import {UsageError} from '../src/errors/errors.js'
 import {parseSize} from '../src/group/GroupAdmin.js'
+import {loadServerTls, tlsDirectory, type ServerTls, type ServerTlsFiles} from '../src/nbd/tls.js'
 import {BaseCommand, rateFlag} from '../src/ui/BaseCommand.js'
 
 export default class Serve extends BaseCommand {
   static summary = "Serve a group's source over NBD; own the group while running (other commands are carried out by this server)."
-  static description = `Hosts reach the source through this NBD export (unix socket by default, mode 0600; TCP only on an address you name). Writes are mirrored to synchronized clones and recorded in the maps of fractured ones; FLUSH and FUA mean durable. While it runs, \`clone sync/fracture/add/remove\`, \`restore\`, \`verify\` and \`status\` from another shell are carried out by this process. An interrupted restore is resumed in the background at start, serving at once. SIGTERM/SIGINT stop accepting, drain, flush, persist and exit 0.`
+  static description = `Hosts reach the source through this NBD export (unix socket by default, mode 0600; TCP only on an address you name). Writes are mirrored to synchronized clones and recorded in the maps of fractured ones; FLUSH and FUA mean durable. While it runs, \`clone sync/fracture/add/remove\`, \`restore\`, \`verify\` and \`status\` from another shell are carried out by this process. An interrupted restore is resumed in the background at start, serving at once. SIGTERM/SIGINT stop accepting, drain, flush, persist and exit 0.
+
+TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: an x509 certificate and key (--tls-cert/--tls-key, or --tls-dir with qemu's file names), pre-shared keys (--tls-psk, psktool format), or both. With --tls-ca (or ca-cert.pem in --tls-dir) clients must present a certificate signed by that CA. Without --tls-required, clients that do not ask for TLS are still served in plaintext; with it they are refused. Serving TCP on an address other than loopback without --tls-required prints a warning: anyone who can reach it can read and overwrite the source.`
   static examples = [
     '<%= config.bin %> serve db1',
     "qemu-io -f raw 'nbd+unix:///?socket=/var/lib/clonectl/groups/db1/nbd.sock' -c 'read 0 1M'",
     '<%= config.bin %> serve db1 --listen 127.0.0.1:10809',
+    '<%= config.bin %> serve db1 --listen 0.0.0.0:10809 --tls-dir /etc/pki/qemu --tls-required',
+    "nbdinfo 'nbds://db1-host:10809/?tls-certificates=/etc/pki/qemu'",
+    '<%= config.bin %> serve db1 --listen 0.0.0.0:10809 --tls-psk /etc/clonectl/keys.psk --tls-required',
   ]
   static enableJsonFlag = false
   static flags = {
@@ -18,6 +24,12 @@ export default class Serve extends BaseCommand {
     listen: Flags.string({summary: 'Also (or instead) listen on TCP at HOST:PORT.', helpValue: 'HOST:PORT'}),
     'read-only': Flags.boolean({summary: 'Refuse host writes (EPERM).'}),
     rate: {...rateFlag, summary: 'Limit the copying of a restore resumed at start to this many bytes per second (e.g. 50M).'},
+    'tls-cert': Flags.string({summary: 'Server certificate (PEM) for NBD over TLS; needs --tls-key.', helpValue: 'PATH', helpGroup: 'TLS'}),
+    'tls-key': Flags.string({summary: "The server certificate's private key (PEM, unencrypted).", helpValue: 'PATH', helpGroup: 'TLS'}),
+    'tls-ca': Flags.string({summary: 'CA certificate: clients must present a certificate it signed.', helpValue: 'PATH', helpGroup: 'TLS'}),
+    'tls-psk': Flags.string({summary: 'Pre-shared keys for TLS-PSK, psktool format (identity:hexkey lines).', helpValue: 'PATH', helpGroup: 'TLS'}),
+    'tls-dir': Flags.string({summary: 'qemu-style credentials directory: server-cert.pem, server-key.pem, ca-cert.pem (client certificates then required), keys.psk.', helpValue: 'DIR', helpGroup: 'TLS'}),
+    'tls-required': Flags.boolean({summary: 'Refuse clients that do not start TLS (needs TLS credentials).', helpGroup: 'TLS'}),
   }
   static args = {group: Args.string({description: 'The group.', required: true})}
 
@@ -29,18 +41,27 @@ export default class Serve extends BaseCommand {
       const m = /^(.*):(\d+)$/.exec(flags.listen)
       if (!m) throw new UsageError(`--listen "${flags.listen}" is not HOST:PORT`)
       listen = {host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2])}
-      if (!['127.0.0.1', 'localhost', '::1'].includes(listen.host))
-        this.warnLine(`serving ${flags.listen} over plain TCP: anyone who can reach it can read and overwrite the source`)
+    }
+    const tls = await this.tlsCredentials(flags)
+    const required = flags['tls-required']
+    if (listen && !isLoopback(listen.host)) {
+      if (!tls)
+        this.warnLine(`serving ${flags.listen} over plain TCP without TLS: anyone who can reach ${flags.listen} can read and overwrite the source; pass --tls-cert/--tls-key (or --tls-dir) and --tls-required`)
+      else if (!required)
+        this.warnLine(`TLS is offered on ${flags.listen} but not required: a client that does not ask for it can still read and overwrite the source in plaintext; add --tls-required`)
     }
     const server = await GroupServer.start(ctx, args.group, {
       command: this.commandLine(),
       socket: flags.socket,
       listen,
       readOnly: flags['read-only'],
+      tls: tls && {options: tls.options, required},
       rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
       log: (m) => process.stderr.write(`${m}\n`),
     })
-    process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on nbd+unix:///?socket=${server.nbdSocket}` : ''}${server.tcpPort ? ` and nbd://${listen?.host}:${server.tcpPort}/` : ''}\n`)
+    const s = tls && required ? 's' : ''
+    const tlsNote = tls ? ` (TLS ${tls.kinds.join(' + ')}${tls.verifiesClients ? ', client certificates verified' : ''}, ${required ? 'required' : 'optional'})` : ''
+    process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on nbd${s}+unix:///?socket=${server.nbdSocket}` : ''}${server.tcpPort ? ` and nbd${s}://${listen?.host}:${server.tcpPort}/` : ''}${tlsNote}\n`)
     await new Promise<void>((resolve) => {
       const stop = (sig: string): void => {
         process.stderr.write(`${sig}: draining and stopping\n`)
@@ -52,4 +73,24 @@ export default class Serve extends BaseCommand {
       process.on('SIGTERM', stop)
     })
   }
+
+  /** The TLS credentials the flags name, read and checked; undefined when none are given. */
+  private async tlsCredentials(flags: {'tls-cert'?: string; 'tls-key'?: string; 'tls-ca'?: string; 'tls-psk'?: string; 'tls-dir'?: string; 'tls-required': boolean}): Promise<ServerTls | undefined> {
+    let files: ServerTlsFiles
+    if (flags['tls-dir']) {
+      const clash = (['tls-cert', 'tls-key', 'tls-ca', 'tls-psk'] as const).filter((f) => flags[f] !== undefined)
+      if (clash.length) throw new UsageError(`--tls-dir cannot be combined with ${clash.map((f) => `--${f}`).join(', ')}`, 'name the files either in a directory (--tls-dir) or one by one')
+      files = await tlsDirectory(flags['tls-dir'])
+    } else files = {cert: flags['tls-cert'], key: flags['tls-key'], ca: flags['tls-ca'], pskFile: flags['tls-psk']}
+    if (!files.cert && !files.key && !files.ca && !files.pskFile) {
+      if (flags['tls-required']) throw new UsageError('--tls-required needs TLS credentials', 'pass --tls-cert and --tls-key, --tls-dir DIR, or --tls-psk FILE')
+      return undefined
+    }
+    return loadServerTls(files)
+  }
+}
+
+/** Only the host itself can reach these (no warning about plain TCP). */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host)
 }

@@ -180,7 +180,11 @@ export class CloneGroup {
         for (const m of members.values()) {
           const ro = !opts.writable || (opts.readOnlyClones ?? []).includes(m.name)
           // eslint-disable-next-line no-await-in-loop
-          m.volume = await openVolume(ctx.fs, m.record.volume.path, {write: !ro})
+          m.volume = await openVolume(ctx.fs, m.record.volume.path, {
+            write: !ro,
+            knownSize: m.record.volume.fingerprint.size,
+            onRemoteDown: (error) => ctx.warn?.(`clone ${m.name} is unreachable: ${error.message} (its requests fail until it answers)`),
+          })
           opened.push(m.volume)
         }
       }

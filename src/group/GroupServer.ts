@@ -7,7 +7,7 @@ import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {HostIO} from '../engine/HostIO.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
 import type {SyncProgress} from '../engine/SyncEngine.js'
-import {NbdServer} from '../nbd/NbdServer.js'
+import {NbdServer, type NbdServerOptions} from '../nbd/NbdServer.js'
 import {GroupLock} from '../store/GroupLock.js'
 import {openVolume} from '../volume/openVolume.js'
 import {CloneGroup, type GroupContext} from './CloneGroup.js'
@@ -23,6 +23,8 @@ export interface ServeOptions {
   /** TCP address, only when the user names one. */
   listen?: {host: string; port: number}
   readOnly?: boolean
+  /** NBD_OPT_STARTTLS on every NBD listener (options from loadServerTls); `required` refuses plaintext clients. */
+  tls?: NbdServerOptions['tls']
   /** Copy rate (bytes/s) for a restore resumed at start (default unlimited). */
   rate?: number
   log?: (message: string) => void
@@ -61,7 +63,7 @@ export class GroupServer {
     private readonly lock: GroupLock,
     private readonly opts: ServeOptions,
   ) {
-    this.nbd = new NbdServer(host, {exportName: '', description: `clonectl group ${g.name}`, log: opts.log})
+    this.nbd = new NbdServer(host, {exportName: '', description: `clonectl group ${g.name}`, log: opts.log, tls: opts.tls})
     this.control = new ControlServer((req, send, cancelled) => this.handle(req, send, cancelled))
   }
 
@@ -166,7 +168,7 @@ export class GroupServer {
         const m = g.member(clone)
         // INV-3: the restore clone is read through a read-only handle from here on.
         if (isProtected && m.volume && !m.volume.readOnly) {
-          const ro = await openVolume(g.ctx.fs, m.record.volume.path, {write: false})
+          const ro = await openVolume(g.ctx.fs, m.record.volume.path, {write: false, knownSize: m.record.volume.fingerprint.size})
           await m.volume.close()
           m.volume = ro
         }
@@ -193,7 +195,7 @@ export class GroupServer {
           // The clone may be mirrored again later: give it back a writable handle.
           const m = g.member(clone)
           if (m.volume?.readOnly) {
-            const rw = await openVolume(g.ctx.fs, m.record.volume.path, {write: true})
+            const rw = await openVolume(g.ctx.fs, m.record.volume.path, {write: true, knownSize: m.record.volume.fingerprint.size})
             await m.volume.close()
             m.volume = rw
           }

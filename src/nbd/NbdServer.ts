@@ -3,9 +3,19 @@
  *
  * Notes on the design:
  * - Fixed newstyle only. Options: GO and INFO (NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE
- *   always, NAME and DESCRIPTION when asked), EXPORT_NAME, LIST, ABORT; everything else
- *   (STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, …) is NBD_REP_ERR_UNSUP,
- *   so transmission uses simple replies only.
+ *   always, NAME and DESCRIPTION when asked), EXPORT_NAME, LIST, ABORT, and STARTTLS when
+ *   TLS is configured; everything else (STRUCTURED_REPLY, meta contexts, extended
+ *   headers, …) is NBD_REP_ERR_UNSUP, so transmission uses simple replies only.
+ * - TLS (the spec's FORCEDTLS when `tls.required`, else SELECTIVETLS with every export
+ *   open to plaintext too): STARTTLS is answered ACK, parsing stops, and once the ACK is
+ *   out the socket is handed to a TLS server socket; option haggling goes on inside TLS
+ *   and every later read and write goes through it (`this.s` is replaced). A client may
+ *   send nothing after STARTTLS until it has the ACK, so bytes already queued then are
+ *   hostile: dropped. In FORCEDTLS every option but STARTTLS and ABORT gets
+ *   ERR_TLS_REQD before TLS, and EXPORT_NAME (which cannot fail) drops the connection.
+ *   The handshake is done by a `tls.Server` made for the connection and never listening:
+ *   only its connection path verifies client certificates (a bare TLSSocket accepts any).
+ *   Transmission does not know about TLS: no per-request cost for plaintext.
  * - Transmission: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, DISC. Requests are parsed as
  *   they arrive and handed to the backend at once: many are in flight, replies go out in
  *   the order they complete. Per connection at most `maxInflight` requests and
@@ -30,6 +40,7 @@
 import {EventEmitter} from 'node:events'
 import {chmod, lstat, rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
+import {createServer as createTlsServer, type TLSSocket, type TlsOptions} from 'node:tls'
 import {RefusedError, errnoOf} from '../errors/errors.js'
 import type {ExportBackend} from './ExportBackend.js'
 import {
@@ -78,8 +89,14 @@ export interface NbdServerOptions {
   maxInflightBytes?: number
   /** Unsent reply bytes per connection before it stops reading (default 64 MiB). */
   maxBacklogBytes?: number
-  /** A client that has not finished the handshake by then is dropped (default 60 s). */
+  /** A client that has not finished the handshake (TLS included) by then is dropped (default 60 s). */
   handshakeTimeoutMs?: number
+  /**
+   * Offer NBD_OPT_STARTTLS with these Node TLS server options (see loadServerTls). With
+   * `required`, refuse everything but STARTTLS and ABORT until TLS is up (FORCEDTLS).
+   * It applies to every listener, the unix socket too.
+   */
+  tls?: {options: TlsOptions; required: boolean}
 }
 
 /** A WRITE claiming more than this is hostile or broken: drop it instead of buffering. */
@@ -199,7 +216,8 @@ class Req implements RequestHeader {
   cost = 0
 }
 
-type Phase = 'flags' | 'options' | 'transmission' | 'ending' | 'dead'
+/** starttls: the ACK is going out or the TLS handshake runs; nothing is parsed. */
+type Phase = 'flags' | 'options' | 'starttls' | 'transmission' | 'ending' | 'dead'
 
 class Connection {
   readonly finished: Promise<void>
@@ -222,31 +240,45 @@ class Connection {
   private txFlags = 0
   private timer: NodeJS.Timeout | undefined
   private idleWaiter: (() => void) | undefined
+  /** Reads and writes go here: the accepted socket, or the TLS socket over it after STARTTLS. */
+  private s: Socket
+  /** TLS is up (STARTTLS succeeded). */
+  private secure = false
   private readonly flushBound = (): void => this.flushReplies()
+  private readonly onData = (b: Buffer): void => {
+    if (this.phase === 'ending' || this.phase === 'dead') return
+    this.q.push(b)
+    this.pump()
+  }
+  private readonly onEndBound = (): void => this.onEnd()
+  private readonly onDrain = (): void => this.maybeResume()
+  private readonly onError = (e: Error): void => {
+    const code = errnoOf(e)
+    if (code !== 'ECONNRESET' && code !== 'EPIPE') this.log(`socket error: ${e.message}`)
+  }
+  private readonly onCloseBound = (): void => this.onClose()
 
   constructor(
-    private readonly s: Socket,
+    private readonly raw: Socket,
     private readonly srv: NbdServer,
     private readonly backend: ExportBackend,
     readonly id: number,
   ) {
     this.finished = new Promise((r) => (this.resolveFinished = r))
-    s.setNoDelay(true)
-    s.on('data', (b: Buffer) => {
-      if (this.phase === 'ending' || this.phase === 'dead') return
-      this.q.push(b)
-      this.pump()
-    })
-    s.on('end', () => this.onEnd())
-    s.on('drain', () => this.maybeResume())
-    s.on('error', (e: Error) => {
-      const code = errnoOf(e)
-      if (code !== 'ECONNRESET' && code !== 'EPIPE') this.log(`socket error: ${e.message}`)
-    })
-    s.on('close', () => this.onClose())
+    this.s = raw
+    raw.setNoDelay(true)
+    this.attach(raw)
     this.timer = setTimeout(() => this.drop('handshake not finished in time'), srv.handshakeTimeoutMs)
     this.timer.unref()
-    s.write(encodeServerGreeting())
+    raw.write(encodeServerGreeting())
+  }
+
+  private attach(s: Socket): void {
+    s.on('data', this.onData)
+    s.on('end', this.onEndBound)
+    s.on('drain', this.onDrain)
+    s.on('error', this.onError)
+    s.on('close', this.onCloseBound)
   }
 
   /** Never throws: a failing log callback must not take the connection down. */
@@ -265,6 +297,7 @@ class Connection {
     this.phase = 'dead'
     this.q.clear()
     this.s.destroy()
+    if (this.raw !== this.s) this.raw.destroy()
   }
 
   // -------------------------------------------------------------------------------------
@@ -383,6 +416,11 @@ class Connection {
 
   private handleOption(option: number, data: Buffer): void {
     const {srv, backend} = this
+    if (srv.tls?.required && !this.secure && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+      // EXPORT_NAME has no error reply: the spec says terminate.
+      if (option === Opt.EXPORT_NAME) return this.drop('NBD_OPT_EXPORT_NAME before STARTTLS (TLS is required)')
+      return this.optionReply(option, Rep.ERR_TLS_REQD, Buffer.from('TLS is required: send NBD_OPT_STARTTLS first'))
+    }
     switch (option) {
       case Opt.EXPORT_NAME: {
         const wanted = data.toString('utf8')
@@ -420,10 +458,73 @@ class Connection {
         this.s.uncork()
         return
       }
+      case Opt.STARTTLS:
+        if (!srv.tls) return this.optionReply(option, Rep.ERR_UNSUP, Buffer.from('TLS is not configured on this server'))
+        if (this.secure) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from('TLS is already negotiated'))
+        if (data.length !== 0) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from('NBD_OPT_STARTTLS takes no data'))
+        return this.startTls(srv.tls.options)
       default:
-        // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, anything unknown.
+        // STRUCTURED_REPLY, meta contexts, extended headers, anything unknown.
         this.optionReply(option, Rep.ERR_UNSUP)
     }
+  }
+
+  // -------------------------------------------------------------------------------------
+  // TLS
+
+  /** ACK the STARTTLS, then (once the ACK has left) run the server handshake on the socket. */
+  private startTls(options: TlsOptions): void {
+    // The client must wait for our ACK before its ClientHello: anything queued is not TLS.
+    if (this.q.length > 0) return this.drop(`${this.q.length} bytes sent after NBD_OPT_STARTTLS before its reply`)
+    const raw = this.s
+    this.phase = 'starttls'
+    // Bytes from here on are TLS records: they must not reach the plaintext parser. Paused,
+    // the socket keeps them in its own buffer, where the TLS socket picks them up.
+    raw.off('data', this.onData)
+    raw.pause()
+    raw.write(encodeOptionReply(Opt.STARTTLS, Rep.ACK), (err) => {
+      // Wrapping only after the write callback: no plaintext reply is left in the socket's
+      // queue to be written after TLS takes it over.
+      if (err || this.phase !== 'starttls') return
+      try {
+        this.handshake(raw, options)
+      } catch (error) {
+        this.drop(`TLS setup failed: ${describe(error)}`)
+      }
+    })
+  }
+
+  private handshake(raw: Socket, options: TlsOptions): void {
+    raw.off('end', this.onEndBound)
+    raw.off('drain', this.onDrain)
+    // The TLS socket inherits this. Half-open, a client that hangs up mid-handshake would
+    // leave it waiting for our end forever (no 'close', no tlsClientError); once secure it
+    // goes back to half-open, so in-flight requests are answered after a client's EOF.
+    raw.allowHalfOpen = false
+    // One tls.Server per handshake (about 1 ms): the association from its events to this
+    // connection is then certain, and it verifies client certificates (a bare TLSSocket
+    // leaves that to the caller). It never listens; it is handed this one socket.
+    const ts = createTlsServer({...options, handshakeTimeout: this.srv.handshakeTimeoutMs})
+    ts.once('secureConnection', (t: TLSSocket) => {
+      if (this.phase !== 'starttls') {
+        t.destroy()
+        return
+      }
+      t.allowHalfOpen = true
+      this.s = t
+      this.secure = true
+      this.attach(t)
+      this.phase = 'options'
+      this.pump()
+    })
+    ts.once('tlsClientError', (e: Error, t: TLSSocket) => {
+      const why = t.authorizationError ? `client certificate refused: ${String(t.authorizationError)}` : e.message.trim()
+      t.destroy()
+      // The socket's own 'close' may have come first (phase dead): say why all the same.
+      if (this.phase === 'dead') this.log(`TLS handshake failed: ${why}`)
+      else this.drop(`TLS handshake failed: ${why}`)
+    })
+    ts.emit('connection', raw)
   }
 
   private computeTxFlags(): number {
@@ -654,6 +755,7 @@ class Connection {
     if (this.phase === 'transmission') this.beginEnding()
     else if (this.phase !== 'ending' && this.phase !== 'dead') {
       // A probe, or a client giving up during the handshake: nothing to finish.
+      if (this.raw !== this.s) this.raw.destroy()
       this.phase = 'dead'
       this.s.destroy()
     }
@@ -711,6 +813,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   readonly maxInflightBytes: number
   readonly maxBacklogBytes: number
   readonly handshakeTimeoutMs: number
+  readonly tls?: {options: TlsOptions; required: boolean}
   private readonly servers: Server[] = []
   private readonly conns = new Set<Connection>()
   private nextId = 0
@@ -729,6 +832,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     this.maxInflightBytes = Math.max(BLOCK_MAX, opts.maxInflightBytes ?? 128 * 1024 * 1024)
     this.maxBacklogBytes = opts.maxBacklogBytes ?? 64 * 1024 * 1024
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 60_000
+    this.tls = opts.tls
   }
 
   /** Open connections, in any phase. */

@@ -1,7 +1,8 @@
-import {NotFoundError, UsageError, errnoOf} from '../errors/errors.js'
+import {NotFoundError, type RemoteError, UsageError, errnoOf} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {BlockVolume} from './BlockVolume.js'
 import {FileVolume, ioError} from './FileVolume.js'
+import {RemoteVolume} from './RemoteVolume.js'
 import type {Volume} from './Volume.js'
 
 /** nbd://, nbds://, nbd+unix://, nbds+unix:// (the NBD URI standard's schemes). */
@@ -9,13 +10,26 @@ export function isNbdUri(path: string): boolean {
   return /^nbds?(\+unix)?:\/\//i.test(path)
 }
 
+export interface OpenVolumeOptions {
+  write: boolean
+  /** An NBD remote's size as recorded: open it even when it is down (requests retry). */
+  knownSize?: number
+  /** Told when a remote opened deferred is down. */
+  onRemoteDown?: (error: RemoteError) => void
+}
+
 /**
  * Open a path as the right kind of volume: a block device → BlockVolume (exclusive when
- * writing), a regular file → FileVolume. An NBD URI, a directory, a character device or a
- * missing path is an expected error with a one-line message. Waits.
+ * writing), a regular file → FileVolume, an NBD URI → RemoteVolume (an NBD client that
+ * reconnects). A directory, a character device or a missing path is an expected error with
+ * a one-line message. Waits.
  */
-export async function openVolume(fs: DurableFs, path: string, opts: {write: boolean}): Promise<Volume> {
-  if (isNbdUri(path)) throw new UsageError(`${path}: NBD remote volumes are not supported yet`, 'use an image file or a block device')
+export async function openVolume(fs: DurableFs, path: string, opts: OpenVolumeOptions): Promise<Volume> {
+  if (isNbdUri(path)) {
+    // A remote already in a group may be down: open it deferred, so the group still opens.
+    if (opts.knownSize !== undefined) return RemoteVolume.openOrDeferred(path, opts.knownSize, {write: opts.write}, opts.onRemoteDown)
+    return RemoteVolume.open(path, {write: opts.write})
+  }
   let st
   try {
     st = await fs.stat(path)
