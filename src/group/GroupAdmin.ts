@@ -4,6 +4,7 @@ import {validateName} from '../store/stateDir.js'
 import {FileVolume} from '../volume/FileVolume.js'
 import {checkCloneCandidate, checkCloneSize} from '../volume/identity.js'
 import {isNbdUri, openVolume} from '../volume/openVolume.js'
+import {RemoteVolume} from '../volume/RemoteVolume.js'
 import {CloneGroup, type GroupContext, mapFileName, protectedMapFile} from './CloneGroup.js'
 
 export const MIN_EXTENT = 4096
@@ -93,6 +94,7 @@ export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<Clone
   }
   const vol = await openVolume(ctx.fs, o.path, {write: true})
   try {
+    if (vol instanceof RemoteVolume && vol.description !== undefined) await refuseOwnExport(ctx, g.name, o.path, vol.description)
     checkCloneSize(g.record.source.path, g.volumeSize, o.path, vol.size)
     if (o.create) vol.knownZero = true
     const now = new Date().toISOString()
@@ -197,4 +199,25 @@ export async function recoverStale(g: CloneGroup): Promise<void> {
     const p = g.ctx.store.mapPath(g.name, protectedMapFile)
     if (await g.ctx.fs.exists(p)) await g.ctx.fs.unlink(p)
   }
+}
+
+/** A URI that reaches a group's own `serve` export is that group's source under another name. */
+async function refuseOwnExport(ctx: GroupContext, group: string, uri: string, description: string): Promise<void> {
+  for (const name of await ctx.store.list()) {
+    // eslint-disable-next-line no-await-in-loop
+    const r = await ctx.store.load(name).catch(() => undefined)
+    if (r && exportDescription(r) === description)
+      throw new RefusedError(
+        `clone ${uri} is the source of group ${name}${name === group ? ' under another name' : ', already used by that group'} (it reaches that group's clonectl serve export)`,
+        name === group ? 'name a different volume for the clone' : 'a volume belongs to one group only; name a different volume',
+      )
+  }
+}
+
+/**
+ * The export's NBD description: names the group and when it was made, so `clone add` can
+ * tell that a URI reaches a group's own source (the source under another name).
+ */
+export function exportDescription(record: {name: string; createdAt: string}): string {
+  return `clonectl group ${record.name} source (created ${record.createdAt})`
 }

@@ -11,7 +11,7 @@ import {NbdServer, type NbdServerOptions} from '../nbd/NbdServer.js'
 import {GroupLock} from '../store/GroupLock.js'
 import {openVolume} from '../volume/openVolume.js'
 import {CloneGroup, type GroupContext} from './CloneGroup.js'
-import {addClone, fractureClones, recoverStale, removeClone} from './GroupAdmin.js'
+import {addClone, exportDescription, fractureClones, recoverStale, removeClone} from './GroupAdmin.js'
 import type {ProgressEvent} from './GroupOperations.js'
 import {groupStatus} from './GroupStatus.js'
 import {verifyClone} from './Verify.js'
@@ -63,7 +63,7 @@ export class GroupServer {
     private readonly lock: GroupLock,
     private readonly opts: ServeOptions,
   ) {
-    this.nbd = new NbdServer(host, {exportName: '', description: `clonectl group ${g.name}`, log: opts.log, tls: opts.tls})
+    this.nbd = new NbdServer(host, {exportName: '', description: exportDescription(g.record), log: opts.log, tls: opts.tls})
     this.control = new ControlServer((req, send, cancelled) => this.handle(req, send, cancelled))
   }
 

@@ -813,7 +813,8 @@ class Handshake {
 
     if (this.tlsOpts) await this.startTls()
 
-    this.write(encodeOption(Opt.GO, encodeGoData(this.t.exportName, [Info.BLOCK_SIZE])))
+    // DESCRIPTION too: clonectl's own server names its group there (a clone must not be the source).
+    this.write(encodeOption(Opt.GO, encodeGoData(this.t.exportName, [Info.BLOCK_SIZE, Info.DESCRIPTION])))
     let size: bigint | undefined
     let flags = 0
     let bs: {min: number; preferred: number; max: number} | undefined

@@ -82,6 +82,11 @@ export class RemoteVolume implements Volume {
     }
   }
 
+  /** The export's NBD description at open, if the server sent one. */
+  get description(): string | undefined {
+    return this.conn?.client.info.description
+  }
+
   /** Connected now (the last request got through, or none failed since). */
   get connected(): boolean {
     return this.conn !== undefined

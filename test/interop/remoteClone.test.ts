@@ -13,6 +13,7 @@ import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {Cli, MiB, cmp, has, pwrite, randomImage, sha256, tempDir} from '../helpers/cli.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
+import {makeTlsCreds} from '../helpers/tlsCerts.js'
 import {NbdTestClient, sleep, startServe} from '../helpers/serve.js'
 
 let dir: string
@@ -217,5 +218,43 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
     }
     assert.ok(cmp(src, remote).same)
     await peer.kill()
+  })
+})
+
+describe('a remote clone on another clonectl serve, over TLS', () => {
+  test('nbds:// with x509 certificates syncs and restores; plaintext is refused; a URI reaching a group\'s own export is refused as its source', async () => {
+    const creds = makeTlsCreds(dir)
+    // Group "far" plays the backup system: its source is the remote clone's storage.
+    const farSrc = join(dir, 'far-src.img')
+    await fsp.writeFile(farSrc, '')
+    await fsp.truncate(farSrc, 16 * MiB)
+    // Another system: its own state directory.
+    const farCli = new Cli(join(dir, 'far-state'))
+    await farCli.ok(['group', 'create', 'far', '--source', farSrc])
+    const port = await freePort()
+    const far = await startServe(farCli.stateDir, 'far', ['--listen', `127.0.0.1:${port}`, '--tls-dir', creds.dir, '--tls-required'])
+    try {
+      const src = join(dir, 'near-src.img')
+      await randomImage(src, 16 * MiB, 21)
+      await cli.ok(['group', 'create', 'near', '--source', src])
+      const plain = await cli.run(['clone', 'add', 'near', 'r', '--path', `nbd://127.0.0.1:${port}/`])
+      assert.equal(plain.code, 11, `plaintext refused by a TLS-only server: ${plain.stderr}`)
+      assert.match(plain.stderr, /TLS/)
+      const uri = `nbds://127.0.0.1:${port}/?tls-certificates=${creds.dir}`
+      const added = await cli.json(['clone', 'add', 'near', 'r', '--path', uri])
+      assert.equal(added.clone.state, 'synchronized')
+      assert.ok(cmp(src, farSrc).same, 'synced over TLS')
+      await cli.ok(['clone', 'fracture', 'near', 'r'])
+      await pwrite(src, 0, Buffer.alloc(MiB, 0x33))
+      const r = await cli.json(['restore', 'near', 'r', '--yes'])
+      assert.equal(r.completed, true)
+      assert.ok(cmp(src, farSrc).same, 'restored over TLS')
+      // far's own export is far's source: it cannot be one of far's clones.
+      const own = await farCli.run(['clone', 'add', 'far', 'self', '--path', uri])
+      assert.equal(own.code, 5, own.stderr)
+      assert.match(own.stderr, /is the source of group far under another name/)
+    } finally {
+      await far.stop('SIGTERM')
+    }
   })
 })
