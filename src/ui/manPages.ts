@@ -49,7 +49,7 @@ export const exitStatusText: Array<[number, string]> = [
   [ExitCode.io, 'A volume read or write failed (ENOSPC, EIO); nothing acknowledged was lost.'],
   [ExitCode.verifyMismatch, 'verify found extents that differ while their delta bit is clear.'],
   [ExitCode.drillFailed, 'A recovery drill failed one of its checks.'],
-  [ExitCode.remote, 'A remote clone could not be reached.'],
+  [ExitCode.remote, 'A remote (NBD) clone failed: unreachable, TLS or handshake refused, connection lost, a request timed out or was answered with an error.'],
   [ExitCode.interrupted, 'Interrupted by SIGINT or SIGTERM; stopped at a safe point (run the command again to go on).'],
 ]
 
@@ -102,6 +102,7 @@ export function renderCommandPage(c: ManifestCommand, version: string): string {
       out.push('.PP', '.nf', esc(expand(cmd)), '.fi')
     }
   }
+  out.push(...environmentSection())
   out.push(
     '.SH FILES',
     '.TP',
@@ -111,6 +112,17 @@ export function renderCommandPage(c: ManifestCommand, version: string): string {
     '\\fBclonectl\\fR(1), \\fBnbdinfo\\fR(1), \\fBqemu\\-img\\fR(1)',
   )
   return `${out.join('\n')}\n`
+}
+
+/** The environment variables every command reads. */
+export function environmentSection(): string[] {
+  const vars: Array<[string, string]> = [
+    ['CLONECTL_STATE_DIR', 'The state directory, unless --state-dir is given.'],
+    ['CLONECTL_NBD_CONNECT_TIMEOUT', 'Seconds allowed to connect to a remote (NBD) clone: TCP, TLS and the NBD handshake (default 10).'],
+    ['CLONECTL_NBD_REQUEST_TIMEOUT', 'Seconds allowed for one request to a remote clone before its connection is dropped (default 60).'],
+    ['NO_COLOR', 'No colour, no live progress bar.'],
+  ]
+  return ['.SH ENVIRONMENT', ...vars.flatMap(([k, v]) => ['.TP', `.B ${k}`, esc(v)])]
 }
 
 export function renderMainPage(commands: ManifestCommand[], version: string): string {
@@ -128,14 +140,8 @@ export function renderMainPage(commands: ManifestCommand[], version: string): st
   for (const c of commands) out.push('.TP', `\\fBclonectl ${c.id.split(':').join(' ')}\\fR`, `${esc(c.summary ?? '')} See \\fBclonectl\\-${c.id.replace(/:/g, '\\-')}\\fR(1).`)
   out.push('.SH EXIT STATUS')
   for (const [code, text] of exitStatusText) out.push('.TP', `.B ${code}`, esc(text))
+  out.push(...environmentSection())
   out.push(
-    '.SH ENVIRONMENT',
-    '.TP',
-    '.B CLONECTL_STATE_DIR',
-    'The state directory, when \\-\\-state\\-dir is not given.',
-    '.TP',
-    '.B NO_COLOR',
-    'No colour and no live progress bar.',
     '.SH FILES',
     '.TP',
     '.I /var/lib/clonectl',

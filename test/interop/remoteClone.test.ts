@@ -258,3 +258,25 @@ describe('a remote clone on another clonectl serve, over TLS', () => {
     }
   })
 })
+
+describe('time-outs are configurable and never hang the CLI', () => {
+  test('CLONECTL_NBD_CONNECT_TIMEOUT=1 against a server that accepts and never speaks: clone add fails in about a second with exit status 11 naming the URI', async () => {
+    const silent = createServer(() => undefined)
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()))
+    const port = (silent.address() as {port: number}).port
+    try {
+      const src = join(dir, 'to-src.img')
+      await randomImage(src, 4 * MiB, 5)
+      await cli.ok(['group', 'create', 'to', '--source', src])
+      const t0 = Date.now()
+      const r = await cli.run(['clone', 'add', 'to', 'r', '--path', `nbd://127.0.0.1:${port}/x`], {env: {CLONECTL_NBD_CONNECT_TIMEOUT: '1'}})
+      const took = Date.now() - t0
+      assert.equal(r.code, 11, r.stderr)
+      assert.ok(r.stderr.includes(`nbd://127.0.0.1:${port}/x`), r.stderr)
+      assert.ok(took < 8000, `bounded by the time-out (${took} ms)`)
+      assert.equal((await cli.status('to')).clones.length, 0, 'nothing added')
+    } finally {
+      silent.close()
+    }
+  })
+})
