@@ -113,6 +113,17 @@ for (const {kind, tcp} of peers) {
       assert.ok(cmp(src, remote).same, 'the source is the remote clone again')
       assert.equal(await sha256(remote), before, 'the remote clone was never written')
       await cli.ok(['verify', g, 'r'])
+      // A drill of the real group: the remote clone restored into a scratch target.
+      const target = join(dir, `${g}-target.img`)
+      const drill = await cli.json(['drill', g, 'r', '--target', target, '--exec', `cmp {} ${remote}`])
+      assert.equal(drill.ok, true, JSON.stringify(drill))
+      assert.ok(cmp(target, remote).same, 'the drill target is the remote clone')
+      // Unprotected restore (reverse sync): host writes would be mirrored to the remote too.
+      await pwrite(src, 9 * MiB, Buffer.alloc(MiB, 0x77))
+      const u = await cli.json(['restore', g, 'r', '--unprotected', '--yes', '--force'])
+      assert.equal(u.completed, true)
+      assert.ok(cmp(src, remote).same)
+      assert.equal((await cli.status(g)).clones[0].state, 'synchronized')
       await peer.kill()
     })
 
