@@ -121,3 +121,65 @@ export function fio(uri: string, opts: {rw: string; bs: string; iodepth: number;
     readP99us: job.read.clat_ns?.percentile?.['99.000000'] ? job.read.clat_ns.percentile['99.000000'] / 1000 : undefined,
   }
 }
+
+/**
+ * A minimal QMP client (QEMU's JSON monitor) over a unix socket: waits for the greeting,
+ * negotiates capabilities, then runs commands one at a time, skipping events.
+ */
+export class Qmp {
+  private buf = ''
+  private waiting?: {resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void}
+  private readonly lines: Array<Record<string, unknown>> = []
+
+  private constructor(private readonly sock: import('node:net').Socket) {
+    sock.on('data', (d: Buffer) => {
+      this.buf += d.toString()
+      let i
+      while ((i = this.buf.indexOf('\n')) >= 0) {
+        const line = this.buf.slice(0, i).trim()
+        this.buf = this.buf.slice(i + 1)
+        if (!line) continue
+        const msg = JSON.parse(line) as Record<string, unknown>
+        if ('event' in msg) continue
+        if (this.waiting) {
+          const w = this.waiting
+          this.waiting = undefined
+          w.resolve(msg)
+        } else this.lines.push(msg)
+      }
+    })
+    sock.on('error', (err) => this.waiting?.reject(err))
+  }
+
+  static async connect(path: string): Promise<Qmp> {
+    const {createConnection} = await import('node:net')
+    const sock = createConnection(path)
+    await new Promise<void>((resolve, reject) => {
+      sock.once('connect', resolve)
+      sock.once('error', reject)
+    })
+    const q = new Qmp(sock)
+    await q.next() // greeting
+    await q.execute('qmp_capabilities')
+    return q
+  }
+
+  private next(): Promise<Record<string, unknown>> {
+    const ready = this.lines.shift()
+    if (ready) return Promise.resolve(ready)
+    return new Promise((resolve, reject) => {
+      this.waiting = {resolve, reject}
+    })
+  }
+
+  async execute(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
+    this.sock.write(`${JSON.stringify(args ? {execute: cmd, arguments: args} : {execute: cmd})}\n`)
+    const r = await this.next()
+    if ('error' in r) throw new Error(`QMP ${cmd}: ${JSON.stringify(r.error)}`)
+    return r.return
+  }
+
+  close(): void {
+    this.sock.destroy()
+  }
+}

@@ -18,7 +18,17 @@ export class RateLimiter {
     return this.bytesPerSecond
   }
 
-  /** Wait until `bytes` may be copied. Never blocks the event loop. */
+  /** Give back tokens taken for bytes that will not be copied after all. Does not wait. */
+  refund(bytes: number): void {
+    const rate = this.bytesPerSecond
+    if (!rate || bytes <= 0) return
+    this.tokens = Math.min(Math.max(rate / 10, bytes), this.tokens + bytes)
+  }
+
+  /**
+   * Wait until `bytes` may be copied. Never blocks the event loop. The sync engine takes
+   * tokens before it claims extents, so nothing waits on the limiter behind a claim.
+   */
   async take(bytes: number, shouldStop: () => boolean = () => false): Promise<void> {
     const rate = this.bytesPerSecond
     if (!rate) return

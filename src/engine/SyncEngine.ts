@@ -60,6 +60,8 @@ export interface SyncJobOptions {
 }
 
 const MiB = 1024 * 1024
+/** A window crosses at most this many extents that need no copy (read, not written). */
+const WINDOW_GAP = 8
 
 /**
  * The sync engine (DESIGN §1): walks a delta map in ascending order and copies each set
@@ -140,6 +142,7 @@ export class SyncEngine {
     let sinceCheckpoint = 0
     let lastCheckpoint = Date.now()
     let failure: unknown
+    this.fillPool(parallel)
 
     for (;;) {
       let cursor = 0
@@ -150,19 +153,44 @@ export class SyncEngine {
           await this.paused.promise
           continue
         }
-        const start = this.nextCandidate(cursor)
+        let start = this.nextCandidate(cursor)
         if (start < 0) break
-        let end = start + 1
-        while (end < o.map.bits.count && end - start < perChunk && this.isCandidate(end)) end++
+        const rate = o.limiter?.rate
+        // Under --rate a chunk is at most a tenth of a second's worth (at least one extent),
+        // so the limiter's bursts stay small.
+        const limit = rate ? Math.max(1, Math.min(perChunk, Math.floor(rate / 10 / o.extentSize))) : perChunk
+        // Unthrottled, a chunk is a window that may span short gaps (read whole, written only
+        // where claimed): scattered extents then cost one read per window, not one per run.
+        let end = rate ? this.runEnd(start, limit) : this.windowEnd(start, limit)
+        if (o.limiter && rate) {
+          // Tokens first, claim after: while this waits for the limiter nothing is claimed,
+          // so a host request needing these extents is served by COD at once instead of
+          // waiting up to chunk/rate behind a throttled copy.
+          const taken = this.byteLen(start, end)
+          // eslint-disable-next-line no-await-in-loop
+          await o.limiter.take(taken, () => this.stopping)
+          if (this.stopping || this.paused) {
+            o.limiter.refund(taken)
+            continue
+          }
+          // COD or host writes may have taken extents meanwhile: pick again, no longer.
+          start = this.nextCandidate(cursor)
+          if (start < 0) {
+            o.limiter.refund(taken)
+            break
+          }
+          end = this.runEnd(start, end - start)
+          o.limiter.refund(taken - this.byteLen(start, end))
+        }
         cursor = end
-        if (!this.claimRange(start, end)) {
+        const mine = this.claimWindow(start, end)
+        if (!mine) {
           sawBusy = true
           continue
         }
-        const bytes = this.byteLen(start, end)
-        // eslint-disable-next-line no-await-in-loop
-        if (o.limiter) await o.limiter.take(bytes, () => this.stopping)
-        const p = this.copyChunk(start, end)
+        if (mine.busy) sawBusy = true
+        const bytes = mine.bytes
+        const p = this.copyChunk(start, end, mine.claimed)
           .catch((error: unknown) => {
             failure ??= error
           })
@@ -201,6 +229,29 @@ export class SyncEngine {
     return this.o.map.bits.get(e) && !(this.o.skip?.(e) ?? false) && !this.o.scoreboard.has(e)
   }
 
+  /**
+   * End of a window from `start` (a candidate): at most `max` extents, ending on a candidate,
+   * crossing gaps of non-candidates of at most WINDOW_GAP extents.
+   */
+  private windowEnd(start: number, max: number): number {
+    let end = start + 1
+    let gap = 0
+    for (let e = start + 1; e < this.o.map.bits.count && e - start < max; e++) {
+      if (this.isCandidate(e)) {
+        end = e + 1
+        gap = 0
+      } else if (++gap > WINDOW_GAP) break
+    }
+    return end
+  }
+
+  /** End of the run of candidates from `start` (a candidate), at most `max` extents long. */
+  private runEnd(start: number, max: number): number {
+    let end = start + 1
+    while (end < this.o.map.bits.count && end - start < max && this.isCandidate(end)) end++
+    return end
+  }
+
   private nextCandidate(from: number): number {
     const {bits} = this.o.map
     let e = bits.nextSet(from)
@@ -208,16 +259,28 @@ export class SyncEngine {
     return e
   }
 
-  /** Claim [start, end) in the scoreboard; all were checked free in this tick. */
-  private claimRange(start: number, end: number): boolean {
+  /**
+   * Claim the candidates of window [start, end) in the scoreboard (checked in this tick);
+   * undefined when none could be. `busy`: a set extent in it was being copied by someone else.
+   */
+  private claimWindow(start: number, end: number): {claimed: Uint8Array; bytes: number; busy: boolean} | undefined {
+    const claimed = new Uint8Array(end - start)
+    let bytes = 0
+    let busy = false
     for (let e = start; e < end; e++) {
+      if (!this.isCandidate(e)) {
+        if (this.o.map.bits.get(e) && this.o.scoreboard.has(e)) busy = true
+        continue
+      }
       if (!this.o.scoreboard.tryClaim(e)) {
-        for (let x = start; x < e; x++) this.o.scoreboard.release(x)
-        return false
+        busy = true
+        continue
       }
       this.o.collisions?.begin(e)
+      claimed[e - start] = 1
+      bytes += this.byteLen(e, e + 1)
     }
-    return true
+    return bytes > 0 ? {claimed, bytes, busy} : undefined
   }
 
   private byteLen(start: number, end: number): number {
@@ -225,11 +288,50 @@ export class SyncEngine {
     return Math.min(end * this.o.extentSize, this.o.volumeSize) - from
   }
 
-  /** Buffers of chunkBytes, reused: a fresh 4 MiB Buffer per chunk lets RSS run ahead of GC. */
+  /**
+   * Buffers of chunkBytes, reused: a fresh 4 MiB Buffer per chunk lets RSS run ahead of GC.
+   * Taken from the destination's bulkBuffer() where it has one (aligned for O_DIRECT).
+   */
   private readonly pool: Buffer[] = []
 
   private buffer(): Buffer {
-    return this.pool.pop() ?? Buffer.allocUnsafe(Math.max(this.o.chunkBytes ?? 4 * MiB, this.o.extentSize))
+    return this.pool.pop() ?? Buffer.allocUnsafe(this.bufferSize())
+  }
+
+  private bufferSize(): number {
+    return Math.max(this.o.chunkBytes ?? 4 * MiB, this.o.extentSize)
+  }
+
+  /**
+   * Fill the pool from the destination's bulkBuffer() (two a chunk in flight: compare reads
+   * both sides) in the background: run() never waits for it (the first chunks may use plain
+   * buffers), so the engine's interleaving with host I/O is the same with or without it.
+   * Does not wait.
+   */
+  private fillPool(parallel: number): void {
+    const {to} = this.o
+    // Only into a fresh image (a first full sync): there every page-cache page would be new.
+    // A restore writes scattered extents over a source whose pages hosts read: O_DIRECT
+    // would drop them from the cache under the hosts (measured: slower, both ways).
+    if (!to.bulkBuffer || !to.knownZero || this.poolFilled) return
+    this.poolFilled = true
+    const size = this.bufferSize()
+    void Promise.all(Array.from({length: 2 * parallel}, async () => to.bulkBuffer!(size)))
+      .then((bufs) => {
+        // From now on only these circulate: plain buffers in the pool are dropped, and those
+        // in flight are not taken back (release()).
+        this.bulk = new WeakSet(bufs)
+        this.pool.length = 0
+        this.pool.push(...bufs)
+      })
+      .catch(() => undefined)
+  }
+
+  private poolFilled = false
+  private bulk?: WeakSet<Buffer>
+
+  private release(b: Buffer): void {
+    if (!this.bulk || this.bulk.has(b)) this.pool.push(b)
   }
 
   /** Extent e's slice [a, b) of a chunk starting at extent `start`. */
@@ -261,13 +363,26 @@ export class SyncEngine {
     return written
   }
 
-  private async copyChunk(start: number, end: number): Promise<void> {
+  /**
+   * Copy window [start, end): read it whole, write only the extents this engine claimed
+   * (claimed[e - start] = 1); the others are left alone (not set, protected, or another's).
+   */
+  private async copyChunk(start: number, end: number, claimed: Uint8Array): Promise<void> {
     const {o} = this
     const pos = start * o.extentSize
     const len = this.byteLen(start, end)
+    const mine = (e: number): boolean => claimed[e - start] === 1
+    let claimedBytes = 0
+    let claimedCount = 0
+    for (let e = start; e < end; e++)
+      if (mine(e)) {
+        claimedCount++
+        claimedBytes += this.byteLen(e, e + 1)
+      }
+    const whole = claimedCount === end - start
     let ok = false
-    const buf = this.buffer()
     let other: Buffer | undefined
+    const buf = this.buffer()
     try {
       const data = await o.from.read(pos, len, buf)
       let written: number
@@ -276,6 +391,7 @@ export class SyncEngine {
         other = this.buffer()
         const old = await o.to.read(pos, len, other)
         written = await this.writeRuns(start, end, pos, len, data, (e) => {
+          if (!mine(e)) return false
           const [a, b] = this.slice(e, start, len)
           return data.compare(old, a, b, a, b) !== 0
         })
@@ -288,17 +404,38 @@ export class SyncEngine {
         }
         let zeros: boolean[] | undefined
         for (let e = start; e < end; e++)
-          if (zero(e)) {
+          if (mine(e) && zero(e)) {
             zeros ??= new Array<boolean>(end - start).fill(false)
             zeros[e - start] = true
           }
-        if (!zeros) {
+        if (!zeros && whole) {
           await o.to.write(pos, data)
           written = len
+        } else if (!zeros) {
+          written = await this.writeRuns(start, end, pos, len, data, mine)
         } else {
           const z = zeros
           let destZero: (e: number) => boolean
-          if (this.written) {
+          if (!this.written && o.to.kind === 'nbd') {
+            // A remote: reading it back costs a network round trip per chunk; NBD
+            // WRITE_ZEROES is cheap and keeps the remote sparse, so zero runs go as that
+            // (and then read as zero: the data runs are written below).
+            for (let e = start; e < end; ) {
+              if (!z[e - start]) {
+                e++
+                continue
+              }
+              let f = e + 1
+              while (f < end && z[f - start]) f++
+              const a = this.slice(e, start, len)[0]
+              const b = this.slice(f - 1, start, len)[1]
+              // eslint-disable-next-line no-await-in-loop
+              await o.to.writeZeroes(pos + a, b - a)
+              e = f
+            }
+            o.onWrite?.()
+            destZero = () => true
+          } else if (this.written) {
             const w = this.written
             destZero = (e) => !w.get(e)
           } else {
@@ -309,26 +446,27 @@ export class SyncEngine {
               return old.subarray(a, b).equals(this.zero.subarray(0, b - a))
             }
           }
-          written = await this.writeRuns(start, end, pos, len, data, (e) => !(z[e - start] && destZero(e)))
+          written = await this.writeRuns(start, end, pos, len, data, (e) => mine(e) && !(z[e - start] && destZero(e)))
         }
-        this.written?.setRange(start, end)
+        if (this.written) for (let e = start; e < end; e++) if (mine(e)) this.written.set(e)
       }
       if (written > 0) o.onWrite?.()
       this.sinceWriteback += written
       this.progress.copiedBytes += written
-      this.progress.skippedBytes += len - written
+      this.progress.skippedBytes += claimedBytes - written
       ok = true
     } finally {
-      this.pool.push(buf)
-      if (other) this.pool.push(other)
+      this.release(buf)
+      if (other) this.release(other)
       for (let e = start; e < end; e++) {
+        if (!mine(e)) continue
         const collided = o.collisions?.end(e) ?? false
         // Recipe 2: clear in memory only after the write completed; durable at a checkpoint.
         if (ok && !collided) o.map.clear(e, e + 1)
         o.scoreboard.release(e)
       }
       if (ok) {
-        this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - (end - start))
+        this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - claimedCount)
         o.onCopied?.(start, end)
       }
     }

@@ -56,4 +56,12 @@ export interface DurableFs {
   readFile(path: string): Promise<Buffer>
   /** The canonical path (symlinks resolved); ENOENT when missing. */
   realpath(path: string): Promise<string>
+  /**
+   * Optional: a second, read-write handle on an existing file that bypasses the page cache
+   * (O_DIRECT), for bulk copies. Its I/O must be aligned (offset and length to 4 KiB, memory
+   * to the device's DMA alignment) or it fails with EINVAL. Durability is unchanged: a write
+   * through it is durable after datasync() of any handle on the same file. Absent (MemoryFs)
+   * or failing: callers use the ordinary handle.
+   */
+  openDirect?(path: string): Promise<DurableFile>
 }

@@ -53,6 +53,14 @@ export class NodeDurableFs implements DurableFs {
     return new NodeFile(path, fh)
   }
 
+  /** O_DIRECT where the platform has it (Linux); EINVAL from a file system without it. */
+  async openDirect(path: string): Promise<DurableFile> {
+    const direct = (constants as Record<string, number | undefined>).O_DIRECT
+    if (!direct) throw Object.assign(new Error(`O_DIRECT is not available on ${process.platform}`), {code: 'EINVAL'})
+    const fh = await fsp.open(path, constants.O_RDWR | direct)
+    return new NodeFile(path, fh)
+  }
+
   async rename(from: string, to: string): Promise<void> {
     await fsp.rename(from, to)
   }

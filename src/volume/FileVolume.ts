@@ -3,6 +3,16 @@ import {ClonectlError, NotFoundError, RefusedError, UsageError, VolumeIoError, e
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
 import type {Fingerprint, Volume, VolumeKind} from './Volume.js'
 
+/**
+ * Bulk writes from a bulkBuffer() of at least this size go through O_DIRECT. Measured on the
+ * bench machine (2 GiB): buffered writes into a new file ran at ~400 MB/s, as every page of
+ * the page cache was new; O_DIRECT at ~2.8 GB/s (nbdcopy gets the same by sync_file_range and
+ * fadvise(DONTNEED), which Node lacks).
+ */
+const DIRECT_MIN = 64 * 1024
+/** Offset, length and buffer alignment asked of O_DIRECT I/O (≥ any logical block size). */
+const ALIGN = 4096
+
 /** writeZeroes writes at most this much per call, from one shared buffer. */
 const ZERO_CHUNK = 1024 * 1024
 let zeros: Buffer | undefined
@@ -57,6 +67,12 @@ export class FileVolume implements Volume {
   /** Set by the caller for a freshly created sparse image (see Volume.knownZero). */
   knownZero = false
   readonly kind: VolumeKind = 'file'
+
+  /** The O_DIRECT handle: undefined until bulkBuffer() asks, null when unavailable. */
+  private direct?: DurableFile | null
+  private directOpening?: Promise<DurableFile | null>
+  /** ArrayBuffers handed out by bulkBuffer(), and the byte offset in each that is aligned. */
+  private readonly alignedAt = new WeakMap<ArrayBufferLike, number>()
 
   protected constructor(
     protected readonly fs: DurableFs,
@@ -149,10 +165,58 @@ export class FileVolume implements Volume {
     return buf
   }
 
-  /** Write the whole buffer at `position`. Refuses a range past the end. Not durable until flush(). Waits. */
+  private directFile(): Promise<DurableFile | null> {
+    if (this.direct !== undefined) return Promise.resolve(this.direct)
+    this.directOpening ??= (async () => {
+      let f: DurableFile | null = null
+      if (!this.readOnly && this.fs.openDirect && this.size >= ALIGN && !process.env.CLONECTL_NO_DIRECT) f = await this.fs.openDirect(this.path).catch(() => null)
+      this.direct = f
+      return f
+    })()
+    return this.directOpening
+  }
+
+  /**
+   * A buffer for bulk writes into this volume (Volume.bulkBuffer): aligned for O_DIRECT when
+   * the file system allows it, otherwise an ordinary buffer. Node cannot align a Buffer, but
+   * a WebAssembly.Memory's backing store is page-aligned (and zeroed, committed on touch).
+   * Waits.
+   */
+  async bulkBuffer(size: number): Promise<Buffer> {
+    if (!(await this.directFile()) || size <= 0) return Buffer.allocUnsafe(size)
+    const pages = Math.ceil(size / 65_536)
+    const mem = new WebAssembly.Memory({initial: pages, maximum: pages})
+    this.alignedAt.set(mem.buffer, 0)
+    return Buffer.from(mem.buffer, 0, size)
+  }
+
+  /** Write through O_DIRECT when data is an aligned slice of a bulkBuffer(); false otherwise. */
+  private async writeDirect(position: number, data: Uint8Array): Promise<boolean> {
+    const d = this.direct
+    if (!d || data.byteLength < DIRECT_MIN || position % ALIGN !== 0 || data.byteLength % ALIGN !== 0) return false
+    const base = this.alignedAt.get(data.buffer)
+    if (base === undefined || (data.byteOffset - base) % ALIGN !== 0) return false
+    try {
+      await d.write(data, position)
+      return true
+    } catch (error) {
+      if (errnoOf(error) !== 'EINVAL') throw ioError(this.path, 'writing', error, position)
+      // This file system (or device) refuses it after all: buffered from now on.
+      this.direct = null
+      await d.close().catch(() => undefined)
+      return false
+    }
+  }
+
+  /**
+   * Write the whole buffer at `position`. Refuses a range past the end. Not durable until
+   * flush() (an O_DIRECT write too: fdatasync commits its allocation and the device cache).
+   * Waits.
+   */
   async write(position: number, data: Uint8Array): Promise<void> {
     this.writable()
     this.range(position, data.byteLength, 'write')
+    if (await this.writeDirect(position, data)) return
     try {
       await this.file.write(data, position)
     } catch (error) {
@@ -202,6 +266,9 @@ export class FileVolume implements Volume {
 
   /** Close the file. Does not flush. Waits. */
   async close(): Promise<void> {
+    const d = this.direct
+    this.direct = null
+    if (d) await d.close().catch(() => undefined)
     try {
       await this.file.close()
     } catch (error) {

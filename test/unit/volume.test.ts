@@ -10,7 +10,7 @@ import * as fsp from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
-import {NotFoundError, RefusedError, UsageError, VolumeIoError} from '../../src/errors/errors.js'
+import {NotFoundError, RefusedError, RemoteError, UsageError, VolumeIoError} from '../../src/errors/errors.js'
 import type {DurableFile, DurableFs} from '../../src/io/DurableFs.js'
 import {MemoryFs} from '../../src/io/MemoryFs.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
@@ -260,7 +260,7 @@ describe('FileVolume.createSparse', () => {
 })
 
 describe('openVolume', () => {
-  test('given a regular file, then a FileVolume; given a directory, a character device, a missing path or an NBD URI, then a one-line expected error', async () => {
+  test('given a regular file, then a FileVolume; given a directory, a character device, a missing path, an unreachable or malformed NBD URI, then a one-line expected error', async () => {
     const p = await fileWith(Buffer.alloc(4096))
     const v = await openVolume(nodeFs, p, {write: false})
     assert.ok(v instanceof FileVolume && !(v instanceof BlockVolume))
@@ -269,8 +269,18 @@ describe('openVolume', () => {
     await rejectsWith(openVolume(nodeFs, dir, {write: false}), UsageError, dir, 'directory')
     await rejectsWith(openVolume(nodeFs, '/dev/null', {write: false}), UsageError, '/dev/null', 'neither a regular file nor a block device')
     await rejectsWith(openVolume(nodeFs, join(dir, 'missing.img'), {write: false}), NotFoundError, 'missing.img')
-    for (const uri of ['nbd://host/export', 'nbds://host:10809/x', 'nbd+unix:///x?socket=/run/s.sock', 'nbds+unix:///x?socket=/s'])
-      await rejectsWith(openVolume(nodeFs, uri, {write: false}), UsageError, 'NBD remote volumes are not supported yet')
+    // A socket nobody listens on: a RemoteError naming where (fast: ENOENT, no time-out).
+    const missingSock = join(dir, 'nobody.sock')
+    await rejectsWith(openVolume(nodeFs, `nbd+unix:///x?socket=${missingSock}`, {write: false}), RemoteError, missingSock)
+    // nbds:// without credentials, and a malformed URI: usage errors naming the URI.
+    await rejectsWith(openVolume(nodeFs, `nbds+unix:///x?socket=${missingSock}`, {write: false}), UsageError)
+    await rejectsWith(openVolume(nodeFs, 'nbd+unix:///x', {write: false}), UsageError, 'nbd+unix:///x', 'socket')
+    // Known size: a remote that is down still opens (its requests fail until it answers).
+    const deferred = await openVolume(nodeFs, `nbd+unix:///x?socket=${missingSock}`, {write: true, knownSize: 1 << 20})
+    assert.equal(deferred.kind, 'nbd')
+    assert.equal(deferred.size, 1 << 20)
+    await assert.rejects(deferred.read(0, 4096), RemoteError)
+    await deferred.close()
   })
 })
 
