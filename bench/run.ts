@@ -19,11 +19,11 @@ function arg(name: string): string | undefined {
   return i >= 0 ? process.argv[i + 1] : undefined
 }
 /**
- * --only ROW[,ROW]: run only these rows (full, incremental, sparse, restore, first-read, fio,
- * memory), e.g. to profile one. incremental and restore run on the full row's clone, made
+ * --only ROW[,ROW]: run only these rows (full, incremental, sparse, restore, remote, first-read,
+ * fio, memory), e.g. to profile one. incremental and restore run on the full row's clone, made
  * untimed when full is not selected. Only the full, unfiltered run writes BENCHMARKS.md.
  */
-const ROWS = ['full', 'incremental', 'sparse', 'restore', 'first-read', 'fio', 'memory'] as const
+const ROWS = ['full', 'incremental', 'sparse', 'restore', 'remote', 'first-read', 'fio', 'memory'] as const
 const only = arg('only')?.split(',')
 for (const r of only ?? []) if (!(ROWS as readonly string[]).includes(r)) throw new Error(`--only: unknown row ${r} (rows: ${ROWS.join(', ')})`)
 const want = (r: (typeof ROWS)[number]): boolean => !only || only.includes(r)
@@ -75,6 +75,61 @@ function makeSparse(path: string, size: number, dataFraction: number): void {
 }
 
 // ---- rows ------------------------------------------------------------------------------
+
+/**
+ * Full sync into a remote clone: the same random file into the same qemu-nbd export (unix
+ * socket, default cache), clonectl's `clone sync` against `nbdcopy --flush`, alternately.
+ * Then an incremental sync with 1% of extents dirty, against the full one.
+ */
+async function remoteRows(): Promise<void> {
+  if (!have('qemu-nbd')) return skip('remote clone rows', 'install qemu-utils (qemu-nbd)')
+  const dir = freshDir(base, 'remote')
+  const src = join(dir, 'src.img')
+  const exp = join(dir, 'export.img')
+  const sock = join(dir, 'q.sock')
+  makeRandom(src, SIZE)
+  sh(`truncate -s ${SIZE} ${exp}`)
+  const uri = `nbd+unix:///c?socket=${sock}`
+  const q = await background(`qemu-nbd -f raw -t -x c -k ${sock} ${exp}`, sock)
+  const state = join(dir, 'state')
+  try {
+    clonectl(state, `group create g --source ${src}`)
+    const cmd = `node ${bin} clone sync g r`
+    commands.push(`qemu-nbd -f raw -t -x c -k SOCK export.img`, `clonectl clone add g r --path 'nbd+unix:///c?socket=SOCK' --no-sync; ${cmd}`, `nbdcopy --flush ${src} '${uri}'`)
+    const r = alternate(
+      RUNS,
+      () => timed(`${cmd} --state-dir=${state}`),
+      () => timed(`nbdcopy --flush ${src} '${uri}'`),
+      (w) => {
+        sh(`dd if=/dev/zero of=${exp} bs=1M count=1 conv=notrunc status=none`)
+        if (w === 'a') {
+          sh(`node ${bin} clone remove g r --yes --state-dir=${state} >/dev/null 2>&1 || true`)
+          clonectl(state, `clone add g r --path '${uri}' --no-sync`)
+        }
+      },
+    )
+    const ratio = r.b.median / r.a.median
+    record({row: `full sync to a remote clone (qemu-nbd, unix socket), ${SIZE / MiB} MiB random`, clonectl: fmt(r.a), peer: `nbdcopy --flush into the same export ${fmt(r.b)}`, ratio, ratioText: `${ratio.toFixed(2)}× nbdcopy throughput`, mark: '≥ 0.8', pass: ratio >= 0.8})
+    // Incremental: 1% of the extents changed (with dd, behind clonectl's back, so
+    // `verify --repair` then makes the map exact and trusted), then a sync of just those.
+    clonectl(state, `clone fracture g r`)
+    const extents = SIZE / (64 * 1024)
+    const n = Math.max(1, Math.floor(extents / 100))
+    const inc: number[] = []
+    for (let i = 0; i < RUNS; i++) {
+      for (let k = 0; k < n; k++) sh(`dd if=/dev/urandom of=${src} bs=64K count=1 seek=${Math.floor((k * extents) / n)} conv=notrunc status=none`)
+      sh(`node ${bin} verify g r --repair --state-dir=${state} >/dev/null 2>&1 || true`)
+      settle()
+      inc.push(timed(`${cmd} --state-dir=${state}`))
+      clonectl(state, `clone fracture g r`)
+    }
+    const ri = stats(inc).median / r.a.median
+    record({row: 'incremental sync to a remote clone, 1% of extents dirty', clonectl: fmt(stats(inc)), peer: `its own full sync ${fmt(r.a)}`, ratio: ri, ratioText: ri.toFixed(3), mark: '≤ 0.05', pass: ri <= 0.05, note: 'includes ~0.2 s of CLI start-up'})
+  } finally {
+    await stop(q)
+    rmSync(dir, {recursive: true, force: true})
+  }
+}
 
 function fullAndIncremental(): {state: string; dir: string} {
   const dir = freshDir(base, 'full')
@@ -479,6 +534,7 @@ async function main(): Promise<void> {
       rmSync(dir, {recursive: true, force: true})
     }
     if (want('sparse')) sparse()
+    if (want('remote')) await remoteRows()
   }
   if (want('first-read')) {
     if (have('qemu-io')) await firstRead()

@@ -346,6 +346,9 @@ export class SyncEngine {
    */
   private async writeRuns(start: number, end: number, pos: number, len: number, data: Buffer, keep: (e: number) => boolean): Promise<number> {
     let written = 0
+    // The runs of one window go out together: scattered extents (a restore of a busy source)
+    // would otherwise be written one at a time per window.
+    const writes: Array<Promise<void>> = []
     for (let e = start; e < end; ) {
       if (!keep(e)) {
         e++
@@ -355,11 +358,13 @@ export class SyncEngine {
       while (f < end && keep(f)) f++
       const a = this.slice(e, start, len)[0]
       const b = this.slice(f - 1, start, len)[1]
-      // eslint-disable-next-line no-await-in-loop
-      await this.o.to.write(pos + a, data.subarray(a, b))
+      writes.push(this.o.to.write(pos + a, data.subarray(a, b)))
       written += b - a
       e = f
     }
+    const results = await Promise.allSettled(writes)
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed) throw failed.reason
     return written
   }
 

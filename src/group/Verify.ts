@@ -57,6 +57,9 @@ export async function verifyClone(
     m.record.trusted = true
     delete m.record.untrustedReason
     if (m.state === 'synchronized' && !exact.isEmpty()) m.setState('out-of-sync', 'verify found differences')
+    // D[k] is exact now. A change found at open left every other map untrusted in this same
+    // record, so the fingerprints may be refreshed in the same save: no knowledge is lost.
+    await g.refreshFingerprints()
     await g.save()
     repaired = true
   }
