@@ -10,6 +10,7 @@ import {RestoreSession} from '../engine/Restore.js'
 import {SyncEngine} from '../engine/SyncEngine.js'
 import {Scoreboard} from '../engine/Scoreboard.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
+import {mulberry32} from '../io/CrashState.js'
 import {GroupStore} from '../store/GroupStore.js'
 import {ensureStateDir} from '../store/stateDir.js'
 import {FileVolume} from '../volume/FileVolume.js'
@@ -82,16 +83,6 @@ async function makeSource(dir: string, size: number): Promise<'ext4' | 'random'>
   return 'random'
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 export interface ScratchDrillOptions {
   keep?: boolean
@@ -110,7 +101,7 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
   const size = o.sizeBytes ?? 64 * 1024 * 1024
   const dir = await mkdtemp(join(tmpdir(), 'clonectl-drill-'))
   const log = o.log ?? (() => undefined)
-  const random = rng(o.seed ?? Date.now())
+  const random = mulberry32(o.seed ?? Date.now())
   try {
     const {nodeFs} = await import('../io/NodeDurableFs.js')
     const state = join(dir, 'state')

@@ -42,6 +42,7 @@ import {chmod, lstat, rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
 import {createServer as createTlsServer, type TLSSocket, type TlsOptions} from 'node:tls'
 import {RefusedError, errnoOf} from '../errors/errors.js'
+import {ByteQueue} from './ByteQueue.js'
 import type {ExportBackend} from './ExportBackend.js'
 import {
   BLOCK_MAX,
@@ -113,92 +114,6 @@ const EMPTY = Buffer.alloc(0)
 const IHAVEOPT_HI = Number(IHAVEOPT >> 32n)
 const IHAVEOPT_LO = Number(IHAVEOPT & 0xffffffffn)
 
-/**
- * Bytes received and not parsed yet: the socket's chunks, in order. Headers are read in
- * place when they sit in one chunk (`header` sets `pos`); `take` copies only what does not.
- * Exported for its unit test only.
- */
-export class RecvQueue {
-  private chunks: Buffer[] = []
-  private head = 0
-  length = 0
-  /** Where the last `header` result starts in the buffer it returned. */
-  pos = 0
-  private readonly scratch = Buffer.allocUnsafe(64)
-
-  push(b: Buffer): void {
-    if (b.length === 0) return
-    this.chunks.push(b)
-    this.length += b.length
-  }
-
-  /** Consume n (≤ 64, ≤ length) bytes; they are at `pos` in the buffer returned, valid until the next call. */
-  header(n: number): Buffer {
-    const first = this.chunks[0]
-    if (first.length - this.head >= n) {
-      this.pos = this.head
-      this.advance(first, n)
-      this.length -= n
-      return first
-    }
-    this.copyOut(this.scratch, n)
-    this.pos = 0
-    return this.scratch
-  }
-
-  /** Consume and return n (≤ length) bytes: a view when they sit in one chunk, else one copy. */
-  take(n: number): Buffer {
-    if (n === 0) return EMPTY
-    const first = this.chunks[0]
-    if (first.length - this.head >= n) {
-      const out = first.subarray(this.head, this.head + n)
-      this.advance(first, n)
-      this.length -= n
-      return out
-    }
-    const out = Buffer.allocUnsafe(n)
-    this.copyOut(out, n)
-    return out
-  }
-
-  /** Discard n (≤ length) bytes. */
-  skip(n: number): void {
-    let left = n
-    while (left > 0) {
-      const c = this.chunks[0]
-      const k = Math.min(c.length - this.head, left)
-      this.advance(c, k)
-      left -= k
-    }
-    this.length -= n
-  }
-
-  clear(): void {
-    this.chunks = []
-    this.head = 0
-    this.length = 0
-  }
-
-  private advance(c: Buffer, k: number): void {
-    this.head += k
-    if (this.head === c.length) {
-      this.chunks.shift()
-      this.head = 0
-    }
-  }
-
-  private copyOut(out: Buffer, n: number): void {
-    let done = 0
-    while (done < n) {
-      const c = this.chunks[0]
-      const k = Math.min(c.length - this.head, n - done)
-      c.copy(out, done, this.head, this.head + k)
-      done += k
-      this.advance(c, k)
-    }
-    this.length -= n
-  }
-}
 
 /** One request from parse to reply. */
 class Req implements RequestHeader {
@@ -223,7 +138,7 @@ class Connection {
   readonly finished: Promise<void>
   private resolveFinished!: () => void
   private phase: Phase = 'flags'
-  private readonly q = new RecvQueue()
+  private readonly q = new ByteQueue()
   private noZeroes = false
   private options = 0
   private pendingOption: {option: number; length: number} | undefined

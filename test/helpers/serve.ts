@@ -13,6 +13,7 @@ import {tmpdir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {fileURLToPath} from 'node:url'
+import {mulberry32} from '../../src/io/CrashState.js'
 import {ByteQueue} from '../../src/nbd/ByteQueue.js'
 import {
   ClientFlag,
@@ -386,15 +387,6 @@ export async function fioNbd(uri: string, args: string[], timeoutMs = 120_000): 
 }
 
 /** A deterministic PRNG (mulberry32) for seeded tests. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export const prng = mulberry32
 
 export {sleep}

@@ -8,7 +8,6 @@ import {describe, test} from 'node:test'
 import fc from 'fast-check'
 import {VolumeIoError} from '../../src/errors/errors.js'
 import {ByteQueue} from '../../src/nbd/ByteQueue.js'
-import {RecvQueue} from '../../src/nbd/NbdServer.js'
 import {
   BLOCK_MAX,
   BLOCK_MIN,
@@ -297,14 +296,14 @@ describe('NBD protocol codec', () => {
   })
 })
 
-describe("RecvQueue (the server's receive buffer)", () => {
+describe("ByteQueue (the receive buffer)", () => {
   test('header, take and skip across arbitrary chunk boundaries return the bytes in order', () => {
     fc.assert(
       fc.property(
         fc.array(fc.uint8Array({maxLength: 50}), {maxLength: 20}),
         fc.array(fc.tuple(fc.constantFrom('header', 'take', 'skip'), fc.integer({min: 0, max: 64})), {maxLength: 40}),
         (chunks, ops) => {
-          const q = new RecvQueue()
+          const q = new ByteQueue()
           const all = Buffer.concat(chunks.map((c) => Buffer.from(c)))
           for (const c of chunks) q.push(Buffer.from(c))
           let pos = 0
@@ -326,7 +325,7 @@ describe("RecvQueue (the server's receive buffer)", () => {
   })
 
   test('a payload inside one chunk is a view of it, not a copy; one across chunks is one copy', () => {
-    const q = new RecvQueue()
+    const q = new ByteQueue()
     const c = Buffer.alloc(10) // not from the shared pool, so .buffer identifies it
     c.write('0123456789')
     q.push(c)
