@@ -178,20 +178,26 @@ describe('a sync to a clone that fails', () => {
   })
 })
 
+/** A group whose source was overwritten everywhere, in a protected restore from clone c on a flaky "remote". */
+async function restoringFromRemote(extents: number): Promise<{g: CloneGroup; v: FlakyVolume; host: HostIO; s: RestoreSession}> {
+  const m = await buildGroup({extents, source: fillPattern(extents, X, (e) => e + 1), clones: ['c']})
+  const damage = await openGroup(m)
+  const writer = new HostIO(damage)
+  for (let e = 0; e < extents; e++) await writer.write(e * X, Buffer.alloc(X, 0xee), false)
+  await writer.flush()
+  await damage.close()
+  const g = await openGroup(m, ['c'])
+  const v = flaky(g, 'c', 'nbd')
+  const host = new HostIO(g)
+  const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: true, command: 'test', tuning: {chunkBytes: X, parallel: 1}}))
+  host.restore = s
+  return {g, v, host, s}
+}
+
 describe('a restore from a remote clone that vanishes', () => {
   test('given a protected restore from a remote clone, when the remote stops answering, then COD reads fail cleanly, the copy pauses, and it completes once the remote is back', async () => {
     const extents = 64
-    const m = await buildGroup({extents, source: fillPattern(extents, X, (e) => e + 1), clones: ['c']})
-    let g = await openGroup(m)
-    let host = new HostIO(g)
-    for (let e = 0; e < extents; e++) await host.write(e * X, Buffer.alloc(X, 0xee), false)
-    await host.flush()
-    await g.close()
-    g = await openGroup(m, ['c'])
-    const v = flaky(g, 'c', 'nbd')
-    host = new HostIO(g)
-    const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: true, command: 'test', tuning: {chunkBytes: X, parallel: 1}}))
-    host.restore = s
+    const {g, v, host, s} = await restoringFromRemote(extents)
     const waits: string[] = []
     s.onRemoteWait = (error) => waits.push(error.message)
     v.failReads = true
@@ -212,18 +218,7 @@ describe('a restore from a remote clone that vanishes', () => {
   })
 
   test('given a restore whose remote stays away longer than remoteWaitMs, then run() fails with the RemoteError and the restore stays recorded with its progress', async () => {
-    const extents = 16
-    const m = await buildGroup({extents, source: fillPattern(extents, X, (e) => e + 1), clones: ['c']})
-    let g = await openGroup(m)
-    let host = new HostIO(g)
-    for (let e = 0; e < extents; e++) await host.write(e * X, Buffer.alloc(X, 0xee), false)
-    await host.flush()
-    await g.close()
-    g = await openGroup(m, ['c'])
-    const v = flaky(g, 'c', 'nbd')
-    host = new HostIO(g)
-    const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: true, command: 'test', tuning: {chunkBytes: X, parallel: 1}}))
-    host.restore = s
+    const {g, v, s} = await restoringFromRemote(16)
     s.remoteWaitMs = 300
     v.failReads = true
     const t0 = Date.now()
