@@ -95,6 +95,7 @@ export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<Clone
   const vol = await openVolume(ctx.fs, o.path, {write: true})
   try {
     if (vol instanceof RemoteVolume && vol.description !== undefined) await refuseOwnExport(ctx, g.name, o.path, vol.description)
+    if (vol.readOnly) throw new RefusedError(`clone ${o.path} is read-only (its NBD server exports it read-only)`, 'export it writable (qemu-nbd without --read-only, nbdkit without -r), or choose another volume')
     checkCloneSize(g.record.source.path, g.volumeSize, o.path, vol.size)
     if (o.create) vol.knownZero = true
     const now = new Date().toISOString()

@@ -195,7 +195,7 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
     await peer.kill()
   })
 
-  test('under serve: a mirrored write to a vanished remote fractures it, the host write succeeds; a restore started later waits for the remote and completes', async () => {
+  test('under serve: a mirrored write to a vanished remote fractures it, the host write succeeds; once it is back a sync through the server brings it up to date', async () => {
     const g = 'rs'
     const src = join(dir, `${g}-src.img`)
     const remote = join(dir, `${g}-remote.img`)
@@ -291,3 +291,41 @@ describe('time-outs are configurable and never hang the CLI', () => {
     }
   })
 })
+
+describe('refusals for remote clones', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+  test('a read-only export, an export smaller than the source, and --create with a URI are refused with exit status 5 or 2, naming the URI', async () => {
+    const src = join(dir, 'rf-src.img')
+    await randomImage(src, 8 * MiB, 3)
+    await cli.ok(['group', 'create', 'rf', '--source', src])
+    const ro = join(dir, 'rf-ro.img')
+    await fsp.writeFile(ro, '')
+    await fsp.truncate(ro, 8 * MiB)
+    const sock = join(dir, 'rf-ro.sock')
+    const p = spawn('qemu-nbd', ['-f', 'raw', '-t', '-r', '-x', 'c', '-k', sock, ro], {stdio: 'ignore'})
+    children.add(p)
+    const small = join(dir, 'rf-small.img')
+    await fsp.writeFile(small, '')
+    await fsp.truncate(small, 4 * MiB)
+    const peer = await startPeer('qemu-nbd', small, {unix: join(dir, 'rf-small.sock')})
+    try {
+      for (let i = 0; i < 100 && !(await fsp.stat(sock).catch(() => undefined)); i++) await sleep(25)
+      const uri = `nbd+unix:///c?socket=${sock}`
+      const r1 = await cli.run(['clone', 'add', 'rf', 'a', '--path', uri])
+      assert.equal(r1.code, 5, r1.stderr)
+      assert.match(r1.stderr, /read-only/)
+      assert.ok(r1.stderr.includes(uri))
+      const r2 = await cli.run(['clone', 'add', 'rf', 'b', '--path', peer.uri])
+      assert.equal(r2.code, 5, r2.stderr)
+      assert.match(r2.stderr, /smaller than the source/)
+      const r3 = await cli.run(['clone', 'add', 'rf', 'c', '--path', peer.uri, '--create'])
+      assert.equal(r3.code, 2, r3.stderr)
+      assert.match(r3.stderr, /--create makes a local sparse image/)
+      assert.equal((await cli.status('rf')).clones.length, 0)
+    } finally {
+      p.kill('SIGKILL')
+      children.delete(p)
+      await peer.kill()
+    }
+  })
+})
+
