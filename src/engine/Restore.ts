@@ -105,6 +105,10 @@ export class RestoreSession {
       parallel: tuning.parallel,
       onCopied: () => {
         this.firstCopyAt ??= Date.now()
+      },
+      // On every release, failed copies included: a waiter whose extent the failed chunk
+      // held is served by COD (or gets its error) instead of hanging (recipe 3, host read).
+      onReleased: () => {
         this.queue.wake()
         this.cod.kick()
       },

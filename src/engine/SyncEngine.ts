@@ -37,8 +37,14 @@ export interface SyncJobOptions {
   /** Extents in flight at once, in chunks of up to chunkBytes. */
   parallel?: number
   chunkBytes?: number
-  /** Called after each chunk's bits are cleared (e.g. wake the COD queue). */
+  /** Called after each chunk's bits are cleared (its copy succeeded). */
   onCopied?: (start: number, end: number) => void
+  /**
+   * Called after each chunk's claims are released from the scoreboard, whether its copy
+   * succeeded or failed (after onCopied): wake whoever waits for those extents (the COD
+   * queue), and let the COD engine take over an extent whose copy failed.
+   */
+  onReleased?: (start: number, end: number) => void
   /**
    * Called every `checkpointBytes` copied, and at least every `checkpointMs` while copying
    * (a short timer, DESIGN §4: a throttled copy killed with SIGKILL must not lose minutes of
@@ -474,6 +480,12 @@ export class SyncEngine {
         this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - claimedCount)
         o.onCopied?.(start, end)
       }
+      // Also after a failed copy: a host request may be waiting for these extents in the COD
+      // queue (the COD engine skipped them while this chunk held them in S, DESIGN §4 "host
+      // read": "or by waiting for the copy already in S"). Woken only on success, it would
+      // wait for ever once this engine stops on the error; woken here, COD copies the extent
+      // or fails the request with EIO — never wrong data, never a hang.
+      o.onReleased?.(start, end)
     }
     // Early writeback (of bytes written, not skipped): this chunk keeps its slot while the
     // flush runs; the others go on.
