@@ -1,6 +1,6 @@
 import {connect} from 'node:net'
 import {join} from 'node:path'
-import {ClonectlError, type ExitCodeName, ExitCode} from '../errors/errors.js'
+import {ClonectlError, type ExitCodeName, ExitCode, InterruptedError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {type ControlMessage, type ControlRequest, controlSocketName} from './protocol.js'
 
@@ -52,7 +52,9 @@ export function controlRequest<T>(socketPath: string, req: ControlRequest, opts:
         }
       }
     })
-    s.on('close', () => finish(() => reject(new Error('the server closed the control connection without a result'))))
+    // The server stopped (SIGTERM, a crash) while working for us: what it did is durable and
+    // an interrupted restore stays recorded, so this is an interruption, not a bug.
+    s.on('close', () => finish(() => reject(new InterruptedError('the clonectl serve process owning this group stopped before it answered', 'check `clonectl status`, then run the command again (an interrupted restore resumes when serve starts again)'))))
   })
 }
 

@@ -2,7 +2,7 @@ import {join} from 'node:path'
 import {ControlServer} from '../control/ControlServer.js'
 import type {ControlMessage, ControlRequest} from '../control/protocol.js'
 import {controlSocketName} from '../control/protocol.js'
-import {StateError, UsageError} from '../errors/errors.js'
+import {InterruptedError, StateError, UsageError} from '../errors/errors.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {HostIO} from '../engine/HostIO.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
@@ -10,6 +10,7 @@ import type {SyncProgress} from '../engine/SyncEngine.js'
 import {NbdServer, type NbdServerOptions} from '../nbd/NbdServer.js'
 import {GroupLock} from '../store/GroupLock.js'
 import {openVolume} from '../volume/openVolume.js'
+import type {Volume} from '../volume/Volume.js'
 import {CloneGroup, type GroupContext} from './CloneGroup.js'
 import {addClone, exportDescription, fractureClones, recoverStale, removeClone} from './GroupAdmin.js'
 import type {ProgressEvent} from './GroupOperations.js'
@@ -48,6 +49,22 @@ interface Background {
  * invocations' sync, fracture, restore, status...), runs one copy operation at a time in the
  * background, and on start resumes an interrupted restore while serving at once.
  */
+/**
+ * The same volume through a new handle (read-only for a protected restore: INV-3; writable
+ * again after it). A remote clone is closed first: NBD servers commonly take one client at a
+ * time (qemu-nbd's default --shared=1), so a second connection would wait for the first.
+ */
+async function reopenVolume(g: CloneGroup, old: Volume, rec: {path: string; fingerprint: {size: number}}, write: boolean): Promise<Volume> {
+  const open = (): Promise<Volume> => openVolume(g.ctx.fs, rec.path, {write, knownSize: rec.fingerprint.size})
+  if (old.kind === 'nbd') {
+    await old.close()
+    return open()
+  }
+  const next = await open()
+  await old.close()
+  return next
+}
+
 export class GroupServer {
   readonly nbd: NbdServer
   readonly control: ControlServer
@@ -167,13 +184,14 @@ export class GroupServer {
       session = await host.gate.exclusive(async () => {
         const m = g.member(clone)
         // INV-3: the restore clone is read through a read-only handle from here on.
-        if (isProtected && m.volume && !m.volume.readOnly) {
-          const ro = await openVolume(g.ctx.fs, m.record.volume.path, {write: false, knownSize: m.record.volume.fingerprint.size})
-          await m.volume.close()
-          m.volume = ro
-        }
+        if (isProtected && m.volume && !m.volume.readOnly) m.volume = await reopenVolume(g, m.volume, m.record.volume, false)
         return RestoreSession.start(g, {clone, protected: isProtected, force: req.force, rate: req.rate, command: `${this.opts.command} (restore)`})
       })
+    }
+    if (this.stopping) {
+      // stop() began while this restore was being set up: leave it recorded for the next start.
+      await session.suspend()
+      throw new InterruptedError(`clonectl serve of group ${g.name} is stopping`, `the restore is recorded; it resumes when \`clonectl serve ${g.name}\` starts again`)
     }
     host.restore = session
     // Hosts are served meanwhile: wait for a vanished remote clone for as long as it takes.
@@ -194,11 +212,7 @@ export class GroupServer {
           host.restore = undefined
           // The clone may be mirrored again later: give it back a writable handle.
           const m = g.member(clone)
-          if (m.volume?.readOnly) {
-            const rw = await openVolume(g.ctx.fs, m.record.volume.path, {write: true, knownSize: m.record.volume.fingerprint.size})
-            await m.volume.close()
-            m.volume = rw
-          }
+          if (m.volume?.readOnly) m.volume = await reopenVolume(g, m.volume, m.record.volume, true)
         })
         return session.summary(true)
       } finally {
@@ -239,6 +253,8 @@ export class GroupServer {
   /** One control request from another invocation. */
   async handle(req: ControlRequest, send: (m: ControlMessage) => void, cancelled: AbortSignal): Promise<unknown> {
     const {g, host} = this
+    // A request racing with stop() must not start work on a group being closed.
+    if (this.stopping && req.op !== 'ping') throw new InterruptedError(`clonectl serve of group ${g.name} is stopping`, 'run the command again once it has stopped (or after it restarts)')
     switch (req.op) {
       case 'ping':
         return {pid: process.pid, group: g.name}

@@ -12,6 +12,7 @@ import {createServer} from 'node:net'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {Cli, MiB, cmp, has, pwrite, randomImage, sha256, tempDir} from '../helpers/cli.js'
+import {controlRequest} from '../../src/control/ControlClient.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
 import {makeTlsCreds} from '../helpers/tlsCerts.js'
 import {NbdTestClient, sleep, startServe} from '../helpers/serve.js'
@@ -228,6 +229,51 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
       await served.stop('SIGTERM')
     }
     assert.ok(cmp(src, remote).same)
+    await peer.kill()
+  })
+})
+
+describe('under serve, a restore whose remote clone vanishes', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+  test('host reads of unrestored extents get EIO (never wrong data) while the remote is away; the restore goes on by itself when it is back and completes', async () => {
+    const g = 'sv'
+    const src = join(dir, `${g}-src.img`)
+    const remote = join(dir, `${g}-remote.img`)
+    await randomImage(src, 64 * MiB, 31)
+    await fsp.writeFile(remote, '')
+    await fsp.truncate(remote, 64 * MiB)
+    const transport = {unix: join(dir, `${g}.sock`)}
+    let peer = await startPeer('qemu-nbd', remote, transport)
+    await cli.ok(['group', 'create', g, '--source', src])
+    await cli.ok(['clone', 'add', g, 'r', '--path', peer.uri])
+    await cli.ok(['clone', 'fracture', g, 'r'])
+    const cloneSum = await sha256(remote)
+    const cloneData = await fsp.readFile(remote)
+    await fsp.rm(src)
+    await randomImage(src, 64 * MiB, 32) // damaged everywhere
+    const served = await startServe(cli.stateDir, g)
+    try {
+      const restore = cli.spawnBackground(['restore', g, 'r', '--yes', '--rate', '8M'])
+      const host = await NbdTestClient.connect(served.socket)
+      // The restore is under way: a read near the end is served by copy on demand.
+      await sleep(1500)
+      const early = await host.read(60 * MiB, 64 * 1024)
+      assert.ok(early.equals(cloneData.subarray(60 * MiB, 60 * MiB + 64 * 1024)), 'COD from the remote')
+      await peer.kill()
+      await assert.rejects(host.read(62 * MiB, 64 * 1024), /error 5/, 'EIO while the remote is away')
+      await sleep(1000)
+      peer = await startPeer('qemu-nbd', remote, transport)
+      const later = await host.read(62 * MiB, 64 * 1024)
+      assert.ok(later.equals(cloneData.subarray(62 * MiB, 62 * MiB + 64 * 1024)), 'COD works again once the remote is back')
+      await controlRequest(join(cli.stateDir, 'groups', g, 'control.sock'), {op: 'rate', rate: 0})
+      const r = await restore.done
+      assert.equal(r.code, 0, r.stderr)
+      assert.match(served.stderr(), /restore paused/)
+      await host.disconnect()
+    } finally {
+      await served.stop('SIGTERM')
+    }
+    assert.ok(cmp(src, remote).same, 'source == remote clone')
+    assert.equal(await sha256(remote), cloneSum, 'the remote clone is unchanged')
     await peer.kill()
   })
 })
