@@ -106,11 +106,35 @@ export interface FioResult {
   readP99us?: number
 }
 
+type FioOptions = {rw: string; bs: string; iodepth: number; size: string; runtime: number; extra?: string}
+
+function fioCommand(uri: string, opts: FioOptions): string {
+  return `fio --name=b --ioengine=nbd --uri='${uri}' --rw=${opts.rw} --bs=${opts.bs} --iodepth=${opts.iodepth} --size=${opts.size} --time_based --runtime=${opts.runtime} --output-format=json ${opts.extra ?? ''} 2>/dev/null`
+}
+
 /** fio over NBD; returns IOPS and bandwidth from its JSON output. */
-export function fio(uri: string, opts: {rw: string; bs: string; iodepth: number; size: string; runtime: number; extra?: string}): FioResult {
-  const out = sh(
-    `fio --name=b --ioengine=nbd --uri='${uri}' --rw=${opts.rw} --bs=${opts.bs} --iodepth=${opts.iodepth} --size=${opts.size} --time_based --runtime=${opts.runtime} --output-format=json ${opts.extra ?? ''} 2>/dev/null`,
-  )
+export function fio(uri: string, opts: FioOptions): FioResult {
+  return parseFio(sh(fioCommand(uri, opts)))
+}
+
+/** The same, without blocking the event loop (so progress can be sampled meanwhile). */
+export function fioAsync(uri: string, opts: FioOptions): Promise<FioResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('sh', ['-c', fioCommand(uri, opts)], {stdio: ['ignore', 'pipe', 'ignore']})
+    let out = ''
+    p.stdout?.on('data', (d: Buffer) => (out += d.toString()))
+    p.on('error', reject)
+    p.on('exit', () => {
+      try {
+        resolve(parseFio(out))
+      } catch (error) {
+        reject(error)
+      }
+    })
+  })
+}
+
+function parseFio(out: string): FioResult {
   const j = JSON.parse(out.slice(out.indexOf('{'))) as {jobs: Array<{read: {iops: number; bw_bytes: number; clat_ns?: {percentile?: Record<string, number>}}; write: {iops: number; bw_bytes: number}}>}
   const job = j.jobs[0]
   return {

@@ -10,7 +10,7 @@ import {cpus, totalmem, release, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {controlRequest} from '../src/control/ControlClient.js'
 import {dirtyExtents} from './dirty.js'
-import {alternate, allocatedBytes, background, bin, clonectl, fio, freshDir, have, Qmp, repo, settle, sh, stats, stop, timed, type Stats} from './harness.js'
+import {alternate, allocatedBytes, background, bin, clonectl, fio, fioAsync, freshDir, have, Qmp, repo, settle, sh, stats, stop, timed, type Stats} from './harness.js'
 
 const quick = process.argv.includes('--quick')
 /** The value after `--name`, if any. */
@@ -441,9 +441,8 @@ async function fioRows(): Promise<void> {
   let restore: Awaited<ReturnType<typeof background>> | undefined
   try {
     const logBase = join(dir, 'fiolog')
-    const fioDone = new Promise<ReturnType<typeof fio>>((resolve) => {
-      setTimeout(() => resolve(fio(uri, {...job, rw: 'randrw', bs: '4k', iodepth: 16, extra: `--percentile_list=99 --write_iops_log=${logBase} --log_avg_msec=250`})), 10)
-    })
+    // Asynchronous, so the progress sampler below runs while fio does.
+    const fioDone = fioAsync(uri, {...job, rw: 'randrw', bs: '4k', iodepth: 16, extra: `--percentile_list=99 --write_iops_log=${logBase} --log_avg_msec=250`})
     restore = await background(`node ${bin} restore g c --yes --rate ${quick ? '64M' : '256M'} --state-dir=${state}`, '/dev/null')
     const sampler = setInterval(() => {
       controlRequest(join(state, 'groups', 'g', 'control.sock'), {op: 'status'})
