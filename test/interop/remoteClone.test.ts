@@ -86,6 +86,8 @@ async function startPeer(kind: 'qemu-nbd' | 'nbdkit', file: string, transport: {
 
 const peers: Array<{kind: 'qemu-nbd' | 'nbdkit'; tcp: boolean}> = [
   {kind: 'qemu-nbd', tcp: false},
+  {kind: 'qemu-nbd', tcp: true},
+  {kind: 'nbdkit', tcp: false},
   {kind: 'nbdkit', tcp: true},
 ]
 
