@@ -117,7 +117,11 @@ export class HostIO {
       await Promise.all(marks)
       const ops: Array<Promise<void>> = [apply(g.src).then(() => g.noteWritten(g.src))]
       for (const m of mirrored) ops.push(this.mirror(m, apply))
-      await Promise.all(ops)
+      // Every copy settles before this write counts as done or failed: the finally below
+      // clears write-intent bits, and the caller may reuse the data buffer.
+      const settled = await Promise.allSettled(ops)
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+      if (failed) throw failed.reason
       this.writes++
       ok = true
       r?.afterWrite(s, e)

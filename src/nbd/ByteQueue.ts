@@ -34,8 +34,11 @@ export class ByteQueue {
     return this.scratch
   }
 
-  /** Consume and return n (≤ length) bytes: a view when they sit in one chunk, else one copy. */
-  take(n: number): Buffer {
+  /**
+   * Consume and return n (≤ length) bytes: a view when they sit in one chunk, else one copy
+   * into `alloc(n)` (default a new buffer).
+   */
+  take(n: number, alloc: (n: number) => Buffer = (k) => Buffer.allocUnsafe(k)): Buffer {
     if (n === 0) return EMPTY
     const first = this.chunks[0]
     if (first.length - this.head >= n) {
@@ -44,7 +47,7 @@ export class ByteQueue {
       this.length -= n
       return out
     }
-    const out = Buffer.allocUnsafe(n)
+    const out = alloc(n)
     this.copyOut(out, n)
     return out
   }

@@ -43,6 +43,7 @@ import {connect, createServer, type Server, type Socket} from 'node:net'
 import {createServer as createTlsServer, type TLSSocket, type TlsOptions} from 'node:tls'
 import {RefusedError, errnoOf} from '../errors/errors.js'
 import {ByteQueue} from './ByteQueue.js'
+import {PayloadPool} from './PayloadPool.js'
 import type {ExportBackend} from './ExportBackend.js'
 import {
   BLOCK_MAX,
@@ -125,6 +126,8 @@ class Req implements RequestHeader {
   length = 0
   /** NBD errno of the reply (0: success). */
   error = 0
+  /** A WRITE payload's buffer from the server's PayloadPool (when it spanned socket chunks). */
+  pooled?: Buffer = undefined
   /** WRITE: the payload; READ: the data to send back. */
   data: Buffer | undefined = undefined
   /** Bytes this request holds while in flight (counted against maxInflightBytes). */
@@ -313,7 +316,10 @@ class Connection {
     this.pendingWrite = undefined
     req.error = this.validate(req)
     if (req.error) this.q.skip(req.length)
-    else req.data = this.q.take(req.length)
+    else {
+      const r = req
+      r.data = this.q.take(r.length, (n) => (r.pooled = this.srv.payloads.get(n)))
+    }
     this.dispatch(req)
     return true
   }
@@ -527,7 +533,15 @@ class Connection {
     if (this.inflight >= this.srv.maxInflight || this.inflightBytes >= this.srv.maxInflightBytes) this.pause()
   }
 
+  /** A WRITE's pooled payload is free once its backend write settled. */
+  private releasePayload(r: Req): void {
+    if (!r.pooled) return
+    this.srv.payloads.put(r.pooled)
+    r.pooled = undefined
+  }
+
   private completed(r: Req, v: Buffer | void): void {
+    this.releasePayload(r)
     if (r.type === Cmd.READ) {
       if (Buffer.isBuffer(v) && v.length === r.length) r.data = v
       else {
@@ -540,6 +554,7 @@ class Connection {
   }
 
   private failed(r: Req, e: unknown): void {
+    this.releasePayload(r)
     r.error = nbdErrnoOf(e)
     r.data = undefined
     this.log(`${cmdName(r.type)} at ${r.offset}+${r.length} failed: ${errnoName(r.error)}: ${describe(e)}`)
@@ -729,6 +744,8 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   readonly maxBacklogBytes: number
   readonly handshakeTimeoutMs: number
   readonly tls?: {options: TlsOptions; required: boolean}
+  /** WRITE payload buffers, reused across requests and connections. */
+  readonly payloads = new PayloadPool()
   private readonly servers: Server[] = []
   private readonly conns = new Set<Connection>()
   private nextId = 0

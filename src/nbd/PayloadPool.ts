@@ -1,0 +1,35 @@
+/**
+ * Buffers for WRITE payloads that arrive across socket chunks, reused once the backend's
+ * write settled. A fresh 1 MiB Buffer per request made sequential writes spend a third of
+ * their time in the garbage collector (measured: fio 1M writes, 1.9 s of GC in 6.5 s).
+ * Buffers come in power-of-two classes from 64 KiB; each class keeps at most `keep` free.
+ */
+const MIN_CLASS = 64 * 1024
+
+export class PayloadPool {
+  private readonly free = new Map<number, ArrayBuffer[]>()
+
+  constructor(private readonly keep = 32) {}
+
+  /** A buffer of exactly n bytes (a view of a pooled class-sized one). */
+  get(n: number): Buffer {
+    const cls = PayloadPool.classOf(n)
+    const ab = this.free.get(cls)?.pop() ?? new ArrayBuffer(cls)
+    return Buffer.from(ab, 0, n)
+  }
+
+  /** Give back a buffer from get(), once nothing reads it any more. */
+  put(b: Buffer): void {
+    const ab = b.buffer
+    if (!(ab instanceof ArrayBuffer) || ab.byteLength !== PayloadPool.classOf(ab.byteLength) || b.byteOffset !== 0) return
+    const list = this.free.get(ab.byteLength) ?? []
+    if (list.length < this.keep) list.push(ab)
+    this.free.set(ab.byteLength, list)
+  }
+
+  static classOf(n: number): number {
+    let c = MIN_CLASS
+    while (c < n) c *= 2
+    return c
+  }
+}
