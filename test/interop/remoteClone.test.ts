@@ -84,6 +84,24 @@ async function startPeer(kind: 'qemu-nbd' | 'nbdkit', file: string, transport: {
   }
 }
 
+/**
+ * Group `g`: a random source of `size` bytes (seed), and clone r on an empty export of the
+ * same size served by `kind`; the first sync done, the clone fractured when asked.
+ */
+async function groupWithRemote(g: string, o: {size: number; seed: number; kind?: 'qemu-nbd' | 'nbdkit'; transport?: {unix: string} | {port: number}; fracture?: boolean; sync?: boolean}): Promise<{src: string; remote: string; transport: {unix: string} | {port: number}; peer: Peer}> {
+  const src = join(dir, `${g}-src.img`)
+  const remote = join(dir, `${g}-remote.img`)
+  await randomImage(src, o.size, o.seed)
+  await fsp.writeFile(remote, '')
+  await fsp.truncate(remote, o.size)
+  const transport = o.transport ?? {unix: join(dir, `${g}.sock`)}
+  const peer = await startPeer(o.kind ?? 'qemu-nbd', remote, transport)
+  await cli.ok(['group', 'create', g, '--source', src])
+  await cli.ok(['clone', 'add', g, 'r', '--path', peer.uri, ...(o.sync === false ? ['--no-sync'] : [])])
+  if (o.fracture) await cli.ok(['clone', 'fracture', g, 'r'])
+  return {src, remote, transport, peer}
+}
+
 const peers: Array<{kind: 'qemu-nbd' | 'nbdkit'; tcp: boolean}> = [
   {kind: 'qemu-nbd', tcp: false},
   {kind: 'qemu-nbd', tcp: true},
@@ -167,16 +185,9 @@ for (const {kind, tcp} of peers) {
 describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
   test('the restore pauses while the remote is away, and `restore G` resumes it to an identical result', async () => {
     const g = 'rr'
-    const src = join(dir, `${g}-src.img`)
-    const remote = join(dir, `${g}-remote.img`)
-    await randomImage(src, 64 * MiB, 11)
-    await fsp.writeFile(remote, '')
-    await fsp.truncate(remote, 64 * MiB)
-    const transport = {unix: join(dir, `${g}.sock`)}
-    let peer = await startPeer('qemu-nbd', remote, transport)
-    await cli.ok(['group', 'create', g, '--source', src])
-    await cli.ok(['clone', 'add', g, 'r', '--path', peer.uri])
-    await cli.ok(['clone', 'fracture', g, 'r'])
+    const setup = await groupWithRemote(g, {size: 64 * MiB, seed: 11, fracture: true})
+    const {src, remote, transport} = setup
+    let {peer} = setup
     const cloneSum = await sha256(remote)
     await fsp.rm(src)
     await randomImage(src, 64 * MiB, 12) // damage everything
@@ -200,15 +211,9 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
 
   test('under serve: a mirrored write to a vanished remote fractures it, the host write succeeds; once it is back a sync through the server brings it up to date', async () => {
     const g = 'rs'
-    const src = join(dir, `${g}-src.img`)
-    const remote = join(dir, `${g}-remote.img`)
-    await randomImage(src, 32 * MiB, 13)
-    await fsp.writeFile(remote, '')
-    await fsp.truncate(remote, 32 * MiB)
-    const transport = {unix: join(dir, `${g}.sock`)}
-    let peer = await startPeer('qemu-nbd', remote, transport)
-    await cli.ok(['group', 'create', g, '--source', src])
-    await cli.ok(['clone', 'add', g, 'r', '--path', peer.uri])
+    const setup = await groupWithRemote(g, {size: 32 * MiB, seed: 13})
+    const {src, remote, transport} = setup
+    let {peer} = setup
     const served = await startServe(cli.stateDir, g)
     try {
       const host = await NbdTestClient.connect(served.socket)
@@ -238,16 +243,9 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
 describe('under serve, a restore whose remote clone vanishes', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
   test('host reads of unrestored extents get EIO (never wrong data) while the remote is away; the restore goes on by itself when it is back and completes', async () => {
     const g = 'sv'
-    const src = join(dir, `${g}-src.img`)
-    const remote = join(dir, `${g}-remote.img`)
-    await randomImage(src, 64 * MiB, 31)
-    await fsp.writeFile(remote, '')
-    await fsp.truncate(remote, 64 * MiB)
-    const transport = {unix: join(dir, `${g}.sock`)}
-    let peer = await startPeer('qemu-nbd', remote, transport)
-    await cli.ok(['group', 'create', g, '--source', src])
-    await cli.ok(['clone', 'add', g, 'r', '--path', peer.uri])
-    await cli.ok(['clone', 'fracture', g, 'r'])
+    const setup = await groupWithRemote(g, {size: 64 * MiB, seed: 31, fracture: true})
+    const {src, remote, transport} = setup
+    let {peer} = setup
     const cloneSum = await sha256(remote)
     const cloneData = await fsp.readFile(remote)
     await fsp.rm(src)
