@@ -25,9 +25,23 @@ export function timed(cmd: string, env?: NodeJS.ProcessEnv): number {
   return (performance.now() - t0) / 1000
 }
 
-/** Flush dirty pages and drop caches between runs, so one run's writeback does not tax the next. */
+/** Wall time of a shell command, in seconds, and its stdout. */
+export function timedOutput(cmd: string, env?: NodeJS.ProcessEnv): {seconds: number; stdout: string} {
+  const t0 = performance.now()
+  const stdout = sh(cmd, env)
+  return {seconds: (performance.now() - t0) / 1000, stdout}
+}
+
+/**
+ * Flush dirty pages and drop caches between runs, so one run's writeback does not tax the
+ * next and every run reads its data cold; then warm the programs again (node, clonectl's
+ * modules, the peers' binaries). Without that every clonectl run paid ~0.5 s of reading the
+ * node binary and oclif from disk after a drop (measured with strace), while nbdcopy's small
+ * binary cost nothing: that measures the disk under the tools, not the copy.
+ */
 export function settle(): void {
-  spawnSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; sleep 0.5'])
+  spawnSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; sleep 0.3'])
+  spawnSync('sh', ['-c', `cat "$(command -v node)" > /dev/null; find ${repo}/dist ${repo}/node_modules ${repo}/package.json ${repo}/oclif.manifest.json -type f -exec cat {} + > /dev/null 2>&1; node ${bin} --help > /dev/null 2>&1; for t in nbdcopy qemu-nbd qemu-io nbdkit fio dd; do command -v $t > /dev/null && $t --version > /dev/null 2>&1; done; sleep 0.2`])
 }
 
 export interface Stats {

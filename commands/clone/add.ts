@@ -5,7 +5,7 @@ import type {SyncSummary} from '../../src/engine/ForwardSync.js'
 import type {CloneRecord} from '../../src/store/GroupRecord.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../../src/ui/ProgressRenderer.js'
-import {humanBytes} from '../../src/ui/format.js'
+import {humanBytes, humanDuration} from '../../src/ui/format.js'
 import {signalController} from '../../src/ui/signals.js'
 
 export default class CloneAdd extends BaseCommand {
@@ -45,7 +45,7 @@ export default class CloneAdd extends BaseCommand {
         onProgress: (p) => progress.update(p),
       })
       progress.done()
-      if (!this.jsonEnabled()) this.log(`Added clone ${args.clone} (${out.clone.volume.path}) and synchronized it: copied ${humanBytes(out.sync.copiedBytes)}, skipped ${humanBytes(out.sync.skippedBytes)} of zeros`)
+      if (!this.jsonEnabled()) this.log(`Added clone ${args.clone} (${out.clone.volume.path}) and synchronized it: copied ${humanBytes(out.sync.copiedBytes)} in ${humanDuration(out.sync.elapsedMs)}, skipped ${humanBytes(out.sync.skippedBytes)} of zeros`)
       return out
     } finally {
       progress.done()

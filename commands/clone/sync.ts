@@ -4,7 +4,7 @@ import {parseSize} from '../../src/group/GroupAdmin.js'
 import {syncClone} from '../../src/group/GroupOperations.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../../src/ui/ProgressRenderer.js'
-import {humanBytes} from '../../src/ui/format.js'
+import {humanBytes, humanDuration} from '../../src/ui/format.js'
 import {signalController} from '../../src/ui/signals.js'
 
 export default class CloneSync extends BaseCommand {
@@ -38,7 +38,7 @@ export default class CloneSync extends BaseCommand {
       })
       progress.done()
       if (!this.jsonEnabled())
-        this.log(out.alreadySynchronized ? `Clone ${args.clone} is already synchronized; nothing to copy.` : `Synchronized clone ${args.clone}: copied ${humanBytes(out.copiedBytes)}${out.skippedBytes ? `, skipped ${humanBytes(out.skippedBytes)} (zeros or equal)` : ''}${out.compared ? ' (compare-and-copy)' : ''}`)
+        this.log(out.alreadySynchronized ? `Clone ${args.clone} is already synchronized; nothing to copy.` : `Synchronized clone ${args.clone}: copied ${humanBytes(out.copiedBytes)} in ${humanDuration(out.elapsedMs)}${out.skippedBytes ? `, skipped ${humanBytes(out.skippedBytes)} (zeros or equal)` : ''}${out.compared ? ' (compare-and-copy)' : ''}`)
       return out
     } finally {
       progress.done()

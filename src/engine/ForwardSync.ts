@@ -26,6 +26,11 @@ export interface SyncSummary {
   copiedBytes: number
   skippedBytes: number
   collisions: number
+  /**
+   * The sync's own time in milliseconds: from its start (the operation recorded) until the
+   * clone's data and map were durable; a process's start-up and the group's locking are not in it.
+   */
+  elapsedMs: number
 }
 
 /**
@@ -45,6 +50,7 @@ export class ForwardSync {
     readonly compared: boolean,
     rate?: number,
     private readonly gate?: HostGate,
+    private readonly startedAt = performance.now(),
   ) {
     this.limiter = new RateLimiter(rate)
     this.engine = new SyncEngine({
@@ -67,6 +73,7 @@ export class ForwardSync {
    * be trusted or --full is given (D[k] all set, durably), record the operation. Waits.
    */
   static async start(g: CloneGroup, opts: ForwardSyncOptions): Promise<ForwardSync | SyncSummary> {
+    const startedAt = performance.now()
     const op = g.record.operation
     if (op?.kind === 'restore')
       throw new StateError(`group ${g.name} has an interrupted restore from clone ${op.clone}`, `resume it first with \`clonectl restore ${g.name}\``)
@@ -75,7 +82,7 @@ export class ForwardSync {
       throw new StateError(`clone ${m.name} is being restored from`, `wait for the restore to finish`)
     const compare = Boolean(opts.full) || !m.record.trusted
     if (!compare && m.state === 'synchronized' && m.map.bits.isEmpty()) {
-      return {clone: m.name, operationId: '', completed: true, alreadySynchronized: true, compared: false, totalExtents: 0, copiedBytes: 0, skippedBytes: 0, collisions: 0}
+      return {clone: m.name, operationId: '', completed: true, alreadySynchronized: true, compared: false, totalExtents: 0, copiedBytes: 0, skippedBytes: 0, collisions: 0, elapsedMs: 0}
     }
     if (compare) {
       if (!opts.full) g.ctx.warn?.(`clone ${m.name}: delta map not trusted; comparing and copying every extent`)
@@ -88,7 +95,7 @@ export class ForwardSync {
     g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
     m.setState('synchronizing')
     await g.save()
-    return new ForwardSync(g, m, id, compare, opts.rate, opts.gate)
+    return new ForwardSync(g, m, id, compare, opts.rate, opts.gate, startedAt)
   }
 
   /** A checkpoint; a clone flush that failed is this sync's error only if it is this clone's. */
@@ -167,6 +174,7 @@ export class ForwardSync {
       copiedBytes: this.engine.progress.copiedBytes,
       skippedBytes: this.engine.progress.skippedBytes,
       collisions: g.collisions.collisions,
+      elapsedMs: Math.round(performance.now() - this.startedAt),
     }
   }
 }
