@@ -1,4 +1,5 @@
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
+import {alignedBuffer} from '../volume/alignedBuffer.js'
 import type {Volume} from '../volume/Volume.js'
 import type {CollisionDetector} from './CollisionDetector.js'
 import type {RateLimiter} from './RateLimiter.js'
@@ -148,7 +149,6 @@ export class SyncEngine {
     let sinceCheckpoint = 0
     let lastCheckpoint = Date.now()
     let failure: unknown
-    this.fillPool(parallel)
 
     for (;;) {
       let cursor = 0
@@ -296,48 +296,22 @@ export class SyncEngine {
 
   /**
    * Buffers of chunkBytes, reused: a fresh 4 MiB Buffer per chunk lets RSS run ahead of GC.
-   * Taken from the destination's bulkBuffer() where it has one (aligned for O_DIRECT).
+   * Page-aligned, so a file volume may move them through O_DIRECT (a fresh image's writes, a
+   * sparse image's reads: FileVolume decides). At most two a chunk in flight (compare reads
+   * both sides).
    */
   private readonly pool: Buffer[] = []
 
   private buffer(): Buffer {
-    return this.pool.pop() ?? Buffer.allocUnsafe(this.bufferSize())
+    return this.pool.pop() ?? alignedBuffer(this.bufferSize())
   }
 
   private bufferSize(): number {
     return Math.max(this.o.chunkBytes ?? 4 * MiB, this.o.extentSize)
   }
 
-  /**
-   * Fill the pool from the destination's bulkBuffer() (two a chunk in flight: compare reads
-   * both sides) in the background: run() never waits for it (the first chunks may use plain
-   * buffers), so the engine's interleaving with host I/O is the same with or without it.
-   * Does not wait.
-   */
-  private fillPool(parallel: number): void {
-    const {to} = this.o
-    // Only into a fresh image (a first full sync): there every page-cache page would be new.
-    // A restore writes scattered extents over a source whose pages hosts read: O_DIRECT
-    // would drop them from the cache under the hosts (measured: slower, both ways).
-    if (!to.bulkBuffer || !to.knownZero || this.poolFilled) return
-    this.poolFilled = true
-    const size = this.bufferSize()
-    void Promise.all(Array.from({length: 2 * parallel}, async () => to.bulkBuffer!(size)))
-      .then((bufs) => {
-        // From now on only these circulate: plain buffers in the pool are dropped, and those
-        // in flight are not taken back (release()).
-        this.bulk = new WeakSet(bufs)
-        this.pool.length = 0
-        this.pool.push(...bufs)
-      })
-      .catch(() => undefined)
-  }
-
-  private poolFilled = false
-  private bulk?: WeakSet<Buffer>
-
   private release(b: Buffer): void {
-    if (!this.bulk || this.bulk.has(b)) this.pool.push(b)
+    this.pool.push(b)
   }
 
   /** Extent e's slice [a, b) of a chunk starting at extent `start`. */

@@ -41,6 +41,8 @@ export interface FileStat {
   isFile: boolean
   isBlockDevice: boolean
   rdev: number
+  /** Bytes allocated on disk (st_blocks × 512), where the fs knows it. */
+  allocated?: number
 }
 
 export interface DurableFs {
@@ -57,11 +59,11 @@ export interface DurableFs {
   /** The canonical path (symlinks resolved); ENOENT when missing. */
   realpath(path: string): Promise<string>
   /**
-   * Optional: a second, read-write handle on an existing file that bypasses the page cache
-   * (O_DIRECT), for bulk copies. Its I/O must be aligned (offset and length to 4 KiB, memory
+   * Optional: a second handle on an existing file that bypasses the page cache (O_DIRECT),
+   * for bulk copies; read-write unless opts.write is false. Its I/O must be aligned (offset and length to 4 KiB, memory
    * to the device's DMA alignment) or it fails with EINVAL. Durability is unchanged: a write
    * through it is durable after datasync() of any handle on the same file. Absent (MemoryFs)
    * or failing: callers use the ordinary handle.
    */
-  openDirect?(path: string): Promise<DurableFile>
+  openDirect?(path: string, opts?: {write: boolean}): Promise<DurableFile>
 }

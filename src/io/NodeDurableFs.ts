@@ -54,10 +54,10 @@ export class NodeDurableFs implements DurableFs {
   }
 
   /** O_DIRECT where the platform has it (Linux); EINVAL from a file system without it. */
-  async openDirect(path: string): Promise<DurableFile> {
+  async openDirect(path: string, opts: {write: boolean} = {write: true}): Promise<DurableFile> {
     const direct = (constants as Record<string, number | undefined>).O_DIRECT
     if (!direct) throw Object.assign(new Error(`O_DIRECT is not available on ${process.platform}`), {code: 'EINVAL'})
-    const fh = await fsp.open(path, constants.O_RDWR | direct)
+    const fh = await fsp.open(path, (opts.write ? constants.O_RDWR : constants.O_RDONLY) | direct)
     return new NodeFile(path, fh)
   }
 
@@ -106,6 +106,7 @@ export class NodeDurableFs implements DurableFs {
       isFile: s.isFile(),
       isBlockDevice: s.isBlockDevice(),
       rdev: s.rdev,
+      allocated: s.blocks * 512,
     }
   }
 

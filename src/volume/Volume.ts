@@ -32,12 +32,6 @@ export interface Volume {
    * cheap (a freshly created sparse image): a copy may then skip all-zero chunks.
    */
   knownZero: boolean
-  /**
-   * Optional: a buffer of `size` bytes for bulk copies into this volume. Where the volume
-   * can bypass the page cache (O_DIRECT), the buffer is aligned for it, and write() of an
-   * aligned slice of it (offset and length multiples of 4 KiB) takes that path. Waits.
-   */
-  bulkBuffer?(size: number): Promise<Buffer>
   /** Read exactly `length` bytes at `position` (into `into` when given). */
   read(position: number, length: number, into?: Buffer): Promise<Buffer>
   /** Write the whole buffer at `position`. Not durable until flush(). */

@@ -16,6 +16,7 @@ import {MemoryFs} from '../../src/io/MemoryFs.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {BlockVolume} from '../../src/volume/BlockVolume.js'
 import {majorMinor} from '../../src/volume/blockDevice.js'
+import {alignedBuffer} from '../../src/volume/alignedBuffer.js'
 import {FileVolume} from '../../src/volume/FileVolume.js'
 import {checkCloneCandidate, checkCloneSize, resolveIdentity, sameVolume, type VolumeIdentity} from '../../src/volume/identity.js'
 import {openVolume} from '../../src/volume/openVolume.js'
@@ -237,6 +238,37 @@ describe('FileVolume.createSparse', () => {
       assert.ok((await v.read(100 * MiB, 4096)).every((b) => b === 0))
     } finally {
       await v.close()
+    }
+  })
+
+  test('given a mostly sparse image; then bulk reads bypass the page cache (readsDirect) and still see every byte, unflushed writes of another handle included', async () => {
+    const p = join(dir, 'mostly-holes.img')
+    await FileVolume.createSparse(nodeFs, p, 8 * MiB)
+    const data = randomBytes(256 * 1024)
+    const fh = await fsp.open(p, 'r+')
+    await fh.write(data, 0, data.length, 3 * MiB)
+    await fh.close()
+    const dense = await FileVolume.open(nodeFs, await fileWith(randomBytes(1 * MiB)), {write: false})
+    const ro = await FileVolume.open(nodeFs, p, {write: false})
+    const rw = await FileVolume.open(nodeFs, p, {write: true})
+    try {
+      assert.equal(dense.readsDirect, false, 'a dense file reads through the page cache')
+      assert.equal(ro.readsDirect, true, 'a file with 1/32 allocated reads direct')
+      const buf = alignedBuffer(2 * MiB)
+      const whole = Buffer.alloc(8 * MiB)
+      for (let off = 0; off < 8 * MiB; off += 2 * MiB) (await ro.read(off, 2 * MiB, buf)).copy(whole, off)
+      const want = Buffer.alloc(8 * MiB)
+      data.copy(want, 3 * MiB)
+      assert.ok(whole.equals(want), 'holes read as zeros and data as written')
+      // A buffered write through another handle, not flushed: the direct read sees it.
+      const late = randomBytes(128 * 1024)
+      await rw.write(5 * MiB, late)
+      assert.ok((await ro.read(5 * MiB, 128 * 1024, buf.subarray(0, 128 * 1024))).equals(late))
+      // Unaligned ranges and plain buffers take the ordinary path.
+      assert.ok((await ro.read(3 * MiB + 1, 1000)).equals(data.subarray(1, 1001)))
+      assert.ok((await ro.read(3 * MiB, 64 * 1024, Buffer.alloc(64 * 1024))).equals(data.subarray(0, 64 * 1024)))
+    } finally {
+      await Promise.all([dense.close(), ro.close(), rw.close()])
     }
   })
 
