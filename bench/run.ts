@@ -96,9 +96,14 @@ async function remoteRows(): Promise<void> {
     clonectl(state, `group create g --source ${src}`)
     const cmd = `node ${bin} clone sync g r`
     commands.push(`qemu-nbd -f raw -t -x c -k SOCK export.img`, `clonectl clone add g r --path 'nbd+unix:///c?socket=SOCK' --no-sync; ${cmd}`, `nbdcopy --flush ${src} '${uri}'`)
+    const own: number[] = []
     const r = alternate(
       RUNS,
-      () => timed(`${cmd} --state-dir=${state}`),
+      () => {
+        const t = timedOutput(`${cmd} --json --state-dir=${state}`)
+        own.push(syncSeconds(t.stdout))
+        return t.seconds
+      },
       () => timed(`nbdcopy --flush ${src} '${uri}'`),
       (w) => {
         sh(`dd if=/dev/zero of=${exp} bs=1M count=1 conv=notrunc status=none`)
@@ -116,15 +121,29 @@ async function remoteRows(): Promise<void> {
     const extents = SIZE / (64 * 1024)
     const n = Math.max(1, Math.floor(extents / 100))
     const inc: number[] = []
+    const incOwn: number[] = []
     for (let i = 0; i < RUNS; i++) {
       for (let k = 0; k < n; k++) sh(`dd if=/dev/urandom of=${src} bs=64K count=1 seek=${Math.floor((k * extents) / n)} conv=notrunc status=none`)
       sh(`node ${bin} verify g r --repair --state-dir=${state} >/dev/null 2>&1 || true`)
       settle()
-      inc.push(timed(`${cmd} --state-dir=${state}`))
+      const t = timedOutput(`${cmd} --json --state-dir=${state}`)
+      inc.push(t.seconds)
+      incOwn.push(syncSeconds(t.stdout))
       clonectl(state, `clone fracture g r`)
     }
-    const ri = stats(inc).median / r.a.median
-    record({row: 'incremental sync to a remote clone, 1% of extents dirty', clonectl: fmt(stats(inc)), peer: `its own full sync ${fmt(r.a)}`, ratio: ri, ratioText: ri.toFixed(3), mark: '≤ 0.05', pass: ri <= 0.05, note: 'includes ~0.2 s of CLI start-up'})
+    // As the local incremental row: the syncs' own times, the whole commands' beside them.
+    const fullOwn = stats(own).median
+    const ri = stats(incOwn).median / fullOwn
+    const riWall = stats(inc).median / r.a.median
+    record({
+      row: 'incremental sync to a remote clone, 1% of extents dirty',
+      clonectl: `the sync's own time ${fmt(stats(incOwn), 's', 3)}; the whole command ${fmt(stats(inc))}`,
+      peer: `the full sync's own time ${fullOwn.toFixed(2)} s; the whole command ${fmt(r.a)}`,
+      ratio: ri,
+      ratioText: `${ri.toFixed(3)} (whole commands: ${riWall.toFixed(3)})`,
+      mark: '≤ 0.05',
+      pass: ri <= 0.05,
+    })
   } finally {
     await stop(q)
     rmSync(dir, {recursive: true, force: true})
