@@ -67,6 +67,15 @@ export interface SyncJobOptions {
 }
 
 const MiB = 1024 * 1024
+
+/**
+ * Wait for every promise (none is left running against a buffer about to be reused), then
+ * throw the first failure, if any.
+ */
+async function allOrFirstError(ps: Array<Promise<unknown>>): Promise<void> {
+  const failed = (await Promise.allSettled(ps)).find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  if (failed) throw failed.reason
+}
 /** A window crosses at most this many extents that need no copy (read, not written). */
 const WINDOW_GAP = 8
 
@@ -321,6 +330,23 @@ export class SyncEngine {
   }
 
   /**
+   * The byte ranges [a, b), relative to the window's first byte, of the runs of extents in
+   * window [start, end) for which keep(e) is true.
+   */
+  private *runs(start: number, end: number, len: number, keep: (e: number) => boolean): Generator<[number, number]> {
+    for (let e = start; e < end; ) {
+      if (!keep(e)) {
+        e++
+        continue
+      }
+      let f = e + 1
+      while (f < end && keep(f)) f++
+      yield [this.slice(e, start, len)[0], this.slice(f - 1, start, len)[1]]
+      e = f
+    }
+  }
+
+  /**
    * Write the runs of extents in [start, end) for which keep(e) is true, from data. Returns
    * the bytes written.
    */
@@ -329,22 +355,11 @@ export class SyncEngine {
     // The runs of one window go out together: scattered extents (a restore of a busy source)
     // would otherwise be written one at a time per window.
     const writes: Array<Promise<void>> = []
-    for (let e = start; e < end; ) {
-      if (!keep(e)) {
-        e++
-        continue
-      }
-      let f = e + 1
-      while (f < end && keep(f)) f++
-      const a = this.slice(e, start, len)[0]
-      const b = this.slice(f - 1, start, len)[1]
+    for (const [a, b] of this.runs(start, end, len, keep)) {
       writes.push(this.o.to.write(pos + a, data.subarray(a, b)))
       written += b - a
-      e = f
     }
-    const results = await Promise.allSettled(writes)
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-    if (failed) throw failed.reason
+    await allOrFirstError(writes)
     return written
   }
 
@@ -357,22 +372,7 @@ export class SyncEngine {
    */
   private async readClaimed(start: number, end: number, pos: number, len: number, buf: Buffer, mine: (e: number) => boolean): Promise<Buffer> {
     const data = buf.subarray(0, len)
-    const reads: Array<Promise<Buffer>> = []
-    for (let e = start; e < end; ) {
-      if (!mine(e)) {
-        e++
-        continue
-      }
-      let f = e + 1
-      while (f < end && mine(f)) f++
-      const a = this.slice(e, start, len)[0]
-      const b = this.slice(f - 1, start, len)[1]
-      reads.push(this.o.from.read(pos + a, b - a, data.subarray(a, b)))
-      e = f
-    }
-    const results = await Promise.allSettled(reads)
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-    if (failed) throw failed.reason
+    await allOrFirstError([...this.runs(start, end, len, mine)].map(async ([a, b]) => this.o.from.read(pos + a, b - a, data.subarray(a, b))))
     return data
   }
 
@@ -434,18 +434,9 @@ export class SyncEngine {
             // A remote: reading it back costs a network round trip per chunk; NBD
             // WRITE_ZEROES is cheap and keeps the remote sparse, so zero runs go as that
             // (and then read as zero: the data runs are written below).
-            for (let e = start; e < end; ) {
-              if (!z[e - start]) {
-                e++
-                continue
-              }
-              let f = e + 1
-              while (f < end && z[f - start]) f++
-              const a = this.slice(e, start, len)[0]
-              const b = this.slice(f - 1, start, len)[1]
+            for (const [a, b] of this.runs(start, end, len, (e) => z[e - start])) {
               // eslint-disable-next-line no-await-in-loop
               await o.to.writeZeroes(pos + a, b - a)
-              e = f
             }
             o.onWrite?.()
             destZero = () => true
