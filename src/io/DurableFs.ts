@@ -60,8 +60,8 @@ export interface DurableFs {
   realpath(path: string): Promise<string>
   /**
    * Optional: a second handle on an existing file that bypasses the page cache (O_DIRECT),
-   * for bulk copies; read-write unless opts.write is false. Its I/O must be aligned (offset and length to 4 KiB, memory
-   * to the device's DMA alignment) or it fails with EINVAL. Durability is unchanged: a write
+   * for bulk copies; read-write unless opts.write is false. Its I/O must be aligned (offset
+   * and length to 4 KiB, memory to the device's DMA alignment) or it fails with EINVAL. Durability is unchanged: a write
    * through it is durable after datasync() of any handle on the same file. Absent (MemoryFs)
    * or failing: callers use the ordinary handle.
    */
