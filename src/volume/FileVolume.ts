@@ -6,9 +6,9 @@ import type {Fingerprint, Volume, VolumeKind} from './Volume.js'
 
 /**
  * Bulk writes (from an alignedBuffer()) of at least this size into a fresh image go through
- * O_DIRECT. Measured on the bench machine (2 GiB): buffered writes into a new file ran at ~400 MB/s, as every page of
- * the page cache was new; O_DIRECT at ~2.8 GB/s (nbdcopy gets the same by sync_file_range and
- * fadvise(DONTNEED), which Node lacks).
+ * O_DIRECT. Measured on the bench machine (2 GiB): buffered writes into a new file ran at
+ * ~400 MB/s, as every page of the page cache was new; O_DIRECT at ~2.8 GB/s (nbdcopy gets the
+ * same by sync_file_range and fadvise(DONTNEED), which Node lacks).
  */
 const DIRECT_MIN = 64 * 1024
 const ALIGN = DIRECT_ALIGN
