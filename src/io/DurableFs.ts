@@ -41,8 +41,6 @@ export interface FileStat {
   isFile: boolean
   isBlockDevice: boolean
   rdev: number
-  /** Bytes allocated on disk (st_blocks × 512), where the fs knows it. */
-  allocated?: number
 }
 
 export interface DurableFs {

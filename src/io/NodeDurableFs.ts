@@ -106,7 +106,6 @@ export class NodeDurableFs implements DurableFs {
       isFile: s.isFile(),
       isBlockDevice: s.isBlockDevice(),
       rdev: s.rdev,
-      allocated: s.blocks * 512,
     }
   }
 
