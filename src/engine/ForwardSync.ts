@@ -78,6 +78,7 @@ export class ForwardSync {
     if (op?.kind === 'restore')
       throw new StateError(`group ${g.name} has an interrupted restore from clone ${op.clone}`, `resume it first with \`clonectl restore ${g.name}\``)
     const m = g.member(opts.clone)
+    m.requireAvailable()
     if (m.state === 'restoring' || m.state === 'reverse-syncing')
       throw new StateError(`clone ${m.name} is being restored from`, `wait for the restore to finish`)
     const compare = Boolean(opts.full) || !m.record.trusted

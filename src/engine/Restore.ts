@@ -129,6 +129,7 @@ export class RestoreSession {
         g.record.operation.kind === 'restore' ? `resume it with \`clonectl restore ${g.name}\`` : `run \`clonectl clone sync ${g.name} ${g.record.operation.clone}\``,
       )
     const c = g.member(opts.clone)
+    c.requireAvailable()
     const untrusted = !c.record.trusted
     // A changed source is no reason to refuse (every extent is compared); a changed clone is.
     const cloneChanged = untrusted && c.record.untrustedReason !== 'source-changed'
@@ -200,6 +201,8 @@ export class RestoreSession {
     const op = g.record.operation
     if (!op || op.kind !== 'restore') throw new StateError(`group ${g.name} has no interrupted restore`, `start one with \`clonectl restore ${g.name} CLONE\``)
     const c = g.member(op.clone)
+    // The restore stays recorded: resumed once the clone is back.
+    c.requireAvailable()
     let P: PersistentMap | undefined
     if (op.protected) {
       const path = g.ctx.store.mapPath(g.name, protectedMapFile)

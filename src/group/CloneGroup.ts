@@ -1,6 +1,6 @@
 import {randomUUID} from 'node:crypto'
 import type {DurableFs} from '../io/DurableFs.js'
-import {CorruptStateError, NotFoundError, StateError} from '../errors/errors.js'
+import {ClonectlError, CorruptStateError, NotFoundError, RefusedError, StateError, UsageError, VolumeIoError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {PersistentMap} from '../map/PersistentMap.js'
 import type {CloneRecord, CloneState, GroupRecord} from '../store/GroupRecord.js'
@@ -26,6 +26,19 @@ export class CloneMember {
   readonly mirrorInflight = new Map<number, number>()
   readonly mirrorWrites = new Set<Promise<void>>()
 
+  /**
+   * Why the clone's volume could not be opened (a deleted image, a detached or mounted
+   * device): the group stays usable, and whatever needs this volume fails with this error.
+   */
+  unavailable?: ClonectlError
+  /** The open error's own words, for the clone's state reason. */
+  unavailableCause?: string
+
+  /** Throw why the clone's volume is unavailable, if it is: before an operation changes any state. */
+  requireAvailable(): void {
+    if (this.unavailable) throw this.unavailable
+  }
+
   constructor(
     public record: CloneRecord,
     public volume: Volume | undefined,
@@ -48,9 +61,23 @@ export class CloneMember {
 
   /** The clone's volume; an error if it was not opened (e.g. opened for status only). */
   get vol(): Volume {
+    this.requireAvailable()
     if (!this.volume) throw new StateError(`clone ${this.name} is not open`)
     return this.volume
   }
+}
+
+/**
+ * The error for a clone whose volume could not be opened: the open error's words and exit
+ * status, prefixed with the clone's name, and a fix that says both ways out.
+ */
+function unavailableError(group: string, m: CloneMember, error: ClonectlError): ClonectlError {
+  const message = `clone ${m.name} of group ${group} is unavailable: ${error.message}`
+  const fix = `bring its volume back at ${m.record.volume.path} (attach the device, put the image back, unmount it), or remove the clone: \`clonectl clone remove ${group} ${m.name}\``
+  if (error instanceof NotFoundError) return new NotFoundError(message, fix)
+  if (error instanceof RefusedError) return new RefusedError(message, fix)
+  if (error instanceof UsageError) return new UsageError(message, fix)
+  return new VolumeIoError(message, error instanceof VolumeIoError ? error.errno : undefined, fix)
 }
 
 export function extentCount(volumeSize: number, extentSize: number): number {
@@ -179,22 +206,50 @@ export class CloneGroup {
         opened.push(source)
         for (const m of members.values()) {
           const ro = !opts.writable || (opts.readOnlyClones ?? []).includes(m.name)
-          // eslint-disable-next-line no-await-in-loop
-          m.volume = await openVolume(ctx.fs, m.record.volume.path, {
-            write: !ro,
-            knownSize: m.record.volume.fingerprint.size,
-            onRemoteDown: (error) => ctx.warn?.(`clone ${m.name} is unreachable: ${error.message} (its requests fail until it answers)`),
-          })
+          try {
+            // eslint-disable-next-line no-await-in-loop
+            m.volume = await openVolume(ctx.fs, m.record.volume.path, {
+              write: !ro,
+              knownSize: m.record.volume.fingerprint.size,
+              onRemoteDown: (error) => ctx.warn?.(`clone ${m.name} is unreachable: ${error.message} (its requests fail until it answers)`),
+            })
+          } catch (error) {
+            // A clone that cannot be opened must not take the source and the other clones
+            // down with it (a backup disk detached, a point-in-time copy mounted for reading).
+            if (!(error instanceof ClonectlError) || error instanceof CorruptStateError) throw error
+            m.unavailable = unavailableError(record.name, m, error)
+            m.unavailableCause = error.message
+            continue
+          }
           opened.push(m.volume)
         }
       }
       const g = new CloneGroup(ctx, record, source, members, opts.writable)
       if (withVolumes) await g.checkFingerprints()
+      if (opts.writable) await g.fractureUnavailable()
       return g
     } catch (error) {
       await Promise.allSettled(opened.map((v) => v.close()))
       throw error
     }
+  }
+
+  /**
+   * A mirrored clone whose volume could not be opened is fractured, durably, before any host
+   * write: from now on its map records what it misses (recipe 1 marks every clone's map), so
+   * a sync once it is back copies exactly that. Its state says why.
+   */
+  private async fractureUnavailable(): Promise<void> {
+    let changed = false
+    for (const m of this.members.values()) {
+      if (!m.unavailable) continue
+      this.ctx.warn?.(`${m.unavailable.message}${m.state === 'synchronized' ? '; fractured: host writes are recorded in its map until it is back' : ''}`)
+      if (m.state !== 'synchronized') continue
+      m.setState('fractured', `its volume was unavailable (${m.unavailableCause ?? m.unavailable.message})`)
+      m.record.lastFractureAt = new Date().toISOString()
+      changed = true
+    }
+    if (changed) await this.save()
   }
 
   /**

@@ -377,6 +377,35 @@ describe('changes behind clonectl\'s back', () => {
     assert.equal((await cli.json(['clone', 'sync', 'behind', 'c'])).alreadySynchronized, true)
   })
 
+  test('a clone whose image vanished: the group stays usable, the clone is fractured and records host writes, what needs it is refused by name; back, it syncs equal', async () => {
+    const {src, clone} = await groupWithClone('gone', 2 * MiB)
+    const away = `${clone}.away`
+    await fsp.rename(clone, away)
+    const d = join(dir, 'gone-d.img')
+    let r = await cli.ok(['clone', 'add', 'gone', 'd', '--path', d, '--create'])
+    assert.match(r.stderr, /clone c of group gone is unavailable: .*gone-c\.img does not exist; fractured/)
+    let c = cloneStatus(await cli.status('gone'))
+    assert.equal(c.state, 'fractured')
+    assert.match(c.stateReason, /its volume was unavailable \(.*does not exist\)/)
+    const writes = [{offset: 3 * EXTENT + 100, data: randomBytes(EXTENT)}, {offset: 20 * EXTENT, data: randomBytes(10)}]
+    await hostWrite('gone', writes)
+    c = cloneStatus(await cli.status('gone'))
+    assert.equal(c.dirtyExtents, touched(writes).size, 'the writes the clone missed are in its map')
+    assert.ok(cmp(src, d).same, 'the other clone was mirrored')
+    for (const args of [['clone', 'sync', 'gone', 'c'], ['restore', 'gone', 'c', '--yes'], ['verify', 'gone', 'c']]) {
+      r = await cli.run(args)
+      assertError(r, 3, 'clone c of group gone is unavailable', 'does not exist', '`clonectl clone remove gone c`')
+    }
+    c = cloneStatus(await cli.status('gone'))
+    assert.equal(c.state, 'fractured', 'a refused sync changed nothing')
+    assert.equal((await cli.status('gone')).operation, undefined, 'no operation recorded')
+    await fsp.rename(away, clone)
+    const synced = await cli.json(['clone', 'sync', 'gone', 'c'])
+    assert.equal(synced.completed, true)
+    assert.ok(cmp(src, clone).same)
+    assert.equal(cloneStatus(await cli.status('gone')).state, 'synchronized')
+  })
+
   test('verify: a difference planted in the clone → exit 9; --repair fixes the map; a sync then makes verify clean', async () => {
     const {src, clone} = await groupWithClone('ver', 2 * MiB)
     await cli.ok(['clone', 'fracture', 'ver', 'c'])
