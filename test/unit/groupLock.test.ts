@@ -270,6 +270,10 @@ test('given a lock taken from under its holder, then the holder is told within U
   // Someone removes the lock behind A's back (an admin's rm -r), and B takes it.
   await rm(GroupLock.lockPath(dir), {recursive: true})
   await rm(GroupLock.holderPath(dir))
+  // proper-lockfile tells locks apart by the lock directory's mtime, which the kernel stamps
+  // from a coarse clock (a jiffy, 1–10 ms): a B made in the same tick as A would look like A's
+  // to A, and B would be the one told it lost the lock (seen once in CI-like runs).
+  await sleep(50)
   const b = await GroupLock.acquire(opts(dir, {command: 'clonectl serve db1'}))
   for (let i = 0; i < 130 && !lost; i++) await sleep(100)
   assert.ok(lost, 'A was told it lost the lock')
