@@ -323,6 +323,11 @@ export class SyncEngine {
     this.pool.push(b)
   }
 
+  /** buf[a, b) is all zeros. Compares in place: no Buffer views per extent. */
+  private isZero(buf: Buffer, a: number, b: number): boolean {
+    return buf.compare(this.zero, 0, b - a, a, b) === 0
+  }
+
   /** Extent e's slice [a, b) of a chunk starting at extent `start`. */
   private slice(e: number, start: number, len: number): [number, number] {
     const a = (e - start) * this.o.extentSize
@@ -414,7 +419,7 @@ export class SyncEngine {
         // zero (never written by this run on a known-zero image, or read back as zero).
         const zero = (e: number): boolean => {
           const [a, b] = this.slice(e, start, len)
-          return data.subarray(a, b).equals(this.zero.subarray(0, b - a))
+          return this.isZero(data, a, b)
         }
         let zeros: boolean[] | undefined
         for (let e = start; e < end; e++)
@@ -448,7 +453,7 @@ export class SyncEngine {
             const old = await o.to.read(pos, len, other)
             destZero = (e) => {
               const [a, b] = this.slice(e, start, len)
-              return old.subarray(a, b).equals(this.zero.subarray(0, b - a))
+              return this.isZero(old, a, b)
             }
           }
           written = await this.writeRuns(start, end, pos, len, data, (e) => mine(e) && !(z[e - start] && destZero(e)))
