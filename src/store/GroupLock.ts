@@ -37,7 +37,11 @@
  * mkdir, holder file) runs under `lock.gate/`, a second proper-lockfile lock held for a few
  * milliseconds. Under the gate the holder file always describes the process that made
  * `lock/` (or is a leftover of a process that is gone), so "the holder is dead" really means
- * "the lock is abandoned". Outside the gate locks are only ever removed (release, exit). The
+ * "the lock is abandoned". Release takes the gate too (holder file, then `lock/`), so under
+ * the gate a `lock/` without a holder file was left by a process killed between those two
+ * steps while taking or releasing the lock: it is abandoned as well, and taken over at once
+ * (before, it blocked the group for STALE_MS and status called the dead process running).
+ * Outside the gate locks are only ever removed (release without a gate, exit). The
  * gate itself goes stale after GATE_STALE_MS; the residual risk is two processes both taking
  * over a gate abandoned by a process killed in those milliseconds, at the same moment as a
  * takeover of the main lock.
@@ -129,6 +133,15 @@ async function readHolderFile(groupDir: string): Promise<HolderFile | undefined>
   return {pid: d.pid as number, command: d.command, startedAt: d.startedAt, hostname: d.hostname, token: typeof d.token === 'string' ? d.token : ''}
 }
 
+/** Someone is taking or releasing the lock now: the gate exists and is not stale. */
+async function gateBusy(groupDir: string): Promise<boolean> {
+  try {
+    return (await stat(GroupLock.gatePath(groupDir))).mtimeMs >= Date.now() - GATE_STALE_MS
+  } catch {
+    return false
+  }
+}
+
 /** mtime of the lock directory in ms, or undefined when there is none. */
 async function lockMtime(groupDir: string): Promise<number | undefined> {
   try {
@@ -194,14 +207,15 @@ export class GroupLock {
   /**
    * Who holds the group's lock, if a live process does (a lock that is stale, or whose holder
    * is a dead process of this host, counts as free). pid 0 when the lock is held but its
-   * holder file is missing (someone is between taking the lock and writing it). Takes
-   * nothing; waits only for a stat and a read.
+   * holder file is missing while someone is in the gate (between taking the lock and writing
+   * it, or releasing it); missing with no one in the gate, the lock was abandoned (see the
+   * notes). Takes nothing; waits only for stats and a read.
    */
   static async inspect(groupDir: string): Promise<HolderInfo | undefined> {
     const mtime = await lockMtime(groupDir)
     if (mtime === undefined || mtime < Date.now() - STALE_MS) return undefined
     const h = await readHolderFile(groupDir)
-    if (!h) return {pid: 0, command: '(unknown)', startedAt: isoSeconds(mtime), hostname: '(unknown)'}
+    if (!h) return (await gateBusy(groupDir)) ? {pid: 0, command: '(unknown)', startedAt: isoSeconds(mtime), hostname: '(unknown)'} : undefined
     if (deadHere(h)) return undefined
     return publicHolder(h)
   }
@@ -240,11 +254,12 @@ export class GroupLock {
       const previous = await readHolderFile(o.groupDir)
       if (mtime !== undefined) {
         const stale = mtime < Date.now() - STALE_MS
-        if (!stale && !(previous && deadHere(previous))) return {holder: previous && publicHolder(previous)}
+        // No holder file under the gate: its maker was killed mid-acquire or mid-release.
+        if (!stale && previous && !deadHere(previous)) return {holder: publicHolder(previous)}
         // Abandoned: its holder is gone. Safe to remove under the gate (see the notes).
         await rm(GroupLock.holderPath(o.groupDir), {force: true})
         await rm(GroupLock.lockPath(o.groupDir), {recursive: true, force: true})
-        takenOver = previous && publicHolder(previous)
+        takenOver = previous ? publicHolder(previous) : {pid: 0, command: '(a process killed while taking or releasing the lock)', startedAt: isoSeconds(mtime), hostname: hostname()}
       }
       let release: () => Promise<void>
       try {
@@ -334,12 +349,20 @@ export class GroupLock {
     this.released = true
     this.forget()
     if (this.compromised) return
-    const h = await readHolderFile(this.groupDir)
-    if (h?.token === this.holderFile.token) await rm(GroupLock.holderPath(this.groupDir), {force: true})
+    // Under the gate: an acquirer must never see our lock without its holder file and take
+    // it while we are about to remove it (see the notes). Without a gate (the group
+    // directory destroyed under this lock, a gate stuck for seconds) release all the same.
+    const gate = await GroupLock.enterGate(this.groupDir, resolve(this.groupDir)).catch(() => undefined)
     try {
-      await this.releaseFn()
-    } catch (error) {
-      if (errnoOf(error) !== 'ERELEASED' && errnoOf(error) !== 'ENOTACQUIRED') throw error
+      const h = await readHolderFile(this.groupDir)
+      if (h?.token === this.holderFile.token) await rm(GroupLock.holderPath(this.groupDir), {force: true})
+      try {
+        await this.releaseFn()
+      } catch (error) {
+        if (errnoOf(error) !== 'ERELEASED' && errnoOf(error) !== 'ENOTACQUIRED') throw error
+      }
+    } finally {
+      await gate?.release().catch(() => undefined)
     }
     // Only an empty directory goes: a group re-created meanwhile keeps its new files.
     if (this.removeDirOnRelease) await rmdir(this.groupDir).catch(() => undefined)

@@ -224,11 +224,32 @@ test('given a lock older than the stale threshold, then it is taken over whoever
   await lock.release()
 })
 
-test('given a fresh lock with no holder file, then acquire fails fast naming no one', async () => {
+test('given a fresh lock with no holder file and someone in the gate, then it counts as held (pid 0); acquire waits for the gate, then takes the lock over', async () => {
   const dir = await tempGroupDir()
   await mkdir(GroupLock.lockPath(dir))
-  assert.equal((await GroupLock.inspect(dir))?.pid, 0)
-  await assert.rejects(GroupLock.acquire(opts(dir)), /^LockHeldError: group db1 is locked by another clonectl process$/)
+  await mkdir(GroupLock.gatePath(dir))
+  assert.equal((await GroupLock.inspect(dir))?.pid, 0, 'an acquire or release is in progress')
+  // The one in the gate finishes (here: is gone) a moment later.
+  setTimeout(() => void rm(GroupLock.gatePath(dir), {recursive: true}), 200)
+  const took: HolderInfo[] = []
+  const lock = await GroupLock.acquire(opts(dir, {onStaleTakeover: (h) => took.push(h)}))
+  assert.equal(took.length, 1)
+  assert.match(took[0].command, /killed while taking or releasing the lock/)
+  assert.equal((await GroupLock.inspect(dir))?.pid, process.pid)
+  await lock.release()
+})
+
+test('given a fresh lock with no holder file and no one in the gate (its maker killed between mkdir and the holder file), then status sees it free and acquire takes it over at once', async () => {
+  const dir = await tempGroupDir()
+  await mkdir(GroupLock.lockPath(dir))
+  assert.equal(await GroupLock.inspect(dir), undefined)
+  const took: HolderInfo[] = []
+  const t0 = Date.now()
+  const lock = await GroupLock.acquire(opts(dir, {onStaleTakeover: (h) => took.push(h)}))
+  assert.ok(Date.now() - t0 < 5000, 'at once, not after STALE_MS')
+  assert.equal(took.length, 1)
+  await lock.release()
+  assert.deepEqual(await readdir(dir), [], 'release leaves neither lock, holder file nor gate')
 })
 
 test('given a held lock, when released, then the holder file and the lock are gone and release is idempotent', async () => {
