@@ -1,3 +1,9 @@
+/** Someone waits for a claimed extent: made only then (most claims are never waited for). */
+interface Waiter {
+  done: Promise<void>
+  resolve: () => void
+}
+
 /**
  * The scoreboard S (DESIGN §1): the extents being copied right now, by the sync engine or
  * by copy on demand. In memory only. A claim is exclusive: nothing copies an extent twice at
@@ -5,12 +11,6 @@
  *
  * Single-threaded (the event loop): claim/release never wait; waitFor() does.
  */
-/** Someone waits for a claimed extent: made only then (most claims are never waited for). */
-interface Waiter {
-  done: Promise<void>
-  resolve: () => void
-}
-
 export class Scoreboard {
   /**
    * Claimed extents, each with its waiter once someone waits. A promise per claim cost a

@@ -49,7 +49,7 @@
 import {randomBytes} from 'node:crypto'
 import {readFile, rename, rm, rmdir, stat, writeFile} from 'node:fs/promises'
 import {hostname} from 'node:os'
-import {join, resolve} from 'node:path'
+import {basename, join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import lockfile from 'proper-lockfile'
 import {errnoOf, LockHeldError, NotFoundError} from '../errors/errors.js'
@@ -352,7 +352,7 @@ export class GroupLock {
     // Under the gate: an acquirer must never see our lock without its holder file and take
     // it while we are about to remove it (see the notes). Without a gate (the group
     // directory destroyed under this lock, a gate stuck for seconds) release all the same.
-    const gate = await GroupLock.enterGate(this.groupDir, resolve(this.groupDir)).catch(() => undefined)
+    const gate = await GroupLock.enterGate(this.groupDir, basename(this.groupDir)).catch(() => undefined)
     try {
       const h = await readHolderFile(this.groupDir)
       if (h?.token === this.holderFile.token) await rm(GroupLock.holderPath(this.groupDir), {force: true})
