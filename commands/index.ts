@@ -1,0 +1,35 @@
+/**
+ * Every command, by id: oclif's "explicit" command discovery (package.json `oclif.commands`).
+ * It is also the entry of the one-file bundle that bin/run.js loads (scripts/bundle.mjs), so
+ * a command runs without resolving and reading some 230 module files first. A test checks that
+ * every file in commands/ is listed here.
+ */
+import Drill from './drill.js'
+import Restore from './restore.js'
+import Serve from './serve.js'
+import Status from './status.js'
+import Verify from './verify.js'
+import CloneAdd from './clone/add.js'
+import CloneFracture from './clone/fracture.js'
+import CloneRemove from './clone/remove.js'
+import CloneSync from './clone/sync.js'
+import GroupCreate from './group/create.js'
+import GroupDestroy from './group/destroy.js'
+import GroupList from './group/list.js'
+
+export {execute} from '@oclif/core'
+
+export const COMMANDS = {
+  'clone:add': CloneAdd,
+  'clone:fracture': CloneFracture,
+  'clone:remove': CloneRemove,
+  'clone:sync': CloneSync,
+  drill: Drill,
+  'group:create': GroupCreate,
+  'group:destroy': GroupDestroy,
+  'group:list': GroupList,
+  restore: Restore,
+  serve: Serve,
+  status: Status,
+  verify: Verify,
+}

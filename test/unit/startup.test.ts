@@ -1,0 +1,35 @@
+import assert from 'node:assert/strict'
+import {spawnSync} from 'node:child_process'
+import {readdirSync} from 'node:fs'
+import {join} from 'node:path'
+import {test} from 'node:test'
+import {fileURLToPath} from 'node:url'
+import {COMMANDS} from '../../commands/index.js'
+
+// dist/test/unit → repository root
+const root = join(fileURLToPath(import.meta.url), '..', '..', '..', '..')
+
+test('given the commands/ directory, then every command file is registered in commands/index.ts', () => {
+  const ids: string[] = []
+  const walk = (dir: string, prefix: string[]): void => {
+    for (const e of readdirSync(dir, {withFileTypes: true})) {
+      if (e.isDirectory()) walk(join(dir, e.name), [...prefix, e.name])
+      else if (e.name.endsWith('.ts') && e.name !== 'index.ts') ids.push([...prefix, e.name.slice(0, -3)].join(':'))
+    }
+  }
+  walk(join(root, 'commands'), [])
+  assert.deepEqual(Object.keys(COMMANDS).sort(), ids.sort())
+})
+
+test('given a build, when a command starts, then it runs from the bundle with its code cache accepted', () => {
+  const r = spawnSync(process.execPath, [join(root, 'bin', 'run.js'), '--version'], {env: {...process.env, CLONECTL_TRACE_STARTUP: '1'}, encoding: 'utf8'})
+  assert.equal(r.status, 0, r.stderr)
+  assert.match(r.stdout, /^clonectl\/\d/)
+  assert.match(r.stderr, /code cache used/)
+})
+
+test('given the bundle, when an unknown command is typed, then oclif still loads its ESM plugins (not-found)', () => {
+  const r = spawnSync(process.execPath, [join(root, 'bin', 'run.js'), 'stauts'], {encoding: 'utf8'})
+  assert.match(r.stderr, /stauts is not a clonectl command/)
+  assert.doesNotMatch(r.stderr, /DYNAMIC_IMPORT/)
+})
