@@ -18,6 +18,18 @@ export class HostGate {
     this.active++
   }
 
+  /**
+   * A host read waits only while an exclusive step runs, and is not counted: an exclusive
+   * step never waits for reads (a read may wait long for a copy on demand), but a read that
+   * starts during one sees its outcome (e.g. a restore installed, not half set up).
+   */
+  async waitOpen(): Promise<void> {
+    while (this.closed) {
+      // eslint-disable-next-line no-await-in-loop
+      await this.closed
+    }
+  }
+
   leave(): void {
     this.active--
     if (this.active === 0) this.drained?.()

@@ -57,6 +57,8 @@ export class HostIO {
   async read(offset: number, length: number): Promise<Buffer> {
     this.check(offset, length, false)
     this.reads++
+    // A restore being set up is installed before the gate opens: read through it, not past it.
+    await this.gate.waitOpen()
     const r = this.restore
     if (r && length > 0) {
       const [s, e] = extentRange(offset, length, this.g.extentSize)

@@ -175,7 +175,12 @@ export class GroupServer {
       if (req.rate !== undefined) session.limiter.setRate(req.rate)
     } else if (op?.kind === 'restore') {
       if (req.clone && req.clone !== op.clone) throw new StateError(`group ${g.name} has an interrupted restore from clone ${op.clone}, not ${req.clone}`, `resume it with \`clonectl restore ${g.name}\``)
-      session = await host.gate.exclusive(async () => RestoreSession.resume(g, {rate: req.rate, forceLostP: req.force}))
+      session = await host.gate.exclusive(async () => {
+        const s = await RestoreSession.resume(g, {rate: req.rate, forceLostP: req.force})
+        // Installed before the gate opens: the writes held at it must follow recipe 3 (INV-2).
+        host.restore = s
+        return s
+      })
     } else {
       if (resume) throw new StateError('no restore to resume')
       if (!req.clone) throw new UsageError(`group ${g.name} has no interrupted restore to resume`, `name the clone to restore from: \`clonectl restore ${g.name} CLONE\``)
@@ -185,15 +190,20 @@ export class GroupServer {
         const m = g.member(clone)
         // INV-3: the restore clone is read through a read-only handle from here on.
         if (isProtected && m.volume && !m.volume.readOnly) m.volume = await reopenVolume(g, m.volume, m.record.volume, false)
-        return RestoreSession.start(g, {clone, protected: isProtected, force: req.force, rate: req.rate, command: `${this.opts.command} (restore)`})
+        const s = await RestoreSession.start(g, {clone, protected: isProtected, force: req.force, rate: req.rate, command: `${this.opts.command} (restore)`})
+        // INV-2 and INV-4: installed before the gate opens. A host write held at the gate while
+        // the restore was set up must set P (or the copy overwrites it with the clone's extent),
+        // and a read must copy on demand first.
+        host.restore = s
+        return s
       })
     }
     if (this.stopping) {
-      // stop() began while this restore was being set up: leave it recorded for the next start.
+      // stop() began while this restore was being set up: leave it recorded for the next start
+      // (host I/O keeps going through the session's copy on demand until the server closes).
       await session.suspend()
       throw new InterruptedError(`clonectl serve of group ${g.name} is stopping`, `the restore is recorded; it resumes when \`clonectl serve ${g.name}\` starts again`)
     }
-    host.restore = session
     // Hosts are served meanwhile: wait for a vanished remote clone for as long as it takes.
     session.remoteWaitMs = Number.POSITIVE_INFINITY
     session.onRemoteWait = (error, retryInMs) => this.opts.log?.(`restore paused: ${error.message}; retrying in ${(retryInMs / 1000).toFixed(1)} s (host reads of extents not yet restored get EIO meanwhile)`)
