@@ -38,10 +38,44 @@ export function timedOutput(cmd: string, env?: NodeJS.ProcessEnv): {seconds: num
  * modules, the peers' binaries). Without that every clonectl run paid ~0.5 s of reading the
  * node binary and oclif from disk after a drop (measured with strace), while nbdcopy's small
  * binary cost nothing: that measures the disk under the tools, not the copy.
+ * A drop that fails (not root, a container) is counted: the row it happened in says so.
  */
 export function settle(): void {
-  spawnSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; sleep 0.3'])
+  const drop = spawnSync('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches && sleep 0.3'])
+  if (drop.status !== 0) cacheDrops.failed++
+  cacheDrops.tried++
   spawnSync('sh', ['-c', `cat "$(command -v node)" > /dev/null; find ${repo}/dist ${repo}/node_modules ${repo}/package.json ${repo}/oclif.manifest.json -type f -exec cat {} + > /dev/null 2>&1; node ${bin} --help > /dev/null 2>&1; for t in nbdcopy qemu-nbd qemu-io nbdkit fio dd; do command -v $t > /dev/null && $t --version > /dev/null 2>&1; done; sleep 0.2`])
+}
+
+/** Cache drops tried and failed so far (a row compares the counts before and after it). */
+export const cacheDrops = {tried: 0, failed: 0}
+
+/** A seeded PRNG (mulberry32), so a run's random orders can be replayed with --seed. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+let random = seededRandom(1)
+/** Seed the order of every comparison (the bench prints the seed it used). */
+export function seedOrder(seed: number): void {
+  random = seededRandom(seed)
+}
+
+/** The names in a random order (Fisher-Yates). */
+export function shuffled<T>(xs: readonly T[]): T[] {
+  const out = [...xs]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[out[i], out[j]] = [out[j], out[i]]
+  }
+  return out
 }
 
 export interface Stats {
@@ -57,19 +91,34 @@ export function stats(xs: number[]): Stats {
   return {min: s[0], median: m, max: s[s.length - 1], samples: xs}
 }
 
-/** Run a and b alternately `n` times each (setup before every run). */
-export function alternate(n: number, a: () => number, b: () => number, setup?: (which: 'a' | 'b') => void): {a: Stats; b: Stats} {
-  const ra: number[] = []
-  const rb: number[] = []
-  for (let i = 0; i < n; i++) {
-    for (const which of i % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const)) {
-      setup?.(which)
-      settle()
-      if (which === 'a') ra.push(a())
-      else rb.push(b())
+/**
+ * Run every contender once per round, `n` rounds, in a new random order each round (so no
+ * tool always runs first, or always right after another's writeback): setup before each
+ * run, then (unless `cold: false`) a cache settle, then the timed run. Returns each
+ * contender's Stats.
+ */
+export function compare<K extends string>(n: number, contenders: Record<K, () => number>, setup?: (which: K) => void, opts: {cold?: boolean} = {}): Record<K, Stats> {
+  const names = Object.keys(contenders) as K[]
+  const out = Object.fromEntries(names.map((k) => [k, [] as number[]])) as Record<K, number[]>
+  for (let i = 0; i < n; i++)
+    for (const k of shuffled(names)) {
+      setup?.(k)
+      if (opts.cold ?? true) settle()
+      out[k].push(contenders[k]())
     }
-  }
-  return {a: stats(ra), b: stats(rb)}
+  return Object.fromEntries(names.map((k) => [k, stats(out[k])])) as Record<K, Stats>
+}
+
+/** compare() for contenders that run asynchronously (servers, fio); no cache settle. */
+export async function compareAsync<K extends string, R>(n: number, contenders: Record<K, () => Promise<R>>): Promise<Record<K, R[]>> {
+  const names = Object.keys(contenders) as K[]
+  const out = Object.fromEntries(names.map((k) => [k, [] as R[]])) as Record<K, R[]>
+  for (let i = 0; i < n; i++)
+    for (const k of shuffled(names)) {
+      // eslint-disable-next-line no-await-in-loop
+      out[k].push(await contenders[k]())
+    }
+  return out
 }
 
 export function allocatedBytes(path: string): number {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {existsSync, readFileSync} from 'node:fs'
+import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {test} from 'node:test'
 import {fileURLToPath} from 'node:url'
@@ -55,4 +55,13 @@ test('the README documents every command and every exit code', () => {
   const readme = readFileSync(join(root, 'README.md'), 'utf8')
   for (const c of commands) assert.ok(readme.includes(`clonectl ${c.id.split(':').join(' ')}`), `README lacks ${c.id}`)
   for (const code of Object.values(ExitCode)) assert.match(readme, new RegExp(`^\\| ${code} \\|`, 'm'), `README lacks exit code ${code}`)
+})
+
+test('given the generated man pages, then groff reads them without a warning (no raw non-ASCII character)', () => {
+  for (const f of readdirSync(join(root, 'man')).filter((n) => n.endsWith('.1'))) {
+    const text = readFileSync(join(root, 'man', f), 'utf8')
+    assert.doesNotMatch(text, /[^\x00-\x7f]/, `${f} holds a raw non-ASCII character`)
+    const r = spawnSync('groff', ['-man', '-Tutf8', '-ww', '-z', join(root, 'man', f)], {encoding: 'utf8'})
+    if (r.error === undefined) assert.equal(r.stderr, '', `groff warns about ${f}`)
+  }
 })
