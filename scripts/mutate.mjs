@@ -122,7 +122,7 @@ function check(dir) {
 function firstFailure(out) {
   const lines = out.split('\n')
   const i = lines.findIndex((l) => /^\s*not ok /.test(l))
-  const err = lines.slice(i >= 0 ? i : 0).find((l) => /error:|AssertionError|INV-|\[.*\]/.test(l))
+  const err = lines.slice(i >= 0 ? i : 0).find((l) => /^\s*error:/.test(l) && !/subtests? failed/.test(l))
   return (err ?? lines.find((l) => /not ok/.test(l)) ?? '').trim().slice(0, 160)
 }
 
