@@ -148,14 +148,14 @@ async function runScenario(kind: Kind, seed: number, sockDir: string): Promise<{
     ackPoint('after a FLUSH reply')
   }
 
+  /** The crash states of fs now (taken whole before anything else runs). */
+  const crashStates = (at: string, n: number): Array<{fs: MemoryFs; label: string}> =>
+    [...enumerateCrashStates(fs, {subsets: 3, seed: Math.floor(seed * 7919 + n * 2), torn: true, max: STATES_PER_OP})].map((st) => ({fs: fs.crash(st.choice), label: `${at} ${st.label}`}))
   let opNo = 0
   fs.onOp = async (op) => {
     const n = ++opNo
     // Power fails just before this op: the crash states of this instant.
-    const states: Array<{fs: MemoryFs; label: string}> = []
-    for (const st of enumerateCrashStates(fs, {subsets: 3, seed: seed * 7919 + n, torn: true, max: STATES_PER_OP}))
-      states.push({fs: fs.crash(st.choice), label: `op ${n} (${op.kind} ${op.path}) ${st.label}`})
-    points.push({states, promises: promises.snapshot(), recover: n % RECOVER_EVERY === 0 ? 2 : 0})
+    points.push({states: crashStates(`op ${n} (${op.kind} ${op.path})`, n), promises: promises.snapshot(), recover: n % RECOVER_EVERY === 0 ? 2 : 0})
     if (op.kind === 'datasync') {
       // A delta map commit in flight: a second write to the extent of a write waiting for it.
       if (op.path.endsWith('.map') && inflight.size > 0 && hookRand() < 0.7) {
@@ -171,6 +171,8 @@ async function runScenario(kind: Kind, seed: number, sockDir: string): Promise<{
       }
       // A disk is not instant: the datasync takes a few turns of the event loop.
       for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r))
+      // Power fails while the datasync is still running: what was issued meanwhile is pending too.
+      points.push({states: crashStates(`during op ${n} (datasync ${op.path})`, n + 0.5), promises: promises.snapshot(), recover: 0})
     }
     if (op.kind === 'write' && op.path === SRC && hookRand() < 0.3) {
       // The checkpoint timer fires while this data write is on its way: it runs whole first.
