@@ -18,8 +18,12 @@
  *   fsyncDir(/d) must not be undone by an older, still pending create in /e. So name ops are
  *   kept in one log in issue order; the prefix that is all durable is folded into a base
  *   table per directory (fsyncs keep the log short).
- * - Directories themselves are durable once made (mkdirp is not a recorded op): the state
- *   directory and volume directories are assumed to exist before a scenario starts.
+ * - A directory made by mkdirp is a name op in its parent, like a create: after a crash it
+ *   exists only if that op is durable (fsyncDir of the parent) or lands, and its parent
+ *   exists; the entries inside a directory that did not survive are lost with it, fsynced or
+ *   not (as on ext4 and xfs: a new directory needs its parent's fsync). Each directory level
+ *   made is one op ('mkdir'). Directories are never removed. seedDir() and seedFile() make
+ *   durable directories, for the state a scenario starts from.
  * - crash(choice) returns a new, independent MemoryFs whose durable and volatile states are
  *   the old durable state plus the chosen pending ops, applied in their original (global)
  *   order, with no pending ops. A chosen torn write lands only a prefix of whole units.
@@ -46,7 +50,7 @@ export type {CrashChoice, PendingOp, TearUnit, TornChoice} from './CrashState.js
 
 /** A mutating operation, as onOp sees it before it takes effect. */
 export type FsOp = {
-  kind: 'write' | 'datasync' | 'rename' | 'fsyncDir' | 'unlink' | 'truncate' | 'create'
+  kind: 'write' | 'datasync' | 'rename' | 'fsyncDir' | 'unlink' | 'truncate' | 'create' | 'mkdir'
   path: string
   offset?: number
   length?: number
@@ -162,6 +166,7 @@ type NameOp = {seq: number; dir: string; ino: number} & (
   | {kind: 'create'; name: string}
   | {kind: 'unlink'; name: string}
   | {kind: 'rename'; fromDir: string; from: string; to: string}
+  | {kind: 'mkdir'; name: string}
 )
 
 interface Inode {
@@ -186,11 +191,15 @@ interface Dir {
   vol: Map<string, number>
   /** The names as of the start of the name log (every op folded into it was durable). */
   base: Map<string, number>
+  /** Its own entry in its parent is durable (its mkdir op folded, or seeded). */
+  durable: boolean
 }
 
-/** Apply a name op to name tables (volatile, durable, or a crash state's). */
+/** Apply a name op to name tables (volatile, durable, or a crash state's). A mkdir changes no file table. */
 function applyName(op: NameOp, table: (dir: string) => Map<string, number>): void {
   switch (op.kind) {
+    case 'mkdir':
+      break
     case 'create':
       table(op.dir).set(op.name, op.ino)
       break
@@ -263,7 +272,7 @@ export class MemoryFs implements DurableFs {
     if (opts.capacity !== undefined && !(opts.capacity >= 0)) throw new RangeError(`MemoryFs capacity must be a byte count, not ${opts.capacity}`)
     this.sectorSize = sector
     this.capacity = opts.capacity
-    this.dirs.set('/', {ino: 1, vol: new Map(), base: new Map()})
+    this.dirs.set('/', {ino: 1, vol: new Map(), base: new Map(), durable: true})
   }
 
   /** Count of mutating ops so far (creates, writes, truncates, datasyncs, renames, unlinks, fsyncDirs). */
@@ -282,6 +291,7 @@ export class MemoryFs implements DurableFs {
       if ('data' in p.op) return {index, kind: 'write', path: p.op.path, offset: p.op.offset, length: p.op.data.length}
       if ('size' in p.op) return {index, kind: 'truncate', path: p.op.path, length: p.op.size}
       if (p.op.kind === 'rename') return {index, kind: 'rename', path: posix.join(p.op.fromDir, p.op.from), to: posix.join(p.op.dir, p.op.to)}
+      if (p.op.kind === 'mkdir') return {index, kind: 'mkdir', path: posix.join(p.op.dir, p.op.name)}
       return {index, kind: p.op.kind, path: posix.join(p.op.dir, p.op.name)}
     })
   }
@@ -293,7 +303,12 @@ export class MemoryFs implements DurableFs {
 
   // -- test conveniences -----------------------------------------------------------------
 
-  /** A durable file with this content (already synced, its name durable), replacing any. Makes missing directories. */
+  /** A durable directory (and its missing parents), as if made and fsynced before the scenario. */
+  seedDir(path: string): void {
+    this.mkdirSync(norm(path))
+  }
+
+  /** A durable file with this content (already synced, its name durable), replacing any. Makes missing directories, durably. */
   seedFile(path: string, content: Uint8Array): void {
     const p = norm(path)
     if (this.dirs.has(p)) throw fsError('EISDIR', 'open', p)
@@ -350,6 +365,8 @@ export class MemoryFs implements DurableFs {
     const landed = new Set<NameOp>()
     const tables = new Map<string, Map<string, number>>()
     for (const [path, d] of this.dirs) tables.set(path, new Map(d.base))
+    const made = new Set<string>()
+    for (const [path, d] of this.dirs) if (d.durable) made.add(path)
     const contents = new Map<number, Content>()
     const contentFor = (ino: number): Content => {
       let c = contents.get(ino)
@@ -371,7 +388,15 @@ export class MemoryFs implements DurableFs {
         landed.add(p.op)
       }
     })
-    for (const e of this.nameLog) if (e.durable || landed.has(e.op)) applyName(e.op, (d) => tables.get(d)!)
+    for (const e of this.nameLog) {
+      if (!e.durable && !landed.has(e.op)) continue
+      if (e.op.kind === 'mkdir') made.add(posix.join(e.op.dir, e.op.name))
+      applyName(e.op, (d) => tables.get(d)!)
+    }
+    // A directory survives if its own entry did and its parent survives; what was in one that
+    // did not is gone with it.
+    const survives = (path: string): boolean => path === '/' || (made.has(path) && survives(posix.dirname(path)))
+    for (const path of [...tables.keys()]) if (!survives(path)) tables.delete(path)
 
     const out = new MemoryFs({sectorSize: this.sectorSize, capacity: this.capacity})
     out.nextIno = this.nextIno
@@ -379,7 +404,7 @@ export class MemoryFs implements DurableFs {
     out.dirs.clear()
     const links = new Map<number, number>()
     for (const [path, t] of tables) {
-      out.dirs.set(path, {ino: this.dirs.get(path)!.ino, vol: new Map(t), base: t})
+      out.dirs.set(path, {ino: this.dirs.get(path)!.ino, vol: new Map(t), base: t, durable: true})
       for (const ino of t.values()) links.set(ino, (links.get(ino) ?? 0) + 1)
     }
     for (const [ino, n] of links) {
@@ -465,8 +490,24 @@ export class MemoryFs implements DurableFs {
     this.unlinked(node.ino)
   }
 
+  /** Make the missing levels of `dir`, each one op, pending in its parent until fsyncDir(parent). */
   async mkdirp(dir: string): Promise<void> {
-    this.mkdirSync(norm(dir))
+    const p = norm(dir)
+    const missing: string[] = []
+    for (let d = p; !this.dirs.has(d); d = posix.dirname(d)) missing.unshift(d)
+    for (const d of missing) {
+      const parent = posix.dirname(d)
+      const name = posix.basename(d)
+      if (this.dirs.get(parent)?.vol.has(name)) throw fsError('EEXIST', 'mkdir', d)
+      // eslint-disable-next-line no-await-in-loop
+      await this.op({kind: 'mkdir', path: d})
+      // Another mkdirp may have made it while the hook ran.
+      if (this.dirs.has(d)) continue
+      if (this.dirs.get(parent)!.vol.has(name)) throw fsError('EEXIST', 'mkdir', d)
+      const node: Dir = {ino: this.nextIno++, vol: new Map(), base: new Map(), durable: false}
+      this.dirs.set(d, node)
+      this.recordName({seq: 0, kind: 'mkdir', dir: parent, name, ino: node.ino})
+    }
   }
 
   async readdir(dir: string): Promise<string[]> {
@@ -587,7 +628,7 @@ export class MemoryFs implements DurableFs {
     const parent = posix.dirname(p)
     this.mkdirSync(parent)
     if (this.dirs.get(parent)!.vol.has(posix.basename(p))) throw fsError('EEXIST', 'mkdir', p)
-    this.dirs.set(p, {ino: this.nextIno++, vol: new Map(), base: new Map()})
+    this.dirs.set(p, {ino: this.nextIno++, vol: new Map(), base: new Map(), durable: true})
   }
 
   /** A new inode whose volatile and durable contents are both `c` (a fresh content, now held twice). */
@@ -606,7 +647,11 @@ export class MemoryFs implements DurableFs {
   /** Fold the all-durable prefix of the name log into the base tables. */
   private fold(): void {
     let k = 0
-    while (k < this.nameLog.length && this.nameLog[k].durable) applyName(this.nameLog[k++].op, (d) => this.dirs.get(d)!.base)
+    for (; k < this.nameLog.length && this.nameLog[k].durable; k++) {
+      const op = this.nameLog[k].op
+      if (op.kind === 'mkdir') this.dirs.get(posix.join(op.dir, op.name))!.durable = true
+      else applyName(op, (d) => this.dirs.get(d)!.base)
+    }
     if (k > 0) this.nameLog.splice(0, k)
   }
 

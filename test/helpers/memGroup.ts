@@ -38,8 +38,8 @@ export function fillPattern(extents: number, extentSize: number, value: (e: numb
 export async function buildGroup(o: {extents: number; extentSize?: number; source: Buffer; clones: string[]; mirrored?: string[]}): Promise<MemGroup> {
   const extentSize = o.extentSize ?? 4096
   const fs = new MemoryFs()
-  await fs.mkdirp('/state/groups')
-  await fs.mkdirp('/vol')
+  fs.seedDir('/state/groups')
+  fs.seedDir('/vol')
   fs.seedFile(SRC, o.source)
   const ctx = contextOn(fs)
   await createGroup(ctx, {name: 'g', sourcePath: SRC, extentSize})

@@ -30,6 +30,7 @@ import {
   encodeOption,
 } from '../../src/nbd/protocol.js'
 import {MiB, NbdTestClient, fioNbd, has, nbdUri, run, runOk, sameContent, sleep, socketLive, tempDir} from '../helpers/serve.js'
+import {waitFor} from '../helpers/waitFor.js'
 
 /** An export over one file: positional I/O with fs promises, fdatasync on flush. */
 class FileBackend implements ExportBackend {
@@ -450,7 +451,7 @@ describe('NbdServer: listening and closing', () => {
     const c = await NbdTestClient.connect(path)
     const idle = await NbdTestClient.connect(path) // another client, nothing in flight
     const w = c.request(Cmd.WRITE, 0, 4096, {payload: Buffer.alloc(4096)})
-    while (!events.includes('write started')) await sleep(1)
+    await waitFor(() => events.includes('write started'), 'the backend to start the write')
     assert.equal(s.connections, 2)
     let closed = false
     const closing = s.close().then(() => (closed = true))

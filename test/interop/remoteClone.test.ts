@@ -16,6 +16,7 @@ import {controlRequest} from '../../src/control/ControlClient.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
 import {makeTlsCreds} from '../helpers/tlsCerts.js'
 import {NbdTestClient, sleep, startServe} from '../helpers/serve.js'
+import {waitFor} from '../helpers/waitFor.js'
 
 let dir: string
 let cli: Cli
@@ -161,7 +162,7 @@ for (const {kind, tcp} of peers) {
       await cli.ok(['clone', 'add', g, 'r', '--path', peer.uri, '--no-sync'])
       const bg = cli.spawnBackground(['clone', 'sync', g, 'r', '--rate', '16M'])
       // Past start-up and the first checkpoint (progress is durable once a checkpoint flushed the remote).
-      await sleep(2500)
+      await bg.until(async () => (await cli.status(g)).clones[0].dirtyExtents < 1024, 'the first checkpoint of the sync (fewer than 1024 extents left on disk)')
       await peer.kill()
       const t0 = Date.now()
       const res = await bg.done
@@ -192,7 +193,11 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
     await fsp.rm(src)
     await randomImage(src, 64 * MiB, 12) // damage everything
     const bg = cli.spawnBackground(['restore', g, 'r', '--yes', '--rate', '16M', '--remote-wait', '2'])
-    await sleep(2500)
+    // The restore is recorded and copying (progress on disk) before the remote goes away.
+    await bg.until(async () => {
+      const st = await cli.status(g)
+      return st.operation?.kind === 'restore' && st.clones[0].dirtyExtents < 1024
+    }, 'the restore to record itself and checkpoint some progress')
     await peer.kill()
     const res = await bg.done
     assert.equal(res.code, 11, `exit status remote (11) after waiting 2 s: ${res.stderr}`)
@@ -255,12 +260,13 @@ describe('under serve, a restore whose remote clone vanishes', {skip: has('qemu-
       const restore = cli.spawnBackground(['restore', g, 'r', '--yes', '--rate', '8M'])
       const host = await NbdTestClient.connect(served.socket)
       // The restore is under way: a read near the end is served by copy on demand.
-      await sleep(1500)
+      await restore.until(async () => (await cli.status(g)).operation?.kind === 'restore', 'the restore to start')
       const early = await host.read(60 * MiB, 64 * 1024)
       assert.ok(early.equals(cloneData.subarray(60 * MiB, 60 * MiB + 64 * 1024)), 'COD from the remote')
       await peer.kill()
       await assert.rejects(host.read(62 * MiB, 64 * 1024), /error 5/, 'EIO while the remote is away')
-      await sleep(1000)
+      // The background copy has met the vanished remote and paused before it comes back.
+      await waitFor(() => /restore paused/.test(served.stderr()), 'the server to report the restore paused')
       peer = await startPeer('qemu-nbd', remote, transport)
       const later = await host.read(62 * MiB, 64 * 1024)
       assert.ok(later.equals(cloneData.subarray(62 * MiB, 62 * MiB + 64 * 1024)), 'COD works again once the remote is back')

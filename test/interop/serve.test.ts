@@ -164,9 +164,11 @@ describe('clonectl serve with real clients', {skip: needClients}, () => {
   test('fio randrw --verify=crc32c while c2 is fractured and synced from another shell: no errors', async () => {
     assert.equal((await clone('c2')).state, 'synchronized')
     const fio = fioNbd(served!.uri, ['--rw=randrw', '--bs=4k', '--iodepth=16', `--size=${SIZE}`, '--verify=crc32c', '--verify_fatal=1', '--randseed=1'])
-    await sleep(200)
+    // fio's jobs are connected (it first connects once to read the size, then once per job).
+    await waitFor('fio to connect', async () => (((await statusJson(state, 'g')) as {server?: {connections: number}}).server?.connections ?? 0) > 0 || undefined)
     await clonectlOk(state, ['clone', 'fracture', 'g', 'c2'])
-    await sleep(200)
+    // Host writes land in c2's delta map while it is fractured.
+    await waitFor('host writes to mark the fractured c2', async () => ((await clone('c2')).dirtyExtents > 0 ? true : undefined))
     await clonectlOk(state, ['clone', 'sync', 'g', 'c2'])
     const r = await fio
     assert.equal(r.errors, 0, r.stderr)

@@ -93,6 +93,7 @@ test('given many saves, then no temp file is left beside group.json', async () =
 
 test('given a group created and saved on a MemoryFs, when power is lost, then the last save survives', async () => {
   const fs = new MemoryFs()
+  fs.seedDir('/state/groups') // a state directory made durably before (the group's own directory is the point here)
   await ensureStateDir(fs, '/state')
   const store = new GroupStore(fs, '/state')
   const r = record('db1')

@@ -18,7 +18,7 @@ function code(e: unknown): string | undefined {
 /** /d/a and /d/b, 8 KiB of 0x11 each, durable. */
 async function withFiles(opts?: {sectorSize?: number; capacity?: number}): Promise<MemoryFs> {
   const fs = new MemoryFs(opts)
-  await fs.mkdirp('/d')
+  fs.seedDir('/d')
   fs.seedFile('/d/a', OLD)
   fs.seedFile('/d/b', OLD)
   return fs
@@ -109,7 +109,7 @@ describe('MemoryFs: what survives power loss', () => {
 
   test('given a new file datasynced, when its directory is not fsynced, then its name is lost', async () => {
     const fs = new MemoryFs()
-    await fs.mkdirp('/d')
+    fs.seedDir('/d')
     const f = await fs.open('/d/new', {write: true, create: 'new'})
     await f.write(NEW, 0)
     await f.datasync()
@@ -123,7 +123,7 @@ describe('MemoryFs: what survives power loss', () => {
 
   test('given a new file whose name is durable but whose data is not, then it survives empty', async () => {
     const fs = new MemoryFs()
-    await fs.mkdirp('/d')
+    fs.seedDir('/d')
     const f = await fs.open('/d/new', {write: true, create: 'new'})
     await f.write(NEW, 0)
     await fs.fsyncDir('/d')
@@ -145,7 +145,7 @@ describe('MemoryFs: what survives power loss', () => {
 
   test('given a rename across directories, then it is one atomic op, durable at the fsync of the target directory', async () => {
     const fs = await withFiles()
-    await fs.mkdirp('/e')
+    fs.seedDir('/e')
     await fs.rename('/d/a', '/e/a')
     assert.equal(fs.pendingCount(), 1)
     await fs.fsyncDir('/d')
@@ -193,7 +193,7 @@ describe('MemoryFs: what survives power loss', () => {
   test('given a torn write, then it lands a prefix of whole units: 512- or 4096-byte boundaries on the device, never inside a sector', async () => {
     for (const sectorSize of [512, 4096]) {
       const fs = new MemoryFs({sectorSize})
-      await fs.mkdirp('/d')
+      fs.seedDir('/d')
       fs.seedFile('/d/a', Buffer.alloc(64 * 1024, 0x11))
       const f = await fs.open('/d/a', {write: true})
       const offset = 1000 // not aligned: the first unit is partial
@@ -472,12 +472,41 @@ describe('MemoryFs: the rest of the DurableFs surface', () => {
     assert.equal(await fs.exists('/d/sub/deeper'), true)
     assert.equal(await fs.exists('/d/sub/x'), false)
     assert.equal(await fs.realpath('/d/./sub/../a'), '/d/a')
-    assert.deepEqual(await fs.crash().readdir('/d'), ['a', 'b', 'sub'], 'directories are durable once made')
+    assert.deepEqual(await fs.crash().readdir('/d'), ['a', 'b'], 'a new directory is not durable before its parent is fsynced')
+  })
+
+  test('given a new directory, then it and the entries inside it survive a crash only once its parent is fsynced', async () => {
+    const fs = new MemoryFs()
+    fs.seedDir('/state/groups')
+    const seen: string[] = []
+    fs.onOp = (op) => {
+      seen.push(`${op.kind} ${op.path}`)
+    }
+    await fs.mkdirp('/state/groups/g/sub')
+    assert.deepEqual(seen, ['mkdir /state/groups/g', 'mkdir /state/groups/g/sub'], 'each level made is one op')
+    assert.deepEqual(fs.pendingOps().map((o) => `${o.kind} ${o.path}`), ['mkdir /state/groups/g', 'mkdir /state/groups/g/sub'])
+    const f = await fs.open('/state/groups/g/group.json', {write: true, create: 'new'})
+    await f.write(NEW, 0)
+    await f.datasync()
+    await f.close()
+    // g's mkdir lands, sub's (the second pending op) does not: g with the file, without sub.
+    assert.deepEqual(await fs.crash({kind: 'all-but-one', index: 1}).readdir('/state/groups/g'), ['group.json'])
+    await fs.fsyncDir('/state/groups/g')
+    // The file, its name and sub's name in g are durable, but g itself is not: all of it is lost.
+    let c = fs.crash({kind: 'durable'})
+    assert.deepEqual(await c.readdir('/state/groups'), [])
+    assert.equal(await c.exists('/state/groups/g/group.json'), false)
+    assert.deepEqual(await fs.crash({kind: 'all'}).readdir('/state/groups/g'), ['group.json', 'sub'], 'when the mkdir of g lands, so does what is in g')
+    await fs.fsyncDir('/state/groups')
+    c = fs.crash({kind: 'durable'})
+    assert.ok(c.contentOf('/state/groups/g/group.json').equals(NEW), 'durable once the parent is fsynced')
+    assert.deepEqual(await c.readdir('/state/groups/g'), ['group.json', 'sub'])
+    assert.equal(fs.pendingCount(), 0)
   })
 
   test('given a capacity, then a write that would allocate past it fails with ENOSPC; overwrites, holes and freed files behave as on disk', async () => {
     const fs = new MemoryFs({capacity: 10000})
-    await fs.mkdirp('/d')
+    fs.seedDir('/d')
     const f = await fs.open('/d/x', {write: true, create: 'new'})
     await f.write(Buffer.alloc(8192), 0)
     await f.write(Buffer.alloc(8192, 1), 0) // an overwrite allocates nothing
@@ -504,7 +533,7 @@ describe('MemoryFs: the rest of the DurableFs surface', () => {
   test('given a volume-sized file and thousands of small writes with periodic datasyncs, then writes, syncs and crashes stay fast', async () => {
     const MiB = 1 << 20
     const fs = new MemoryFs()
-    await fs.mkdirp('/vol')
+    fs.seedDir('/vol')
     fs.seedFile('/vol/src.img', Buffer.alloc(4 * MiB, 0x11))
     fs.seedFile('/vol/clone.img', Buffer.alloc(4 * MiB, 0x11))
     const f = await fs.open('/vol/src.img', {write: true})
@@ -641,8 +670,8 @@ describe('MemoryFs against a naive reference', () => {
       const r = mulberry32(1000 + run)
       const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)]
       const fs = new MemoryFs()
-      await fs.mkdirp('/d')
-      await fs.mkdirp('/e')
+      fs.seedDir('/d')
+      fs.seedDir('/e')
       const ref = new Reference()
       const handles: Array<{f: Awaited<ReturnType<MemoryFs['open']>>; ino: number}> = []
       for (let step = 0; step < 60; step++) {

@@ -8,6 +8,7 @@ import {HostIO} from '../../src/engine/HostIO.js'
 import {RateLimiter} from '../../src/engine/RateLimiter.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import {buildGroup, fillPattern, openGroup} from '../helpers/memGroup.js'
+import {waitFor} from '../helpers/waitFor.js'
 
 const X = 4096
 const EXTENTS = 64
@@ -35,8 +36,19 @@ describe('rate-limited restore and host reads', () => {
     const host = new HostIO(g)
     const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: true, rate: 16 * 1024, command: 'test'}))
     host.restore = s
+    // Seen from the limiter: the engine is waiting for tokens (the bucket starts empty).
+    let waiting = 0
+    const take = s.limiter.take.bind(s.limiter)
+    s.limiter.take = async (bytes, shouldStop) => {
+      waiting++
+      try {
+        await take(bytes, shouldStop)
+      } finally {
+        waiting--
+      }
+    }
     const run = s.run()
-    await new Promise((r) => setTimeout(r, 30))
+    await waitFor(() => waiting > 0, 'the sync engine to wait for tokens')
     assert.equal(g.scoreboard.size, 0, 'while the engine waits for tokens it claims nothing')
 
     const t0 = performance.now()

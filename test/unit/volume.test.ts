@@ -286,7 +286,7 @@ describe('FileVolume.createSparse', () => {
 
   test('when power is lost right after createSparse resolves, then the image and its size survive', async () => {
     const mem = new MemoryFs()
-    await mem.mkdirp('/vol')
+    mem.seedDir('/vol')
     await FileVolume.createSparse(mem, '/vol/c.img', 64 * 1024)
     const after = mem.crash({kind: 'durable'})
     assert.equal((await after.stat('/vol/c.img')).size, 64 * 1024)
