@@ -1,6 +1,6 @@
 import {NotFoundError, RefusedError, StateError, UsageError} from '../errors/errors.js'
 import type {CloneRecord, GroupRecord} from '../store/GroupRecord.js'
-import type {DamagedGroup} from '../store/GroupStore.js'
+import type {DamagedGroup, VolumeUse} from '../store/GroupStore.js'
 import type {Volume} from '../volume/Volume.js'
 import {GroupLock} from '../store/GroupLock.js'
 import {stateWriteError, validateName} from '../store/stateDir.js'
@@ -103,13 +103,27 @@ export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<Clone
 async function addUnderLock(g: CloneGroup, o: AddCloneOptions): Promise<CloneRecord> {
   const {ctx} = g
   const used = await ctx.store.allClonePaths({onDamaged: (d) => warnDamaged(ctx, d)})
-  if (o.create && isNbdUri(o.path)) throw new UsageError(`--create makes a local sparse image; ${o.path} is an NBD remote`, 'create the export on the remote system (e.g. `qemu-img create -f raw`), then add it without --create')
+  let created = false
+  try {
+    return await addChecked(g, o, used, () => {
+      created = true
+    })
+  } catch (error) {
+    // The image --create made is ours: a clone that was not added leaves nothing behind.
+    if (created) await ctx.fs.unlink(o.path).catch(() => undefined)
+    throw error
+  }
+}
+
+async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], onCreated: () => void): Promise<CloneRecord> {
+  const {ctx} = g
   if (o.create) {
     if (await ctx.fs.exists(o.path)) throw new RefusedError(`${o.path} already exists; --create makes a new image and never overwrites one`, 'drop --create to use it as the clone, or pick a new path')
     await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used).catch((error: unknown) => {
       if (!(error instanceof NotFoundError)) throw error
     })
     await FileVolume.createSparse(ctx.fs, o.path, g.volumeSize)
+    onCreated()
   } else {
     await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used)
   }
