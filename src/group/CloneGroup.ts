@@ -336,6 +336,26 @@ export class CloneGroup {
     return run
   }
 
+  /**
+   * What an operation's start changes in the record (the operation, the clones' states):
+   * the returned function puts it back in memory. For a start whose save failed (a full
+   * state file system): the group then stays as group.json says, so status (live under
+   * serve) and the next request agree with it. Does not wait.
+   */
+  snapshotForUndo(): () => void {
+    const operation = this.record.operation
+    const clones = [...this.members.values()].map((m) => ({m, state: m.record.state, stateReason: m.record.stateReason, lastFractureAt: m.record.lastFractureAt}))
+    return () => {
+      if (operation) this.record.operation = operation
+      else delete this.record.operation
+      for (const c of clones) {
+        c.m.setState(c.state, c.stateReason)
+        if (c.lastFractureAt === undefined) delete c.m.record.lastFractureAt
+        else c.m.record.lastFractureAt = c.lastFractureAt
+      }
+    }
+  }
+
   noteWritten(v: Volume): void {
     this.checkpointer.noteWritten(v)
   }

@@ -22,6 +22,7 @@ import {withGroup} from '../../src/group/GroupSession.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {Cli, type CliResult, isRoot, KiB, MiB, randomImage, sha256, tempDir} from '../helpers/cli.js'
+import {startServe} from '../helpers/serve.js'
 
 const ok = (cmd: string, ...args: string[]): boolean => spawnSync(cmd, args, {stdio: 'ignore'}).status === 0
 const canMount = isRoot && ok('losetup', '--version') && ok('mkfs.ext4', '-V') && ok('mount', '--version')
@@ -363,5 +364,35 @@ describe('a full state file system', () => {
     assert.deepEqual(await leftovers(cli.stateDir), [])
     assert.equal(await fsp.readFile(file, 'utf8'), record, 'group.json unchanged')
     assert.deepEqual(await cli.json(['group', 'list']).then((l: any[]) => l.map((g) => g.name)), ['g'])
+  })
+
+  test('under serve, a restore or sync whose operation cannot be recorded: exit 8, and the server agrees with group.json (status, the next request)', {skip: needRoot}, async () => {
+    const {cli, fill} = await tinyState()
+    const g = await groupWithClone(cli, 'sv')
+    const file = join(cli.stateDir, 'groups', 'sv', 'group.json')
+    const served = await startServe(cli.stateDir, 'sv')
+    try {
+      const record = await fsp.readFile(file, 'utf8')
+      await fill()
+      for (const args of [['restore', 'sv', 'c', '--unprotected', '--yes'], ['restore', 'sv', 'c', '--yes'], ['clone', 'sync', 'sv', 'c']]) {
+        const r = await cli.run(args)
+        assertError(r, 8, cli.stateDir)
+        assert.doesNotMatch(r.stderr, /a bug in clonectl/)
+      }
+      const s = await cli.status('sv')
+      assert.ok(s.server, 'status came from the server')
+      assert.equal(s.operation, undefined, `no operation in status: ${JSON.stringify(s.operation)}`)
+      assert.equal(s.clones[0].state, 'fractured')
+      assert.equal(await fsp.readFile(file, 'utf8'), record, 'group.json unchanged')
+      assert.deepEqual(await leftovers(cli.stateDir), [])
+      await assert.rejects(fsp.access(join(cli.stateDir, 'groups', 'sv', 'restore.pmap')), 'no P without a recorded restore')
+      // Space back: the same request works through the same server.
+      await fsp.rm(join(cli.stateDir, '..', 'filler'))
+      await cli.ok(['clone', 'sync', 'sv', 'c'])
+      assert.equal((await cli.status('sv')).clones[0].state, 'synchronized')
+    } finally {
+      await served.stop()
+    }
+    void g
   })
 })
