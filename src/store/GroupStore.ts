@@ -182,9 +182,9 @@ export class GroupStore {
    * Make the group directory (0700) and its first group.json, durably. Refuses (RefusedError)
    * when the group exists, or when its directory holds files clonectl did not make. A
    * directory left by an interrupted create or destroy (no group.json, only our own files)
-   * is reused. Not atomic against a concurrent create of the same name: DurableFs has no
-   * exclusive mkdir, so two simultaneous creates may both succeed, the later save winning.
-   * Waits.
+   * is reused. Not atomic by itself against a concurrent create of the same name (DurableFs
+   * has no exclusive mkdir): createGroup runs it under withCreationLock. A failed save (a
+   * full file system) leaves no directory behind. Waits.
    */
   async create(record: GroupRecord): Promise<void> {
     const dir = this.groupDir(record.name)

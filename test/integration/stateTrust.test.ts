@@ -201,7 +201,7 @@ describe('a damaged group.json blocks no other group', () => {
   ] as const) {
     test(`an ${what} group.json: status and group list show it as damaged (also --json), the others work, group create works, destroy --force removes its state`, async () => {
       const cli = freshCli()
-      const good = await groupWithClone(cli, 'good')
+      await groupWithClone(cli, 'good')
       const bad = await groupWithClone(cli, 'bad')
       const badFile = join(cli.stateDir, 'groups', 'bad', 'group.json')
       await fsp.writeFile(badFile, text)
@@ -232,7 +232,6 @@ describe('a damaged group.json blocks no other group', () => {
       await assert.rejects(fsp.access(join(cli.stateDir, 'groups', 'bad')))
       assert.deepEqual([await sha256(bad.src), await sha256(bad.clones[0])], shas, 'its volumes are untouched')
       assert.deepEqual((await cli.json(['group', 'list'])).map((g: any) => g.name), ['good', 'new'])
-      void good
     })
   }
 })
@@ -368,7 +367,7 @@ describe('a full state file system', () => {
 
   test('under serve, a restore or sync whose operation cannot be recorded: exit 8, and the server agrees with group.json (status, the next request)', {skip: needRoot}, async () => {
     const {cli, fill} = await tinyState()
-    const g = await groupWithClone(cli, 'sv')
+    await groupWithClone(cli, 'sv')
     const file = join(cli.stateDir, 'groups', 'sv', 'group.json')
     const served = await startServe(cli.stateDir, 'sv')
     try {
@@ -393,6 +392,5 @@ describe('a full state file system', () => {
     } finally {
       await served.stop()
     }
-    void g
   })
 })
