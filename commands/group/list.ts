@@ -1,4 +1,4 @@
-import {groupStatus} from '../../src/group/GroupStatus.js'
+import {statusAll} from '../../src/group/GroupOperations.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
 import {humanBytes} from '../../src/ui/format.js'
 import {renderRows} from '../../src/ui/tables.js'
@@ -11,22 +11,26 @@ export interface GroupListEntry {
   operation?: string
 }
 
+/** A group whose group.json cannot be read or trusted. */
+export interface DamagedListEntry {
+  name: string
+  damaged: {file: string; reason: string; code: string; fix?: string}
+}
+
 export default class GroupList extends BaseCommand {
   static summary = 'List clone groups.'
+  static description = 'A group whose group.json cannot be read or trusted is listed as damaged, with its file and the reason (in --json as {name, damaged: {file, reason, code, fix}}).'
   static examples = ['<%= config.bin %> group list', '<%= config.bin %> group list --json']
 
-  async run(): Promise<GroupListEntry[]> {
+  async run(): Promise<Array<GroupListEntry | DamagedListEntry>> {
     const {flags} = await this.parse(GroupList)
     const ctx = await this.context(flags['state-dir'])
-    const out: GroupListEntry[] = []
-    for (const name of await ctx.store.list()) {
-      // eslint-disable-next-line no-await-in-loop
-      const s = await groupStatus(ctx, name)
-      out.push({name, source: s.source.path, size: s.source.size, clones: s.clones.length, operation: s.operation ? `${s.operation.kind} ${s.operation.state}` : undefined})
-    }
+    const out = (await statusAll(ctx)).map((s): GroupListEntry | DamagedListEntry =>
+      'damaged' in s ? s : {name: s.name, source: s.source.path, size: s.source.size, clones: s.clones.length, operation: s.operation ? `${s.operation.kind} ${s.operation.state}` : undefined},
+    )
     if (!this.jsonEnabled()) {
       if (out.length === 0) this.log(`No clone groups in ${this.stateDir}.`)
-      else this.log(renderRows(['group', 'source', 'size', 'clones', 'operation'], out.map((g) => [g.name, g.source, humanBytes(g.size), String(g.clones), g.operation ?? '-'])))
+      else this.log(renderRows(['group', 'source', 'size', 'clones', 'operation'], out.map((g) => ('damaged' in g ? [g.name, `DAMAGED: ${g.damaged.reason}`, '-', '-', '-'] : [g.name, g.source, humanBytes(g.size), String(g.clones), g.operation ?? '-']))))
     }
     return out
   }

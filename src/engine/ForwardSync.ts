@@ -93,9 +93,14 @@ export class ForwardSync {
       await m.map.replaceAll(all)
     }
     const id = CloneGroup.newOperationId()
+    const undo = g.snapshotForUndo()
     g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
     m.setState('synchronizing')
-    await g.save()
+    // Not recorded (a full state file system): not started, in memory either.
+    await g.save().catch((error: unknown) => {
+      undo()
+      throw error
+    })
     return new ForwardSync(g, m, id, compare, opts.rate, opts.gate, startedAt)
   }
 

@@ -1,6 +1,7 @@
 import {CorruptStateError, RemoteError, StateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import type {PersistentMap} from '../map/PersistentMap.js'
+import {stateWriteError} from '../store/stateDir.js'
 import {CloneGroup, protectedMapFile, type CloneMember} from '../group/CloneGroup.js'
 import {CodEngine} from './CodEngine.js'
 import {CodQueue} from './CodQueue.js'
@@ -148,6 +149,7 @@ export class RestoreSession {
     const compare = untrusted || c.state === 'out-of-sync' || c.state === 'synchronizing' || g.changedOutside.has('(source)')
     if (g.changedOutside.has('(source)')) g.ctx.warn?.(`the source changed outside clonectl: comparing and copying every extent`)
 
+    const undo = g.snapshotForUndo()
     // Fracture every other mirrored clone: the source is about to change under them.
     const now = new Date().toISOString()
     for (const m of g.members.values()) {
@@ -173,8 +175,12 @@ export class RestoreSession {
     }
     const operationId = CloneGroup.newOperationId()
     let P: PersistentMap | undefined
+    const pPath = g.ctx.store.mapPath(g.name, protectedMapFile)
     if (opts.protected) {
-      P = await ProtectedRestoreMap.create(g.ctx.fs, g.ctx.store.mapPath(g.name, protectedMapFile), {extentSize: g.extentSize, volumeSize: g.volumeSize, extentCount: g.extentCount}, operationId)
+      P = await ProtectedRestoreMap.create(g.ctx.fs, pPath, {extentSize: g.extentSize, volumeSize: g.volumeSize, extentCount: g.extentCount}, operationId).catch((error: unknown) => {
+        undo()
+        throw stateWriteError(g.ctx.store.stateDir, pPath, error)
+      })
     }
     g.record.operation = {
       id: operationId,
@@ -188,7 +194,16 @@ export class RestoreSession {
       compare,
     }
     c.setState(opts.protected ? 'restoring' : 'reverse-syncing')
-    await g.save()
+    try {
+      await g.save()
+    } catch (error) {
+      // Not recorded (a full state file system): not started, in memory either; P without
+      // a recorded restore is a leftover, removed now rather than at the next open.
+      undo()
+      await P?.close().catch(() => undefined)
+      if (P) await g.ctx.fs.unlink(pPath).catch(() => undefined)
+      throw error
+    }
     g.protectedMap = P
     return new RestoreSession(g, c, P, operationId, opts.protected, false, compare, opts.rate, opts.tuning)
   }

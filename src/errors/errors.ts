@@ -77,6 +77,17 @@ export class CorruptStateError extends ClonectlError {
   }
 }
 
+/**
+ * The state directory, or something in it, is not the running user's alone (another owner,
+ * writable by group or others) or is a symlink: refused as ssh refuses a loose ~/.ssh, since
+ * whoever can change it can lead clonectl to write any file. Exit 7, like corrupt state.
+ */
+export class UntrustedStateError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('UNTRUSTED_STATE', 'corrupt', message, fix)
+  }
+}
+
 export class VolumeIoError extends ClonectlError {
   readonly errno?: string
   constructor(message: string, errno?: string, fix?: string) {

@@ -5,6 +5,7 @@ import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {PersistentMap} from '../map/PersistentMap.js'
 import type {CloneRecord, CloneState, GroupRecord} from '../store/GroupRecord.js'
 import type {GroupStore} from '../store/GroupStore.js'
+import {findVolumeConflicts, type RecordedUse} from '../volume/identity.js'
 import {openVolume} from '../volume/openVolume.js'
 import type {Fingerprint, Volume} from '../volume/Volume.js'
 import {Checkpointer} from '../engine/Checkpointer.js'
@@ -78,6 +79,11 @@ function unavailableError(group: string, m: CloneMember, error: ClonectlError): 
   if (error instanceof RefusedError) return new RefusedError(message, fix)
   if (error instanceof UsageError) return new UsageError(message, fix)
   return new VolumeIoError(message, error instanceof VolumeIoError ? error.errno : undefined, fix)
+}
+
+/** A record's volumes, source first, as findVolumeConflicts takes them. */
+function groupVolumeUses(r: GroupRecord): RecordedUse[] {
+  return [{group: r.name, clone: '(source)', path: r.source.path}, ...r.clones.map((c) => ({group: r.name, clone: c.name, path: c.volume.path}))]
 }
 
 export function extentCount(volumeSize: number, extentSize: number): number {
@@ -201,11 +207,21 @@ export class CloneGroup {
       }
       let source: Volume | undefined
       if (withVolumes) {
+        // Every open re-checks that no volume is another volume of any group (DESIGN §3).
+        const conflicts = await findVolumeConflicts(ctx.fs, groupVolumeUses(record), await ctx.store.allClonePaths({except: name, onDamaged: (d) => ctx.warn?.(`group ${d.name} is damaged (${d.reason}); the volumes of group ${name} cannot be checked against its own`)}), ctx.store.groupFile(name))
+        if (conflicts.source) throw conflicts.source
         // eslint-disable-next-line no-await-in-loop
         source = await openVolume(ctx.fs, record.source.path, {write: opts.writable})
         opened.push(source)
         for (const m of members.values()) {
           const ro = !opts.writable || (opts.readOnlyClones ?? []).includes(m.name)
+          const conflict = conflicts.clones.get(m.name)
+          if (conflict) {
+            // Never opened: refused by name whenever needed, like an unavailable volume.
+            m.unavailable = conflict
+            m.unavailableCause = conflict.message
+            continue
+          }
           try {
             // eslint-disable-next-line no-await-in-loop
             m.volume = await openVolume(ctx.fs, m.record.volume.path, {
@@ -318,6 +334,26 @@ export class CloneGroup {
     })
     this.saving = run.catch(() => undefined)
     return run
+  }
+
+  /**
+   * What an operation's start changes in the record (the operation, the clones' states):
+   * the returned function puts it back in memory. For a start whose save failed (a full
+   * state file system): the group then stays as group.json says, so status (live under
+   * serve) and the next request agree with it. Does not wait.
+   */
+  snapshotForUndo(): () => void {
+    const operation = this.record.operation
+    const clones = [...this.members.values()].map((m) => ({m, state: m.record.state, stateReason: m.record.stateReason, lastFractureAt: m.record.lastFractureAt}))
+    return () => {
+      if (operation) this.record.operation = operation
+      else delete this.record.operation
+      for (const c of clones) {
+        c.m.setState(c.state, c.stateReason)
+        if (c.lastFractureAt === undefined) delete c.m.record.lastFractureAt
+        else c.m.record.lastFractureAt = c.lastFractureAt
+      }
+    }
   }
 
   noteWritten(v: Volume): void {

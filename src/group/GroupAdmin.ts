@@ -1,6 +1,9 @@
 import {NotFoundError, RefusedError, StateError, UsageError} from '../errors/errors.js'
 import type {CloneRecord, GroupRecord} from '../store/GroupRecord.js'
-import {validateName} from '../store/stateDir.js'
+import type {DamagedGroup, VolumeUse} from '../store/GroupStore.js'
+import type {Volume} from '../volume/Volume.js'
+import {GroupLock} from '../store/GroupLock.js'
+import {stateWriteError, validateName} from '../store/stateDir.js'
 import {FileVolume} from '../volume/FileVolume.js'
 import {checkCloneCandidate, checkCloneSize} from '../volume/identity.js'
 import {isNbdUri, openVolume} from '../volume/openVolume.js'
@@ -42,27 +45,38 @@ export async function createGroup(ctx: GroupContext, o: CreateGroupOptions): Pro
   const src = await openVolume(ctx.fs, o.sourcePath, {write: false})
   try {
     if (src.size === 0) throw new RefusedError(`source ${o.sourcePath} is empty (0 bytes)`)
-    for (const used of await ctx.store.allClonePaths()) {
-      // eslint-disable-next-line no-await-in-loop
-      await checkCloneCandidate(ctx.fs, used.path, o.sourcePath, []).catch((error: unknown) => {
-        if (error instanceof RefusedError)
-          throw new RefusedError(`source ${o.sourcePath} is already used by group ${used.group} (${used.clone === '(source)' ? 'as its source' : `as clone ${used.clone}`}, ${used.path})`, 'a volume belongs to one group only')
-        if (!(error instanceof NotFoundError)) throw error
-      })
-    }
-    const record: GroupRecord = {
-      formatVersion: 1,
-      name: o.name,
-      extentSize,
-      createdAt: new Date().toISOString(),
-      source: {path: o.sourcePath, fingerprint: await src.fingerprint()},
-      clones: [],
-    }
-    await ctx.store.create(record)
-    return record
+    // One volume joins a group at a time across all groups: a racing create or add cannot also find it unused.
+    return await ctx.store.withCreationLock(`clonectl group create ${o.name}`, async () => createUnderLock(ctx, o, extentSize, src))
   } finally {
     await src.close()
   }
+}
+
+async function createUnderLock(ctx: GroupContext, o: CreateGroupOptions, extentSize: number, src: Volume): Promise<GroupRecord> {
+  if (await ctx.store.exists(o.name)) throw new RefusedError(`clone group ${o.name} already exists`, `pick another name, or see it with \`clonectl status ${o.name}\``)
+  for (const used of await ctx.store.allClonePaths({onDamaged: (d) => warnDamaged(ctx, d)})) {
+    // eslint-disable-next-line no-await-in-loop
+    await checkCloneCandidate(ctx.fs, used.path, o.sourcePath, []).catch((error: unknown) => {
+      if (error instanceof RefusedError)
+        throw new RefusedError(`source ${o.sourcePath} is already used by group ${used.group} (${used.clone === '(source)' ? 'as its source' : `as clone ${used.clone}`}, ${used.path})`, 'a volume belongs to one group only')
+      if (!(error instanceof NotFoundError)) throw error
+    })
+  }
+  const record: GroupRecord = {
+    formatVersion: 1,
+    name: o.name,
+    extentSize,
+    createdAt: new Date().toISOString(),
+    source: {path: o.sourcePath, fingerprint: await src.fingerprint()},
+    clones: [],
+  }
+  await ctx.store.create(record)
+  return record
+}
+
+/** A damaged group's volumes cannot be checked against: say so, and go on (it must not block the others). */
+export function warnDamaged(ctx: GroupContext, d: DamagedGroup): void {
+  ctx.warn?.(`group ${d.name} is damaged (${d.reason}); its volumes cannot be checked against this one: fix or destroy it (\`clonectl group destroy ${d.name} --force\`)`)
 }
 
 export interface AddCloneOptions {
@@ -81,14 +95,35 @@ export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<Clone
   if (g.members.has(o.clone)) throw new RefusedError(`group ${g.name} already has a clone named ${o.clone}`, 'pick another name, or remove it first')
   if (g.record.operation) throw new StateError(`group ${g.name} has an interrupted ${g.record.operation.kind}`, `finish it first (\`clonectl ${g.record.operation.kind === 'restore' ? 'restore' : 'clone sync'} ${g.name}${g.record.operation.kind === 'sync' ? ` ${g.record.operation.clone}` : ''}\`)`)
   const {ctx} = g
-  const used = await ctx.store.allClonePaths()
   if (o.create && isNbdUri(o.path)) throw new UsageError(`--create makes a local sparse image; ${o.path} is an NBD remote`, 'create the export on the remote system (e.g. `qemu-img create -f raw`), then add it without --create')
+  // One volume joins a group at a time across all groups: a racing add or create cannot also find it unused.
+  return ctx.store.withCreationLock(`clonectl clone add ${g.name} ${o.clone}`, async () => addUnderLock(g, o))
+}
+
+async function addUnderLock(g: CloneGroup, o: AddCloneOptions): Promise<CloneRecord> {
+  const {ctx} = g
+  const used = await ctx.store.allClonePaths({onDamaged: (d) => warnDamaged(ctx, d)})
+  let created = false
+  try {
+    return await addChecked(g, o, used, () => {
+      created = true
+    })
+  } catch (error) {
+    // The image --create made is ours: a clone that was not added leaves nothing behind.
+    if (created) await ctx.fs.unlink(o.path).catch(() => undefined)
+    throw error
+  }
+}
+
+async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], onCreated: () => void): Promise<CloneRecord> {
+  const {ctx} = g
   if (o.create) {
     if (await ctx.fs.exists(o.path)) throw new RefusedError(`${o.path} already exists; --create makes a new image and never overwrites one`, 'drop --create to use it as the clone, or pick a new path')
     await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used).catch((error: unknown) => {
       if (!(error instanceof NotFoundError)) throw error
     })
     await FileVolume.createSparse(ctx.fs, o.path, g.volumeSize)
+    onCreated()
   } else {
     await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used)
   }
@@ -108,8 +143,19 @@ export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<Clone
       createdAt: now,
       trusted: true,
     }
-    await g.addMember(record, vol, 'all')
-    await g.save()
+    const mapPath = ctx.store.mapPath(g.name, record.mapFile)
+    const m = await g.addMember(record, vol, 'all').catch((error: unknown) => {
+      throw stateWriteError(ctx.store.stateDir, mapPath, error)
+    })
+    try {
+      await g.save()
+    } catch (error) {
+      // Not recorded (a full state file system): nothing of the clone stays, in memory or on disk.
+      g.members.delete(o.clone)
+      await m.map.close().catch(() => undefined)
+      await ctx.fs.unlink(mapPath).catch(() => undefined)
+      throw error
+    }
     return record
   } catch (error) {
     await vol.close()
@@ -172,15 +218,60 @@ export async function removeClone(g: CloneGroup, name: string): Promise<{clone: 
   return {clone: name, path: m.record.volume.path}
 }
 
-/** Destroy a group's state (never volume data). Refuses while clones exist unless force. */
-export async function destroyGroup(ctx: GroupContext, name: string, force: boolean): Promise<{group: string; clones: number}> {
+export interface DestroyOptions {
+  /** Destroy even though clones exist (their volumes are kept). */
+  force: boolean
+  /**
+   * Destroy even though a restore is recorded: the source stays partly restored and nothing
+   * can resume the restore. --force alone never implies this.
+   */
+  discardRestore?: boolean
+}
+
+/**
+ * Destroy a group's state (never volume data). Refuses while clones exist unless force, and
+ * while a restore is recorded unless discardRestore: destroying it would leave the source a
+ * mix of restored and pre-restore extents that nothing could resume.
+ */
+export async function destroyGroup(ctx: GroupContext, name: string, o: DestroyOptions): Promise<{group: string; clones: number}> {
   const record = await ctx.store.load(name)
-  if (record.clones.length > 0 && !force)
+  if (record.clones.length > 0 && !o.force)
     throw new RefusedError(`group ${name} still has ${record.clones.length} clone(s): ${record.clones.map((c) => c.name).join(', ')}`, 'remove them first, or pass --force (volume data is never touched)')
-  if (record.operation?.kind === 'restore' && !force)
-    throw new StateError(`group ${name} has an interrupted restore`, `finish it with \`clonectl restore ${name}\`, or pass --force`)
+  const op = record.operation
+  if (op?.kind === 'restore' && !o.discardRestore) throw interruptedRestoreError(name, record.source.path, `${op.protected === false ? 'an unprotected' : 'a protected'} restore from clone ${op.clone} (started ${op.startedAt})`)
   await ctx.store.destroy(name)
   return {group: name, clones: record.clones.length}
+}
+
+/**
+ * Destroy the state of a group whose group.json is damaged (so no record says what it held):
+ * under its lock, its own files go (never volume data, never a file clonectl did not make).
+ * A P file left means a protected restore was running, so the source may be partly
+ * restored: refused unless discardRestore, as for a readable record. Waits.
+ */
+export async function destroyDamagedGroup(ctx: GroupContext, name: string, o: DestroyOptions & {command: string; waitSeconds?: number}): Promise<{group: string; clones: number}> {
+  const lock = await GroupLock.acquire({
+    groupDir: ctx.store.groupDir(name),
+    group: name,
+    command: o.command,
+    waitSeconds: o.waitSeconds,
+    onCompromised: () => undefined,
+  })
+  try {
+    if (!o.discardRestore && (await ctx.fs.exists(ctx.store.mapPath(name, protectedMapFile)))) throw interruptedRestoreError(name, 'named in its damaged group.json', 'a protected restore map (P)')
+    await ctx.store.destroy(name)
+  } finally {
+    await lock.release().catch(() => undefined)
+  }
+  return {group: name, clones: 0}
+}
+
+/** The refusal to destroy a group whose source a restore has only partly rewritten. */
+function interruptedRestoreError(group: string, source: string, what: string): StateError {
+  return new StateError(
+    `group ${group} has ${what} that has not finished: its source ${source} is partly restored (extents not yet copied still hold pre-restore data), and destroying the group discards the record so nothing can resume it`,
+    `finish it with \`clonectl restore ${group}\`, or pass --discard-restore to destroy the group anyway and leave the source partly restored`,
+  )
 }
 
 /**

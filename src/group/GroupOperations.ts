@@ -5,6 +5,7 @@ import type {SyncProgress} from '../engine/SyncEngine.js'
 import {controlRequest, findServer} from '../control/ControlClient.js'
 import type {ControlRequest} from '../control/protocol.js'
 import type {CloneRecord} from '../store/GroupRecord.js'
+import {type DamagedGroupReport, damagedReport} from '../store/GroupStore.js'
 import type {CloneGroup, GroupContext} from './CloneGroup.js'
 import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
@@ -232,4 +233,24 @@ export async function verify(ctx: GroupContext, group: string, clone: string, o:
 export async function status(ctx: GroupContext, group: string): Promise<GroupStatus> {
   const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch(() => undefined)
   return served?.value ?? groupStatus(ctx, group)
+}
+
+/**
+ * status of every group: a group whose state cannot be read or trusted is listed as damaged
+ * (its file and the reason) and never hides the others. Waits.
+ */
+export async function statusAll(ctx: GroupContext): Promise<Array<GroupStatus | DamagedGroupReport>> {
+  const out: Array<GroupStatus | DamagedGroupReport> = []
+  for (const name of await ctx.store.list()) {
+    try {
+      // eslint-disable-next-line no-await-in-loop
+      out.push(await status(ctx, name))
+    } catch (error) {
+      const d = ctx.store.damage(name, error)
+      if (!d) throw error
+      ctx.warn?.(`group ${name} is damaged: ${d.reason}`)
+      out.push(damagedReport(d))
+    }
+  }
+  return out
 }

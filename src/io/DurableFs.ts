@@ -43,6 +43,15 @@ export interface FileStat {
   rdev: number
 }
 
+/** What lstat says about a path itself (a symlink is not followed), for the state directory's trust checks. */
+export interface LinkStat {
+  uid: number
+  /** Permission bits (mode & 0o7777). */
+  mode: number
+  isSymlink: boolean
+  isDirectory: boolean
+}
+
 export interface DurableFs {
   open(path: string, opts?: OpenOptions): Promise<DurableFile>
   /** Atomically replace `to` by `from`; durable only after fsyncDir(dirname(to)). */
@@ -53,7 +62,13 @@ export interface DurableFs {
   readdir(dir: string): Promise<string[]>
   exists(path: string): Promise<boolean>
   stat(path: string): Promise<FileStat>
-  readFile(path: string): Promise<Buffer>
+  /** The whole file; with noFollow a symlink is refused (ELOOP) instead of followed (O_NOFOLLOW). */
+  readFile(path: string, opts?: {noFollow?: boolean}): Promise<Buffer>
+  /**
+   * Optional: lstat (the path itself, never a symlink's target). Absent (MemoryFs, which has
+   * no symlinks, owners or modes): the state directory's trust checks have nothing to check.
+   */
+  lstat?(path: string): Promise<LinkStat>
   /** The canonical path (symlinks resolved); ENOENT when missing. */
   realpath(path: string): Promise<string>
   /**

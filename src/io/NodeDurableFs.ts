@@ -1,6 +1,6 @@
 import {constants} from 'node:fs'
 import * as fsp from 'node:fs/promises'
-import type {DurableFile, DurableFs, FileStat, OpenOptions} from './DurableFs.js'
+import type {DurableFile, DurableFs, FileStat, LinkStat, OpenOptions} from './DurableFs.js'
 
 class NodeFile implements DurableFile {
   constructor(readonly path: string, private readonly fh: fsp.FileHandle) {}
@@ -109,8 +109,19 @@ export class NodeDurableFs implements DurableFs {
     }
   }
 
-  async readFile(path: string): Promise<Buffer> {
-    return fsp.readFile(path)
+  async readFile(path: string, opts: {noFollow?: boolean} = {}): Promise<Buffer> {
+    if (!opts.noFollow) return fsp.readFile(path)
+    const fh = await fsp.open(path, constants.O_RDONLY | constants.O_NOFOLLOW)
+    try {
+      return await fh.readFile()
+    } finally {
+      await fh.close()
+    }
+  }
+
+  async lstat(path: string): Promise<LinkStat> {
+    const s = await fsp.lstat(path)
+    return {uid: s.uid, mode: s.mode & 0o7777, isSymlink: s.isSymbolicLink(), isDirectory: s.isDirectory()}
   }
 
   async realpath(path: string): Promise<string> {

@@ -53,6 +53,7 @@ import {basename, join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import lockfile from 'proper-lockfile'
 import {errnoOf, LockHeldError, NotFoundError} from '../errors/errors.js'
+import {stateWriteError} from './stateDir.js'
 
 /** Every invocation's stale threshold for a group lock (see the notes above). */
 export const STALE_MS = 60_000
@@ -285,15 +286,17 @@ export class GroupLock {
       const holder: HolderFile = {pid: process.pid, command: o.command, startedAt: isoSeconds(Date.now()), hostname: hostname(), token: randomBytes(8).toString('hex')}
       lock = new GroupLock(o.groupDir, release, holder)
       GroupLock.heldHere.set(resolve(o.groupDir), lock)
+      const tmp = `${GroupLock.holderPath(o.groupDir)}.tmp-${process.pid}-${holder.token}`
       try {
-        const tmp = `${GroupLock.holderPath(o.groupDir)}.tmp-${process.pid}-${holder.token}`
         await writeFile(tmp, `${JSON.stringify(holder)}\n`, {mode: 0o600})
         await rename(tmp, GroupLock.holderPath(o.groupDir))
         if (gate.lost()) throw new Error('the lock gate was lost while acquiring')
       } catch (error) {
+        // A full file system (ENOSPC) leaves no temp file behind.
+        await rm(tmp, {force: true}).catch(() => undefined)
         await lock.release().catch(() => undefined)
         if (gate.lost()) return {}
-        throw error
+        throw stateWriteError(o.groupDir, tmp, error)
       }
     } finally {
       await gate.release().catch(() => undefined)

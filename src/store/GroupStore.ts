@@ -9,12 +9,13 @@
  */
 import {rm, rmdir} from 'node:fs/promises'
 import {join} from 'node:path'
-import {CorruptStateError, errnoOf, LockHeldError, NotFoundError, RefusedError, VolumeIoError} from '../errors/errors.js'
+import {ClonectlError, CorruptStateError, errnoOf, LockHeldError, NotFoundError, RefusedError, UntrustedStateError, VolumeIoError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {writeFileAtomic} from '../io/atomicWrite.js'
 import {describeHolder, GroupLock} from './GroupLock.js'
 import {type GroupRecord, parseGroupRecord} from './GroupRecord.js'
-import {isValidName, validateName} from './stateDir.js'
+import {isValidName, stateWriteError, validateName} from './stateDir.js'
+import {checkTrusted} from './trust.js'
 
 export const GROUP_FILE = 'group.json'
 
@@ -35,12 +36,41 @@ export interface VolumeUse {
   path: string
 }
 
+/** A group whose group.json cannot be read or trusted: listed as damaged, never guessed at. */
+export interface DamagedGroup {
+  name: string
+  /** The file (or directory) at fault. */
+  file: string
+  /** Why, in the error's own words. */
+  reason: string
+  error: ClonectlError
+}
+
+/** A damaged group as `status` and `group list` show it (also in --json). */
+export interface DamagedGroupReport {
+  name: string
+  damaged: {file: string; reason: string; code: string; fix?: string}
+}
+
+export function damagedReport(d: DamagedGroup): DamagedGroupReport {
+  return {name: d.name, damaged: {file: d.file, reason: d.reason, code: d.error.code, fix: d.error.fix}}
+}
+
+/** How a group's state directory entries are checked (the lock's directories keep the umask's mode). */
+const LOCK_DIRS = new Set(['lock', 'lock.gate'])
+
 /** group.json files under STATE/groups/<name>/, each replaced atomically. */
 export class GroupStore {
+  /** Whether withCreationLock takes the lock (a real file): false only for a store on a MemoryFs in tests. */
+  readonly creationLock: boolean
+
   constructor(
     readonly fs: DurableFs,
     readonly stateDir: string,
-  ) {}
+    opts: {creationLock?: boolean} = {},
+  ) {
+    this.creationLock = opts.creationLock ?? true
+  }
 
   /** STATE/groups */
   get groupsDir(): string {
@@ -63,7 +93,11 @@ export class GroupStore {
     return join(this.groupDir(group), fileName)
   }
 
-  /** Names of the groups (directories with a group.json), sorted. Waits. */
+  /**
+   * Names of the groups (directories with a group.json), sorted. A group directory or
+   * group.json that is a symlink is listed too, so that load() refuses it by name rather
+   * than it vanishing from the list. Waits.
+   */
   async list(): Promise<string[]> {
     let names: string[]
     try {
@@ -75,9 +109,44 @@ export class GroupStore {
     const out: string[] = []
     for (const n of names) {
       // eslint-disable-next-line no-await-in-loop
-      if (isValidName(n) && (await this.fs.exists(join(this.groupsDir, n, GROUP_FILE)))) out.push(n)
+      if (isValidName(n) && (await this.present(join(this.groupsDir, n)))) out.push(n)
     }
     return out.sort()
+  }
+
+  /** A group directory that holds a group.json, or is (or holds one that is) a symlink. */
+  private async present(dir: string): Promise<boolean> {
+    if (!this.fs.lstat) return this.fs.exists(join(dir, GROUP_FILE))
+    const lstat = this.fs.lstat.bind(this.fs)
+    const d = await lstat(dir).catch(() => undefined)
+    if (!d) return false
+    if (d.isSymlink) return true
+    return (await lstat(join(dir, GROUP_FILE)).catch(() => undefined)) !== undefined
+  }
+
+  /**
+   * Refuse (UntrustedStateError) a group directory that is a symlink, not ours or writable
+   * by others, or that holds such an entry (group.json, a map, P, the lock's files, a
+   * socket). Runs before anything in it is read (DESIGN §3). Waits (a readdir, an lstat per entry).
+   */
+  async checkGroupDir(name: string): Promise<void> {
+    const dir = this.groupDir(name)
+    await checkTrusted(this.fs, dir, 'directory')
+    if (!this.fs.lstat) return
+    let entries: string[]
+    try {
+      entries = await this.fs.readdir(dir)
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') return
+      throw error
+    }
+    for (const n of entries) {
+      const path = join(dir, n)
+      // eslint-disable-next-line no-await-in-loop
+      const st = await this.fs.lstat(path).catch(() => undefined)
+      // eslint-disable-next-line no-await-in-loop
+      if (st) await checkTrusted(this.fs, path, st.isDirectory ? 'directory' : 'file', {ignoreMode: LOCK_DIRS.has(n)})
+    }
   }
 
   /** Whether the group exists (has a group.json). Waits. */
@@ -91,12 +160,14 @@ export class GroupStore {
    */
   async load(name: string): Promise<GroupRecord> {
     const file = this.groupFile(name)
+    await this.checkGroupDir(name)
     let text: Buffer
     try {
-      text = await this.fs.readFile(file)
+      text = await this.fs.readFile(file, {noFollow: true})
     } catch (error) {
       const code = errnoOf(error)
       if (code === 'ENOENT') throw new NotFoundError(`no clone group named ${name} in ${this.stateDir}`, 'list groups with `clonectl group list`')
+      if (code === 'ELOOP') throw new UntrustedStateError(`${file} is a symlink; clonectl never follows a symlink inside its state directory`, 'remove the symlink and put the real file there (or restore the state from a backup)')
       if (code === 'EACCES' || code === 'EPERM')
         throw new VolumeIoError(`cannot read ${file}: permission denied`, code, `run clonectl as the user that owns ${this.stateDir}, or pass --state-dir`)
       throw error
@@ -111,9 +182,9 @@ export class GroupStore {
    * Make the group directory (0700) and its first group.json, durably. Refuses (RefusedError)
    * when the group exists, or when its directory holds files clonectl did not make. A
    * directory left by an interrupted create or destroy (no group.json, only our own files)
-   * is reused. Not atomic against a concurrent create of the same name: DurableFs has no
-   * exclusive mkdir, so two simultaneous creates may both succeed, the later save winning.
-   * Waits.
+   * is reused. Not atomic by itself against a concurrent create of the same name (DurableFs
+   * has no exclusive mkdir): createGroup runs it under withCreationLock. A failed save (a
+   * full file system) leaves no directory behind. Waits.
    */
   async create(record: GroupRecord): Promise<void> {
     const dir = this.groupDir(record.name)
@@ -129,9 +200,19 @@ export class GroupStore {
         if (!GroupLock.ownsName(n)) await this.fs.unlink(join(dir, n))
       }
     }
-    await this.fs.mkdirp(dir, 0o700)
-    await this.fs.fsyncDir(this.groupsDir)
-    await this.save(record)
+    try {
+      await this.fs.mkdirp(dir, 0o700)
+      await this.fs.fsyncDir(this.groupsDir)
+    } catch (error) {
+      throw stateWriteError(this.stateDir, dir, error)
+    }
+    try {
+      await this.save(record)
+    } catch (error) {
+      // Nothing half-made stays: a group directory without a group.json is no group.
+      await rmdir(dir).catch(() => undefined)
+      throw error
+    }
   }
 
   /**
@@ -148,7 +229,11 @@ export class GroupStore {
     } catch (error) {
       throw new Error(`refusing to write an invalid group record: ${(error as Error).message}`)
     }
-    await writeFileAtomic(this.fs, file, Buffer.from(text))
+    try {
+      await writeFileAtomic(this.fs, file, Buffer.from(text))
+    } catch (error) {
+      throw stateWriteError(this.stateDir, file, error)
+    }
   }
 
   /**
@@ -202,17 +287,75 @@ export class GroupStore {
   }
 
   /**
-   * Every volume used by any group, for the "already used" check: each group's source (clone
-   * '(source)') and each of its clones. Waits.
+   * Every group's record, and the groups whose group.json cannot be read or trusted (a
+   * CorruptStateError or UntrustedStateError, each naming its file): one damaged group never
+   * hides the others. Any other error (EIO) is thrown. Waits.
    */
-  async allClonePaths(): Promise<VolumeUse[]> {
-    const out: VolumeUse[] = []
+  async loadAll(): Promise<{records: GroupRecord[]; damaged: DamagedGroup[]}> {
+    const records: GroupRecord[] = []
+    const damaged: DamagedGroup[] = []
     for (const g of await this.list()) {
-      // eslint-disable-next-line no-await-in-loop
-      const r = await this.load(g)
-      out.push({group: g, clone: '(source)', path: r.source.path})
-      for (const c of r.clones) out.push({group: g, clone: c.name, path: c.volume.path})
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        records.push(await this.load(g))
+      } catch (error) {
+        const d = this.damage(g, error)
+        if (!d) throw error
+        damaged.push(d)
+      }
+    }
+    return {records, damaged}
+  }
+
+  /** The group as damaged, if `error` (from load) says its state cannot be trusted; else undefined. */
+  damage(name: string, error: unknown): DamagedGroup | undefined {
+    if (!(error instanceof CorruptStateError) && !(error instanceof UntrustedStateError)) return undefined
+    const file = /^(\/\S*?):? /.exec(error.message)?.[1] ?? this.groupFile(name)
+    return {name, file, reason: error.message, error}
+  }
+
+  /**
+   * Every volume used by any group, for the "already used" check: each group's source (clone
+   * '(source)') and each of its clones, except those of `except`. A damaged group's volumes
+   * cannot be known: it is reported to onDamaged (a warning) and skipped, so it never blocks
+   * the other groups. Waits.
+   */
+  async allClonePaths(o: {except?: string; onDamaged?: (d: DamagedGroup) => void} = {}): Promise<VolumeUse[]> {
+    const out: VolumeUse[] = []
+    const {records, damaged} = await this.loadAll()
+    for (const d of damaged) if (d.name !== o.except) o.onDamaged?.(d)
+    for (const r of records) {
+      if (r.name === o.except) continue
+      out.push({group: r.name, clone: '(source)', path: r.source.path})
+      for (const c of r.clones) out.push({group: r.name, clone: c.name, path: c.volume.path})
     }
     return out
+  }
+
+  /**
+   * Run fn under the state directory's creation lock: a volume joins a group (group create,
+   * clone add) one at a time across all groups, so two racing commands can never both find a
+   * volume unused. Held for the check and the record only, never for a copy. Waits for it
+   * (a holder keeps it for milliseconds) up to `waitSeconds` (default 60).
+   */
+  async withCreationLock<T>(command: string, fn: () => Promise<T>, waitSeconds = 60): Promise<T> {
+    if (!this.creationLock) return fn()
+    let lost: Error | undefined
+    const lock = await GroupLock.acquire({
+      groupDir: this.stateDir,
+      group: `(state directory ${this.stateDir})`,
+      command,
+      waitSeconds,
+      onCompromised: (error) => {
+        lost = error
+      },
+    })
+    try {
+      const out = await fn()
+      if (lost) throw new LockHeldError(`lost the creation lock of ${this.stateDir}: ${lost.message}`, 'check that no other clonectl runs, then run the command again')
+      return out
+    } finally {
+      await lock.release().catch(() => undefined)
+    }
   }
 }

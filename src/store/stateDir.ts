@@ -1,7 +1,8 @@
 import {homedir} from 'node:os'
 import {isAbsolute, join, resolve} from 'node:path'
-import {UsageError} from '../errors/errors.js'
+import {errnoOf, UsageError, VolumeIoError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
+import {checkTrusted} from './trust.js'
 
 /** The state directory for root (DESIGN §3). */
 export const ROOT_STATE_DIR = '/var/lib/clonectl'
@@ -23,10 +24,37 @@ export function resolveStateDir(flag?: string, env: NodeJS.ProcessEnv = process.
 
 /**
  * Create the state directory and its groups/ directory, mode 0700 (a directory that already
- * exists keeps its mode). Waits.
+ * exists keeps its mode), and refuse them (UntrustedStateError) unless they are the running
+ * user's and writable by no one else, groups/ not a symlink (DESIGN §3: the state directory
+ * is a trust boundary; the path named for it may itself be a symlink). Waits.
  */
 export async function ensureStateDir(fs: DurableFs, dir: string): Promise<void> {
-  await fs.mkdirp(join(dir, 'groups'), 0o700)
+  try {
+    await fs.mkdirp(join(dir, 'groups'), 0o700)
+  } catch (error) {
+    throw stateWriteError(dir, join(dir, 'groups'), error)
+  }
+  await checkTrusted(fs, dir, 'directory', {follow: true})
+  await checkTrusted(fs, join(dir, 'groups'), 'directory')
+}
+
+/**
+ * The error for a failed write of the state directory: a full (ENOSPC, EDQUOT), read-only
+ * or failing file system is an expected VolumeIoError (exit 8) naming the state directory;
+ * anything else is returned as it is. (A recursive mkdir on a full file system may say
+ * ENOENT.) Pure.
+ */
+export function stateWriteError(stateDir: string, path: string, error: unknown): unknown {
+  const code = errnoOf(error)
+  const why: Record<string, string> = {
+    ENOSPC: 'no space left on the file system of the state directory',
+    EDQUOT: 'the disk quota of the state directory is exhausted',
+    EROFS: 'the state directory is on a read-only file system',
+    EIO: 'an I/O error on the file system of the state directory',
+    ENOENT: 'a directory on the way vanished, or the file system of the state directory is full',
+  }
+  if (code === undefined || !(code in why)) return error
+  return new VolumeIoError(`cannot write ${path}: ${why[code]} ${stateDir} (${code}); the state was left as it was`, code, `free space on (or repair) the file system holding ${stateDir}, then run the command again`)
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/

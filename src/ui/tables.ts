@@ -1,10 +1,16 @@
 import Table from 'cli-table3'
 import type {GroupStatus} from '../group/GroupStatus.js'
+import type {DamagedGroupReport} from '../store/GroupStore.js'
 import {humanAge, humanBytes} from './format.js'
 import {colour, stdoutIsLive} from './terminal.js'
 
 function table(head: string[]): Table.Table {
   return new Table({head, style: {head: stdoutIsLive() ? ['cyan'] : [], border: stdoutIsLive() ? ['grey'] : []}})
+}
+
+/** A group whose state cannot be read or trusted: the file, the reason, the fix. */
+export function renderDamagedGroup(d: DamagedGroupReport): string {
+  return [`Group ${d.name}: ${colour.error('DAMAGED')} (${d.damaged.file})`, `  ${d.damaged.reason}`, ...(d.damaged.fix ? [`  ${d.damaged.fix}`] : [])].join('\n')
 }
 
 /** status: one table per group. */

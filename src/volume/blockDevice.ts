@@ -6,7 +6,8 @@
  * These read kernel interfaces, not persistent state, so they use node:fs directly rather
  * than the DurableFs (nothing here is written, nothing needs a crash model).
  */
-import {readFile, realpath, stat} from 'node:fs/promises'
+import {constants} from 'node:fs'
+import {open, readFile, readdir, realpath, stat} from 'node:fs/promises'
 import {basename, dirname} from 'node:path'
 import {VolumeIoError, errnoOf} from '../errors/errors.js'
 
@@ -132,4 +133,49 @@ export async function isMounted(devPath: string): Promise<boolean> {
   }
   if (!s.isBlockDevice()) return false
   return (await mountPoints(majorMinor(s.rdev))).length > 0
+}
+
+/**
+ * The loop devices whose backing file is the file (dev, ino): a file that backs a loop device
+ * counts as that device (a file system mounted from it lives in the file's bytes). From
+ * /sys/block/loopN/loop/backing_file, stat'ed to compare the inode, so any name of the file
+ * matches. Waits.
+ */
+export async function loopDevicesBackedBy(dev: number, ino: number): Promise<Array<{majorMinor: string; devPath: string}>> {
+  let names: string[]
+  try {
+    names = (await readdir('/sys/block')).filter((n) => /^loop\d+$/.test(n))
+  } catch {
+    return []
+  }
+  const out: Array<{majorMinor: string; devPath: string}> = []
+  for (const n of names) {
+    // eslint-disable-next-line no-await-in-loop
+    const backing = await readSysfs(`/sys/block/${n}/loop/backing_file`)
+    if (!backing || backing.endsWith(' (deleted)')) continue
+    // eslint-disable-next-line no-await-in-loop
+    const s = await stat(backing).catch(() => undefined)
+    if (!s || s.dev !== dev || s.ino !== ino) continue
+    // eslint-disable-next-line no-await-in-loop
+    const mm = (await readSysfs(`/sys/block/${n}/dev`))?.trim()
+    // eslint-disable-next-line no-await-in-loop
+    if (mm) out.push({majorMinor: mm, devPath: await devPathOf(mm)})
+  }
+  return out
+}
+
+/**
+ * Whether a block device is busy: mounted (itself or a partition), or held open exclusively
+ * (an O_EXCL open fails with EBUSY, as BlockVolume's own open would). Waits.
+ */
+export async function deviceBusy(mm: string, devPath: string): Promise<{busy: boolean; mountedOn: string[]}> {
+  const mountedOn = await mountPoints(mm)
+  if (mountedOn.length > 0) return {busy: true, mountedOn}
+  try {
+    const fh = await open(devPath, constants.O_RDONLY | constants.O_EXCL)
+    await fh.close()
+    return {busy: false, mountedOn}
+  } catch (error) {
+    return {busy: errnoOf(error) === 'EBUSY', mountedOn}
+  }
 }

@@ -241,3 +241,84 @@ async function nbdKey(fs: DurableFs, uri: string): Promise<string> {
   const host = t.host.toLowerCase() === 'localhost' ? '127.0.0.1' : t.host.toLowerCase()
   return `tcp ${host}:${t.port} ${JSON.stringify(u.exportName)}`
 }
+
+/** One volume a group uses: its source ('(source)') or a clone, and the path recorded for it. */
+export interface RecordedUse {
+  group: string
+  clone: string
+  path: string
+}
+
+/** Where a group's own volumes collide, found at open. */
+export interface VolumeConflicts {
+  /** The source is another volume of this group or of any group: nothing may be opened. */
+  source?: RefusedError
+  /** Clones that are another volume (a clone of this group before them, or any other group's): refused by name. */
+  clones: Map<string, RefusedError>
+}
+
+function useName(u: RecordedUse): string {
+  return u.clone === '(source)' ? `the source of group ${u.group} (${u.path})` : `clone ${u.clone} of group ${u.group} (${u.path})`
+}
+
+/**
+ * The rule "a volume is never the same as another volume of any group", checked at every
+ * open of a group's volumes, not only at `clone add` (group.json may have been edited, or
+ * two adds raced before there was a lock): the group's own volumes pairwise, and each
+ * against every other group's recorded volumes. Each conflict names both uses and the fix
+ * (`groupFile` to correct, or `clone remove`). Volumes that cannot be resolved (missing)
+ * overlap nothing here; opening them reports that. Never opens a volume: realpath, stat
+ * and sysfs only, so an open stays cheap. Waits.
+ */
+export async function findVolumeConflicts(fs: DurableFs, own: RecordedUse[], others: RecordedUse[], groupFile: string): Promise<VolumeConflicts> {
+  const cache = new Map<string, Promise<VolumeIdentity | undefined>>()
+  const identity = (path: string): Promise<VolumeIdentity | undefined> => {
+    let p = cache.get(path)
+    if (!p) {
+      // Unknown (missing, unreadable) is left to the open itself, which names the error.
+      p = resolveIdentity(fs, path).catch((error: unknown) => {
+        if (error instanceof ClonectlError) return undefined
+        throw error
+      })
+      cache.set(path, p)
+    }
+    return p
+  }
+  const out: VolumeConflicts = {clones: new Map()}
+  const seen: Array<{use: RecordedUse; id: VolumeIdentity}> = []
+  for (const use of own) {
+    // eslint-disable-next-line no-await-in-loop
+    const id = await identity(use.path)
+    if (!id) continue
+    let hit: {other: RecordedUse; r: Relation; otherId: VolumeIdentity} | undefined
+    for (const s of seen) {
+      const r = relation(s.id, id)
+      if (r) {
+        hit = {other: s.use, r, otherId: s.id}
+        break
+      }
+    }
+    for (const o of hit ? [] : others) {
+      // eslint-disable-next-line no-await-in-loop
+      const otherId = await identity(o.path)
+      const r = otherId && relation(otherId, id)
+      if (r) {
+        hit = {other: o, r, otherId}
+        break
+      }
+    }
+    if (!hit) {
+      seen.push({use, id})
+      continue
+    }
+    const detail = hit.r.rel === 'overlap' ? `: ${why(hit.otherId, id, hit.r)}` : ''
+    const sourceInvolved = use.clone === '(source)' || (hit.other.clone === '(source)' && hit.other.group === use.group)
+    const message = `${useName(use)} ${hit.r.rel === 'same' ? 'is the same volume as' : 'overlaps'} ${useName(hit.other)}${detail}; a volume is never two volumes of any group`
+    if (sourceInvolved) {
+      out.source ??= new RefusedError(message, `correct the paths in ${groupFile}, or destroy the group's state (\`clonectl group destroy ${use.group} --force\`; no volume is touched)`)
+      continue
+    }
+    out.clones.set(use.clone, new RefusedError(message, `correct the clone's path in ${groupFile}, or remove the clone: \`clonectl clone remove ${use.group} ${use.clone}\``))
+  }
+  return out
+}

@@ -1,6 +1,7 @@
-import {NotFoundError, type RemoteError, UsageError, errnoOf} from '../errors/errors.js'
+import {NotFoundError, RefusedError, type RemoteError, UsageError, errnoOf} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {BlockVolume} from './BlockVolume.js'
+import {deviceBusy, loopDevicesBackedBy} from './blockDevice.js'
 import {FileVolume, ioError} from './FileVolume.js'
 import {RemoteVolume} from './RemoteVolume.js'
 import type {Volume} from './Volume.js'
@@ -39,7 +40,10 @@ export async function openVolume(fs: DurableFs, path: string, opts: OpenVolumeOp
     throw ioError(path, 'opening', error)
   }
   if (st.isBlockDevice) return BlockVolume.openDevice(fs, path, st.rdev, opts)
-  if (st.isFile) return FileVolume.open(fs, path, opts)
+  if (st.isFile) {
+    if (opts.write) await refuseBusyBacking(path, st.dev, st.ino)
+    return FileVolume.open(fs, path, opts)
+  }
   // FileStat has no isDirectory; a directory is what readdir accepts.
   const isDir = await fs.readdir(path).then(
     () => true,
@@ -47,4 +51,21 @@ export async function openVolume(fs: DurableFs, path: string, opts: OpenVolumeOp
   )
   if (isDir) throw new UsageError(`${path} is a directory, not a volume`, 'name an image file or a block device')
   throw new UsageError(`${path} is neither a regular file nor a block device (a character device, FIFO or socket?)`, 'name an image file or a block device')
+}
+
+/**
+ * A file that backs a loop device counts as that device: writing it under a mounted (or
+ * otherwise busy) loop device corrupts whatever uses the device, so it is refused as the
+ * device itself would be (BlockVolume's O_EXCL open). Waits.
+ */
+async function refuseBusyBacking(path: string, dev: number, ino: number): Promise<void> {
+  for (const loop of await loopDevicesBackedBy(dev, ino)) {
+    // eslint-disable-next-line no-await-in-loop
+    const {busy, mountedOn} = await deviceBusy(loop.majorMinor, loop.devPath)
+    if (busy)
+      throw new RefusedError(
+        `${path} backs loop device ${loop.devPath}, which is busy (${mountedOn.length > 0 ? `mounted on ${mountedOn.join(', ')}` : 'in use by another program'}); clonectl never writes a file under a busy device`,
+        mountedOn.length > 0 ? `unmount it (umount ${mountedOn[0]}) and detach it (losetup -d ${loop.devPath}), or name another volume` : `stop whatever holds ${loop.devPath} and detach it (losetup -d ${loop.devPath}), or name another volume`,
+      )
+  }
 }

@@ -21,7 +21,8 @@ export interface MemGroup {
 }
 
 export function contextOn(fs: MemoryFs): GroupContext {
-  return {fs, store: new GroupStore(fs, '/state')}
+  // The creation lock is a real file (GroupLock); a MemoryFs group runs in one process.
+  return {fs, store: new GroupStore(fs, '/state', {creationLock: false})}
 }
 
 /** Fill: byte value of extent e (a recognizable pattern per extent). */

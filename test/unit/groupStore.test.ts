@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict'
-import {mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile} from 'node:fs/promises'
+import {chmod, chown, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, test} from 'node:test'
-import {CorruptStateError, ExitCode, LockHeldError, NotFoundError, RefusedError, UsageError} from '../../src/errors/errors.js'
+import {CorruptStateError, ExitCode, LockHeldError, NotFoundError, RefusedError, StateError, UntrustedStateError, UsageError, VolumeIoError} from '../../src/errors/errors.js'
+import {ForwardSync} from '../../src/engine/ForwardSync.js'
+import {CloneGroup} from '../../src/group/CloneGroup.js'
+import {createGroup, destroyGroup} from '../../src/group/GroupAdmin.js'
+import {buildGroup, clonePath, fillPattern, SRC} from '../helpers/memGroup.js'
 import {MemoryFs} from '../../src/io/MemoryFs.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {type GroupRecord, parseGroupRecord} from '../../src/store/GroupRecord.js'
@@ -309,4 +313,160 @@ test('ensureStateDir makes the state directory and groups/ with mode 0700', asyn
   await ensureStateDir(nodeFs, state)
   for (const d of [state, join(state, 'groups')]) assert.equal((await stat(d)).mode & 0o077, 0, `${d} must be 0700`)
   await ensureStateDir(nodeFs, state)
+})
+
+// ---------------------------------------------------------------------------------------
+// The state directory as a trust boundary; damaged groups; a full state file system;
+// volumes that never cross groups (issue 12 items 2, 3, 5, 8, 9).
+
+/** A MemoryFs store with group records written as they are (no volumes needed). */
+async function memStore(capacity?: number): Promise<{fs: MemoryFs; store: GroupStore}> {
+  const fs = new MemoryFs({capacity})
+  await fs.mkdirp('/state/groups')
+  return {fs, store: new GroupStore(fs, '/state', {creationLock: false})}
+}
+
+test('given a full state file system, when group.json is saved, then exit 8 names the state directory, no temp file stays and the old record is intact', async () => {
+  const {fs, store} = await memStore()
+  const r = record('db1')
+  await store.create(r)
+  const before = await fs.readFile(store.groupFile('db1'))
+  const full = new MemoryFs({capacity: 0})
+  await full.mkdirp('/state/groups/db1')
+  const onFull = new GroupStore(full, '/state', {creationLock: false})
+  r.clones[0]!.lastSyncAt = '2026-11-23T07:00:00.000Z'
+  await assert.rejects(onFull.save(r), (e: unknown) => e instanceof VolumeIoError && e.exitCode === ExitCode.io && e.errno === 'ENOSPC' && e.message.includes('/state') && /no space left/.test(e.message))
+  assert.deepEqual(await full.readdir('/state/groups/db1'), [], 'no group.json.tmp-* left behind')
+  // And on a store that fills up between two saves: the record on disk is the old one.
+  const tight = new MemoryFs({capacity: before.length + 16})
+  await tight.mkdirp('/state/groups/db1')
+  const tightStore = new GroupStore(tight, '/state', {creationLock: false})
+  await tightStore.save(record('db1'))
+  const saved = await tight.readFile(tightStore.groupFile('db1'))
+  await assert.rejects(tightStore.save(r), VolumeIoError)
+  assert.deepEqual(await tight.readFile(tightStore.groupFile('db1')), saved)
+  assert.deepEqual(await tight.readdir('/state/groups/db1'), ['group.json'])
+})
+
+test('given an empty and a garbage group.json among good groups, then loadAll lists them as damaged (file, reason) and returns the others; allClonePaths skips and reports them', async () => {
+  const {fs, store} = await memStore()
+  await store.create(record('good'))
+  await store.create(record('empty'))
+  await store.create(record('garbage'))
+  fs.seedFile(store.groupFile('empty'), Buffer.alloc(0))
+  fs.seedFile(store.groupFile('garbage'), Buffer.from('{"formatVersion": 1, "na'))
+  const {records, damaged} = await store.loadAll()
+  assert.deepEqual(records.map((r) => r.name), ['good'])
+  assert.deepEqual(damaged.map((d) => [d.name, d.file]), [['empty', store.groupFile('empty')], ['garbage', store.groupFile('garbage')]])
+  for (const d of damaged) assert.ok(d.error instanceof CorruptStateError && d.reason.length > 0)
+  const reported: string[] = []
+  const uses = await store.allClonePaths({except: 'good', onDamaged: (d) => reported.push(d.name)})
+  assert.deepEqual(uses, [])
+  assert.deepEqual(reported, ['empty', 'garbage'])
+  assert.deepEqual((await store.allClonePaths()).map((u) => `${u.group}/${u.clone}`), ['good/(source)', 'good/c1'])
+})
+
+test('given a state directory, group directory or file that is a symlink, another user\'s, or writable by others, then it is refused with exit 7 naming the path and the fix', async () => {
+  const store = await tempStore()
+  await store.create(record('db1'))
+  const gdir = store.groupDir('db1')
+  const expect7 = (p: RegExp | string, fix: RegExp) => (e: unknown) => e instanceof UntrustedStateError && e.exitCode === ExitCode.corrupt && e.message.includes(String(p)) && fix.test(e.fix ?? '')
+
+  await chmod(gdir, 0o770)
+  await assert.rejects(store.load('db1'), expect7(gdir, new RegExp(`chmod 700 ${gdir}`)))
+  await chmod(gdir, 0o700)
+  await chmod(store.groupFile('db1'), 0o666)
+  await assert.rejects(store.load('db1'), expect7(store.groupFile('db1'), /chmod 600/))
+  await chmod(store.groupFile('db1'), 0o600)
+  await chmod(store.stateDir, 0o707)
+  await assert.rejects(ensureStateDir(nodeFs, store.stateDir), expect7(store.stateDir, /chmod 700/))
+  await chmod(store.stateDir, 0o700)
+
+  const real = `${store.groupFile('db1')}.real`
+  await rename(store.groupFile('db1'), real)
+  await symlink(real, store.groupFile('db1'))
+  await assert.rejects(store.load('db1'), expect7(store.groupFile('db1'), /symlink/))
+  assert.deepEqual(await store.list(), ['db1'], 'still listed, so status shows it damaged')
+  const {damaged} = await store.loadAll()
+  assert.equal(damaged[0]?.file, store.groupFile('db1'))
+  await rm(store.groupFile('db1'))
+  await rename(real, store.groupFile('db1'))
+
+  await symlink('/nonexistent-target', join(gdir, 'clone-c1.map'))
+  await assert.rejects(store.load('db1'), expect7(join(gdir, 'clone-c1.map'), /symlink/))
+  await rm(join(gdir, 'clone-c1.map'))
+  await store.load('db1')
+
+  if (process.getuid?.() === 0) {
+    await chown(store.groupFile('db1'), 65534, 65534)
+    await assert.rejects(store.load('db1'), expect7('uid 65534', /chown/))
+    await chown(store.groupFile('db1'), 0, 0)
+    await chown(store.stateDir, 65534, 65534)
+    await assert.rejects(ensureStateDir(nodeFs, store.stateDir), expect7('uid 65534', /chown/))
+    await chown(store.stateDir, 0, 0)
+  }
+  await store.load('db1')
+})
+
+test('given two racing creation-locked sections, then they never overlap', async () => {
+  const store = await tempStore()
+  let inside = 0
+  let maxInside = 0
+  const section = async (): Promise<void> => {
+    inside++
+    maxInside = Math.max(maxInside, inside)
+    await new Promise<void>((res) => setImmediate(res))
+    inside--
+  }
+  await Promise.all([1, 2, 3].map(() => store.withCreationLock('test', section)))
+  assert.equal(maxInside, 1)
+  assert.deepEqual((await readdir(store.stateDir)).sort(), ['groups'], 'the lock leaves nothing behind')
+})
+
+test('given group.json edited so one volume is two volumes of some group, when the group is opened, then it is refused naming both uses before any byte is written', async () => {
+  const m = await buildGroup({extents: 4, source: fillPattern(4, 4096, (e) => e + 1), clones: ['c1', 'c2']})
+  const {ctx, fs} = m
+  fs.seedFile('/vol/h.img', fillPattern(4, 4096, () => 0xaa))
+  await createGroup(ctx, {name: 'h', sourcePath: '/vol/h.img', extentSize: 4096})
+  const hBefore = await fs.readFile('/vol/h.img')
+  const original = await ctx.store.load('g')
+
+  // A clone recorded at another group's source: that clone is refused by name, the rest opens.
+  const edited = structuredClone(original)
+  edited.clones[1]!.volume.path = '/vol/h.img'
+  await ctx.store.save(edited)
+  const g = await CloneGroup.open(ctx, 'g', {writable: true})
+  try {
+    const err = g.member('c2').unavailable
+    assert.ok(err instanceof RefusedError && err.exitCode === ExitCode.refused, String(err))
+    assert.match(err.message, /clone c2 of group g \(\/vol\/h\.img\) is the same volume as the source of group h \(\/vol\/h\.img\)/)
+    assert.match(err.fix ?? '', /clonectl clone remove g c2/)
+    await assert.rejects(ForwardSync.start(g, {clone: 'c2', full: true, command: 'test'}), RefusedError)
+    assert.equal(g.member('c1').unavailable, undefined)
+  } finally {
+    await g.close()
+  }
+  assert.deepEqual(await fs.readFile('/vol/h.img'), hBefore, "group h's source is untouched")
+
+  // A clone recorded at its own source, and the source recorded at a clone: nothing opens.
+  for (const edit of [(r: GroupRecord) => (r.clones[0]!.volume.path = SRC), (r: GroupRecord) => (r.source.path = clonePath('c2'))]) {
+    const bad = structuredClone(original)
+    edit(bad)
+    await ctx.store.save(bad)
+    await assert.rejects(CloneGroup.open(ctx, 'g', {writable: true}), (e: unknown) => e instanceof RefusedError && /the source of group g/.test(e.message) && /group\.json/.test(e.fix ?? ''))
+  }
+  // Status (no volumes opened) still works, and group destroy is the way out.
+  await ctx.store.save(original)
+})
+
+test('given an unfinished restore, when the group is destroyed with force alone, then it is refused naming the partly restored source; discardRestore destroys it', async () => {
+  const m = await buildGroup({extents: 4, source: fillPattern(4, 4096, (e) => e + 1), clones: ['c1']})
+  const {ctx} = m
+  const r = await ctx.store.load('g')
+  r.operation = {id: '0b6f5a8e-7d52-4c55-9a8f-2f1f3c1e9d10', kind: 'restore', clone: 'c1', protected: true, startedAt: '2026-11-23T06:00:00.000Z', command: 'clonectl restore g c1', pid: 4242}
+  await ctx.store.save(r)
+  await assert.rejects(destroyGroup(ctx, 'g', {force: true}), (e: unknown) => e instanceof StateError && e.message.includes(SRC) && /partly restored/.test(e.message) && /pre-restore data/.test(e.message) && /--discard-restore/.test(e.fix ?? ''))
+  assert.equal(await ctx.store.exists('g'), true)
+  await destroyGroup(ctx, 'g', {force: true, discardRestore: true})
+  assert.equal(await ctx.store.exists('g'), false)
 })
