@@ -8,7 +8,7 @@
  * directories in destroy(), which DurableFs cannot express yet (it has no rmdir).
  */
 import {rm, rmdir} from 'node:fs/promises'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {ClonectlError, CorruptStateError, errnoOf, LockHeldError, NotFoundError, RefusedError, UntrustedStateError, VolumeIoError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {writeFileAtomic} from '../io/atomicWrite.js'
@@ -202,7 +202,12 @@ export class GroupStore {
     }
     try {
       await this.fs.mkdirp(dir, 0o700)
+      // The whole chain: groups/ in the state directory and the state directory in its parent
+      // may themselves be new (a first `group create` on a fresh machine), and a directory
+      // entry is durable only once its parent is fsynced. Rare, so paid every time.
       await this.fs.fsyncDir(this.groupsDir)
+      await this.fs.fsyncDir(this.stateDir)
+      await this.fs.fsyncDir(dirname(this.stateDir))
     } catch (error) {
       throw stateWriteError(this.stateDir, dir, error)
     }

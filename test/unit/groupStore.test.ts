@@ -108,6 +108,16 @@ test('given a group created and saved on a MemoryFs, when power is lost, then th
   assert.equal((await new GroupStore(fs.crash({kind: 'durable'}), '/state').load('db1')).clones[0]!.state, 'out-of-sync')
 })
 
+test('given a fresh machine (no state directory yet), when the first group is created and power is lost, then the group survives', async () => {
+  const fs = new MemoryFs()
+  fs.seedDir('/var/lib') // the parent exists durably; the state directory does not exist yet
+  await ensureStateDir(fs, '/var/lib/clonectl')
+  const store = new GroupStore(fs, '/var/lib/clonectl')
+  const r = record('db1')
+  await store.create(r)
+  assert.deepEqual(await new GroupStore(fs.crash({kind: 'durable'}), '/var/lib/clonectl').load('db1'), r, 'the new state directory and groups/ must be made durable by the first create')
+})
+
 test('given group.json that is not JSON, then load is a CorruptStateError naming the file', async () => {
   const store = await tempStore()
   await store.create(record('db1'))
