@@ -261,6 +261,13 @@ export class GroupServer {
       case 'status': {
         await g.checkpoint()
         const s = await groupStatus(this.ctx, g.name)
+        // The server repaired damaged map pages when it opened them: the disk no longer shows
+        // what it found, so report it from the open maps.
+        for (const c of s.clones) {
+          const m = g.members.get(c.name)?.map
+          const damage = m?.damageReport()
+          if (m && damage && !c.damagedMapPages) Object.assign(c, {damagedMapPages: [...m.damagedPages], mapDamage: damage})
+        }
         return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {

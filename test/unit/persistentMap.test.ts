@@ -154,10 +154,47 @@ async function reopen(path: string): Promise<PersistentMap> {
   return PersistentMap.open(nodeFs, path, {...expect, operationId: header.operationId})
 }
 
+/**
+ * The bitmap bytes of a version-2 map file, decoded here from the documented layout (not
+ * through PersistentMap): per page the slot whose 8 sectors all pass their CRC32C over
+ * (page, sector, seq, payload) with one seq, the highest seq winning. Fails when a page has
+ * no valid slot.
+ */
+function decodeV2(raw: Buffer, count: number): Buffer {
+  const bytes = Math.ceil(count / 8)
+  const out = Buffer.alloc(bytes)
+  for (let p = 0; p * 4000 < bytes; p++) {
+    let best: {seq: number; at: number} | undefined
+    for (const slot of [0, 1]) {
+      const at = PAGE + (2 * p + slot) * PAGE
+      let seq = -1
+      let ok = true
+      for (let k = 0; k < 8; k++) {
+        const o = at + k * 512
+        const id = Buffer.alloc(16)
+        id.writeUInt32LE(p, 0)
+        id.writeUInt32LE(k, 4)
+        raw.copy(id, 8, o, o + 8)
+        const s = Number(raw.readBigUInt64LE(o))
+        if (raw.readUInt32LE(o + 8) !== crc32c(raw.subarray(o + 12, o + 512), crc32c(id)) || (seq >= 0 && s !== seq)) ok = false
+        seq = s
+      }
+      if (ok && (!best || seq > best.seq)) best = {seq, at}
+    }
+    assert.ok(best, `page ${p} has a valid slot`)
+    for (let k = 0; k < 8; k++) {
+      const from = p * 4000 + k * 500
+      if (from >= bytes) break
+      raw.copy(out, from, best.at + k * 512 + 12, best.at + k * 512 + 12 + Math.min(500, bytes - from))
+    }
+  }
+  return out
+}
+
 /** The set runs of the map file as it is on disk now. */
 async function onDisk(path: string, count = COUNT): Promise<Array<[number, number]>> {
   const raw = await fsp.readFile(path)
-  return [...ExtentBitmap.fromBytes(count, raw.subarray(PAGE)).runs()]
+  return [...ExtentBitmap.fromBytes(count, decodeV2(raw, count)).runs()]
 }
 
 async function patch(path: string, at: number, bytes: Buffer, fixCrc = false): Promise<void> {
@@ -185,15 +222,16 @@ const u64 = (v: number): Buffer => {
 }
 
 describe('PersistentMap: the file, create and open', () => {
-  test('the file layout: header fields, CRC32C, zero rest; bitmap pages in little-endian bit order', async () => {
+  test('the file layout: header fields, CRC32C, zero rest; each bitmap page in two slots of self-checking sectors, little-endian bit order', async () => {
     const p = fresh()
     const init = new ExtentBitmap(COUNT)
-    for (const e of [0, 9, 32767, 32768, COUNT - 1]) init.set(e)
+    for (const e of [0, 9, 31999, 32000, COUNT - 1]) init.set(e)
     await (await PersistentMap.create(nodeFs, p, header, init)).close()
     const raw = await fsp.readFile(p)
-    assert.equal(raw.length, PAGE + 2 * PAGE, 'header page + bitmap padded to two pages')
+    // 40000 extents: 5000 bitmap bytes, two pages of 4000, each in two 4096-byte slots.
+    assert.equal(raw.length, PAGE + 4 * PAGE, 'header page + two pages × two slots')
     assert.equal(raw.toString('latin1', 0, 8), 'CLNMAP01')
-    assert.equal(raw.readUInt32LE(8), 1, 'version')
+    assert.equal(raw.readUInt32LE(8), 2, 'version')
     assert.equal(raw.readUInt32LE(12), 1, 'kind: delta')
     assert.equal(raw.readUInt32LE(16), EXTENT)
     assert.equal(raw.readUInt32LE(20), 0, 'reserved')
@@ -203,13 +241,23 @@ describe('PersistentMap: the file, create and open', () => {
     assert.ok(raw.subarray(47, 104).every((b) => b === 0), 'operation id NUL-padded to 64 bytes')
     assert.equal(raw.readUInt32LE(104), crc32c(raw.subarray(0, 104)))
     assert.ok(raw.subarray(108, PAGE).every((b) => b === 0), 'rest of the header page is zero')
-    const bm = raw.subarray(PAGE)
-    assert.equal(bm[0], 0b0000_0001, 'extent 0: byte 0 bit 0')
-    assert.equal(bm[1], 0b0000_0010, 'extent 9: byte 1 bit 1')
-    assert.equal(bm[PAGE - 1], 0x80, 'extent 32767: last bit of page 0')
-    assert.equal(bm[PAGE], 0x01, 'extent 32768: first bit of page 1')
-    assert.equal(bm[(COUNT - 1) >> 3], 1 << ((COUNT - 1) & 7), 'last extent')
-    assert.ok(bm.subarray(((COUNT - 1) >> 3) + 1).every((b) => b === 0), 'padding is zero')
+    // A new file holds each page in slot 0 at seq 1 and in slot 1 at seq 0, same payload.
+    for (const [page, slot, seq] of [[0, 0, 1], [0, 1, 0], [1, 0, 1], [1, 1, 0]]) {
+      const at = PAGE + (2 * page + slot) * PAGE
+      for (let k = 0; k < 8; k++) assert.equal(raw.readBigUInt64LE(at + k * 512), BigInt(seq), `page ${page} slot ${slot} sector ${k} seq`)
+    }
+    const s0 = PAGE // page 0, slot 0
+    assert.equal(raw[s0 + 12], 0b0000_0001, 'extent 0: payload byte 0 bit 0')
+    assert.equal(raw[s0 + 13], 0b0000_0010, 'extent 9: payload byte 1 bit 1')
+    assert.equal(raw[s0 + 7 * 512 + 511], 0x80, 'extent 31999: last bit of page 0 (sector 7, last byte)')
+    const s2 = PAGE + 2 * PAGE // page 1, slot 0
+    assert.equal(raw[s2 + 12], 0x01, 'extent 32000: first bit of page 1')
+    // Extent 40000: bitmap byte 5000 = page 1, payload byte 1000 = sector 2, byte 0, bit 0.
+    assert.equal(COUNT - 1, 40_000)
+    assert.equal(raw[s2 + 2 * 512 + 12], 0x01, 'last extent')
+    assert.ok(raw.subarray(s2 + 2 * 512 + 13, s2 + 3 * 512).every((b) => b === 0), 'padding is zero')
+    assert.ok(raw.subarray(s2 + 7 * 512 + 12, s2 + 8 * 512).every((b) => b === 0), 'padding is zero to the end of the slot')
+    assert.deepEqual(ExtentBitmap.fromBytes(COUNT, decodeV2(raw, COUNT)).toBytes(), init.toBytes())
   })
 
   test('create → open round trip keeps the header and the bits', async () => {
@@ -284,8 +332,8 @@ describe('PersistentMap: the file, create and open', () => {
     await openRejects(p, expect, /bad magic/)
     const q = fresh()
     await (await PersistentMap.create(nodeFs, q, header)).close()
-    await patch(q, 8, u32(2), true)
-    await openRejects(q, expect, /unknown version 2/)
+    await patch(q, 8, u32(3), true)
+    await openRejects(q, expect, /unknown version 3/)
     const k = fresh()
     await (await PersistentMap.create(nodeFs, k, header)).close()
     await patch(k, 12, u32(7), true)
