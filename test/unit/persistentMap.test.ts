@@ -16,7 +16,7 @@ import type {DurableFile, DurableFs, FileStat, OpenOptions} from '../../src/io/D
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {crc32c} from '../../src/map/crc32c.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
-import {PAGE, PersistentMap, type CheckpointTicket, type MapExpectation, type MapHeader} from '../../src/map/PersistentMap.js'
+import {encodeHeader, mapFileSize, PAGE, PersistentMap, type CheckpointTicket, type MapExpectation, type MapHeader} from '../../src/map/PersistentMap.js'
 
 const EXTENT = 64 * 1024
 // Not a multiple of the extent size, and more than one bitmap page (4096*8 bits) of extents.
@@ -783,5 +783,155 @@ describe('PersistentMap against a model (fast-check): memory and disk after ever
       }),
       {numRuns: 60},
     )
+  })
+})
+
+/** File offset of the slot holding page p's current image: the one whose sector 0 has the higher seq. */
+async function currentSlot(path: string, p: number): Promise<number> {
+  const raw = await fsp.readFile(path)
+  const at = (s: number): number => PAGE + (2 * p + s) * PAGE
+  return raw.readBigUInt64LE(at(0)) >= raw.readBigUInt64LE(at(1)) ? at(0) : at(1)
+}
+
+async function flip(path: string, at: number, mask = 0x08): Promise<void> {
+  const raw = await fsp.readFile(path)
+  await patch(path, at, Buffer.from([raw[at] ^ mask]))
+}
+
+describe('PersistentMap: every page is verifiable (format version 2)', () => {
+  test('given a D bit cleared by hand in its page\'s current slot (header intact), then open takes every extent of that page as dirty, reports it, and repairs it on disk', async () => {
+    const p = fresh()
+    const m = await PersistentMap.create(nodeFs, p, header)
+    await m.setDurable(3, 4) // page 0, payload byte 0, bit 3
+    await m.setDurable(32005, 32006) // page 1
+    await m.close()
+    const cur = await currentSlot(p, 0)
+    await flip(p, cur + 12) // clear extent 3's bit; the CRC32C of sector 0 no longer matches
+    const before = await fsp.readFile(p)
+    // status opens read-only: the damage is seen, nothing is written.
+    const ro = await PersistentMap.open(nodeFs, p, expect, {readOnly: true})
+    assert.deepEqual(ro.damagedPages, [0])
+    assert.deepEqual([...ro.bits.runs()], [[0, 32000], [32005, 32006]])
+    await assert.rejects(ro.setDurable(7, 8), /read-only/)
+    await ro.close()
+    assert.ok((await fsp.readFile(p)).equals(before), 'a read-only open writes nothing')
+
+    const r = await reopen(p)
+    assert.deepEqual(r.damagedPages, [0])
+    assert.deepEqual([...r.bits.runs()], [[0, 32000], [32005, 32006]], 'page 0 all dirty, page 1 as it was')
+    const report = r.damageReport() ?? ''
+    assert.ok(report.includes(p), report)
+    assert.match(report, /page 0 \(extents 0-31999\) failed their checksum; every extent of them is taken as different/)
+    await r.close()
+    assert.deepEqual(await onDisk(p), [[0, 32000], [32005, 32006]], 'repaired on disk: both slots of page 0 valid and all set')
+    const again = await reopen(p)
+    assert.deepEqual(again.damagedPages, [], 'no damage after the repair')
+    assert.equal(again.damageReport(), undefined)
+    assert.deepEqual([...again.bits.runs()], [[0, 32000], [32005, 32006]])
+    // And it goes on working: the next commit of page 0 lands in the other slot.
+    again.clear(0, 10)
+    await again.commitCheckpoint(again.beginCheckpoint())
+    await again.close()
+    const last = await reopen(p)
+    assert.deepEqual([...last.bits.runs()], [[10, 32000], [32005, 32006]])
+    assert.deepEqual(last.damagedPages, [])
+    await last.close()
+  })
+
+  test('damage a checksum cannot miss: a flipped seq, a flipped CRC, a zeroed slot; and stale rot in the older slot is ignored', async () => {
+    const cases: Array<[string, (cur: number, old: number) => Promise<void>, boolean]> = [
+      ['a seq bit of one sector of the current slot (it must not pass for a torn write)', (cur) => flip(`${pathOf}`, cur + 3 * 512, 0x02), true],
+      ['the CRC of the last sector of the current slot', (cur) => flip(`${pathOf}`, cur + 7 * 512 + 9, 0x01), true],
+      ['the current slot zeroed', (cur) => patch(`${pathOf}`, cur, Buffer.alloc(PAGE)), true],
+      ['a payload byte of the older slot', (_cur, old) => flip(`${pathOf}`, old + 600), false],
+      ['the older slot zeroed', (_cur, old) => patch(`${pathOf}`, old, Buffer.alloc(PAGE)), true],
+    ]
+    let pathOf = ''
+    for (const [what, damage, unknown] of cases) {
+      pathOf = fresh()
+      const m = await PersistentMap.create(nodeFs, pathOf, header)
+      await m.setDurable(100, 101)
+      await m.setDurable(200, 201) // page 0 committed twice: slots at seq 2 and 3
+      await m.close()
+      const cur = await currentSlot(pathOf, 0)
+      const old = cur === PAGE ? 2 * PAGE : PAGE
+      await damage(cur, old)
+      const r = await reopen(pathOf)
+      if (unknown) {
+        assert.deepEqual(r.damagedPages, [0], what)
+        assert.ok(r.bits.allSet(0, 32000), what)
+      } else {
+        assert.deepEqual(r.damagedPages, [], what)
+        assert.deepEqual([...r.bits.runs()], [[100, 101], [200, 201]], what)
+      }
+      await r.close()
+    }
+  })
+
+  test('a damaged P page stops open with a CorruptStateError naming the file and the page, and the fix; damaged: "clear" reads it clear for the caller to cover and repair', async () => {
+    const p = fresh()
+    const ph: MapHeader = {...header, kind: 'protected'}
+    const pe: MapExpectation = {...expect, kind: 'protected', operationId: ph.operationId}
+    const m = await PersistentMap.create(nodeFs, p, ph)
+    for (const [s, e] of [
+      [3, 4],
+      [32001, 32003],
+    ]) {
+      m.setVolatile(s, e)
+      m.stage(s, e)
+    }
+    await m.commitCheckpoint(m.beginCheckpoint())
+    await m.close()
+    await flip(p, (await currentSlot(p, 1)) + 100)
+    await assert.rejects(PersistentMap.open(nodeFs, p, pe), (error: unknown) => {
+      assert.ok(error instanceof CorruptStateError)
+      assert.equal(error.exitCode, 7)
+      assert.ok(error.message.includes(p))
+      assert.match(error.message, /page 1 \(extents 32000 to 40000\) cannot be trusted: slot 0 valid at seq 1, slot 1 damaged \(claims seq 2\); no safe value exists for P bits/)
+      assert.match(error.fix ?? '', /restore GROUP --force/)
+      return true
+    })
+    const r = await PersistentMap.open(nodeFs, p, pe, {damaged: 'clear'})
+    assert.deepEqual(r.damagedPages, [1])
+    assert.deepEqual([...r.bits.runs()], [[3, 4]], 'page 1 read as clear, page 0 intact')
+    assert.match(r.damageReport() ?? '', /page 1 \(extents 32000-40000\) failed their checksum; their extents are copied from the clone again/)
+    await assert.rejects(PersistentMap.open(nodeFs, p, pe), CorruptStateError, 'nothing written before repairDamagedPages')
+    await r.repairDamagedPages()
+    await r.close()
+    const again = await PersistentMap.open(nodeFs, p, pe)
+    assert.deepEqual([...again.bits.runs()], [[3, 4]])
+    await again.close()
+  })
+
+  test('a version-1 file (one trusted copy per page) is read as before and converted to version 2 atomically; read-only leaves it alone', async () => {
+    const p = fresh()
+    const init = new ExtentBitmap(COUNT)
+    for (const [s, e] of [
+      [0, 5],
+      [32767, 32770],
+      [COUNT - 1, COUNT],
+    ])
+      init.setRange(s, e)
+    // The previous release's layout: header (version 1), then the bitmap padded to 4096-byte pages.
+    const v1 = Buffer.alloc(PAGE + 2 * PAGE)
+    encodeHeader(header).copy(v1, 0)
+    v1.writeUInt32LE(1, 8)
+    v1.writeUInt32LE(crc32c(v1.subarray(0, 104)), 104)
+    Buffer.from(init.toBytes()).copy(v1, PAGE)
+    await fsp.writeFile(p, v1)
+    const ro = await PersistentMap.open(nodeFs, p, expect, {readOnly: true})
+    assert.ok(ro.bits.equals(init))
+    await ro.close()
+    assert.ok((await fsp.readFile(p)).equals(v1), 'read-only: still version 1')
+    const r = await reopen(p)
+    assert.ok(r.bits.equals(init))
+    assert.deepEqual(r.damagedPages, [])
+    await r.setDurable(10, 11)
+    await r.close()
+    const raw = await fsp.readFile(p)
+    assert.equal(raw.readUInt32LE(8), 2, 'converted to version 2')
+    assert.equal(raw.length, mapFileSize(COUNT))
+    assert.deepEqual(await onDisk(p), [[0, 5], [10, 11], [32767, 32770], [COUNT - 1, COUNT]])
+    assert.deepEqual((await fsp.readdir(dir)).filter((f) => f.includes('.tmp-')), [], 'no temp file left')
   })
 })
