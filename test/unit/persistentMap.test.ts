@@ -16,7 +16,7 @@ import type {DurableFile, DurableFs, FileStat, OpenOptions} from '../../src/io/D
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {crc32c} from '../../src/map/crc32c.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
-import {encodeHeader, mapFileSize, PAGE, PersistentMap, type CheckpointTicket, type MapExpectation, type MapHeader} from '../../src/map/PersistentMap.js'
+import {encodeHeader, encodeSlot, mapFileSize, PAGE, PersistentMap, type CheckpointTicket, type MapExpectation, type MapHeader} from '../../src/map/PersistentMap.js'
 
 const EXTENT = 64 * 1024
 // Not a multiple of the extent size, and more than one bitmap page (4096*8 bits) of extents.
@@ -933,5 +933,32 @@ describe('PersistentMap: every page is verifiable (format version 2)', () => {
     assert.equal(raw.length, mapFileSize(COUNT))
     assert.deepEqual(await onDisk(p), [[0, 5], [10, 11], [32767, 32770], [COUNT - 1, COUNT]])
     assert.deepEqual((await fsp.readdir(dir)).filter((f) => f.includes('.tmp-')), [], 'no temp file left')
+  })
+})
+
+describe('PersistentMap: a torn slot on disk', () => {
+  test('given an interrupted write left half a slot at seq n+1, then open falls back to the slot at seq n, and the next commit uses a seq above n+1 (an interrupted write\'s sectors can never pass for a later image)', async () => {
+    const p = fresh()
+    const m = await PersistentMap.create(nodeFs, p, header)
+    await m.setDurable(1, 2) // page 0: slot 1 at seq 2 is current, slot 0 at seq 1
+    await m.close()
+    const raw = await fsp.readFile(p)
+    const seqAt = (slot: number, sector = 0): number => Number(raw.readBigUInt64LE(PAGE + slot * PAGE + sector * 512))
+    assert.equal(seqAt(1), 2)
+    // The next commit (extent 8 set, say) was writing slot 0 at seq 3 and only its first 4 sectors landed.
+    const next = new ExtentBitmap(COUNT)
+    next.setRange(1, 2)
+    next.setRange(8, 9)
+    const img = Buffer.alloc(PAGE)
+    encodeSlot(next, 0, 3, img)
+    await patch(p, PAGE, img.subarray(0, 4 * 512))
+    const r = await reopen(p)
+    assert.deepEqual(r.damagedPages, [], 'a torn slot is not damage')
+    assert.deepEqual([...r.bits.runs()], [[1, 2]], 'the image before the interrupted commit')
+    await r.setDurable(20, 21)
+    await r.close()
+    const after = await fsp.readFile(p)
+    for (let k = 0; k < 8; k++) assert.equal(Number(after.readBigUInt64LE(PAGE + k * 512)), 4, `slot 0 sector ${k}: seq 4, not 3 again`)
+    assert.deepEqual(await onDisk(p), [[1, 2], [20, 21]])
   })
 })
