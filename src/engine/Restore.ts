@@ -242,6 +242,7 @@ export class RestoreSession {
     }
     if (P && P.damagedPages.length > 0) {
       g.ctx.warn?.(P.damageReport() ?? '')
+      // INV-1: D[c] covers these extents durably before their P bits are durably dropped.
       for (const page of P.damagedPages) {
         // eslint-disable-next-line no-await-in-loop
         await c.map.setDurable(page * EXTENTS_PER_PAGE, Math.min(g.extentCount, (page + 1) * EXTENTS_PER_PAGE))
