@@ -64,9 +64,10 @@
  * write or a hand edit must never be trusted, and a cleared D bit would silently skip a copy.
  * Each logical page p is stored twice, in slots 2p and 2p+1 of 4096 bytes (double pages, as
  * md's bitmap and dm's persistent-data keep shadows). Every 512-byte sector of a slot is
- * self-describing: [seq u64][CRC32C u32][500 payload bytes], the CRC over (page, sector
- * index, seq, payload). So a sector is "good" only if it was written whole for this page, at
- * this position, with this seq. A slot is
+ * self-describing: [seq u64][CRC32C u32][500 payload bytes], the CRC over (page, slot,
+ * sector index, seq, payload). So a sector is "good" only if it was written whole for this
+ * page, this slot, this position, with this seq: a sector misdirected from the other slot of
+ * the page fails too (it must not make the current slot pass for a torn one). A slot is
  *   valid    all 8 sectors good with one seq: a complete image of commit `seq`;
  *   torn     all 8 good, seqs differ: only an interrupted write makes that (sectors are
  *            atomic; a bit flip, a stray or shifted write, a zeroed block fail a sector CRC);
@@ -188,20 +189,22 @@ export function slotOffset(page: number, slot: number): number {
  * Render page `page` of `bits` as a slot image with sequence number `seq` into out[at..at+PAGE):
  * every sector [seq u64][CRC32C u32][500 payload bytes].
  */
-export function encodeSlot(bits: ExtentBitmap, page: number, seq: number, out: Uint8Array, at = 0): void {
+export function encodeSlot(bits: ExtentBitmap, page: number, slot: number, seq: number, out: Uint8Array, at = 0): void {
   const buf = Buffer.from(out.buffer, out.byteOffset, out.byteLength)
   for (let k = 0; k < SECTORS_PER_SLOT; k++) {
     const o = at + k * SECTOR
     bits.copyBytes(buf, o + SECTOR_HEAD, page * PAGE_PAYLOAD + k * SECTOR_PAYLOAD, SECTOR_PAYLOAD)
     buf.writeBigUInt64LE(BigInt(seq), o)
-    buf.writeUInt32LE(sectorCrc(page, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR)), o + 8)
+    buf.writeUInt32LE(sectorCrc(page, slot, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR)), o + 8)
   }
 }
 
-function sectorCrc(page: number, sector: number, seq: number, payload: Uint8Array): number {
+/** CRC32C of (page u32, slot u16, sector u16, seq u64, payload), all little-endian. */
+function sectorCrc(page: number, slot: number, sector: number, seq: number, payload: Uint8Array): number {
   const id = Buffer.alloc(16)
   id.writeUInt32LE(page, 0)
-  id.writeUInt32LE(sector, 4)
+  id.writeUInt16LE(slot, 4)
+  id.writeUInt16LE(sector, 6)
   id.writeBigUInt64LE(BigInt(seq), 8)
   return crc32c(payload, crc32c(id))
 }
@@ -215,8 +218,8 @@ export interface SlotState {
   maxSeen: number
 }
 
-/** Classify the slot image in b[at..at+PAGE) of page `page`. */
-export function classifySlot(b: Uint8Array, page: number, at = 0): SlotState {
+/** Classify the slot image in b[at..at+PAGE) of slot `slot` of page `page`. */
+export function classifySlot(b: Uint8Array, page: number, slot: number, at = 0): SlotState {
   const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength)
   let good = 0
   let first = -1
@@ -227,7 +230,7 @@ export function classifySlot(b: Uint8Array, page: number, at = 0): SlotState {
     const big = buf.readBigUInt64LE(o)
     if (big > BigInt(Number.MAX_SAFE_INTEGER)) continue // no writer gets there: a damaged sector
     const seq = Number(big)
-    if (buf.readUInt32LE(o + 8) !== sectorCrc(page, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR))) continue
+    if (buf.readUInt32LE(o + 8) !== sectorCrc(page, slot, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR))) continue
     good++
     if (first < 0) first = seq
     else if (seq !== first) same = false
@@ -376,8 +379,8 @@ function encodeImage(header: MapHeader, bits: ExtentBitmap): Buffer {
   const image = Buffer.alloc(mapFileSize(header.extentCount))
   encodeHeader(header).copy(image, 0)
   for (let p = 0; p < bitmapPages(header.extentCount); p++) {
-    encodeSlot(bits, p, 1, image, slotOffset(p, 0))
-    encodeSlot(bits, p, 0, image, slotOffset(p, 1))
+    encodeSlot(bits, p, 0, 1, image, slotOffset(p, 0))
+    encodeSlot(bits, p, 1, 0, image, slotOffset(p, 1))
   }
   return image
 }
@@ -572,8 +575,8 @@ export class PersistentMap {
         for (let i = 0; i < k; i++) {
           const p = p0 + i
           const at = 2 * i * PAGE
-          const a = classifySlot(buf, p, at)
-          const b = classifySlot(buf, p, at + PAGE)
+          const a = classifySlot(buf, p, 0, at)
+          const b = classifySlot(buf, p, 1, at + PAGE)
           seqs[p] = Math.max(a.maxSeen, b.maxSeen, 0)
           const slot = chooseSlot(a, b, () => buf.subarray(at, at + PAGE).equals(buf.subarray(at + PAGE, at + 2 * PAGE)))
           if (slot < 0) {
@@ -903,7 +906,7 @@ export class PersistentMap {
       for (const slot of slots) {
         seq++
         const buf = Buffer.alloc(PAGE)
-        encodeSlot(this.durable, p, seq, buf)
+        encodeSlot(this.durable, p, slot, seq, buf)
         // eslint-disable-next-line no-await-in-loop -- one write at a time, in page order
         await f.write(buf, slotOffset(p, slot))
         done.push([p, slot, seq])

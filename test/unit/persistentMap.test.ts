@@ -157,7 +157,7 @@ async function reopen(path: string): Promise<PersistentMap> {
 /**
  * The bitmap bytes of a version-2 map file, decoded here from the documented layout (not
  * through PersistentMap): per page the slot whose 8 sectors all pass their CRC32C over
- * (page, sector, seq, payload) with one seq, the highest seq winning. Fails when a page has
+ * (page, slot, sector, seq, payload) with one seq, the highest seq winning. Fails when a page has
  * no valid slot.
  */
 function decodeV2(raw: Buffer, count: number): Buffer {
@@ -173,7 +173,8 @@ function decodeV2(raw: Buffer, count: number): Buffer {
         const o = at + k * 512
         const id = Buffer.alloc(16)
         id.writeUInt32LE(p, 0)
-        id.writeUInt32LE(k, 4)
+        id.writeUInt16LE(slot, 4)
+        id.writeUInt16LE(k, 6)
         raw.copy(id, 8, o, o + 8)
         const s = Number(raw.readBigUInt64LE(o))
         if (raw.readUInt32LE(o + 8) !== crc32c(raw.subarray(o + 12, o + 512), crc32c(id)) || (seq >= 0 && s !== seq)) ok = false
@@ -838,11 +839,16 @@ describe('PersistentMap: every page is verifiable (format version 2)', () => {
     await last.close()
   })
 
-  test('damage a checksum cannot miss: a flipped seq, a flipped CRC, a zeroed slot; and stale rot in the older slot is ignored', async () => {
+  test('damage a checksum cannot miss: a flipped seq, a flipped CRC, a zeroed slot, a misdirected sector; and stale rot in the older slot is ignored', async () => {
     const cases: Array<[string, (cur: number, old: number) => Promise<void>, boolean]> = [
       ['a seq bit of one sector of the current slot (it must not pass for a torn write)', (cur) => flip(`${pathOf}`, cur + 3 * 512, 0x02), true],
       ['the CRC of the last sector of the current slot', (cur) => flip(`${pathOf}`, cur + 7 * 512 + 9, 0x01), true],
       ['the current slot zeroed', (cur) => patch(`${pathOf}`, cur, Buffer.alloc(PAGE)), true],
+      [
+        'a sector of the older slot written over the same sector of the current slot (a misdirected write must not pass for a torn one)',
+        async (cur, old) => patch(pathOf, cur + 2 * 512, (await fsp.readFile(pathOf)).subarray(old + 2 * 512, old + 3 * 512)),
+        true,
+      ],
       ['a payload byte of the older slot', (_cur, old) => flip(`${pathOf}`, old + 600), false],
       ['the older slot zeroed', (_cur, old) => patch(`${pathOf}`, old, Buffer.alloc(PAGE)), true],
     ]
@@ -950,7 +956,7 @@ describe('PersistentMap: a torn slot on disk', () => {
     next.setRange(1, 2)
     next.setRange(8, 9)
     const img = Buffer.alloc(PAGE)
-    encodeSlot(next, 0, 3, img)
+    encodeSlot(next, 0, 0, 3, img)
     await patch(p, PAGE, img.subarray(0, 4 * 512))
     const r = await reopen(p)
     assert.deepEqual(r.damagedPages, [], 'a torn slot is not damage')
