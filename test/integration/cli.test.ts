@@ -19,6 +19,7 @@ import {withGroup} from '../../src/group/GroupSession.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {Cli, cmp, KiB, MiB, pwrite, randomImage, sha256, tempDir} from '../helpers/cli.js'
+import {startServe} from '../helpers/serve.js'
 
 const EXTENT = 64 * KiB
 let dir: string
@@ -513,6 +514,29 @@ describe('damaged map pages (every page is checked)', () => {
     const after = cloneStatus(await cli.status('dpage'))
     assert.equal(after.damagedMapPages, undefined, 'repaired on disk')
     assert.equal(after.dirtyExtents, 0)
+  })
+
+  test('given a damaged D page when serve starts, then serve warns, status through it shows the damage until clone sync has copied the page, and source == clone', async () => {
+    const {src, clone} = await groupWithClone('spage', 1 * MiB)
+    await cli.ok(['clone', 'fracture', 'spage', 'c'])
+    await hostWrite('spage', [{offset: 9 * EXTENT, data: randomBytes(512)}])
+    const mapPath = join(cli.stateDir, 'groups', 'spage', 'clone-c.map')
+    await flipMapBit(mapPath, 9)
+    const served = await startServe(cli.stateDir, 'spage')
+    try {
+      assert.ok(served.stderr().includes(mapPath), served.stderr())
+      assert.match(served.stderr(), /page 0 \(extents 0-15\) failed their checksum/)
+      const s = cloneStatus(await cli.status('spage'))
+      assert.deepEqual(s.damagedMapPages, [0], 'the server repaired the file at open, and still reports what it found')
+      assert.equal(s.dirtyExtents, 16)
+      await cli.ok(['clone', 'sync', 'spage', 'c'])
+      assert.ok(cmp(src, clone).same)
+      const after = cloneStatus(await cli.status('spage'))
+      assert.equal(after.damagedMapPages, undefined, 'copied: nothing left to report')
+      assert.equal(after.dirtyExtents, 0)
+    } finally {
+      await served.stop()
+    }
   })
 
   test('given an interrupted protected restore whose P page is damaged, then resuming refuses (exit 7) naming the file, the page and the fix, and the fix as typed resumes, copying that page\'s extents from the clone again', async () => {
