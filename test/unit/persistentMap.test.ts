@@ -3,7 +3,10 @@
  * every way a map file can be untrustworthy (each a CorruptStateError naming the file, never
  * an empty map); set ahead and clear behind as seen after a reopen; checkpoint tickets,
  * including a set that comes after the ticket; group commit, counted in datasyncs; replaceAll;
- * a failed write; and a fast-check model of every call against what memory and disk hold.
+ * a failed write; a fast-check model of every call against what memory and disk hold; and
+ * the checked pages of format version 2: a damaged D page (all dirty, reported, repaired), the
+ * damage a sector CRC must catch, a damaged P page (named error, or damaged: 'clear'), a torn
+ * slot (fallback, seq never reused), and the conversion of a version-1 file.
  */
 import assert from 'node:assert/strict'
 import * as fsp from 'node:fs/promises'
