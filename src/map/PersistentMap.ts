@@ -612,12 +612,13 @@ export class PersistentMap {
     const d = this.damagedPages
     if (d.length === 0) return undefined
     const list = d.slice(0, 5).map((p) => `${p} (extents ${pageExtents(p, this.bits.count).join('-')})`).join(', ') + (d.length > 5 ? `, and ${d.length - 5} more` : '')
+    const one = d.length === 1
     const what =
       this.header.kind === 'delta'
-        ? 'every extent of them is taken as different and will be copied again'
-        : 'their extents are copied from the clone again, overwriting host writes made to them during the restore'
+        ? `every extent of ${one ? 'it' : 'them'} is taken as different and will be copied again`
+        : `${one ? 'its' : 'their'} extents are copied from the clone again, overwriting host writes made to them during the restore`
     const fixed = this.header.kind === 'delta' && !this.readOnly ? ' (rewritten so on disk)' : ''
-    return `map file ${this.path}: ${d.length === 1 ? 'page' : 'pages'} ${list} failed their checksum; ${what}${fixed}`
+    return `map file ${this.path}: ${one ? 'page' : 'pages'} ${list} failed ${one ? 'its' : 'their'} checksum; ${what}${fixed}`
   }
 
   /**

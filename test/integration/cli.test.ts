@@ -508,7 +508,7 @@ describe('damaged map pages (every page is checked)', () => {
     // clone sync: warns naming the file and the page, copies the page, source == clone.
     const r = await cli.ok(['clone', 'sync', 'dpage', 'c'])
     assert.ok(r.stderr.includes(mapPath), r.stderr)
-    assert.match(r.stderr, /page 0 \(extents 0-15\) failed their checksum/)
+    assert.match(r.stderr, /page 0 \(extents 0-15\) failed its checksum/)
     assert.doesNotMatch(r.stdout + r.stderr, /copied 0 B/)
     assert.ok(cmp(src, clone).same, 'source == clone after the sync')
     const after = cloneStatus(await cli.status('dpage'))
@@ -525,7 +525,7 @@ describe('damaged map pages (every page is checked)', () => {
     const served = await startServe(cli.stateDir, 'spage')
     try {
       assert.ok(served.stderr().includes(mapPath), served.stderr())
-      assert.match(served.stderr(), /page 0 \(extents 0-15\) failed their checksum/)
+      assert.match(served.stderr(), /page 0 \(extents 0-15\) failed its checksum/)
       const s = cloneStatus(await cli.status('spage'))
       assert.deepEqual(s.damagedMapPages, [0], 'the server repaired the file at open, and still reports what it found')
       assert.equal(s.dirtyExtents, 16)
@@ -559,7 +559,7 @@ describe('damaged map pages (every page is checked)', () => {
     assertError(r, 7, pPath, /page 0 \(extents 0 to 15\) cannot be trusted/, /clonectl restore ppage --force/)
     assert.equal(cloneStatus(await cli.status('ppage')).state, 'restoring', 'status still works')
     r = await cli.ok(['restore', 'ppage', '--force', '--yes'])
-    assert.match(r.stderr, /page 0 \(extents 0-15\) failed their checksum; their extents are copied from the clone again/)
+    assert.match(r.stderr, /page 0 \(extents 0-15\) failed its checksum; its extents are copied from the clone again/)
     assert.ok(cmp(src, clone).same, 'source == clone: the restore finished, the host write to the damaged page overwritten')
     assert.equal(await sha256(clone), cloneSha, 'the clone is unchanged')
     const s = await cli.status('ppage')

@@ -825,7 +825,7 @@ describe('PersistentMap: every page is verifiable (format version 2)', () => {
     assert.deepEqual([...r.bits.runs()], [[0, 32000], [32005, 32006]], 'page 0 all dirty, page 1 as it was')
     const report = r.damageReport() ?? ''
     assert.ok(report.includes(p), report)
-    assert.match(report, /page 0 \(extents 0-31999\) failed their checksum; every extent of them is taken as different/)
+    assert.match(report, /page 0 \(extents 0-31999\) failed its checksum; every extent of it is taken as different/)
     await r.close()
     assert.deepEqual(await onDisk(p), [[0, 32000], [32005, 32006]], 'repaired on disk: both slots of page 0 valid and all set')
     const again = await reopen(p)
@@ -903,7 +903,7 @@ describe('PersistentMap: every page is verifiable (format version 2)', () => {
     const r = await PersistentMap.open(nodeFs, p, pe, {damaged: 'clear'})
     assert.deepEqual(r.damagedPages, [1])
     assert.deepEqual([...r.bits.runs()], [[3, 4]], 'page 1 read as clear, page 0 intact')
-    assert.match(r.damageReport() ?? '', /page 1 \(extents 32000-40000\) failed their checksum; their extents are copied from the clone again/)
+    assert.match(r.damageReport() ?? '', /page 1 \(extents 32000-40000\) failed its checksum; its extents are copied from the clone again/)
     await assert.rejects(PersistentMap.open(nodeFs, p, pe), CorruptStateError, 'nothing written before repairDamagedPages')
     await r.repairDamagedPages()
     await r.close()
