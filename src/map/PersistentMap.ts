@@ -95,6 +95,13 @@
  *     throws a CorruptStateError naming the file and the page, unless the caller asks for
  *     `damaged: 'clear'` (restore --force: it sets D[c] for those extents durably first,
  *     then calls repairDamagedPages(), so only the host writes of those extents are lost).
+ * Why a CRC per sector rather than one per slot with a bare seq per sector: with a bare seq,
+ * a single flipped bit can turn the current slot's seq n+1 into n-1 in one sector, and the
+ * slot would pass for torn, so open would fall back to image n and silently lose commit n+1.
+ * A torn slot is recognised instead by every sector being individually good.
+ * Limit: a stale slot already rotten, then a power loss tearing the next write into it,
+ * leaves that page unknown (the rotten sector may be what landed): for D an extra copy, for P
+ * the named stop. Rot in both slots at once is the same.
  * A version-1 file (one copy per page, no page checksums; its pages were trusted then) is
  * read as before and converted whole to version 2 with writeFileAtomic, like create(): a
  * crash leaves the v1 or the v2 file, both meaning the same bits.
