@@ -16,7 +16,7 @@ export default class Restore extends BaseCommand {
   static examples = ['<%= config.bin %> restore db1 nightly', '<%= config.bin %> restore db1 --yes   # resume', '<%= config.bin %> restore db1 nightly --rate 200M --yes --json']
   static flags = {
     unprotected: Flags.boolean({summary: 'Reverse sync that mirrors host writes to the clone (the clone is modified).'}),
-    force: Flags.boolean({summary: 'Restore from an out-of-sync or untrusted clone (compare and copy every extent), or resume without a lost protected restore map.'}),
+    force: Flags.boolean({summary: 'Restore from an out-of-sync or untrusted clone (compare and copy every extent), or resume past a lost or damaged protected restore map (the extents it no longer covers are copied from the clone again).'}),
     yes: Flags.boolean({char: 'y', summary: 'Do not ask for confirmation (the source is overwritten).'}),
     rate: rateFlag,
     wait: waitFlag,

@@ -20,8 +20,8 @@ export const ProtectedRestoreMap = {
     )
   },
 
-  /** Open the P of an interrupted restore; a missing, corrupt or foreign P is an error. Waits. */
-  async open(fs: DurableFs, path: string, geometry: {extentSize: number; volumeSize: number}, operationId: string): Promise<PersistentMap> {
-    return PersistentMap.open(fs, path, {kind: 'protected', extentSize: geometry.extentSize, volumeSize: geometry.volumeSize, operationId})
+  /** Open the P of an interrupted restore; a missing, corrupt or foreign P, or a damaged page, is an error (see PersistentMap.open for damaged: 'clear'). Waits. */
+  async open(fs: DurableFs, path: string, geometry: {extentSize: number; volumeSize: number}, operationId: string, opts?: {damaged?: 'clear'}): Promise<PersistentMap> {
+    return PersistentMap.open(fs, path, {kind: 'protected', extentSize: geometry.extentSize, volumeSize: geometry.volumeSize, operationId}, opts)
   },
 }

@@ -1,6 +1,6 @@
 import {CorruptStateError, RemoteError, StateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import type {PersistentMap} from '../map/PersistentMap.js'
+import {EXTENTS_PER_PAGE, type PersistentMap} from '../map/PersistentMap.js'
 import {stateWriteError} from '../store/stateDir.js'
 import {CloneGroup, protectedMapFile, type CloneMember} from '../group/CloneGroup.js'
 import {CodEngine} from './CodEngine.js'
@@ -224,18 +224,54 @@ export class RestoreSession {
       try {
         P = await ProtectedRestoreMap.open(g.ctx.fs, path, {extentSize: g.extentSize, volumeSize: g.volumeSize}, op.id)
       } catch (error) {
-        if (!opts.forceLostP) throw error instanceof CorruptStateError ? new CorruptStateError(error.message, `without P, host writes made during the restore cannot be told apart: \`clonectl restore ${g.name} --force\` copies every extent from the clone again, overwriting them`) : error
-        g.ctx.warn?.(`protected restore map lost (${(error as Error).message}); copying every extent from clone ${c.name} again`)
-        P = await ProtectedRestoreMap.create(g.ctx.fs, path, {extentSize: g.extentSize, volumeSize: g.volumeSize, extentCount: g.extentCount}, op.id)
-        const all = new ExtentBitmap(g.extentCount)
-        all.setAll()
-        await c.map.replaceAll(all)
+        if (!opts.forceLostP)
+          throw error instanceof CorruptStateError
+            ? new CorruptStateError(
+                error.message,
+                `without P, host writes made during the restore cannot be told apart: \`clonectl restore ${g.name} --force\` resumes, copying from the clone again every extent whose P bit is lost (host writes made to those extents during the restore are overwritten)`,
+              )
+            : error
+        P = await RestoreSession.recoverP(g, c, path, op.id, error)
       }
     }
     op.pid = process.pid
     await g.save()
     g.protectedMap = P
     return new RestoreSession(g, c, P, op.id, op.protected ?? true, true, op.compare ?? false, opts.rate, opts.tuning)
+  }
+
+  /**
+   * restore --force over a P that cannot be read whole. Pages of P that failed their check
+   * (the rest of P intact) read as clear: their extents are marked in D[c] durably first
+   * (INV-1: a difference there is then covered by D[c], not by a P bit about to be dropped),
+   * then those pages are rewritten; only host writes to those extents are overwritten. A
+   * P that cannot be opened at all is replaced by an empty one and every extent is copied.
+   */
+  private static async recoverP(g: CloneGroup, c: CloneMember, path: string, operationId: string, cause: unknown): Promise<PersistentMap> {
+    const geometry = {extentSize: g.extentSize, volumeSize: g.volumeSize}
+    let P: PersistentMap | undefined
+    try {
+      P = await ProtectedRestoreMap.open(g.ctx.fs, path, geometry, operationId, {damaged: 'clear'})
+    } catch {
+      // Not only pages: the whole map is lost.
+    }
+    if (P && P.damagedPages.length > 0) {
+      g.ctx.warn?.(P.damageReport() ?? '')
+      // INV-1: D[c] covers these extents durably before their P bits are durably dropped.
+      for (const page of P.damagedPages) {
+        // eslint-disable-next-line no-await-in-loop
+        await c.map.setDurable(page * EXTENTS_PER_PAGE, Math.min(g.extentCount, (page + 1) * EXTENTS_PER_PAGE))
+      }
+      await P.repairDamagedPages()
+      return P
+    }
+    await P?.close()
+    g.ctx.warn?.(`protected restore map lost (${(cause as Error).message}); copying every extent from clone ${c.name} again`)
+    P = await ProtectedRestoreMap.create(g.ctx.fs, path, {...geometry, extentCount: g.extentCount}, operationId)
+    const all = new ExtentBitmap(g.extentCount)
+    all.setAll()
+    await c.map.replaceAll(all)
+    return P
   }
 
   /** Extents still to restore (D[c] ∧ ¬P). */

@@ -203,6 +203,8 @@ export class CloneGroup {
         })
         if (map.header.extentCount !== count)
           throw new CorruptStateError(`map file ${map.path} has ${map.header.extentCount} extents, expected ${count}`)
+        const damage = map.damageReport()
+        if (damage) ctx.warn?.(`clone ${c.name}: ${damage}`)
         members.set(c.name, new CloneMember(c, undefined, map))
       }
       let source: Volume | undefined

@@ -3,6 +3,7 @@ import {ControlServer} from '../control/ControlServer.js'
 import type {ControlMessage, ControlRequest} from '../control/protocol.js'
 import {controlSocketName} from '../control/protocol.js'
 import {InterruptedError, StateError, UsageError} from '../errors/errors.js'
+import {EXTENTS_PER_PAGE} from '../map/PersistentMap.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {HostIO} from '../engine/HostIO.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
@@ -271,6 +272,15 @@ export class GroupServer {
       case 'status': {
         await g.checkpoint()
         const s = await groupStatus(this.ctx, g.name)
+        // The server repaired damaged map pages when it opened them: the disk no longer shows
+        // what it found, so report it from the open maps, while those extents are still to copy.
+        for (const c of s.clones) {
+          const m = g.members.get(c.name)?.map
+          const damage = m?.damageReport()
+          if (!m || !damage || c.damagedMapPages) continue
+          const left = m.damagedPages.filter((p) => m.bits.anySet(p * EXTENTS_PER_PAGE, Math.min(m.bits.count, (p + 1) * EXTENTS_PER_PAGE)))
+          if (left.length > 0) Object.assign(c, {damagedMapPages: left, mapDamage: damage})
+        }
         return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {

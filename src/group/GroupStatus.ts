@@ -16,6 +16,13 @@ export interface CloneStatus {
   /** 100 × (1 − dirty / total), to one decimal. */
   inSyncPercent: number
   trusted: boolean
+  /**
+   * Pages of its delta map that failed their checksum when read: every extent of them counts
+   * as dirty (the next sync copies them). Absent when none.
+   */
+  damagedMapPages?: number[]
+  /** One line naming the map file, the pages and their extents, when damagedMapPages is set. */
+  mapDamage?: string
   lastSyncAt?: string
   lastFractureAt?: string
 }
@@ -71,8 +78,11 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
   const maps = new Map<string, ExtentBitmap>()
   for (const c of record.clones) {
     // eslint-disable-next-line no-await-in-loop
-    const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize: size})
+    // Read-only: status holds no lock, so it repairs and converts nothing (the next command that opens the group does).
+    const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize: size}, {readOnly: true})
     const bits = map.bits.clone()
+    const damage = map.damageReport()
+    const damagedPages = [...map.damagedPages]
     // eslint-disable-next-line no-await-in-loop
     await map.close()
     maps.set(c.name, bits)
@@ -86,6 +96,7 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
       dirtyBytes: dirty.bytes,
       inSyncPercent: Math.floor(1000 * (1 - dirty.extents / Math.max(count, 1))) / 10,
       trusted: c.trusted,
+      ...(damage ? {damagedMapPages: damagedPages, mapDamage: damage} : {}),
       lastSyncAt: c.lastSyncAt,
       lastFractureAt: c.lastFractureAt,
     })
@@ -97,7 +108,12 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
     let hostWritten: number | undefined
     if (op.kind === 'restore' && op.protected) {
       try {
-        const P = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, protectedMapFile), {kind: 'protected', extentSize: record.extentSize, volumeSize: size, operationId: op.id})
+        const P = await PersistentMap.open(
+          ctx.fs,
+          ctx.store.mapPath(name, protectedMapFile),
+          {kind: 'protected', extentSize: record.extentSize, volumeSize: size, operationId: op.id},
+          {readOnly: true},
+        )
         const d = maps.get(op.clone)
         if (d) {
           const left = d.clone()

@@ -56,10 +56,55 @@
  * ticket includes the work of all older tickets not yet committed, and committing it retires
  * them. Committing a retired ticket does nothing.
  *
- * Crash model: a 512-byte sector is written whole or not at all. A torn page mixes sectors
- * of the previous and the next `durable` image, and each sector of either is safe under the
- * rules above, so pages need no checksum. The header page carries a CRC32C and is written
- * only whole, through a temp file and a rename (create).
+ * Crash model: a 512-byte sector is written whole or not at all. The header page carries a
+ * CRC32C and is written only whole, through a temp file and a rename (create, and the
+ * conversion of a version-1 file).
+ *
+ * Every bitmap page is verifiable too (format version 2; DESIGN §3): damage from rot, a stray
+ * write or a hand edit must never be trusted, and a cleared D bit would silently skip a copy.
+ * Each logical page p is stored twice, in slots 2p and 2p+1 of 4096 bytes (double pages, as
+ * md's bitmap and dm's persistent-data keep shadows). Every 512-byte sector of a slot is
+ * self-describing: [seq u64][CRC32C u32][500 payload bytes], the CRC over (page, slot,
+ * sector index, seq, payload). So a sector is "good" only if it was written whole for this
+ * page, this slot, this position, with this seq: a sector misdirected from the other slot of
+ * the page fails too (it must not make the current slot pass for a torn one). A slot is
+ *   valid    all 8 sectors good with one seq: a complete image of commit `seq`;
+ *   torn     all 8 good, seqs differ: only an interrupted write makes that (sectors are
+ *            atomic; a bit flip, a stray or shifted write, a zeroed block fail a sector CRC);
+ *   damaged  some sector fails its CRC. It claims the highest seq among its good sectors
+ *            (none good: it may claim anything).
+ * A commit writes each page into the slot that does NOT hold its current image, with a seq
+ * higher than any seen for that page (a seq is never reused: two interrupted writes at one
+ * seq could otherwise mix into a slot that looks valid), then one datasync as before. So the
+ * slot holding the last durable image of a page is never written until a newer image of that
+ * page is durable in the other slot. On open the page's image is its valid slot with the
+ * highest seq, unless the other slot is damaged and claims a seq at least as high (or both
+ * are valid with one seq and differ): then the page's current image is unknown.
+ *   - A torn slot is ignored, and falling back to the older valid slot is safe: the commit
+ *     that tore never completed its datasync, so no caller relied on it (recipe 1's
+ *     setDurable had not resolved, a checkpoint's clears were not yet durable, which only
+ *     costs a recopy). Each page lands as the before or the after image, never a mix.
+ *   - A damaged slot claiming a lower seq is stale rot: ignored, overwritten by the next
+ *     commit of that page.
+ *   - Unknown, D: every extent of the page is taken as dirty (an extra copy, never a missed
+ *     one); `damagedPages` lists the pages for the caller's warning and `status`. Unless
+ *     opened read-only, the page is rewritten at once, into both slots (seq m+1 then m+2),
+ *     durably, so the repair sticks even if neither slot had a good sector.
+ *   - Unknown, P: no value is safe (a clear bit lets a host write be overwritten, a set bit
+ *     keeps pre-restore data; the older slot may lack bits of flushed host writes), so open
+ *     throws a CorruptStateError naming the file and the page, unless the caller asks for
+ *     `damaged: 'clear'` (restore --force: it sets D[c] for those extents durably first,
+ *     then calls repairDamagedPages(), so only the host writes of those extents are lost).
+ * Why a CRC per sector rather than one per slot with a bare seq per sector: with a bare seq,
+ * a single flipped bit can turn the current slot's seq n+1 into n-1 in one sector, and the
+ * slot would pass for torn, so open would fall back to image n and silently lose commit n+1.
+ * A torn slot is recognised instead by every sector being individually good.
+ * Limit: a stale slot already rotten, then a power loss tearing the next write into it,
+ * leaves that page unknown (the rotten sector may be what landed): for D an extra copy, for P
+ * the named stop. Rot in both slots at once is the same.
+ * A version-1 file (one copy per page, no page checksums; its pages were trusted then) is
+ * read as before and converted whole to version 2 with writeFileAtomic, like create(): a
+ * crash leaves the v1 or the v2 file, both meaning the same bits.
  *
  * Concurrency: all writes to the file are serialized (one commit at a time, a promise chain).
  * After a failed page write or datasync the map is failed: the file may not match `durable`,
@@ -92,11 +137,20 @@ export interface MapExpectation {
 }
 
 export const MAP_MAGIC = 'CLNMAP01'
-export const MAP_VERSION = 1
-/** Header page and bitmap page size. */
+/** The version this clonectl writes. Version 1 (no page checksums) is read and converted. */
+export const MAP_VERSION = 2
+/** Header page size, and the size of each of a bitmap page's two slots. */
 export const PAGE = 4096
+/** Sectors of a slot: the crash model's atomic unit. */
+export const SECTOR = 512
+/** Per sector: seq (u64) and CRC32C (u32) before the payload. */
+const SECTOR_HEAD = 12
+const SECTOR_PAYLOAD = SECTOR - SECTOR_HEAD // 500
+const SECTORS_PER_SLOT = PAGE / SECTOR // 8
+/** Bitmap bytes one page holds (a whole number of 32-bit words: 1000). */
+export const PAGE_PAYLOAD = SECTORS_PER_SLOT * SECTOR_PAYLOAD // 4000
 /** Extents covered by one bitmap page: page p covers [p * EXTENTS_PER_PAGE, (p + 1) * EXTENTS_PER_PAGE). */
-export const EXTENTS_PER_PAGE = PAGE * 8
+export const EXTENTS_PER_PAGE = PAGE_PAYLOAD * 8
 /** Longest operation id (ASCII bytes, NUL-padded in the header). */
 export const OPERATION_ID_BYTES = 64
 
@@ -113,14 +167,111 @@ const AT_CRC = AT_OPERATION_ID + OPERATION_ID_BYTES // 104
 const KIND_CODE: Record<MapKind, number> = {delta: 1, protected: 2}
 const KIND_NAME: Record<MapKind, string> = {delta: 'delta map', protected: 'protected restore map (P)'}
 
-/** Bitmap bytes in the file for `extentCount` extents: ceil(count/8) padded to whole pages. */
-export function bitmapBytes(extentCount: number): number {
-  return Math.ceil(Math.ceil(extentCount / 8) / PAGE) * PAGE
+/** Logical bitmap pages of a map of `extentCount` extents. */
+export function bitmapPages(extentCount: number): number {
+  return Math.ceil(Math.ceil(extentCount / 8) / PAGE_PAYLOAD)
 }
 
-/** Size of a whole map file. */
+/** Bytes after the header in a version-2 file for `extentCount` extents: two slots a page. */
+export function bitmapBytes(extentCount: number): number {
+  return bitmapPages(extentCount) * 2 * PAGE
+}
+
+/** Size of a whole (version-2) map file. */
 export function mapFileSize(extentCount: number): number {
   return PAGE + bitmapBytes(extentCount)
+}
+
+/** Size of a version-1 file: the bitmap once, padded to whole 4096-byte pages. */
+function v1FileSize(extentCount: number): number {
+  return PAGE + Math.ceil(Math.ceil(extentCount / 8) / PAGE) * PAGE
+}
+
+/** File offset of slot `slot` (0 or 1) of page `page`. */
+export function slotOffset(page: number, slot: number): number {
+  return PAGE + (2 * page + slot) * PAGE
+}
+
+/**
+ * Render page `page` of `bits` as a slot image with sequence number `seq` into out[at..at+PAGE):
+ * every sector [seq u64][CRC32C u32][500 payload bytes].
+ */
+export function encodeSlot(bits: ExtentBitmap, page: number, slot: number, seq: number, out: Uint8Array, at = 0): void {
+  const buf = Buffer.from(out.buffer, out.byteOffset, out.byteLength)
+  for (let k = 0; k < SECTORS_PER_SLOT; k++) {
+    const o = at + k * SECTOR
+    bits.copyBytes(buf, o + SECTOR_HEAD, page * PAGE_PAYLOAD + k * SECTOR_PAYLOAD, SECTOR_PAYLOAD)
+    buf.writeBigUInt64LE(BigInt(seq), o)
+    buf.writeUInt32LE(sectorCrc(page, slot, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR)), o + 8)
+  }
+}
+
+/** CRC32C of (page u32, slot u16, sector u16, seq u64, payload), all little-endian. */
+function sectorCrc(page: number, slot: number, sector: number, seq: number, payload: Uint8Array): number {
+  const id = Buffer.alloc(16)
+  id.writeUInt32LE(page, 0)
+  id.writeUInt16LE(slot, 4)
+  id.writeUInt16LE(sector, 6)
+  id.writeBigUInt64LE(BigInt(seq), 8)
+  return crc32c(payload, crc32c(id))
+}
+
+/** What one slot holds (see the design notes). */
+export interface SlotState {
+  state: 'valid' | 'torn' | 'damaged'
+  /** valid: its seq; torn or damaged: the highest seq of its good sectors (-1: none good). */
+  seq: number
+  /** Highest seq of any good sector (-1: none): a new write must use a higher one. */
+  maxSeen: number
+}
+
+/** Classify the slot image in b[at..at+PAGE) of slot `slot` of page `page`. */
+export function classifySlot(b: Uint8Array, page: number, slot: number, at = 0): SlotState {
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+  let good = 0
+  let first = -1
+  let same = true
+  let max = -1
+  for (let k = 0; k < SECTORS_PER_SLOT; k++) {
+    const o = at + k * SECTOR
+    const big = buf.readBigUInt64LE(o)
+    if (big > BigInt(Number.MAX_SAFE_INTEGER)) continue // no writer gets there: a damaged sector
+    const seq = Number(big)
+    if (buf.readUInt32LE(o + 8) !== sectorCrc(page, slot, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR))) continue
+    good++
+    if (first < 0) first = seq
+    else if (seq !== first) same = false
+    if (seq > max) max = seq
+  }
+  if (good < SECTORS_PER_SLOT) return {state: 'damaged', seq: max, maxSeen: max}
+  return same ? {state: 'valid', seq: first, maxSeen: max} : {state: 'torn', seq: max, maxSeen: max}
+}
+
+/** Copy the payload of the slot at b[at..] into out[outAt..outAt+length) (bitmap bytes in order). */
+function slotPayload(b: Uint8Array, at: number, out: Uint8Array, outAt: number, length: number): void {
+  for (let k = 0, done = 0; k < SECTORS_PER_SLOT && done < length; k++) {
+    const n = Math.min(SECTOR_PAYLOAD, length - done)
+    const o = at + k * SECTOR + SECTOR_HEAD
+    out.set(b.subarray(o, o + n), outAt + done)
+    done += n
+  }
+}
+
+/**
+ * Which slot of a page to trust, from the states of its two slots: the slot index, or -1 when
+ * the page's current image is unknown (design notes). `samePayload` is asked only when both
+ * are valid with one seq.
+ */
+export function chooseSlot(a: SlotState, b: SlotState, samePayload: () => boolean): number {
+  const pick = (i: number, mine: SlotState, other: SlotState): number => {
+    if (other.state === 'torn') return i
+    if (other.state === 'damaged') return other.seq >= 0 && other.seq < mine.seq ? i : -1
+    if (other.seq < mine.seq) return i
+    return other.seq === mine.seq && samePayload() ? i : -1
+  }
+  if (a.state === 'valid' && (b.state !== 'valid' || a.seq >= b.seq)) return pick(0, a, b)
+  if (b.state === 'valid') return pick(1, b, a)
+  return -1
 }
 
 /** The header page of `h`. Throws RangeError for a header no map file may carry. */
@@ -155,7 +306,7 @@ function checkHeader(h: MapHeader): void {
 /** The one-line fix for an untrustworthy map file of this kind. */
 function fixFor(kind: MapKind): string {
   return kind === 'protected'
-    ? 'do not delete it: without P, host writes made during the restore cannot be told apart; `clonectl restore GROUP --force` copies every extent from the clone again, overwriting them'
+    ? 'do not delete it: without P, host writes made during the restore cannot be told apart; `clonectl restore GROUP --force` resumes, copying from the clone again every extent whose P bit is lost (host writes made to those extents during the restore are overwritten)'
     : 'run `clonectl clone sync GROUP CLONE --full` to rebuild it with a full copy'
 }
 
@@ -164,13 +315,19 @@ function fixFor(kind: MapKind): string {
  * short, not a map file, of an unknown version, or fails its CRC). `kind` only picks the fix.
  */
 export function decodeHeader(b: Uint8Array, path: string, kind: MapKind = 'delta'): MapHeader {
+  return decodeHeaderVersion(b, path, kind).header
+}
+
+/** decodeHeader, and the file's format version (1 or 2). */
+function decodeHeaderVersion(b: Uint8Array, path: string, kind: MapKind): {header: MapHeader; version: number} {
   const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength)
   const bad = (what: string): CorruptStateError => new CorruptStateError(`map file ${path}: ${what}`, fixFor(kind))
   if (buf.length < PAGE) throw bad(`truncated: ${buf.length} bytes, shorter than the ${PAGE}-byte header`)
   if (buf.toString('latin1', 0, 8) !== MAP_MAGIC) throw bad(`bad magic ${JSON.stringify(buf.toString('latin1', 0, 8))}, expected "${MAP_MAGIC}" (not a clonectl map file)`)
   // Version before CRC: a later version may lay its header out differently.
   const version = buf.readUInt32LE(AT_VERSION)
-  if (version !== MAP_VERSION) throw bad(`unknown version ${version} (this clonectl reads version ${MAP_VERSION}; a newer clonectl wrote it, or the header is damaged)`)
+  if (version !== 1 && version !== MAP_VERSION)
+    throw bad(`unknown version ${version} (this clonectl reads versions 1 and ${MAP_VERSION}; a newer clonectl wrote it, or the header is damaged)`)
   const stored = buf.readUInt32LE(AT_CRC)
   const actual = crc32c(buf.subarray(0, AT_CRC))
   if (stored !== actual) throw bad(`header checksum mismatch (stored CRC32C 0x${hex(stored)}, computed 0x${hex(actual)}): the header is damaged`)
@@ -183,13 +340,14 @@ export function decodeHeader(b: Uint8Array, path: string, kind: MapKind = 'delta
   if (extentCount > BigInt(MAX_EXTENTS)) throw bad(`extent count ${extentCount} is out of range (at most ${MAX_EXTENTS})`)
   const nul = buf.indexOf(0, AT_OPERATION_ID)
   const opEnd = nul < 0 || nul > AT_CRC ? AT_CRC : nul
-  return {
+  const header: MapHeader = {
     kind: found,
     extentSize: buf.readUInt32LE(AT_EXTENT_SIZE),
     volumeSize: Number(volumeSize),
     extentCount: Number(extentCount),
     operationId: buf.toString('latin1', AT_OPERATION_ID, opEnd),
   }
+  return {header, version}
 }
 
 function hex(n: number): string {
@@ -201,9 +359,44 @@ function pageOf(e: number): number {
   return Math.floor(e / EXTENTS_PER_PAGE)
 }
 
-/** Bitmap page holding word w of an ExtentBitmap (1024 words a page). */
+/** Bitmap page holding word w of an ExtentBitmap (1000 words a page). */
 function pageOfWord(w: number): number {
-  return Math.floor(w / (PAGE / 4))
+  return Math.floor(w / (PAGE_PAYLOAD / 4))
+}
+
+/** Extents [start, end) of page p of a map of `count` extents. */
+function pageRange(p: number, count: number): [number, number] {
+  return [p * EXTENTS_PER_PAGE, Math.min(count, (p + 1) * EXTENTS_PER_PAGE)]
+}
+
+/** First and last extent of page p, for messages. */
+function pageExtents(p: number, count: number): [number, number] {
+  const [s, e] = pageRange(p, count)
+  return [s, e - 1]
+}
+
+/** Page state of a freshly written file: slot 0 current at seq 1, slot 1 the same at seq 0. */
+function freshPages(count: number): {seqs: number[]; cur: Uint8Array; damaged: number[]} {
+  const n = bitmapPages(count)
+  return {seqs: new Array<number>(n).fill(1), cur: new Uint8Array(n), damaged: []}
+}
+
+/** A whole version-2 file: header, then every page in both slots (seq 1 and 0). */
+function encodeImage(header: MapHeader, bits: ExtentBitmap): Buffer {
+  const image = Buffer.alloc(mapFileSize(header.extentCount))
+  encodeHeader(header).copy(image, 0)
+  for (let p = 0; p < bitmapPages(header.extentCount); p++) {
+    encodeSlot(bits, p, 0, 1, image, slotOffset(p, 0))
+    encodeSlot(bits, p, 1, 0, image, slotOffset(p, 1))
+  }
+  return image
+}
+
+/** Why neither slot of a page can be trusted, for the error message. */
+function whyUnknown(a: SlotState, b: SlotState): string {
+  const say = (s: SlotState): string =>
+    s.state === 'valid' ? `valid at seq ${s.seq}` : s.state === 'torn' ? 'torn' : s.seq < 0 ? 'damaged (no sector passes its CRC32C)' : `damaged (claims seq ${s.seq})`
+  return `slot 0 ${say(a)}, slot 1 ${say(b)}`
 }
 
 /**
@@ -256,11 +449,26 @@ export class PersistentMap {
   private closing = false
   private datasyncs = 0
 
+  /** Per page: the highest seq seen or written; a new slot write uses a higher one. */
+  private readonly seqs: number[]
+  /** Per page: the slot (0 or 1) holding its current image. */
+  private readonly cur: Uint8Array
+  /** Pages whose image was unknown at open: their next write fills both slots. */
+  private readonly bothSlots = new Set<number>()
+  private readonly readOnly: boolean
+  /**
+   * Pages found damaged at open (current image unknown), ascending: for D every extent of
+   * them was taken as dirty; for P (damaged: 'clear') as not host-written.
+   */
+  readonly damagedPages: readonly number[]
+
   private constructor(
     readonly path: string,
     readonly header: Readonly<MapHeader>,
     bits: ExtentBitmap,
     file: DurableFile,
+    pages: {seqs: number[]; cur: Uint8Array; damaged: number[]},
+    readOnly: boolean,
   ) {
     this.bits = bits
     this.durable = bits.clone()
@@ -268,6 +476,11 @@ export class PersistentMap {
     this.staged = new ExtentBitmap(bits.count)
     this.cleared = new ExtentBitmap(bits.count)
     this.file = file
+    this.seqs = pages.seqs
+    this.cur = pages.cur
+    this.damagedPages = Object.freeze([...pages.damaged])
+    for (const p of pages.damaged) this.bothSlots.add(p)
+    this.readOnly = readOnly
   }
 
   /**
@@ -276,20 +489,17 @@ export class PersistentMap {
    * existing file at `path`. Waits. Throws RangeError for an impossible header.
    */
   static async create(fs: DurableFs, path: string, header: MapHeader, initial?: ExtentBitmap): Promise<PersistentMap> {
-    const head = encodeHeader(header)
+    encodeHeader(header)
     const bits = initial ? initial.clone() : new ExtentBitmap(header.extentCount)
     if (bits.count !== header.extentCount) throw new RangeError(`initial bitmap has ${bits.count} extents, the header says ${header.extentCount}`)
-    const image = Buffer.alloc(mapFileSize(header.extentCount))
-    head.copy(image, 0)
-    bits.copyBytes(image, PAGE, 0, Math.ceil(bits.count / 8))
     try {
       await fs.mkdirp(dirname(path))
-      await writeFileAtomic(fs, path, image)
+      await writeFileAtomic(fs, path, encodeImage(header, bits))
     } catch (error) {
       throw ioError(path, 'cannot be created', error)
     }
-    const file = await openFile(fs, path, header.kind)
-    return new PersistentMap(path, Object.freeze({...header}), bits, file)
+    const file = await openFile(fs, path, header.kind, true)
+    return new PersistentMap(path, Object.freeze({...header}), bits, file, freshPages(header.extentCount), false)
   }
 
   /**
@@ -297,9 +507,17 @@ export class PersistentMap {
    * damaged file, or one of another kind, extent size, volume size, extent count or
    * operation, is a CorruptStateError that names the file and the values: a map is never
    * read as empty. Other I/O failures are a VolumeIoError. Waits.
+   *
+   * A page whose current image is unknown (design notes): for a delta map every extent of it
+   * is set, listed in `damagedPages`, and (unless readOnly) rewritten durably before open
+   * returns; for P a CorruptStateError naming the page, or with `damaged: 'clear'` its bits
+   * read as clear and listed, for the caller to cover and then repairDamagedPages().
+   * A version-1 file is converted to version 2 (atomically) unless readOnly.
+   * readOnly: nothing is written, now or later (for `status`, which holds no lock).
    */
-  static async open(fs: DurableFs, path: string, expect: MapExpectation): Promise<PersistentMap> {
-    const file = await openFile(fs, path, expect.kind)
+  static async open(fs: DurableFs, path: string, expect: MapExpectation, opts: {readOnly?: boolean; damaged?: 'clear'} = {}): Promise<PersistentMap> {
+    const readOnly = opts.readOnly ?? false
+    let file = await openFile(fs, path, expect.kind, !readOnly)
     try {
       const bad = (what: string): CorruptStateError => new CorruptStateError(`map file ${path}: ${what}`, fixFor(expect.kind))
       let size: number
@@ -311,8 +529,8 @@ export class PersistentMap {
       } catch (error) {
         throw ioError(path, 'cannot be read', error)
       }
-      const h = decodeHeader(head.subarray(0, n), path, expect.kind)
-      const need = mapFileSize(h.extentCount)
+      const {header: h, version} = decodeHeaderVersion(head.subarray(0, n), path, expect.kind)
+      const need = version === 1 ? v1FileSize(h.extentCount) : mapFileSize(h.extentCount)
       if (size < need) throw bad(`truncated: ${size} bytes, shorter than the ${need} bytes of a map of ${h.extentCount} extents`)
       if (h.kind !== expect.kind) throw bad(`is a ${KIND_NAME[h.kind]}, expected a ${KIND_NAME[expect.kind]}`)
       if (h.extentSize !== expect.extentSize) throw bad(`extent size ${h.extentSize} does not match the group's ${expect.extentSize}`)
@@ -323,18 +541,104 @@ export class PersistentMap {
       if (expect.operationId !== undefined && h.operationId !== expect.operationId)
         throw bad(`belongs to operation ${JSON.stringify(h.operationId)}, not to the group's operation ${JSON.stringify(expect.operationId)}`)
       const body = Buffer.alloc(Math.ceil(h.extentCount / 8))
-      let got: number
-      try {
-        got = await file.read(body, PAGE, body.length)
-      } catch (error) {
-        throw ioError(path, 'cannot be read', error)
+      if (version === 1) {
+        // One trusted copy per page, as version 1 wrote it.
+        let got: number
+        try {
+          got = await file.read(body, PAGE, body.length)
+        } catch (error) {
+          throw ioError(path, 'cannot be read', error)
+        }
+        if (got < body.length) throw bad(`truncated while reading: ${got} of ${body.length} bitmap bytes`)
+        const bits = ExtentBitmap.fromBytes(h.extentCount, body)
+        if (!readOnly) {
+          try {
+            await writeFileAtomic(fs, path, encodeImage(h, bits))
+          } catch (error) {
+            throw ioError(path, 'cannot be converted to map format version 2', error)
+          }
+          await file.close()
+          file = await openFile(fs, path, h.kind, true)
+        }
+        return new PersistentMap(path, Object.freeze(h), bits, file, freshPages(h.extentCount), readOnly)
       }
-      if (got < body.length) throw bad(`truncated while reading: ${got} of ${body.length} bitmap bytes`)
-      return new PersistentMap(path, Object.freeze(h), ExtentBitmap.fromBytes(h.extentCount, body), file)
+      const pages = bitmapPages(h.extentCount)
+      const seqs = new Array<number>(pages).fill(0)
+      const cur = new Uint8Array(pages)
+      const damaged: Array<{page: number; why: string}> = []
+      // Read a bounded number of pages at a time: a large map's slots are not held whole.
+      const chunk = 256
+      for (let p0 = 0; p0 < pages; p0 += chunk) {
+        const k = Math.min(chunk, pages - p0)
+        const buf = Buffer.alloc(k * 2 * PAGE)
+        let got: number
+        try {
+          // eslint-disable-next-line no-await-in-loop -- bounded memory, in file order
+          got = await file.read(buf, slotOffset(p0, 0), buf.length)
+        } catch (error) {
+          throw ioError(path, 'cannot be read', error)
+        }
+        if (got < buf.length) throw bad(`truncated while reading: ${got} of ${buf.length} bytes of bitmap slots`)
+        for (let i = 0; i < k; i++) {
+          const p = p0 + i
+          const at = 2 * i * PAGE
+          const a = classifySlot(buf, p, 0, at)
+          const b = classifySlot(buf, p, 1, at + PAGE)
+          seqs[p] = Math.max(a.maxSeen, b.maxSeen, 0)
+          const slot = chooseSlot(a, b, () => buf.subarray(at, at + PAGE).equals(buf.subarray(at + PAGE, at + 2 * PAGE)))
+          if (slot < 0) {
+            damaged.push({page: p, why: whyUnknown(a, b)})
+            continue
+          }
+          cur[p] = slot
+          slotPayload(buf, at + slot * PAGE, body, p * PAGE_PAYLOAD, Math.min(PAGE_PAYLOAD, body.length - p * PAGE_PAYLOAD))
+        }
+      }
+      const bits = ExtentBitmap.fromBytes(h.extentCount, body)
+      if (damaged.length > 0 && h.kind === 'protected' && opts.damaged !== 'clear') {
+        const d = damaged[0]
+        throw bad(
+          `${damaged.length === 1 ? 'page' : `${damaged.length} pages, first`} ${d.page} (extents ${pageExtents(d.page, h.extentCount).join(' to ')}) cannot be trusted: ${d.why}; no safe value exists for P bits`,
+        )
+      }
+      if (h.kind === 'delta') for (const {page} of damaged) bits.setRange(...pageRange(page, h.extentCount))
+      const m = new PersistentMap(path, Object.freeze(h), bits, file, {seqs, cur, damaged: damaged.map((d) => d.page)}, readOnly)
+      if (damaged.length > 0 && h.kind === 'delta' && !readOnly) await m.repairDamagedPages()
+      return m
     } catch (error) {
       await file.close().catch(() => undefined)
       throw error
     }
+  }
+
+  /**
+   * One line for a warning when pages were damaged (undefined otherwise): names the file,
+   * the pages and extents, and what was done about it.
+   */
+  damageReport(): string | undefined {
+    const d = this.damagedPages
+    if (d.length === 0) return undefined
+    const list = d.slice(0, 5).map((p) => `${p} (extents ${pageExtents(p, this.bits.count).join('-')})`).join(', ') + (d.length > 5 ? `, and ${d.length - 5} more` : '')
+    const one = d.length === 1
+    const what =
+      this.header.kind === 'delta'
+        ? `every extent of ${one ? 'it' : 'them'} is taken as different and will be copied again`
+        : `${one ? 'its' : 'their'} extents are copied from the clone again, overwriting host writes made to them during the restore`
+    const fixed = this.header.kind === 'delta' && !this.readOnly ? ' (rewritten so on disk)' : ''
+    return `map file ${this.path}: ${one ? 'page' : 'pages'} ${list} failed ${one ? 'its' : 'their'} checksum; ${what}${fixed}`
+  }
+
+  /**
+   * Rewrite the pages found damaged at open, from memory, into both their slots, durably.
+   * open() does it for a delta map; for P opened with damaged: 'clear', call it once D[c]
+   * covers those extents durably (INV-1). Waits.
+   */
+  repairDamagedPages(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure)
+    if (this.closing) return Promise.reject(this.closedError())
+    if (this.readOnly) return Promise.reject(this.readOnlyError())
+    const pages = new Set(this.damagedPages.filter((p) => this.bothSlots.has(p)))
+    return this.serial(() => this.writePages(pages))
   }
 
   /** bits.get(e). Does not wait. */
@@ -370,6 +674,7 @@ export class PersistentMap {
     }
     if (this.failure) return Promise.reject(this.failure)
     if (this.closing) return Promise.reject(this.closedError())
+    if (this.readOnly) return Promise.reject(this.readOnlyError())
     if (start === end) return Promise.resolve()
     this.noteSet(start, end)
     if (this.replacing === 0 && this.durable.allSet(start, end)) {
@@ -466,6 +771,7 @@ export class PersistentMap {
     if (this.failure) return Promise.reject(this.failure)
     if (!t.open) return Promise.resolve()
     if (this.closing) return Promise.reject(this.closedError())
+    if (this.readOnly) return Promise.reject(this.readOnlyError())
     return this.serial(() => {
       if (!t.open) return Promise.resolve()
       const i = this.tickets.indexOf(t)
@@ -522,6 +828,7 @@ export class PersistentMap {
     if (bits.count !== this.bits.count) return Promise.reject(new RangeError(`map ${this.path} has ${this.bits.count} extents, the new bitmap ${bits.count}`))
     if (this.failure) return Promise.reject(this.failure)
     if (this.closing) return Promise.reject(this.closedError())
+    if (this.readOnly) return Promise.reject(this.readOnlyError())
     const image = bits.clone()
     // A batch not yet started would write before us and be undone: later callers start a new one.
     this.batch = undefined
@@ -539,7 +846,7 @@ export class PersistentMap {
       for (let w = 0; w < d.length; w++) u[w] |= n[w] & ~d[w]
       this.durable.copyFrom(image)
       const pages = new Set<number>()
-      for (let p = 0; p < bitmapBytes(image.count) / PAGE; p++) pages.add(p)
+      for (let p = 0; p < bitmapPages(image.count); p++) pages.add(p)
       return this.writePages(pages)
     })
   }
@@ -598,19 +905,32 @@ export class PersistentMap {
   }
 
   private async writeAndSync(f: DurableFile, pages: number[]): Promise<void> {
-    const bytes = Math.ceil(this.durable.count / 8)
-    for (let i = 0; i < pages.length; ) {
-      let j = i + 1
-      while (j < pages.length && pages[j] === pages[j - 1] + 1) j++
-      const from = pages[i] * PAGE
-      const buf = new Uint8Array((j - i) * PAGE)
-      this.durable.copyBytes(buf, 0, from, Math.min(buf.length, bytes - from))
-      // eslint-disable-next-line no-await-in-loop -- one write at a time, in page order
-      await f.write(buf, PAGE + from)
-      i = j
+    const done: Array<[page: number, slot: number, seq: number]> = []
+    for (const p of pages) {
+      // The slot holding the page's last durable image is left alone (design notes); a page
+      // whose image was unknown gets both, so the repair holds whatever the other slot had.
+      const slots = this.bothSlots.has(p) ? [0, 1] : [1 - this.cur[p]]
+      let seq = this.seqs[p]
+      for (const slot of slots) {
+        seq++
+        const buf = Buffer.alloc(PAGE)
+        encodeSlot(this.durable, p, slot, seq, buf)
+        // eslint-disable-next-line no-await-in-loop -- one write at a time, in page order
+        await f.write(buf, slotOffset(p, slot))
+        done.push([p, slot, seq])
+      }
     }
     await f.datasync()
+    for (const [p, slot, seq] of done) {
+      this.cur[p] = slot
+      this.seqs[p] = seq
+      this.bothSlots.delete(p)
+    }
     this.datasyncs++
+  }
+
+  private readOnlyError(): Error {
+    return new Error(`map file ${this.path} is open read-only`)
   }
 
   private closedError(): Error {
@@ -618,9 +938,9 @@ export class PersistentMap {
   }
 }
 
-async function openFile(fs: DurableFs, path: string, kind: MapKind): Promise<DurableFile> {
+async function openFile(fs: DurableFs, path: string, kind: MapKind, write: boolean): Promise<DurableFile> {
   try {
-    return await fs.open(path, {write: true})
+    return await fs.open(path, {write})
   } catch (error) {
     if (errnoOf(error) === 'ENOENT') throw new CorruptStateError(`map file ${path} is missing`, fixFor(kind))
     throw ioError(path, 'cannot be opened', error)

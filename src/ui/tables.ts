@@ -38,7 +38,7 @@ export function renderGroupStatus(s: GroupStatus): string {
   for (const c of s.clones)
     t.push([
       c.name,
-      colour.state(c.state) + (c.stateReason ? colour.dim(` (${c.stateReason})`) : '') + (c.trusted ? '' : ' [map untrusted]'),
+      colour.state(c.state) + (c.stateReason ? colour.dim(` (${c.stateReason})`) : '') + (c.trusted ? '' : ' [map untrusted]') + (c.damagedMapPages ? ` [map damaged: ${c.damagedMapPages.length} page(s) taken as dirty]` : ''),
       `${c.dirtyExtents} ext / ${humanBytes(c.dirtyBytes)}`,
       `${c.inSyncPercent.toFixed(1)}%`,
       humanAge(c.lastSyncAt),
@@ -46,6 +46,7 @@ export function renderGroupStatus(s: GroupStatus): string {
       c.path,
     ])
   lines.push(t.toString())
+  for (const c of s.clones) if (c.mapDamage) lines.push(`  ${c.name}: ${c.mapDamage}`)
   return lines.join('\n')
 }
 

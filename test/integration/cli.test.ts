@@ -14,10 +14,12 @@ import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {HostIO} from '../../src/engine/HostIO.js'
+import {RestoreSession} from '../../src/engine/Restore.js'
 import {withGroup} from '../../src/group/GroupSession.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {Cli, cmp, KiB, MiB, pwrite, randomImage, sha256, tempDir} from '../helpers/cli.js'
+import {startServe} from '../helpers/serve.js'
 
 const EXTENT = 64 * KiB
 let dir: string
@@ -472,5 +474,96 @@ describe('protected restore', () => {
     assert.match(r.stderr, /changed outside clonectl/)
     assert.ok(cmp(src, clone).same)
     assert.equal(await sha256(clone), cloneSha)
+  })
+})
+
+/**
+ * Flip bit `e` (an extent of page 0, within its first sector) in the current slot of page 0 of
+ * a version-2 map file, leaving the header and the sector's CRC32C as they were: a hand edit.
+ */
+async function flipMapBit(mapPath: string, e: number): Promise<void> {
+  const raw = await fsp.readFile(mapPath)
+  const slot = raw.readBigUInt64LE(4096) >= raw.readBigUInt64LE(2 * 4096) ? 4096 : 2 * 4096
+  const at = slot + 12 + (e >> 3)
+  await pwrite(mapPath, at, Buffer.from([raw[at] ^ (1 << (e & 7))]))
+}
+
+describe('damaged map pages (every page is checked)', () => {
+  test('given a D bit cleared by hand in its page (header intact) while source and clone differ there, then status shows the damage, and clone sync copies the page\'s extents so both end equal (never "copied 0 B")', async () => {
+    const {src, clone} = await groupWithClone('dpage', 1 * MiB)
+    await cli.ok(['clone', 'fracture', 'dpage', 'c'])
+    await hostWrite('dpage', [{offset: 3 * EXTENT + 100, data: randomBytes(1000)}])
+    assert.equal(cmp(src, clone).same, false)
+    assert.equal(cloneStatus(await cli.status('dpage')).dirtyExtents, 1)
+    const mapPath = join(cli.stateDir, 'groups', 'dpage', 'clone-c.map')
+    await flipMapBit(mapPath, 3)
+    // status: every extent of the damaged page (all 16 of this 1 MiB volume) counts as dirty.
+    const s = cloneStatus(await cli.status('dpage'))
+    assert.deepEqual(s.damagedMapPages, [0])
+    assert.equal(s.dirtyExtents, 16)
+    assert.ok(s.mapDamage.includes(mapPath), s.mapDamage)
+    const table = await cli.ok(['status', 'dpage'])
+    assert.match(table.stdout, /map damaged: 1 page\(s\) taken as dirty/)
+    assert.ok(table.stdout.includes(mapPath))
+    // clone sync: warns naming the file and the page, copies the page, source == clone.
+    const r = await cli.ok(['clone', 'sync', 'dpage', 'c'])
+    assert.ok(r.stderr.includes(mapPath), r.stderr)
+    assert.match(r.stderr, /page 0 \(extents 0-15\) failed its checksum/)
+    assert.doesNotMatch(r.stdout + r.stderr, /copied 0 B/)
+    assert.ok(cmp(src, clone).same, 'source == clone after the sync')
+    const after = cloneStatus(await cli.status('dpage'))
+    assert.equal(after.damagedMapPages, undefined, 'repaired on disk')
+    assert.equal(after.dirtyExtents, 0)
+  })
+
+  test('given a damaged D page when serve starts, then serve warns, status through it shows the damage until clone sync has copied the page, and source == clone', async () => {
+    const {src, clone} = await groupWithClone('spage', 1 * MiB)
+    await cli.ok(['clone', 'fracture', 'spage', 'c'])
+    await hostWrite('spage', [{offset: 9 * EXTENT, data: randomBytes(512)}])
+    const mapPath = join(cli.stateDir, 'groups', 'spage', 'clone-c.map')
+    await flipMapBit(mapPath, 9)
+    const served = await startServe(cli.stateDir, 'spage')
+    try {
+      assert.ok(served.stderr().includes(mapPath), served.stderr())
+      assert.match(served.stderr(), /page 0 \(extents 0-15\) failed its checksum/)
+      const s = cloneStatus(await cli.status('spage'))
+      assert.deepEqual(s.damagedMapPages, [0], 'the server repaired the file at open, and still reports what it found')
+      assert.equal(s.dirtyExtents, 16)
+      await cli.ok(['clone', 'sync', 'spage', 'c'])
+      assert.ok(cmp(src, clone).same)
+      const after = cloneStatus(await cli.status('spage'))
+      assert.equal(after.damagedMapPages, undefined, 'copied: nothing left to report')
+      assert.equal(after.dirtyExtents, 0)
+    } finally {
+      await served.stop()
+    }
+  })
+
+  test('given an interrupted protected restore whose P page is damaged, then resuming refuses (exit 7) naming the file, the page and the fix, and the fix as typed resumes, copying that page\'s extents from the clone again', async () => {
+    const {src, clone} = await groupWithClone('ppage', 1 * MiB)
+    await cli.ok(['clone', 'fracture', 'ppage', 'c'])
+    const cloneSha = await sha256(clone)
+    await hostWrite('ppage', [{offset: 5 * EXTENT, data: randomBytes(EXTENT)}])
+    // A protected restore that a host writes during, then stops (its process is gone).
+    const ctx = {fs: nodeFs, store: new GroupStore(nodeFs, cli.stateDir)}
+    await withGroup(ctx, 'ppage', {command: 'test restore'}, async (g) => {
+      const io = new HostIO(g)
+      io.restore = await io.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: true, command: 'test restore'}))
+      await io.write(2 * EXTENT, Buffer.alloc(EXTENT, 0x5a), false)
+      await io.flush() // P[2] is durable
+      assert.ok(g.protectedMap?.get(2))
+    })
+    const pPath = join(cli.stateDir, 'groups', 'ppage', 'restore.pmap')
+    await flipMapBit(pPath, 2)
+    let r = await cli.run(['restore', 'ppage', '--yes'])
+    assertError(r, 7, pPath, /page 0 \(extents 0 to 15\) cannot be trusted/, /clonectl restore ppage --force/)
+    assert.equal(cloneStatus(await cli.status('ppage')).state, 'restoring', 'status still works')
+    r = await cli.ok(['restore', 'ppage', '--force', '--yes'])
+    assert.match(r.stderr, /page 0 \(extents 0-15\) failed its checksum; its extents are copied from the clone again/)
+    assert.ok(cmp(src, clone).same, 'source == clone: the restore finished, the host write to the damaged page overwritten')
+    assert.equal(await sha256(clone), cloneSha, 'the clone is unchanged')
+    const s = await cli.status('ppage')
+    assert.equal(s.operation, undefined)
+    assert.equal(cloneStatus(s).state, 'fractured')
   })
 })

@@ -3,7 +3,10 @@
  * every way a map file can be untrustworthy (each a CorruptStateError naming the file, never
  * an empty map); set ahead and clear behind as seen after a reopen; checkpoint tickets,
  * including a set that comes after the ticket; group commit, counted in datasyncs; replaceAll;
- * a failed write; and a fast-check model of every call against what memory and disk hold.
+ * a failed write; a fast-check model of every call against what memory and disk hold; and
+ * the checked pages of format version 2: a damaged D page (all dirty, reported, repaired), the
+ * damage a sector CRC must catch, a damaged P page (named error, or damaged: 'clear'), a torn
+ * slot (fallback, seq never reused), and the conversion of a version-1 file.
  */
 import assert from 'node:assert/strict'
 import * as fsp from 'node:fs/promises'
@@ -16,7 +19,7 @@ import type {DurableFile, DurableFs, FileStat, OpenOptions} from '../../src/io/D
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {crc32c} from '../../src/map/crc32c.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
-import {PAGE, PersistentMap, type CheckpointTicket, type MapExpectation, type MapHeader} from '../../src/map/PersistentMap.js'
+import {encodeHeader, encodeSlot, mapFileSize, PAGE, PersistentMap, type CheckpointTicket, type MapExpectation, type MapHeader} from '../../src/map/PersistentMap.js'
 
 const EXTENT = 64 * 1024
 // Not a multiple of the extent size, and more than one bitmap page (4096*8 bits) of extents.
@@ -154,10 +157,48 @@ async function reopen(path: string): Promise<PersistentMap> {
   return PersistentMap.open(nodeFs, path, {...expect, operationId: header.operationId})
 }
 
+/**
+ * The bitmap bytes of a version-2 map file, decoded here from the documented layout (not
+ * through PersistentMap): per page the slot whose 8 sectors all pass their CRC32C over
+ * (page, slot, sector, seq, payload) with one seq, the highest seq winning. Fails when a page has
+ * no valid slot.
+ */
+function decodeV2(raw: Buffer, count: number): Buffer {
+  const bytes = Math.ceil(count / 8)
+  const out = Buffer.alloc(bytes)
+  for (let p = 0; p * 4000 < bytes; p++) {
+    let best: {seq: number; at: number} | undefined
+    for (const slot of [0, 1]) {
+      const at = PAGE + (2 * p + slot) * PAGE
+      let seq = -1
+      let ok = true
+      for (let k = 0; k < 8; k++) {
+        const o = at + k * 512
+        const id = Buffer.alloc(16)
+        id.writeUInt32LE(p, 0)
+        id.writeUInt16LE(slot, 4)
+        id.writeUInt16LE(k, 6)
+        raw.copy(id, 8, o, o + 8)
+        const s = Number(raw.readBigUInt64LE(o))
+        if (raw.readUInt32LE(o + 8) !== crc32c(raw.subarray(o + 12, o + 512), crc32c(id)) || (seq >= 0 && s !== seq)) ok = false
+        seq = s
+      }
+      if (ok && (!best || seq > best.seq)) best = {seq, at}
+    }
+    assert.ok(best, `page ${p} has a valid slot`)
+    for (let k = 0; k < 8; k++) {
+      const from = p * 4000 + k * 500
+      if (from >= bytes) break
+      raw.copy(out, from, best.at + k * 512 + 12, best.at + k * 512 + 12 + Math.min(500, bytes - from))
+    }
+  }
+  return out
+}
+
 /** The set runs of the map file as it is on disk now. */
 async function onDisk(path: string, count = COUNT): Promise<Array<[number, number]>> {
   const raw = await fsp.readFile(path)
-  return [...ExtentBitmap.fromBytes(count, raw.subarray(PAGE)).runs()]
+  return [...ExtentBitmap.fromBytes(count, decodeV2(raw, count)).runs()]
 }
 
 async function patch(path: string, at: number, bytes: Buffer, fixCrc = false): Promise<void> {
@@ -185,15 +226,16 @@ const u64 = (v: number): Buffer => {
 }
 
 describe('PersistentMap: the file, create and open', () => {
-  test('the file layout: header fields, CRC32C, zero rest; bitmap pages in little-endian bit order', async () => {
+  test('the file layout: header fields, CRC32C, zero rest; each bitmap page in two slots of self-checking sectors, little-endian bit order', async () => {
     const p = fresh()
     const init = new ExtentBitmap(COUNT)
-    for (const e of [0, 9, 32767, 32768, COUNT - 1]) init.set(e)
+    for (const e of [0, 9, 31999, 32000, COUNT - 1]) init.set(e)
     await (await PersistentMap.create(nodeFs, p, header, init)).close()
     const raw = await fsp.readFile(p)
-    assert.equal(raw.length, PAGE + 2 * PAGE, 'header page + bitmap padded to two pages')
+    // 40000 extents: 5000 bitmap bytes, two pages of 4000, each in two 4096-byte slots.
+    assert.equal(raw.length, PAGE + 4 * PAGE, 'header page + two pages × two slots')
     assert.equal(raw.toString('latin1', 0, 8), 'CLNMAP01')
-    assert.equal(raw.readUInt32LE(8), 1, 'version')
+    assert.equal(raw.readUInt32LE(8), 2, 'version')
     assert.equal(raw.readUInt32LE(12), 1, 'kind: delta')
     assert.equal(raw.readUInt32LE(16), EXTENT)
     assert.equal(raw.readUInt32LE(20), 0, 'reserved')
@@ -203,13 +245,23 @@ describe('PersistentMap: the file, create and open', () => {
     assert.ok(raw.subarray(47, 104).every((b) => b === 0), 'operation id NUL-padded to 64 bytes')
     assert.equal(raw.readUInt32LE(104), crc32c(raw.subarray(0, 104)))
     assert.ok(raw.subarray(108, PAGE).every((b) => b === 0), 'rest of the header page is zero')
-    const bm = raw.subarray(PAGE)
-    assert.equal(bm[0], 0b0000_0001, 'extent 0: byte 0 bit 0')
-    assert.equal(bm[1], 0b0000_0010, 'extent 9: byte 1 bit 1')
-    assert.equal(bm[PAGE - 1], 0x80, 'extent 32767: last bit of page 0')
-    assert.equal(bm[PAGE], 0x01, 'extent 32768: first bit of page 1')
-    assert.equal(bm[(COUNT - 1) >> 3], 1 << ((COUNT - 1) & 7), 'last extent')
-    assert.ok(bm.subarray(((COUNT - 1) >> 3) + 1).every((b) => b === 0), 'padding is zero')
+    // A new file holds each page in slot 0 at seq 1 and in slot 1 at seq 0, same payload.
+    for (const [page, slot, seq] of [[0, 0, 1], [0, 1, 0], [1, 0, 1], [1, 1, 0]]) {
+      const at = PAGE + (2 * page + slot) * PAGE
+      for (let k = 0; k < 8; k++) assert.equal(raw.readBigUInt64LE(at + k * 512), BigInt(seq), `page ${page} slot ${slot} sector ${k} seq`)
+    }
+    const s0 = PAGE // page 0, slot 0
+    assert.equal(raw[s0 + 12], 0b0000_0001, 'extent 0: payload byte 0 bit 0')
+    assert.equal(raw[s0 + 13], 0b0000_0010, 'extent 9: payload byte 1 bit 1')
+    assert.equal(raw[s0 + 7 * 512 + 511], 0x80, 'extent 31999: last bit of page 0 (sector 7, last byte)')
+    const s2 = PAGE + 2 * PAGE // page 1, slot 0
+    assert.equal(raw[s2 + 12], 0x01, 'extent 32000: first bit of page 1')
+    // Extent 40000: bitmap byte 5000 = page 1, payload byte 1000 = sector 2, byte 0, bit 0.
+    assert.equal(COUNT - 1, 40_000)
+    assert.equal(raw[s2 + 2 * 512 + 12], 0x01, 'last extent')
+    assert.ok(raw.subarray(s2 + 2 * 512 + 13, s2 + 3 * 512).every((b) => b === 0), 'padding is zero')
+    assert.ok(raw.subarray(s2 + 7 * 512 + 12, s2 + 8 * 512).every((b) => b === 0), 'padding is zero to the end of the slot')
+    assert.deepEqual(ExtentBitmap.fromBytes(COUNT, decodeV2(raw, COUNT)).toBytes(), init.toBytes())
   })
 
   test('create → open round trip keeps the header and the bits', async () => {
@@ -284,8 +336,8 @@ describe('PersistentMap: the file, create and open', () => {
     await openRejects(p, expect, /bad magic/)
     const q = fresh()
     await (await PersistentMap.create(nodeFs, q, header)).close()
-    await patch(q, 8, u32(2), true)
-    await openRejects(q, expect, /unknown version 2/)
+    await patch(q, 8, u32(3), true)
+    await openRejects(q, expect, /unknown version 3/)
     const k = fresh()
     await (await PersistentMap.create(nodeFs, k, header)).close()
     await patch(k, 12, u32(7), true)
@@ -735,5 +787,187 @@ describe('PersistentMap against a model (fast-check): memory and disk after ever
       }),
       {numRuns: 60},
     )
+  })
+})
+
+/** File offset of the slot holding page p's current image: the one whose sector 0 has the higher seq. */
+async function currentSlot(path: string, p: number): Promise<number> {
+  const raw = await fsp.readFile(path)
+  const at = (s: number): number => PAGE + (2 * p + s) * PAGE
+  return raw.readBigUInt64LE(at(0)) >= raw.readBigUInt64LE(at(1)) ? at(0) : at(1)
+}
+
+async function flip(path: string, at: number, mask = 0x08): Promise<void> {
+  const raw = await fsp.readFile(path)
+  await patch(path, at, Buffer.from([raw[at] ^ mask]))
+}
+
+describe('PersistentMap: every page is verifiable (format version 2)', () => {
+  test('given a D bit cleared by hand in its page\'s current slot (header intact), then open takes every extent of that page as dirty, reports it, and repairs it on disk', async () => {
+    const p = fresh()
+    const m = await PersistentMap.create(nodeFs, p, header)
+    await m.setDurable(3, 4) // page 0, payload byte 0, bit 3
+    await m.setDurable(32005, 32006) // page 1
+    await m.close()
+    const cur = await currentSlot(p, 0)
+    await flip(p, cur + 12) // clear extent 3's bit; the CRC32C of sector 0 no longer matches
+    const before = await fsp.readFile(p)
+    // status opens read-only: the damage is seen, nothing is written.
+    const ro = await PersistentMap.open(nodeFs, p, expect, {readOnly: true})
+    assert.deepEqual(ro.damagedPages, [0])
+    assert.deepEqual([...ro.bits.runs()], [[0, 32000], [32005, 32006]])
+    await assert.rejects(ro.setDurable(7, 8), /read-only/)
+    await ro.close()
+    assert.ok((await fsp.readFile(p)).equals(before), 'a read-only open writes nothing')
+
+    const r = await reopen(p)
+    assert.deepEqual(r.damagedPages, [0])
+    assert.deepEqual([...r.bits.runs()], [[0, 32000], [32005, 32006]], 'page 0 all dirty, page 1 as it was')
+    const report = r.damageReport() ?? ''
+    assert.ok(report.includes(p), report)
+    assert.match(report, /page 0 \(extents 0-31999\) failed its checksum; every extent of it is taken as different/)
+    await r.close()
+    assert.deepEqual(await onDisk(p), [[0, 32000], [32005, 32006]], 'repaired on disk: both slots of page 0 valid and all set')
+    const again = await reopen(p)
+    assert.deepEqual(again.damagedPages, [], 'no damage after the repair')
+    assert.equal(again.damageReport(), undefined)
+    assert.deepEqual([...again.bits.runs()], [[0, 32000], [32005, 32006]])
+    // And it goes on working: the next commit of page 0 lands in the other slot.
+    again.clear(0, 10)
+    await again.commitCheckpoint(again.beginCheckpoint())
+    await again.close()
+    const last = await reopen(p)
+    assert.deepEqual([...last.bits.runs()], [[10, 32000], [32005, 32006]])
+    assert.deepEqual(last.damagedPages, [])
+    await last.close()
+  })
+
+  test('damage a checksum cannot miss: a flipped seq, a flipped CRC, a zeroed slot, a misdirected sector; and stale rot in the older slot is ignored', async () => {
+    const cases: Array<[string, (cur: number, old: number) => Promise<void>, boolean]> = [
+      ['a seq bit of one sector of the current slot (it must not pass for a torn write)', (cur) => flip(`${pathOf}`, cur + 3 * 512, 0x02), true],
+      ['the CRC of the last sector of the current slot', (cur) => flip(`${pathOf}`, cur + 7 * 512 + 9, 0x01), true],
+      ['the current slot zeroed', (cur) => patch(`${pathOf}`, cur, Buffer.alloc(PAGE)), true],
+      [
+        'a sector of the older slot written over the same sector of the current slot (a misdirected write must not pass for a torn one)',
+        async (cur, old) => patch(pathOf, cur + 2 * 512, (await fsp.readFile(pathOf)).subarray(old + 2 * 512, old + 3 * 512)),
+        true,
+      ],
+      ['a payload byte of the older slot', (_cur, old) => flip(`${pathOf}`, old + 600), false],
+      ['the older slot zeroed', (_cur, old) => patch(`${pathOf}`, old, Buffer.alloc(PAGE)), true],
+    ]
+    let pathOf = ''
+    for (const [what, damage, unknown] of cases) {
+      pathOf = fresh()
+      const m = await PersistentMap.create(nodeFs, pathOf, header)
+      await m.setDurable(100, 101)
+      await m.setDurable(200, 201) // page 0 committed twice: slots at seq 2 and 3
+      await m.close()
+      const cur = await currentSlot(pathOf, 0)
+      const old = cur === PAGE ? 2 * PAGE : PAGE
+      await damage(cur, old)
+      const r = await reopen(pathOf)
+      if (unknown) {
+        assert.deepEqual(r.damagedPages, [0], what)
+        assert.ok(r.bits.allSet(0, 32000), what)
+      } else {
+        assert.deepEqual(r.damagedPages, [], what)
+        assert.deepEqual([...r.bits.runs()], [[100, 101], [200, 201]], what)
+      }
+      await r.close()
+    }
+  })
+
+  test('a damaged P page stops open with a CorruptStateError naming the file and the page, and the fix; damaged: "clear" reads it clear for the caller to cover and repair', async () => {
+    const p = fresh()
+    const ph: MapHeader = {...header, kind: 'protected'}
+    const pe: MapExpectation = {...expect, kind: 'protected', operationId: ph.operationId}
+    const m = await PersistentMap.create(nodeFs, p, ph)
+    for (const [s, e] of [
+      [3, 4],
+      [32001, 32003],
+    ]) {
+      m.setVolatile(s, e)
+      m.stage(s, e)
+    }
+    await m.commitCheckpoint(m.beginCheckpoint())
+    await m.close()
+    await flip(p, (await currentSlot(p, 1)) + 100)
+    await assert.rejects(PersistentMap.open(nodeFs, p, pe), (error: unknown) => {
+      assert.ok(error instanceof CorruptStateError)
+      assert.equal(error.exitCode, 7)
+      assert.ok(error.message.includes(p))
+      assert.match(error.message, /page 1 \(extents 32000 to 40000\) cannot be trusted: slot 0 valid at seq 1, slot 1 damaged \(claims seq 2\); no safe value exists for P bits/)
+      assert.match(error.fix ?? '', /restore GROUP --force/)
+      return true
+    })
+    const r = await PersistentMap.open(nodeFs, p, pe, {damaged: 'clear'})
+    assert.deepEqual(r.damagedPages, [1])
+    assert.deepEqual([...r.bits.runs()], [[3, 4]], 'page 1 read as clear, page 0 intact')
+    assert.match(r.damageReport() ?? '', /page 1 \(extents 32000-40000\) failed its checksum; its extents are copied from the clone again/)
+    await assert.rejects(PersistentMap.open(nodeFs, p, pe), CorruptStateError, 'nothing written before repairDamagedPages')
+    await r.repairDamagedPages()
+    await r.close()
+    const again = await PersistentMap.open(nodeFs, p, pe)
+    assert.deepEqual([...again.bits.runs()], [[3, 4]])
+    await again.close()
+  })
+
+  test('a version-1 file (one trusted copy per page) is read as before and converted to version 2 atomically; read-only leaves it alone', async () => {
+    const p = fresh()
+    const init = new ExtentBitmap(COUNT)
+    for (const [s, e] of [
+      [0, 5],
+      [32767, 32770],
+      [COUNT - 1, COUNT],
+    ])
+      init.setRange(s, e)
+    // The previous release's layout: header (version 1), then the bitmap padded to 4096-byte pages.
+    const v1 = Buffer.alloc(PAGE + 2 * PAGE)
+    encodeHeader(header).copy(v1, 0)
+    v1.writeUInt32LE(1, 8)
+    v1.writeUInt32LE(crc32c(v1.subarray(0, 104)), 104)
+    Buffer.from(init.toBytes()).copy(v1, PAGE)
+    await fsp.writeFile(p, v1)
+    const ro = await PersistentMap.open(nodeFs, p, expect, {readOnly: true})
+    assert.ok(ro.bits.equals(init))
+    await ro.close()
+    assert.ok((await fsp.readFile(p)).equals(v1), 'read-only: still version 1')
+    const r = await reopen(p)
+    assert.ok(r.bits.equals(init))
+    assert.deepEqual(r.damagedPages, [])
+    await r.setDurable(10, 11)
+    await r.close()
+    const raw = await fsp.readFile(p)
+    assert.equal(raw.readUInt32LE(8), 2, 'converted to version 2')
+    assert.equal(raw.length, mapFileSize(COUNT))
+    assert.deepEqual(await onDisk(p), [[0, 5], [10, 11], [32767, 32770], [COUNT - 1, COUNT]])
+    assert.deepEqual((await fsp.readdir(dir)).filter((f) => f.includes('.tmp-')), [], 'no temp file left')
+  })
+})
+
+describe('PersistentMap: a torn slot on disk', () => {
+  test('given an interrupted write left half a slot at seq n+1, then open falls back to the slot at seq n, and the next commit uses a seq above n+1 (an interrupted write\'s sectors can never pass for a later image)', async () => {
+    const p = fresh()
+    const m = await PersistentMap.create(nodeFs, p, header)
+    await m.setDurable(1, 2) // page 0: slot 1 at seq 2 is current, slot 0 at seq 1
+    await m.close()
+    const raw = await fsp.readFile(p)
+    const seqAt = (slot: number, sector = 0): number => Number(raw.readBigUInt64LE(PAGE + slot * PAGE + sector * 512))
+    assert.equal(seqAt(1), 2)
+    // The next commit (extent 8 set, say) was writing slot 0 at seq 3 and only its first 4 sectors landed.
+    const next = new ExtentBitmap(COUNT)
+    next.setRange(1, 2)
+    next.setRange(8, 9)
+    const img = Buffer.alloc(PAGE)
+    encodeSlot(next, 0, 0, 3, img)
+    await patch(p, PAGE, img.subarray(0, 4 * 512))
+    const r = await reopen(p)
+    assert.deepEqual(r.damagedPages, [], 'a torn slot is not damage')
+    assert.deepEqual([...r.bits.runs()], [[1, 2]], 'the image before the interrupted commit')
+    await r.setDurable(20, 21)
+    await r.close()
+    const after = await fsp.readFile(p)
+    for (let k = 0; k < 8; k++) assert.equal(Number(after.readBigUInt64LE(PAGE + k * 512)), 4, `slot 0 sector ${k}: seq 4, not 3 again`)
+    assert.deepEqual(await onDisk(p), [[1, 2], [20, 21]])
   })
 })

@@ -8,7 +8,7 @@
  * installed before the gate opens.
  */
 import assert from 'node:assert/strict'
-import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {test} from 'node:test'
@@ -26,6 +26,7 @@ test('given a fractured clone and a source changed since, when a restore starts 
   const dir = mkdtempSync(join(tmpdir(), 'clonectl-race-'))
   const ctx = {fs: nodeFs, store: new GroupStore(nodeFs, join(dir, 'state'))}
   try {
+    mkdirSync(join(dir, 'state', 'groups'), {recursive: true, mode: 0o700})
     writeFileSync(join(dir, 'src.img'), Buffer.alloc(SIZE, 0x11))
     await createGroup(ctx, {name: 'g', sourcePath: join(dir, 'src.img'), extentSize: EXTENT})
     const g = await CloneGroup.open(ctx, 'g', {writable: true})
