@@ -304,3 +304,53 @@ test('given a lock taken from under its holder, then the holder is told within U
   await b.release()
   assert.deepEqual(await readdir(dir), [])
 })
+
+/** A zombie: `true`, a child of a shell that exec'd `sleep` and so never reaps it. */
+async function zombiePid(): Promise<{pid: number; parent: ChildProcess}> {
+  const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 60'], {stdio: ['ignore', 'pipe', 'ignore']})
+  const [line] = (await once(parent.stdout!, 'data')) as [Buffer]
+  const pid = Number(line.toString().trim())
+  for (;;) {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return {pid, parent}
+    await new Promise((r) => setImmediate(r))
+  }
+}
+
+test('given a holder killed and not yet reaped by its parent (a zombie), then the lock is taken over at once', async () => {
+  const dir = await tempGroupDir()
+  const {pid, parent} = await zombiePid()
+  try {
+    process.kill(pid, 0) // kill(pid, 0) alone calls it alive
+    await abandonedLock(dir, {pid})
+    assert.equal(await GroupLock.inspect(dir), undefined, 'a zombie holder does not count')
+    const taken: HolderInfo[] = []
+    const lock = await GroupLock.acquire(opts(dir, {onStaleTakeover: (h) => taken.push(h)}))
+    assert.equal(taken[0]?.pid, pid)
+    await lock.release()
+  } finally {
+    parent.kill('SIGKILL')
+  }
+})
+
+test('given a holder file of an earlier boot, or of a pid now used by another process, then the lock is taken over at once', async () => {
+  const boot = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim()
+  for (const extra of [{bootId: '00000000-0000-0000-0000-000000000000'}, {bootId: boot, pidStart: '1'}]) {
+    const dir = await tempGroupDir()
+    // pid: this very process, alive, but not the one that wrote the holder file.
+    await abandonedLock(dir, {pid: process.pid, ...extra} as Partial<HolderInfo>)
+    assert.equal(await GroupLock.inspect(dir), undefined, JSON.stringify(extra))
+    const lock = await GroupLock.acquire(opts(dir))
+    await lock.release()
+  }
+})
+
+test('given a live holder, then its own holder file (boot id and start time recorded) keeps the lock held', async () => {
+  const dir = await tempGroupDir()
+  const lock = await GroupLock.acquire(opts(dir))
+  const h = JSON.parse(await readFile(GroupLock.holderPath(dir), 'utf8')) as {bootId?: string; pidStart?: string}
+  assert.ok(h.bootId && h.pidStart, 'recorded')
+  assert.equal((await GroupLock.inspect(dir))?.pid, process.pid)
+  await assert.rejects(GroupLock.acquire(opts(dir)), LockHeldError)
+  await lock.release()
+})
