@@ -161,7 +161,10 @@ export class ForwardSync {
         const why = failure instanceof Error ? failure.message : failure === undefined ? undefined : String(failure)
         m.setState('out-of-sync', this.engine.stopped && !why ? 'the sync was interrupted' : `the sync stopped: ${why ?? 'unknown error'}`)
         delete g.record.operation
-        await g.refreshFingerprints()
+        // The record is saved whatever else failed: never a sync left recorded as running.
+        await g.refreshFingerprints().catch((error: unknown) => {
+          failure ??= error
+        })
         await g.save()
       }
     }

@@ -371,12 +371,39 @@ export class CloneGroup {
     await this.save()
   }
 
-  /** Refresh fingerprints from the volumes (after our own writes). */
+  /**
+   * Refresh fingerprints from the volumes (after our own writes). A clone whose volume went
+   * away while open (its image deleted or moved, a device detached) is that clone's problem
+   * only: it is marked unavailable, fractured if it was mirrored, and keeps its old
+   * fingerprint; the operation that asked goes on. The source failing is an error.
+   */
   async refreshFingerprints(): Promise<void> {
     if (this.source) this.record.source.fingerprint = await this.source.fingerprint()
-    for (const m of this.members.values())
-      // eslint-disable-next-line no-await-in-loop
-      if (m.volume) m.record.volume.fingerprint = await m.volume.fingerprint()
+    for (const m of this.members.values()) {
+      if (!m.volume || m.unavailable) continue
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        m.record.volume.fingerprint = await m.volume.fingerprint()
+      } catch (error) {
+        if (!(error instanceof ClonectlError) || error instanceof CorruptStateError) throw error
+        this.volumeVanished(m, error)
+      }
+    }
+  }
+
+  /**
+   * A clone's volume vanished while open: whatever needs it from now on is refused naming
+   * it (as for a volume that could not be opened), and a mirrored clone is fractured, so
+   * host writes from here on are recorded in its map. The caller saves the record.
+   */
+  volumeVanished(m: CloneMember, error: ClonectlError): void {
+    m.unavailable = unavailableError(this.name, m, error)
+    m.unavailableCause = error.message
+    const mirrored = m.state === 'synchronized'
+    this.ctx.warn?.(`${m.unavailable.message}${mirrored ? '; fractured: host writes are recorded in its map until it is back' : ''}`)
+    if (!mirrored) return
+    m.setState('fractured', `its volume became unavailable (${error.message})`)
+    m.record.lastFractureAt = new Date().toISOString()
   }
 
   private saving: Promise<void> = Promise.resolve()

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
-import {CorruptStateError} from '../../src/errors/errors.js'
+import {ClonectlError, CorruptStateError} from '../../src/errors/errors.js'
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
@@ -14,7 +14,7 @@ import {CloneGroup, mapFileName, protectedMapFile} from '../../src/group/CloneGr
 import {removeClone} from '../../src/group/GroupAdmin.js'
 import {groupStatus} from '../../src/group/GroupStatus.js'
 import {PersistentMap} from '../../src/map/PersistentMap.js'
-import {buildGroup, fillPattern, type MemGroup, openGroup, setBits} from '../helpers/memGroup.js'
+import {buildGroup, clonePath, fillPattern, type MemGroup, openGroup, setBits} from '../helpers/memGroup.js'
 
 const X = 4096
 const N = 8
@@ -157,3 +157,40 @@ describe('a clone whose map file is damaged', () => {
   })
 })
 
+
+describe('a clone whose volume vanishes while the group is open', () => {
+  test('given a served group whose clone image is deleted, when another clone syncs and the group closes, then the sync completes, the deleted clone alone is fractured and unavailable, and nothing stays recorded as running', async () => {
+    const m = await buildGroup({extents: N, source: fillPattern(N, X, (e) => e + 1), clones: ['c1', 'c2'], mirrored: ['c1']})
+    const g = await openGroup(m)
+    await g.beginSession('clonectl serve g')
+    const host = new HostIO(g)
+    await host.write(1 * X, Buffer.alloc(X, 0x11), false)
+    await host.flush()
+    await m.fs.unlink(clonePath('c1'))
+
+    const s = await ForwardSync.start(g, {clone: 'c2', command: 'test'})
+    assert.ok(s instanceof ForwardSync)
+    const sum = await s.run()
+    assert.equal(sum.completed, true)
+    assert.equal(g.member('c2').state, 'synchronized')
+    assert.equal(g.record.operation, undefined)
+    const c1 = g.member('c1')
+    assert.equal(c1.state, 'fractured')
+    assert.match(c1.record.stateReason ?? '', /its volume became unavailable/)
+    assert.throws(
+      () => c1.requireAvailable(),
+      (e: unknown) => e instanceof ClonectlError && /^clone c1 of group g is unavailable: .*c1\.img/.test(e.message) && /`clonectl clone remove g c1`/.test(e.fix ?? ''),
+    )
+    // The host goes on; its writes are recorded for c1.
+    await host.write(3 * X, Buffer.alloc(X, 0x33), false)
+    await host.flush()
+    assert.ok(c1.map.bits.get(3))
+    await g.close()
+
+    const st = await groupStatus(m.ctx, 'g')
+    assert.equal(st.operation, undefined)
+    assert.equal(st.clones.find((c) => c.name === 'c2')?.state, 'synchronized')
+    const saved = await m.ctx.store.load('g')
+    assert.equal(saved.session, undefined, 'close cleared the session marker')
+  })
+})
