@@ -392,6 +392,27 @@ export class CloneGroup {
   }
 
   /**
+   * Look for clone volumes that went away since the group was opened (stat only) and mark
+   * each as volumeVanished does, saving the record if any did. For a long-running owner
+   * (serve) before it answers status or starts an operation. Waits.
+   */
+  async noticeVanishedVolumes(): Promise<void> {
+    let changed = false
+    for (const m of this.members.values()) {
+      if (!m.volume || m.unavailable) continue
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        await m.volume.fingerprint()
+      } catch (error) {
+        if (!(error instanceof ClonectlError) || error instanceof CorruptStateError) throw error
+        this.volumeVanished(m, error)
+        changed = true
+      }
+    }
+    if (changed) await this.save()
+  }
+
+  /**
    * A clone's volume vanished while open: whatever needs it from now on is refused naming
    * it (as for a volume that could not be opened), and a mirrored clone is fractured, so
    * host writes from here on are recorded in its map. The caller saves the record.

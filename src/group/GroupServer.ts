@@ -255,6 +255,8 @@ export class GroupServer {
     const {g, host} = this
     // A request racing with stop() must not start work on a group being closed.
     if (this.stopping && req.op !== 'ping') throw new InterruptedError(`clonectl serve of group ${g.name} is stopping`, 'run the command again once it has stopped (or after it restarts)')
+    // A clone image deleted under us is noticed before anything is reported or started.
+    if (req.op !== 'ping') await host.gate.exclusive(() => g.noticeVanishedVolumes())
     switch (req.op) {
       case 'ping':
         return {pid: process.pid, group: g.name}
