@@ -93,9 +93,21 @@ export class ForwardSync {
       await m.map.replaceAll(all)
     }
     const id = CloneGroup.newOperationId()
-    g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
-    m.setState('synchronizing')
-    await g.save()
+    // Recorded with no host write in flight (under the gate when serving), so a failed save
+    // (EMFILE, ENOSPC) is undone exactly: the sync then has had no effect but a fuller map.
+    const record = async (): Promise<void> => {
+      const before = {state: m.state, reason: m.record.stateReason}
+      g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
+      m.setState('synchronizing')
+      try {
+        await g.save()
+      } catch (error) {
+        delete g.record.operation
+        m.setState(before.state, before.reason)
+        throw error
+      }
+    }
+    await (opts.gate ? opts.gate.exclusive(record) : record())
     return new ForwardSync(g, m, id, compare, opts.rate, opts.gate, startedAt)
   }
 

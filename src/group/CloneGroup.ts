@@ -409,7 +409,8 @@ export class CloneGroup {
         changed = true
       }
     }
-    if (changed) await this.save()
+    // Saved when possible; in memory it is marked either way, and serve's status shows memory.
+    if (changed) await this.save().catch((error: unknown) => this.ctx.warn?.(`saving group ${this.name}: ${error instanceof Error ? error.message : String(error)}`))
   }
 
   /**

@@ -108,8 +108,16 @@ export async function addClone(g: CloneGroup, o: AddCloneOptions): Promise<Clone
       createdAt: now,
       trusted: true,
     }
-    await g.addMember(record, vol, 'all')
-    await g.save()
+    const m = await g.addMember(record, vol, 'all')
+    try {
+      await g.save()
+    } catch (error) {
+      // Not recorded: no effect (a serve keeps no clone that group.json does not list).
+      g.members.delete(o.clone)
+      await m.map.close().catch(() => undefined)
+      await ctx.fs.unlink(m.map.path).catch(() => undefined)
+      throw error
+    }
     return record
   } catch (error) {
     await vol.close()
@@ -145,16 +153,31 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
   }
   const now = new Date().toISOString()
   const flushing: Array<Promise<void>> = []
+  const undo: Array<() => void> = []
   for (const m of members) {
     if (m.state !== 'synchronized') continue
+    const before = {reason: m.record.stateReason, at: m.record.lastFractureAt}
+    undo.push(() => {
+      m.setState('synchronized', before.reason)
+      if (before.at) m.record.lastFractureAt = before.at
+      else delete m.record.lastFractureAt
+    })
     m.setState('fractured')
     m.record.lastFractureAt = now
     flushing.push(m.vol.flush())
     out.push({clone: m.name, state: 'fractured', alreadyFractured: false, fracturedAt: now})
   }
-  await Promise.all(flushing)
-  await g.checkpoint()
-  await g.save()
+  try {
+    await Promise.all(flushing)
+    await g.checkpoint()
+    await g.save()
+  } catch (error) {
+    // The caller holds the host gate (serve) or is alone (offline): no host write came in
+    // since the states changed, so the clones are still exact mirrors. Undone, the fracture
+    // has had no effect, and the error says so; never a clone fractured in memory only.
+    for (const u of undo) u()
+    throw error
+  }
   return out
 }
 
@@ -163,8 +186,16 @@ export async function removeClone(g: CloneGroup, name: string): Promise<{clone: 
   const m = g.member(name)
   if (g.record.operation?.clone === name)
     throw new StateError(`clone ${name} has an interrupted ${g.record.operation.kind}`, g.record.operation.kind === 'restore' ? `finish it with \`clonectl restore ${g.name}\`` : `finish it with \`clonectl clone sync ${g.name} ${name}\` first`)
+  const order = [...g.members.entries()]
   g.members.delete(name)
-  await g.save()
+  try {
+    await g.save()
+  } catch (error) {
+    // Still recorded: the clone stays, as it was (no effect).
+    g.members.clear()
+    for (const [k, v] of order) g.members.set(k, v)
+    throw error
+  }
   await m.volume?.close()
   m.volume = undefined
   await m.map.close()

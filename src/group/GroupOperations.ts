@@ -1,4 +1,4 @@
-import {InterruptedError, RemoteError, StateError, UsageError} from '../errors/errors.js'
+import {ClonectlError, InterruptedError, RemoteError, StateError, UsageError} from '../errors/errors.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
 import type {SyncProgress} from '../engine/SyncEngine.js'
@@ -230,6 +230,12 @@ export async function verify(ctx: GroupContext, group: string, clone: string, o:
 
 /** `status`: from the owning server when one runs (live progress), else from disk. */
 export async function status(ctx: GroupContext, group: string): Promise<GroupStatus> {
-  const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch(() => undefined)
+  // A server that answers with an error is reported, never papered over with group.json,
+  // which may be behind what the server does (a clone it no longer mirrors).
+  const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch((error: unknown) => {
+    // A server stopping, gone or unreachable mid-request has saved, or is saving, what it did.
+    if (!(error instanceof ClonectlError) || error.code === 'INTERRUPTED') return undefined
+    throw error
+  })
   return served?.value ?? groupStatus(ctx, group)
 }

@@ -263,6 +263,14 @@ export class GroupServer {
       case 'status': {
         await g.checkpoint()
         const s = await groupStatus(this.ctx, g.name)
+        // This process is the authority on its clones: what it does now (a clone it stopped
+        // mirroring after a failure whose save failed too) wins over group.json.
+        for (const c of s.clones) {
+          const m = g.members.get(c.name)
+          if (!m || m.state === c.state) continue
+          c.state = m.state
+          c.stateReason = m.record.stateReason
+        }
         return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {

@@ -11,7 +11,7 @@ import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import {CloneGroup, mapFileName, protectedMapFile} from '../../src/group/CloneGroup.js'
-import {removeClone} from '../../src/group/GroupAdmin.js'
+import {addClone, fractureClones, removeClone} from '../../src/group/GroupAdmin.js'
 import {groupStatus} from '../../src/group/GroupStatus.js'
 import {PersistentMap} from '../../src/map/PersistentMap.js'
 import {buildGroup, clonePath, fillPattern, type MemGroup, openGroup, setBits} from '../helpers/memGroup.js'
@@ -192,5 +192,48 @@ describe('a clone whose volume vanishes while the group is open', () => {
     assert.equal(st.clones.find((c) => c.name === 'c2')?.state, 'synchronized')
     const saved = await m.ctx.store.load('g')
     assert.equal(saved.session, undefined, 'close cleared the session marker')
+  })
+})
+
+/** group.json's temp file fails to open with EMFILE (the save), until cleared. */
+function emfile(fs: MemGroup['fs']): () => void {
+  fs.onOp = (op) => {
+    if (op.kind === 'create' && /group\.json/.test(op.path)) throw Object.assign(new Error(`EMFILE: too many open files, open '${op.path}'`), {code: 'EMFILE'})
+  }
+  return () => {
+    fs.onOp = undefined
+  }
+}
+
+describe('a request that fails with EMFILE has no effect', () => {
+  test('given fracture, sync, add and remove whose save fails with EMFILE, then each fails, memory stays as group.json says, and the mirrored clone is still mirrored', async () => {
+    const m = await buildGroup({extents: N, source: fillPattern(N, X, (e) => e + 1), clones: ['a', 'b'], mirrored: ['a']})
+    const g = await openGroup(m)
+    const host = new HostIO(g)
+    const clear = emfile(m.fs)
+
+    await assert.rejects(host.gate.exclusive(() => fractureClones(g, ['a'])), /EMFILE/)
+    assert.equal(g.member('a').state, 'synchronized', 'fracture undone')
+    assert.equal(g.member('a').record.lastFractureAt, undefined)
+
+    await assert.rejects(ForwardSync.start(g, {clone: 'b', command: 'test', gate: host.gate}), /EMFILE/)
+    assert.equal(g.member('b').state, 'fractured', 'sync not started')
+    assert.equal(g.record.operation, undefined)
+
+    m.fs.seedFile(clonePath('c'), Buffer.alloc(N * X))
+    await assert.rejects(addClone(g, {clone: 'c', path: clonePath('c'), create: false}), /EMFILE/)
+    assert.equal(await m.fs.exists(m.ctx.store.mapPath('g', mapFileName('c'))), false, 'its map is gone again')
+    await assert.rejects(removeClone(g, 'b'), /EMFILE/)
+    assert.deepEqual([...g.members.keys()], ['a', 'b'])
+    clear()
+
+    // Still mirrored: a host write reaches a.
+    await host.write(2 * X, Buffer.alloc(X, 0x42), false)
+    await host.flush()
+    assert.equal((await g.member('a').vol.read(2 * X, 1))[0], 0x42)
+    await g.close()
+    const st = await groupStatus(m.ctx, 'g')
+    assert.deepEqual(st.clones.map((c) => [c.name, c.state]), [['a', 'synchronized'], ['b', 'fractured']])
+    assert.equal(st.operation, undefined)
   })
 })
