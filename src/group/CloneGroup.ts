@@ -111,6 +111,13 @@ async function allSetStandIn(record: GroupRecord, c: CloneRecord): Promise<Persi
   return PersistentMap.create(fs, `/${c.mapFile}`, {kind: 'delta', extentSize: record.extentSize, volumeSize, extentCount: count, operationId: ''}, bits)
 }
 
+/** The fix for a restore with no clone named: the command with this group's real clones. */
+export function restoreWhichFix(group: string, clones: string[]): string {
+  if (clones.length === 0) return `group ${group} has no clone to restore from; add one first (\`clonectl clone add ${group} CLONE --path PATH\`)`
+  if (clones.length === 1) return `name the clone to restore from: \`clonectl restore ${group} ${clones[0]}\``
+  return `name the clone to restore from: \`clonectl restore ${group} CLONE\`, CLONE one of ${clones.join(', ')}`
+}
+
 export function extentCount(volumeSize: number, extentSize: number): number {
   return Math.ceil(volumeSize / extentSize)
 }

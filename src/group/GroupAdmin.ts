@@ -38,7 +38,7 @@ export async function createGroup(ctx: GroupContext, o: CreateGroupOptions): Pro
   validateExtentSize(extentSize)
   if (await ctx.store.exists(o.name)) throw new RefusedError(`clone group ${o.name} already exists`, `pick another name, or see it with \`clonectl status ${o.name}\``)
   // Hosts reach the source through clonectl (serve), so it must be local; clones may be remote.
-  if (isNbdUri(o.sourcePath)) throw new UsageError(`the source ${o.sourcePath} is an NBD URI; a group's source must be a local image file or block device`, 'name a local source; NBD URIs are for clones (`clonectl clone add G C --path nbd://…`)')
+  if (isNbdUri(o.sourcePath)) throw new UsageError(`the source ${o.sourcePath} is an NBD URI; a group's source must be a local image file or block device`, `name a local source; NBD URIs are for clones (\`clonectl clone add ${o.name} CLONE --path nbd://…\` once the group exists)`)
   const src = await openVolume(ctx.fs, o.sourcePath, {write: false})
   try {
     if (src.size === 0) throw new RefusedError(`source ${o.sourcePath} is empty (0 bytes)`)

@@ -5,7 +5,7 @@ import type {SyncProgress} from '../engine/SyncEngine.js'
 import {controlRequest, findServer} from '../control/ControlClient.js'
 import type {ControlRequest} from '../control/protocol.js'
 import type {CloneRecord} from '../store/GroupRecord.js'
-import type {CloneGroup, GroupContext} from './CloneGroup.js'
+import {type CloneGroup, type GroupContext, restoreWhichFix} from './CloneGroup.js'
 import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
 import {groupStatus, type GroupStatus} from './GroupStatus.js'
@@ -143,7 +143,7 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
   const op = record.operation?.kind === 'restore' ? record.operation : undefined
   if (op && o.clone && o.clone !== op.clone)
     throw new StateError(`group ${group} has an interrupted restore from clone ${op.clone}, not ${o.clone}`, `resume it with \`clonectl restore ${group}\``)
-  if (!op && !o.clone) throw new UsageError(`group ${group} has no interrupted restore to resume`, `name the clone to restore from: \`clonectl restore ${group} CLONE\``)
+  if (!op && !o.clone) throw new UsageError(`group ${group} has no interrupted restore to resume`, restoreWhichFix(group, record.clones.map((c) => c.name)))
   const clone = op?.clone ?? (o.clone as string)
   const isProtected = op ? op.protected !== false : !o.unprotected
   const abort = new AbortController()

@@ -11,7 +11,7 @@ import {NbdServer, type NbdServerOptions} from '../nbd/NbdServer.js'
 import {GroupLock} from '../store/GroupLock.js'
 import {openVolume} from '../volume/openVolume.js'
 import type {Volume} from '../volume/Volume.js'
-import {CloneGroup, type GroupContext} from './CloneGroup.js'
+import {CloneGroup, type GroupContext, restoreWhichFix} from './CloneGroup.js'
 import {addClone, exportDescription, fractureClones, recoverStale, removeClone} from './GroupAdmin.js'
 import type {ProgressEvent} from './GroupOperations.js'
 import {groupStatus} from './GroupStatus.js'
@@ -178,7 +178,7 @@ export class GroupServer {
       session = await host.gate.exclusive(async () => RestoreSession.resume(g, {rate: req.rate, forceLostP: req.force}))
     } else {
       if (resume) throw new StateError('no restore to resume')
-      if (!req.clone) throw new UsageError(`group ${g.name} has no interrupted restore to resume`, `name the clone to restore from: \`clonectl restore ${g.name} CLONE\``)
+      if (!req.clone) throw new UsageError(`group ${g.name} has no interrupted restore to resume`, restoreWhichFix(g.name, [...g.members.keys()]))
       const clone = req.clone
       const isProtected = !req.unprotected
       session = await host.gate.exclusive(async () => {
