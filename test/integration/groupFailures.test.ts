@@ -132,4 +132,16 @@ describe('one clone damaged under serve', () => {
     await s.stop()
     await cli.ok(['verify', 'md', 'c1'])
   })
+
+  test('given a clone map file missing, then verify --repair, clone remove and group destroy --force all work (exit 0)', async () => {
+    await group('mx', ['c1', 'c2', 'c3'])
+    const dirOf = join(cli.stateDir, 'groups', 'mx')
+    await fsp.rm(join(dirOf, 'clone-c1.map'))
+    await fsp.writeFile(join(dirOf, 'clone-c2.map'), Buffer.alloc(4096, 0xff))
+    await cli.ok(['verify', 'mx', 'c1', '--repair'])
+    await cli.ok(['clone', 'remove', 'mx', 'c2', '--yes'])
+    await fsp.writeFile(join(dirOf, 'clone-c3.map'), 'garbage')
+    await cli.ok(['group', 'destroy', 'mx', '--force', '--yes'])
+    assert.deepEqual(await fsp.readdir(join(cli.stateDir, 'groups')).then((n) => n.filter((x) => x === 'mx')), [])
+  })
 })
