@@ -116,7 +116,7 @@ test('given a held lock, when a second invocation acquires without --wait, then 
     assert.equal(e.exitCode, ExitCode.lockHeld)
     assert.equal(e.message, `group db1 is locked by pid ${process.pid} (clonectl clone sync db1 c1) since ${first.holder.startedAt}`)
     assert.match(first.holder.startedAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/)
-    assert.equal(e.fix, 'wait for it to finish, or pass --wait[=SECONDS]')
+    assert.equal(e.fix, 'wait for it to finish, or run the command again with --wait (until it is free) or --wait SECONDS')
     return true
   })
   assert.ok(Date.now() - t < 1000, 'fails fast')
