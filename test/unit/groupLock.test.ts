@@ -305,16 +305,22 @@ test('given a lock taken from under its holder, then the holder is told within U
   assert.deepEqual(await readdir(dir), [])
 })
 
-/** A zombie: `true`, a child of a shell that exec'd `sleep` and so never reaps it. */
+/**
+ * A zombie: a child of a shell that exec's `sleep` and so never reaps it. The child is killed
+ * only once the shell has become `sleep` (a shell would reap it).
+ */
 async function zombiePid(): Promise<{pid: number; parent: ChildProcess}> {
-  const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 60'], {stdio: ['ignore', 'pipe', 'ignore']})
+  const parent = spawn('sh', ['-c', 'sleep 600 & echo $!; exec sleep 600'], {stdio: ['ignore', 'pipe', 'ignore']})
   const [line] = (await once(parent.stdout!, 'data')) as [Buffer]
   const pid = Number(line.toString().trim())
-  for (;;) {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
-    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return {pid, parent}
-    await new Promise((r) => setImmediate(r))
+  const state = async (p: number): Promise<string> => {
+    const stat = await readFile(`/proc/${p}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
   }
+  while ((await readFile(`/proc/${parent.pid}/cmdline`, 'utf8')).split('\0')[0] !== 'sleep') await new Promise((r) => setImmediate(r))
+  process.kill(pid, 'SIGKILL')
+  while ((await state(pid)) !== 'Z') await new Promise((r) => setImmediate(r))
+  return {pid, parent}
 }
 
 test('given a holder killed and not yet reaped by its parent (a zombie), then the lock is taken over at once', async () => {
