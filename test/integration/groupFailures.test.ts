@@ -11,6 +11,10 @@ import {after, before, describe, test} from 'node:test'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {Cli, clonectlBin, MiB, randomImage, tempDir} from '../helpers/cli.js'
 import {startServe, type Served} from '../helpers/serve.js'
+import {GroupServer} from '../../src/group/GroupServer.js'
+import type {GroupStatus} from '../../src/group/GroupStatus.js'
+import {nodeFs} from '../../src/io/NodeDurableFs.js'
+import {GroupStore} from '../../src/store/GroupStore.js'
 
 let dir: string
 let cli: Cli
@@ -145,3 +149,21 @@ describe('one clone damaged under serve', () => {
     assert.deepEqual(await fsp.readdir(join(cli.stateDir, 'groups')).then((n) => n.filter((x) => x === 'mx')), [])
   })
 })
+
+describe('status from serve', () => {
+  test('given a clone serve no longer mirrors but could not record so (its save failed), then status shows it fractured, not synchronized', async () => {
+    await group('ss', ['c1'])
+    const ctx = {fs: nodeFs, store: new GroupStore(nodeFs, cli.stateDir)}
+    const server = await GroupServer.start(ctx, 'ss', {command: 'test serve'})
+    try {
+      // What a mirror failure does when group.json cannot be written (EMFILE): memory only.
+      server.g.member('c1').setState('fractured', 'a mirrored write failed: EMFILE')
+      const st = (await server.handle({op: 'status'}, () => undefined, new AbortController().signal)) as GroupStatus
+      assert.equal(st.clones[0]!.state, 'fractured')
+      assert.match(st.clones[0]!.stateReason ?? '', /EMFILE/)
+    } finally {
+      await server.stop()
+    }
+  })
+})
+
