@@ -15,7 +15,7 @@ With GROUP CLONE --target PATH: restores the clone into PATH (never the group's 
     target: Flags.string({summary: 'Scratch volume to restore a real clone into (created sparse if missing; never a volume of any group).', helpValue: 'PATH'}),
     exec: Flags.string({summary: 'Command to check the restored target; {} is replaced by its path.', helpValue: 'CMD'}),
     keep: Flags.boolean({summary: 'Keep the scratch directory of a self-contained drill.'}),
-    size: Flags.string({summary: 'Size of the scratch source (self-contained drill).', default: '64M', helpValue: 'SIZE'}),
+    size: Flags.string({summary: 'Size of the scratch source (self-contained drill): at least 16M, in whole MiB.', default: '64M', helpValue: 'SIZE'}),
     force: Flags.boolean({summary: 'Drill a clone that is not a point-in-time copy (out-of-sync).'}),
     wait: waitFlag,
   }

@@ -1,5 +1,5 @@
 import {connect} from 'node:net'
-import {join} from 'node:path'
+import {basename, dirname, join} from 'node:path'
 import {ClonectlError, type ExitCodeName, ExitCode, InterruptedError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {type ControlMessage, type ControlRequest, controlSocketName} from './protocol.js'
@@ -54,7 +54,7 @@ export function controlRequest<T>(socketPath: string, req: ControlRequest, opts:
     })
     // The server stopped (SIGTERM, a crash) while working for us: what it did is durable and
     // an interrupted restore stays recorded, so this is an interruption, not a bug.
-    s.on('close', () => finish(() => reject(new InterruptedError('the clonectl serve process owning this group stopped before it answered', 'check `clonectl status`, then run the command again (an interrupted restore resumes when serve starts again)'))))
+    s.on('close', () => finish(() => reject(new InterruptedError('the clonectl serve process owning this group stopped before it answered', `check \`clonectl status ${basename(dirname(socketPath))}\`, then run the command again (an interrupted restore resumes when serve starts again)`))))
   })
 }
 

@@ -1,7 +1,9 @@
 import {chmod, rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
-import {ClonectlError, isClonectlError} from '../errors/errors.js'
-import type {ControlMessage, ControlRequest} from './protocol.js'
+import {ClonectlError, isClonectlError, UsageError} from '../errors/errors.js'
+import {checkControlRequest, type ControlMessage, type ControlRequest} from './protocol.js'
+
+const fixForRequests = 'send one JSON object per line as clonectl does (DESIGN §5); use the clonectl commands rather than writing to the control socket'
 
 /** Handles one request; `send` streams progress; the resolved value is the result. */
 export type ControlHandler = (req: ControlRequest, send: (m: ControlMessage) => void, cancelled: AbortSignal) => Promise<unknown>
@@ -64,9 +66,12 @@ export class ControlServer {
       started = true
       let req: ControlRequest
       try {
-        req = JSON.parse(buf.slice(0, nl)) as ControlRequest
-      } catch {
-        send({type: 'result', ok: false, error: {code: 'USAGE', exitCode: 2, message: 'malformed control request'}})
+        const checked = checkControlRequest(JSON.parse(buf.slice(0, nl)))
+        if ('problem' in checked) throw new UsageError(checked.problem, fixForRequests)
+        req = checked
+      } catch (error) {
+        const message = error instanceof UsageError ? error.message : `control request is not JSON: ${(error as Error).message}`
+        send({type: 'result', ok: false, error: {code: 'USAGE', exitCode: 2, message, fix: fixForRequests}})
         s.end()
         return
       }

@@ -31,3 +31,62 @@ export type ControlMessage =
   | {type: 'result'; ok: false; error: ControlError}
 
 export const controlSocketName = 'control.sock'
+
+/** The fields each request may carry, and their types ('?' marks an optional one). */
+const SHAPES: Record<ControlRequest['op'], Record<string, string>> = {
+  ping: {},
+  status: {},
+  sync: {clone: 'name', full: 'boolean?', rate: 'rate?', background: 'boolean?'},
+  fracture: {clones: 'names'},
+  add: {clone: 'name', path: 'string', create: 'boolean?'},
+  remove: {clone: 'name'},
+  restore: {clone: 'name?', unprotected: 'boolean?', force: 'boolean?', rate: 'rate?', background: 'boolean?'},
+  verify: {clone: 'name', repair: 'boolean?'},
+  pause: {},
+  resume: {},
+  rate: {rate: 'rate?'},
+  cancel: {},
+}
+
+function fits(type: string, v: unknown): boolean {
+  switch (type) {
+    case 'boolean':
+      return typeof v === 'boolean'
+    case 'string':
+      return typeof v === 'string' && v.length > 0
+    case 'name':
+      return typeof v === 'string' && v.length > 0 && v.length <= 256
+    case 'names':
+      return Array.isArray(v) && v.length > 0 && v.every((x) => fits('name', x))
+    case 'rate':
+      return typeof v === 'number' && Number.isFinite(v) && v >= 0
+    default:
+      return false
+  }
+}
+
+const WANT: Record<string, string> = {boolean: 'true or false', string: 'a non-empty string', name: 'a name', names: 'a non-empty list of names', rate: 'a number of bytes per second (0: unlimited)'}
+
+/**
+ * Check a parsed control request (any JSON a client sent): a known op with the fields it
+ * needs, each of its type, and nothing else. Returns the message for the first problem, or
+ * the request. The server answers the message as a usage error, never as a bug.
+ */
+export function checkControlRequest(doc: unknown): ControlRequest | {problem: string} {
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) return {problem: `control request ${JSON.stringify(doc)} is not a JSON object`}
+  const d = doc as Record<string, unknown>
+  if (typeof d.op !== 'string' || !Object.hasOwn(SHAPES, d.op)) return {problem: `control request op ${JSON.stringify(d.op)} is not one of ${Object.keys(SHAPES).join(', ')}`}
+  const shape = SHAPES[d.op as ControlRequest['op']]
+  for (const k of Object.keys(d)) if (k !== 'op' && !Object.hasOwn(shape, k)) return {problem: `control request ${d.op} has an unknown field ${JSON.stringify(k)}`}
+  for (const [k, t] of Object.entries(shape)) {
+    const optional = t.endsWith('?')
+    const type = optional ? t.slice(0, -1) : t
+    const v = d[k]
+    if (v === undefined || (optional && v === null)) {
+      if (optional) continue
+      return {problem: `control request ${d.op} lacks its field ${JSON.stringify(k)} (${WANT[type]})`}
+    }
+    if (!fits(type, v)) return {problem: `control request ${d.op}: field ${JSON.stringify(k)} is ${JSON.stringify(v)}, not ${WANT[type]}`}
+  }
+  return d as ControlRequest
+}

@@ -93,14 +93,18 @@ export class ForwardSync {
       await m.map.replaceAll(all)
     }
     const id = CloneGroup.newOperationId()
-    const undo = g.snapshotForUndo()
-    g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
-    m.setState('synchronizing')
-    // Not recorded (a full state file system): not started, in memory either.
-    await g.save().catch((error: unknown) => {
-      undo()
-      throw error
-    })
+    // Recorded with no host write in flight (under the gate when serving), so a failed save
+    // (EMFILE, ENOSPC, a full state file system) is undone exactly: not started, in memory either.
+    const record = async (): Promise<void> => {
+      const undo = g.snapshotForUndo()
+      g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
+      m.setState('synchronizing')
+      await g.save().catch((error: unknown) => {
+        undo()
+        throw error
+      })
+    }
+    await (opts.gate ? opts.gate.exclusive(record) : record())
     return new ForwardSync(g, m, id, compare, opts.rate, opts.gate, startedAt)
   }
 
@@ -166,7 +170,10 @@ export class ForwardSync {
         const why = failure instanceof Error ? failure.message : failure === undefined ? undefined : String(failure)
         m.setState('out-of-sync', this.engine.stopped && !why ? 'the sync was interrupted' : `the sync stopped: ${why ?? 'unknown error'}`)
         delete g.record.operation
-        await g.refreshFingerprints()
+        // The record is saved whatever else failed: never a sync left recorded as running.
+        await g.refreshFingerprints().catch((error: unknown) => {
+          failure ??= error
+        })
         await g.save()
       }
     }

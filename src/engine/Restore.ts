@@ -2,7 +2,7 @@ import {CorruptStateError, RemoteError, StateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {EXTENTS_PER_PAGE, type PersistentMap} from '../map/PersistentMap.js'
 import {stateWriteError} from '../store/stateDir.js'
-import {CloneGroup, protectedMapFile, type CloneMember} from '../group/CloneGroup.js'
+import {CloneGroup, protectedMapFile, restoreWhichFix, type CloneMember} from '../group/CloneGroup.js'
 import {CodEngine} from './CodEngine.js'
 import {CodQueue} from './CodQueue.js'
 import {coversWhole} from './extents.js'
@@ -214,7 +214,7 @@ export class RestoreSession {
    */
   static async resume(g: CloneGroup, opts: {rate?: number; forceLostP?: boolean; tuning?: RestoreTuning}): Promise<RestoreSession> {
     const op = g.record.operation
-    if (!op || op.kind !== 'restore') throw new StateError(`group ${g.name} has no interrupted restore`, `start one with \`clonectl restore ${g.name} CLONE\``)
+    if (!op || op.kind !== 'restore') throw new StateError(`group ${g.name} has no interrupted restore`, restoreWhichFix(g.name, [...g.members.keys()]))
     const c = g.member(op.clone)
     // The restore stays recorded: resumed once the clone is back.
     c.requireAvailable()

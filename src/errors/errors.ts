@@ -51,7 +51,7 @@ export class NotFoundError extends ClonectlError {
 }
 
 export class LockHeldError extends ClonectlError {
-  constructor(message: string, fix = 'wait for it to finish, or pass --wait[=SECONDS]') {
+  constructor(message: string, fix = 'wait for it to finish, or run the command again with --wait (until it is free) or --wait SECONDS') {
     super('LOCK_HELD', 'lockHeld', message, fix)
   }
 }

@@ -1,5 +1,6 @@
 import {randomUUID} from 'node:crypto'
 import type {DurableFs} from '../io/DurableFs.js'
+import {MemoryFs} from '../io/MemoryFs.js'
 import {ClonectlError, CorruptStateError, NotFoundError, RefusedError, StateError, UsageError, VolumeIoError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {PersistentMap} from '../map/PersistentMap.js'
@@ -34,6 +35,11 @@ export class CloneMember {
   unavailable?: ClonectlError
   /** The open error's own words, for the clone's state reason. */
   unavailableCause?: string
+  /**
+   * Why the clone's delta map file could not be opened (missing, truncated, bad header, sizes
+   * that disagree with the group): its map was replaced by one with every extent set.
+   */
+  mapDamaged?: string
 
   /** Throw why the clone's volume is unavailable, if it is: before an operation changes any state. */
   requireAvailable(): void {
@@ -43,7 +49,7 @@ export class CloneMember {
   constructor(
     public record: CloneRecord,
     public volume: Volume | undefined,
-    public readonly map: PersistentMap,
+    public map: PersistentMap,
   ) {}
 
   get name(): string {
@@ -84,6 +90,38 @@ function unavailableError(group: string, m: CloneMember, error: ClonectlError): 
 /** A record's volumes, source first, as findVolumeConflicts takes them. */
 function groupVolumeUses(r: GroupRecord): RecordedUse[] {
   return [{group: r.name, clone: '(source)', path: r.source.path}, ...r.clones.map((c) => ({group: r.name, clone: c.name, path: c.volume.path}))]
+}
+
+/** A clone's delta map, checked against the group (a CorruptStateError when it does not fit). */
+async function openDeltaMap(ctx: GroupContext, record: GroupRecord, c: CloneRecord): Promise<PersistentMap> {
+  const volumeSize = record.source.fingerprint.size
+  const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(record.name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize})
+  const count = extentCount(volumeSize, record.extentSize)
+  if (map.header.extentCount !== count) {
+    await map.close()
+    throw new CorruptStateError(`map file ${map.path} has ${map.header.extentCount} extents, expected ${count}`)
+  }
+  return map
+}
+
+/**
+ * A map with every extent set, held in memory, standing in for a damaged one until a
+ * writable open writes it to disk (a read-only open never rewrites state).
+ */
+async function allSetStandIn(record: GroupRecord, c: CloneRecord): Promise<PersistentMap> {
+  const volumeSize = record.source.fingerprint.size
+  const count = extentCount(volumeSize, record.extentSize)
+  const bits = new ExtentBitmap(count)
+  bits.setAll()
+  const fs = new MemoryFs()
+  return PersistentMap.create(fs, `/${c.mapFile}`, {kind: 'delta', extentSize: record.extentSize, volumeSize, extentCount: count, operationId: ''}, bits)
+}
+
+/** The fix for a restore with no clone named: the command with this group's real clones. */
+export function restoreWhichFix(group: string, clones: string[]): string {
+  if (clones.length === 0) return `group ${group} has no clone to restore from; add one first (\`clonectl clone add ${group} CLONE --path PATH\`)`
+  if (clones.length === 1) return `name the clone to restore from: \`clonectl restore ${group} ${clones[0]}\``
+  return `name the clone to restore from: \`clonectl restore ${group} CLONE\`, CLONE one of ${clones.join(', ')}`
 }
 
 export function extentCount(volumeSize: number, extentSize: number): number {
@@ -190,19 +228,23 @@ export class CloneGroup {
   static async open(ctx: GroupContext, name: string, opts: OpenOptions): Promise<CloneGroup> {
     const record = await ctx.store.load(name)
     const members = new Map<string, CloneMember>()
-    const count = extentCount(record.source.fingerprint.size, record.extentSize)
     const withVolumes = opts.volumes ?? true
     const opened: Volume[] = []
+    const damaged = new Map<string, CorruptStateError>()
     try {
       for (const c of record.clones) {
-        // eslint-disable-next-line no-await-in-loop
-        const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {
-          kind: 'delta',
-          extentSize: record.extentSize,
-          volumeSize: record.source.fingerprint.size,
-        })
-        if (map.header.extentCount !== count)
-          throw new CorruptStateError(`map file ${map.path} has ${map.header.extentCount} extents, expected ${count}`)
+        let map: PersistentMap
+        try {
+          // eslint-disable-next-line no-await-in-loop
+          map = await openDeltaMap(ctx, record, c)
+        } catch (error) {
+          // One clone's damaged map must not take the group down: that clone alone starts
+          // over with every extent marked (the safe value of a delta map).
+          if (!(error instanceof CorruptStateError)) throw error
+          damaged.set(c.name, error)
+          // eslint-disable-next-line no-await-in-loop
+          map = await allSetStandIn(record, c)
+        }
         const damage = map.damageReport()
         if (damage) ctx.warn?.(`clone ${c.name}: ${damage}`)
         members.set(c.name, new CloneMember(c, undefined, map))
@@ -243,12 +285,51 @@ export class CloneGroup {
         }
       }
       const g = new CloneGroup(ctx, record, source, members, opts.writable)
+      for (const [clone, error] of damaged) g.noteDamagedMap(g.member(clone), error)
       if (withVolumes) await g.checkFingerprints()
       if (opts.writable) await g.fractureUnavailable()
+      if (opts.writable && damaged.size > 0) await g.rebuildDamagedMaps()
       return g
     } catch (error) {
-      await Promise.allSettled(opened.map((v) => v.close()))
+      await Promise.allSettled([...opened.map((v) => v.close()), ...[...members.values()].map((m) => m.map.close())])
       throw error
+    }
+  }
+
+  /**
+   * A clone whose map is damaged is, in memory, marked with every extent to copy, and a
+   * mirrored one is no longer a copy anyone may count on (out-of-sync). Other states stay:
+   * a fractured clone's data is still its point-in-time copy; only what differs is unknown.
+   *
+   * During a protected restore FROM this clone (state restoring), D[c] all set is safe: D[c]
+   * only says which extents the restore still copies from the clone, so it copies every one
+   * again, each of which already is, or becomes, the clone's data; P, not D[c], is what keeps
+   * copies off the extents hosts wrote (INV-2), and P is never replaced this way (a damaged P
+   * stays a named stop of the restore). An unprotected restore (reverse-syncing) likewise
+   * copies all of it again. Other clones' maps only ever widen during a restore.
+   */
+  private noteDamagedMap(m: CloneMember, error: CorruptStateError): void {
+    const reason = `map damaged: ${error.message}; every extent is marked to copy: run \`clonectl clone sync ${this.name} ${m.name}\``
+    m.mapDamaged = reason
+    m.setState(m.state === 'synchronized' || m.state === 'synchronizing' ? 'out-of-sync' : m.state, reason)
+    this.ctx.warn?.(`clone ${m.name} of group ${this.name}: ${reason}`)
+  }
+
+  /**
+   * Write a fresh map with every extent set over each damaged one. The state is saved first:
+   * a crash in between leaves the map damaged (rebuilt again at the next open) and the clone
+   * already out of mirroring, never a mirrored clone with a map that clears bits it cannot know.
+   */
+  private async rebuildDamagedMaps(): Promise<void> {
+    await this.save()
+    for (const m of this.members.values()) {
+      if (!m.mapDamaged) continue
+      const path = this.ctx.store.mapPath(this.name, m.record.mapFile)
+      // eslint-disable-next-line no-await-in-loop
+      const map = await PersistentMap.create(this.ctx.fs, path, {...m.map.header}, m.map.bits)
+      // eslint-disable-next-line no-await-in-loop
+      await m.map.close()
+      m.map = map
     }
   }
 
@@ -315,12 +396,61 @@ export class CloneGroup {
     await this.save()
   }
 
-  /** Refresh fingerprints from the volumes (after our own writes). */
+  /**
+   * Refresh fingerprints from the volumes (after our own writes). A clone whose volume went
+   * away while open (its image deleted or moved, a device detached) is that clone's problem
+   * only: it is marked unavailable, fractured if it was mirrored, and keeps its old
+   * fingerprint; the operation that asked goes on. The source failing is an error.
+   */
   async refreshFingerprints(): Promise<void> {
     if (this.source) this.record.source.fingerprint = await this.source.fingerprint()
-    for (const m of this.members.values())
-      // eslint-disable-next-line no-await-in-loop
-      if (m.volume) m.record.volume.fingerprint = await m.volume.fingerprint()
+    for (const m of this.members.values()) {
+      if (!m.volume || m.unavailable) continue
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        m.record.volume.fingerprint = await m.volume.fingerprint()
+      } catch (error) {
+        if (!(error instanceof ClonectlError) || error instanceof CorruptStateError) throw error
+        this.volumeVanished(m, error)
+      }
+    }
+  }
+
+  /**
+   * Look for clone volumes that went away since the group was opened (stat only) and mark
+   * each as volumeVanished does, saving the record if any did. For a long-running owner
+   * (serve) before it answers status or starts an operation. Waits.
+   */
+  async noticeVanishedVolumes(): Promise<void> {
+    let changed = false
+    for (const m of this.members.values()) {
+      if (!m.volume || m.unavailable) continue
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        await m.volume.fingerprint()
+      } catch (error) {
+        if (!(error instanceof ClonectlError) || error instanceof CorruptStateError) throw error
+        this.volumeVanished(m, error)
+        changed = true
+      }
+    }
+    // Saved when possible; in memory it is marked either way, and serve's status shows memory.
+    if (changed) await this.save().catch((error: unknown) => this.ctx.warn?.(`saving group ${this.name}: ${error instanceof Error ? error.message : String(error)}`))
+  }
+
+  /**
+   * A clone's volume vanished while open: whatever needs it from now on is refused naming
+   * it (as for a volume that could not be opened), and a mirrored clone is fractured, so
+   * host writes from here on are recorded in its map. The caller saves the record.
+   */
+  volumeVanished(m: CloneMember, error: ClonectlError): void {
+    m.unavailable = unavailableError(this.name, m, error)
+    m.unavailableCause = error.message
+    const mirrored = m.state === 'synchronized'
+    this.ctx.warn?.(`${m.unavailable.message}${mirrored ? '; fractured: host writes are recorded in its map until it is back' : ''}`)
+    if (!mirrored) return
+    m.setState('fractured', `its volume became unavailable (${error.message})`)
+    m.record.lastFractureAt = new Date().toISOString()
   }
 
   private saving: Promise<void> = Promise.resolve()

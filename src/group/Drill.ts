@@ -1,10 +1,10 @@
 import {execFile} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
-import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, open, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
-import {DrillFailedError, RefusedError, StateError} from '../errors/errors.js'
+import {DrillFailedError, RefusedError, StateError, UsageError} from '../errors/errors.js'
 import {HostIO} from '../engine/HostIO.js'
 import {RestoreSession} from '../engine/Restore.js'
 import {SyncEngine} from '../engine/SyncEngine.js'
@@ -48,14 +48,67 @@ export interface DrillReport {
   ok: boolean
 }
 
+/** Every read, compare and copy of whole volumes goes in chunks of this size (never the whole volume at once). */
+const CHUNK = 4 * 1024 * 1024
+const MiB = 1024 * 1024
+/** The smallest scratch drill: the ext4 source holds ~6.5 MB of files plus its metadata. */
+export const MIN_DRILL_SIZE = 16 * MiB
+
 async function sha256(v: Volume): Promise<string> {
   const h = createHash('sha256')
-  const chunk = 4 * 1024 * 1024
-  for (let off = 0; off < v.size; off += chunk) {
+  for (let off = 0; off < v.size; off += CHUNK) {
     // eslint-disable-next-line no-await-in-loop
-    h.update(await v.read(off, Math.min(chunk, v.size - off)))
+    h.update(await v.read(off, Math.min(CHUNK, v.size - off)))
   }
   return h.digest('hex')
+}
+
+/**
+ * What the source must hold after the drill's restore: the clone, plus the workload's writes,
+ * kept per extent (only extents the workload wrote are held in memory).
+ */
+class ExpectedSource {
+  private readonly written = new Map<number, Buffer>()
+  constructor(
+    private readonly clone: Volume,
+    private readonly extent: number,
+    private readonly size: number,
+  ) {}
+
+  private async extentOf(e: number): Promise<Buffer> {
+    const have = this.written.get(e)
+    if (have) return have
+    const a = e * this.extent
+    const b = Buffer.from(await this.clone.read(a, Math.min(this.extent, this.size - a)))
+    this.written.set(e, b)
+    return b
+  }
+
+  async write(off: number, data: Uint8Array): Promise<void> {
+    for (let p = off; p < off + data.length; ) {
+      const e = Math.floor(p / this.extent)
+      const end = Math.min(off + data.length, (e + 1) * this.extent)
+      // eslint-disable-next-line no-await-in-loop
+      const buf = await this.extentOf(e)
+      buf.set(data.subarray(p - off, end - off), p - e * this.extent)
+      p = end
+    }
+  }
+
+  /** The expected bytes [off, off + len): the clone's, with the workload's writes laid over. */
+  async read(off: number, len: number): Promise<Buffer> {
+    const out = Buffer.from(await this.clone.read(off, len))
+    const first = Math.floor(off / this.extent)
+    const last = Math.floor((off + len - 1) / this.extent)
+    for (let e = first; e <= last; e++) {
+      const w = this.written.get(e)
+      if (!w) continue
+      const a = Math.max(off, e * this.extent)
+      const b = Math.min(off + len, e * this.extent + w.length)
+      w.copy(out, a - off, a - e * this.extent, b - e * this.extent)
+    }
+    return out
+  }
 }
 
 async function have(cmd: string): Promise<boolean> {
@@ -75,11 +128,22 @@ async function makeSource(dir: string, size: number): Promise<'ext4' | 'random'>
     await mkdir(join(tree, 'db'), {recursive: true})
     for (let i = 0; i < 24; i++) await writeFile(join(tree, 'db', `table${i}.dat`), randomBytes(256 * 1024 + i * 1000))
     await writeFile(join(tree, 'README'), 'clonectl recovery drill\n')
-    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', tree, img, `${Math.floor(size / 1024)}k`])
+    try {
+      await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', tree, img, `${Math.floor(size / 1024)}k`])
+    } catch (error) {
+      const e = error as {code?: number; stderr?: string}
+      throw new DrillFailedError(`mke2fs could not make the drill's ${size}-byte ext4 source (exit ${e.code ?? '?'}): ${(e.stderr ?? String(error)).trim().split('\n')[0]}`, 'check e2fsprogs (`mke2fs -V`) and the free space in $TMPDIR, then run the drill again')
+    }
     await rm(tree, {recursive: true, force: true})
     return 'ext4'
   }
-  await writeFile(img, randomBytes(size))
+  // In chunks: one buffer of the whole size would not fit in memory at any size.
+  const f = await open(img, 'w')
+  try {
+    for (let off = 0; off < size; off += CHUNK) await f.write(randomBytes(Math.min(CHUNK, size - off)), 0, undefined, off)
+  } finally {
+    await f.close()
+  }
   return 'random'
 }
 
@@ -98,7 +162,10 @@ export interface ScratchDrillOptions {
  * report) when any check fails. Waits.
  */
 export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillReport> {
-  const size = o.sizeBytes ?? 64 * 1024 * 1024
+  const size = o.sizeBytes ?? 64 * MiB
+  // Refused before any scratch file exists (mke2fs would fail on a smaller image).
+  if (!Number.isSafeInteger(size) || size < MIN_DRILL_SIZE || size % MiB !== 0)
+    throw new UsageError(`drill size ${size} bytes is too small or not whole MiB: a scratch drill needs at least ${MIN_DRILL_SIZE / MiB} MiB`, `pass --size ${MIN_DRILL_SIZE / MiB}M or more, in whole MiB (e.g. --size 64M)`)
   const dir = await mkdtemp(join(tmpdir(), 'clonectl-drill-'))
   const log = o.log ?? (() => undefined)
   const random = mulberry32(o.seed ?? Date.now())
@@ -122,7 +189,6 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
     return await withGroup(ctx, 'drill', {command: 'clonectl drill', open: {writable: true, readOnlyClones: ['golden']}}, async (g) => {
       const host = new HostIO(g)
       const extent = g.extentSize
-      const model = await g.src.read(0, size)
       // Damage: a tenth of the extents overwritten through the host path (an application gone bad).
       for (let i = 0; i < Math.floor(g.extentCount / 10); i++) {
         const e = Math.floor(random() * g.extentCount)
@@ -133,7 +199,7 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
       await host.flush()
       // What the source must hold after the restore: the clone, plus the workload's writes.
       const golden = g.member('golden').vol
-      ;(await golden.read(0, size)).copy(model)
+      const model = new ExpectedSource(golden, extent, size)
 
       const t0 = performance.now()
       // Paced to last ~1.5 s, so the workload really runs against a restore in progress.
@@ -160,12 +226,14 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
             const got = await host.read(off, len)
             firstIo ??= performance.now() - t0
             reads++
-            if (!got.equals(model.subarray(off, off + len))) mismatches.push(`read at ${off}+${len}`)
+            // eslint-disable-next-line no-await-in-loop
+            if (!got.equals(await model.read(off, len))) mismatches.push(`read at ${off}+${len}`)
           } else {
             const data = randomBytes(len)
             // eslint-disable-next-line no-await-in-loop
             await host.write(off, data, random() < 0.1)
-            data.copy(model, off)
+            // eslint-disable-next-line no-await-in-loop
+            await model.write(off, data)
             writes++
           }
           n++
@@ -186,19 +254,24 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
       log(`drill: restore completed in ${restoreMs.toFixed(0)} ms`)
 
       const checks: DrillCheck[] = []
-      const final = await g.src.read(0, size)
       checks.push({name: 'host reads saw restored or newly written data', ok: mismatches.length === 0, detail: mismatches.length ? `${mismatches.length} mismatches, first ${mismatches[0]}` : `${reads} reads`})
-      checks.push({name: 'source equals clone + writes made during the restore', ok: final.equals(model), detail: final.equals(model) ? 'byte for byte' : 'differs'})
+      // One pass in chunks: the source against the model, and against the clone where D is clear.
+      const D = g.member('golden').map.bits
+      let sourceDiffers = 0
+      let uncovered = 0
+      for (let off = 0; off < size; off += CHUNK) {
+        const n = Math.min(CHUNK, size - off)
+        // eslint-disable-next-line no-await-in-loop
+        const [final, want, c] = await Promise.all([g.src.read(off, n), model.read(off, n), golden.read(off, n)])
+        if (!final.equals(want)) sourceDiffers++
+        for (let a = 0; a < n; a += extent) {
+          const b = Math.min(a + extent, n)
+          if (final.compare(c, a, b, a, b) !== 0 && !D.get((off + a) / extent)) uncovered++
+        }
+      }
+      checks.push({name: 'source equals clone + writes made during the restore', ok: sourceDiffers === 0, detail: sourceDiffers === 0 ? 'byte for byte' : `${sourceDiffers} chunks of ${CHUNK / MiB} MiB differ`})
       const after = await sha256(golden)
       checks.push({name: 'clone unchanged (sha256)', ok: after === cloneHash, detail: after.slice(0, 16)})
-      const D = g.member('golden').map.bits
-      const c = await golden.read(0, size)
-      let uncovered = 0
-      for (let e = 0; e < g.extentCount; e++) {
-        const a = e * extent
-        const b = Math.min(a + extent, size)
-        if (final.compare(c, a, b, a, b) !== 0 && !D.get(e)) uncovered++
-      }
       checks.push({name: "clone's delta map covers every difference", ok: uncovered === 0, detail: `${D.countSet()} extents marked, ${uncovered} uncovered`})
       if (content === 'ext4' && (await have('e2fsck'))) {
         try {

@@ -41,7 +41,7 @@ export async function createGroup(ctx: GroupContext, o: CreateGroupOptions): Pro
   validateExtentSize(extentSize)
   if (await ctx.store.exists(o.name)) throw new RefusedError(`clone group ${o.name} already exists`, `pick another name, or see it with \`clonectl status ${o.name}\``)
   // Hosts reach the source through clonectl (serve), so it must be local; clones may be remote.
-  if (isNbdUri(o.sourcePath)) throw new UsageError(`the source ${o.sourcePath} is an NBD URI; a group's source must be a local image file or block device`, 'name a local source; NBD URIs are for clones (`clonectl clone add G C --path nbd://…`)')
+  if (isNbdUri(o.sourcePath)) throw new UsageError(`the source ${o.sourcePath} is an NBD URI; a group's source must be a local image file or block device`, `name a local source; NBD URIs are for clones (\`clonectl clone add ${o.name} CLONE --path nbd://…\` once the group exists)`)
   const src = await openVolume(ctx.fs, o.sourcePath, {write: false})
   try {
     if (src.size === 0) throw new RefusedError(`source ${o.sourcePath} is empty (0 bytes)`)
@@ -150,7 +150,8 @@ async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], 
     try {
       await g.save()
     } catch (error) {
-      // Not recorded (a full state file system): nothing of the clone stays, in memory or on disk.
+      // Not recorded (a full state file system, EMFILE): no effect; nothing of the clone stays, in
+      // memory or on disk (a serve keeps no clone that group.json does not list).
       g.members.delete(o.clone)
       await m.map.close().catch(() => undefined)
       await ctx.fs.unlink(mapPath).catch(() => undefined)
@@ -191,16 +192,31 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
   }
   const now = new Date().toISOString()
   const flushing: Array<Promise<void>> = []
+  const undo: Array<() => void> = []
   for (const m of members) {
     if (m.state !== 'synchronized') continue
+    const before = {reason: m.record.stateReason, at: m.record.lastFractureAt}
+    undo.push(() => {
+      m.setState('synchronized', before.reason)
+      if (before.at) m.record.lastFractureAt = before.at
+      else delete m.record.lastFractureAt
+    })
     m.setState('fractured')
     m.record.lastFractureAt = now
     flushing.push(m.vol.flush())
     out.push({clone: m.name, state: 'fractured', alreadyFractured: false, fracturedAt: now})
   }
-  await Promise.all(flushing)
-  await g.checkpoint()
-  await g.save()
+  try {
+    await Promise.all(flushing)
+    await g.checkpoint()
+    await g.save()
+  } catch (error) {
+    // The caller holds the host gate (serve) or is alone (offline): no host write came in
+    // since the states changed, so the clones are still exact mirrors. Undone, the fracture
+    // has had no effect, and the error says so; never a clone fractured in memory only.
+    for (const u of undo) u()
+    throw error
+  }
   return out
 }
 
@@ -209,8 +225,16 @@ export async function removeClone(g: CloneGroup, name: string): Promise<{clone: 
   const m = g.member(name)
   if (g.record.operation?.clone === name)
     throw new StateError(`clone ${name} has an interrupted ${g.record.operation.kind}`, g.record.operation.kind === 'restore' ? `finish it with \`clonectl restore ${g.name}\`` : `finish it with \`clonectl clone sync ${g.name} ${name}\` first`)
+  const order = [...g.members.entries()]
   g.members.delete(name)
-  await g.save()
+  try {
+    await g.save()
+  } catch (error) {
+    // Still recorded: the clone stays, as it was (no effect).
+    g.members.clear()
+    for (const [k, v] of order) g.members.set(k, v)
+    throw error
+  }
   await m.volume?.close()
   m.volume = undefined
   await m.map.close()

@@ -1,4 +1,4 @@
-import {InterruptedError, RemoteError, StateError, UsageError} from '../errors/errors.js'
+import {ClonectlError, InterruptedError, RemoteError, StateError, UsageError} from '../errors/errors.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
 import type {SyncProgress} from '../engine/SyncEngine.js'
@@ -6,7 +6,7 @@ import {controlRequest, findServer} from '../control/ControlClient.js'
 import type {ControlRequest} from '../control/protocol.js'
 import type {CloneRecord} from '../store/GroupRecord.js'
 import {type DamagedGroupReport, damagedReport} from '../store/GroupStore.js'
-import type {CloneGroup, GroupContext} from './CloneGroup.js'
+import {type CloneGroup, type GroupContext, restoreWhichFix} from './CloneGroup.js'
 import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
 import {groupStatus, type GroupStatus} from './GroupStatus.js'
@@ -144,7 +144,7 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
   const op = record.operation?.kind === 'restore' ? record.operation : undefined
   if (op && o.clone && o.clone !== op.clone)
     throw new StateError(`group ${group} has an interrupted restore from clone ${op.clone}, not ${o.clone}`, `resume it with \`clonectl restore ${group}\``)
-  if (!op && !o.clone) throw new UsageError(`group ${group} has no interrupted restore to resume`, `name the clone to restore from: \`clonectl restore ${group} CLONE\``)
+  if (!op && !o.clone) throw new UsageError(`group ${group} has no interrupted restore to resume`, restoreWhichFix(group, record.clones.map((c) => c.name)))
   const clone = op?.clone ?? (o.clone as string)
   const isProtected = op ? op.protected !== false : !o.unprotected
   const abort = new AbortController()
@@ -231,7 +231,13 @@ export async function verify(ctx: GroupContext, group: string, clone: string, o:
 
 /** `status`: from the owning server when one runs (live progress), else from disk. */
 export async function status(ctx: GroupContext, group: string): Promise<GroupStatus> {
-  const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch(() => undefined)
+  // A server that answers with an error is reported, never papered over with group.json,
+  // which may be behind what the server does (a clone it no longer mirrors).
+  const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch((error: unknown) => {
+    // A server stopping, gone or unreachable mid-request has saved, or is saving, what it did.
+    if (!(error instanceof ClonectlError) || error.code === 'INTERRUPTED') return undefined
+    throw error
+  })
   return served?.value ?? groupStatus(ctx, group)
 }
 

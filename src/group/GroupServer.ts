@@ -12,7 +12,7 @@ import {NbdServer, type NbdServerOptions} from '../nbd/NbdServer.js'
 import {GroupLock} from '../store/GroupLock.js'
 import {openVolume} from '../volume/openVolume.js'
 import type {Volume} from '../volume/Volume.js'
-import {CloneGroup, type GroupContext} from './CloneGroup.js'
+import {CloneGroup, type GroupContext, restoreWhichFix} from './CloneGroup.js'
 import {addClone, exportDescription, fractureClones, recoverStale, removeClone} from './GroupAdmin.js'
 import type {ProgressEvent} from './GroupOperations.js'
 import {groupStatus} from './GroupStatus.js'
@@ -184,7 +184,7 @@ export class GroupServer {
       })
     } else {
       if (resume) throw new StateError('no restore to resume')
-      if (!req.clone) throw new UsageError(`group ${g.name} has no interrupted restore to resume`, `name the clone to restore from: \`clonectl restore ${g.name} CLONE\``)
+      if (!req.clone) throw new UsageError(`group ${g.name} has no interrupted restore to resume`, restoreWhichFix(g.name, [...g.members.keys()]))
       const clone = req.clone
       const isProtected = !req.unprotected
       session = await host.gate.exclusive(async () => {
@@ -266,18 +266,28 @@ export class GroupServer {
     const {g, host} = this
     // A request racing with stop() must not start work on a group being closed.
     if (this.stopping && req.op !== 'ping') throw new InterruptedError(`clonectl serve of group ${g.name} is stopping`, 'run the command again once it has stopped (or after it restarts)')
+    // A clone image deleted under us is noticed before anything is reported or started.
+    if (req.op !== 'ping') await host.gate.exclusive(() => g.noticeVanishedVolumes())
     switch (req.op) {
       case 'ping':
         return {pid: process.pid, group: g.name}
       case 'status': {
         await g.checkpoint()
         const s = await groupStatus(this.ctx, g.name)
-        // The server repaired damaged map pages when it opened them: the disk no longer shows
-        // what it found, so report it from the open maps, while those extents are still to copy.
         for (const c of s.clones) {
-          const m = g.members.get(c.name)?.map
-          const damage = m?.damageReport()
-          if (!m || !damage || c.damagedMapPages) continue
+          const member = g.members.get(c.name)
+          if (!member) continue
+          // This process is the authority on its clones: what it does now (a clone it stopped
+          // mirroring after a failure whose save failed too) wins over group.json.
+          if (member.state !== c.state) {
+            c.state = member.state
+            c.stateReason = member.record.stateReason
+          }
+          // The server repaired damaged map pages when it opened them: the disk no longer shows
+          // what it found, so report it from the open maps, while those extents are still to copy.
+          const m = member.map
+          const damage = m.damageReport()
+          if (!damage || c.damagedMapPages) continue
           const left = m.damagedPages.filter((p) => m.bits.anySet(p * EXTENTS_PER_PAGE, Math.min(m.bits.count, (p + 1) * EXTENTS_PER_PAGE)))
           if (left.length > 0) Object.assign(c, {damagedMapPages: left, mapDamage: damage})
         }

@@ -1,3 +1,4 @@
+import {CorruptStateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {PersistentMap} from '../map/PersistentMap.js'
 import type {CloneState, GroupRecord} from '../store/GroupRecord.js'
@@ -77,21 +78,36 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
   const clones: CloneStatus[] = []
   const maps = new Map<string, ExtentBitmap>()
   for (const c of record.clones) {
-    // eslint-disable-next-line no-await-in-loop
-    // Read-only: status holds no lock, so it repairs and converts nothing (the next command that opens the group does).
-    const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize: size}, {readOnly: true})
-    const bits = map.bits.clone()
-    const damage = map.damageReport()
-    const damagedPages = [...map.damagedPages]
-    // eslint-disable-next-line no-await-in-loop
-    await map.close()
+    let bits: ExtentBitmap
+    let damaged: string | undefined
+    let damage: string | undefined
+    let damagedPages: number[] = []
+    try {
+      // Read-only: status holds no lock, so it repairs and converts nothing (the next command that opens the group does).
+      // eslint-disable-next-line no-await-in-loop
+      const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize: size}, {readOnly: true})
+      bits = map.bits.clone()
+      damage = map.damageReport()
+      damagedPages = [...map.damagedPages]
+      // eslint-disable-next-line no-await-in-loop
+      await map.close()
+    } catch (error) {
+      // One clone's damaged map is that clone's problem: shown as every extent to copy (what
+      // the next writable open makes it), never as the whole group failing.
+      if (!(error instanceof CorruptStateError)) throw error
+      damaged = `map damaged: ${error.message}; every extent is marked to copy: run \`clonectl clone sync ${name} ${c.name}\``
+      bits = new ExtentBitmap(count)
+      bits.setAll()
+    }
     maps.set(c.name, bits)
     const dirty = popcount(bits, record.extentSize, size)
+    const interruptedSync = record.operation?.kind === 'sync' && record.operation.clone === c.name && !holder
+    const mirrored = c.state === 'synchronized' || c.state === 'synchronizing'
     clones.push({
       name: c.name,
       path: c.volume.path,
-      state: record.operation?.kind === 'sync' && record.operation.clone === c.name && !holder ? 'out-of-sync' : c.state,
-      stateReason: c.stateReason,
+      state: interruptedSync || (damaged && mirrored) ? 'out-of-sync' : c.state,
+      stateReason: damaged ?? c.stateReason,
       dirtyExtents: dirty.extents,
       dirtyBytes: dirty.bytes,
       inSyncPercent: Math.floor(1000 * (1 - dirty.extents / Math.max(count, 1))) / 10,

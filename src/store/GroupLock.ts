@@ -26,7 +26,9 @@
  *
  * Prompt takeover. A process killed with SIGKILL leaves `lock/` behind, and waiting a minute
  * before a restore can resume is too long. So when the holder file names a pid on this host
- * that no longer exists (kill(pid, 0) → ESRCH), the lock is taken over at once and
+ * that no longer exists (kill(pid, 0) → ESRCH, a zombie not yet reaped by its parent, a
+ * process of an earlier boot, or the pid reused by a process started at another time: the
+ * holder file records the boot id and the pid's start time), the lock is taken over at once and
  * onStaleTakeover is called (the command prints a warning). A lock whose holder is on another
  * host, or unknown, is taken over only once it is STALE_MS old.
  *
@@ -78,6 +80,10 @@ export interface HolderInfo {
 interface HolderFile extends HolderInfo {
   /** Unique per acquisition, so a release never removes a later holder's file. */
   token: string
+  /** The holder's kernel boot (Linux boot_id), so a lock left before a reboot is known abandoned. */
+  bootId?: string
+  /** The holder's start time in clock ticks since boot (/proc/PID/stat), so a reused pid is not taken for it. */
+  pidStart?: string
 }
 
 export interface AcquireOptions {
@@ -104,9 +110,44 @@ function alive(pid: number): boolean {
   }
 }
 
-/** The holder is a process of this host that no longer exists. */
-function deadHere(h: HolderInfo): boolean {
-  return h.pid > 0 && h.hostname === hostname() && !alive(h.pid)
+/** This kernel boot's id (Linux); undefined elsewhere. */
+async function bootId(): Promise<string | undefined> {
+  return (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => ''))?.trim() || undefined
+}
+
+/**
+ * A process's state letter and start time from /proc/PID/stat: 'gone' when it has no entry
+ * any more, undefined where there is no /proc to ask.
+ */
+async function procStat(pid: number): Promise<{state: string; start: string} | 'gone' | undefined> {
+  let text: string
+  try {
+    text = await readFile(`/proc/${pid}/stat`, 'utf8')
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT' && (await bootId()) !== undefined) return 'gone'
+    return undefined
+  }
+  // "pid (comm) S ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ')
+  return f.length > 19 ? {state: f[0]!, start: f[19]!} : undefined
+}
+
+/**
+ * The holder is a process of this host that no longer exists: a process of an earlier boot,
+ * a pid with no process, a zombie (killed and not yet reaped by its parent: kill(pid, 0)
+ * still succeeds for it, which made a serve restarted right after a SIGKILL find the lock
+ * "held" by the dead process), or a pid reused by a process that started at another time.
+ */
+async function deadHere(h: HolderFile): Promise<boolean> {
+  if (h.pid <= 0 || h.hostname !== hostname()) return false
+  const boot = await bootId()
+  if (h.bootId && boot && h.bootId !== boot) return true
+  if (!alive(h.pid)) return true
+  const st = await procStat(h.pid)
+  if (st === 'gone') return true
+  if (!st) return false
+  if (st.state === 'Z' || st.state === 'X' || st.state === 'x') return true
+  return h.pidStart !== undefined && (!h.bootId || h.bootId === boot) && st.start !== h.pidStart
 }
 
 function isoSeconds(ms: number): string {
@@ -131,7 +172,8 @@ async function readHolderFile(groupDir: string): Promise<HolderFile | undefined>
   const d = doc as Record<string, unknown>
   if (!Number.isSafeInteger(d.pid) || (d.pid as number) <= 0) return undefined
   if (typeof d.command !== 'string' || typeof d.startedAt !== 'string' || typeof d.hostname !== 'string') return undefined
-  return {pid: d.pid as number, command: d.command, startedAt: d.startedAt, hostname: d.hostname, token: typeof d.token === 'string' ? d.token : ''}
+  const opt = (k: string): string | undefined => (typeof d[k] === 'string' ? (d[k] as string) : undefined)
+  return {pid: d.pid as number, command: d.command, startedAt: d.startedAt, hostname: d.hostname, token: opt('token') ?? '', bootId: opt('bootId'), pidStart: opt('pidStart')}
 }
 
 /** Someone is taking or releasing the lock now: the gate exists and is not stale. */
@@ -217,7 +259,7 @@ export class GroupLock {
     if (mtime === undefined || mtime < Date.now() - STALE_MS) return undefined
     const h = await readHolderFile(groupDir)
     if (!h) return (await gateBusy(groupDir)) ? {pid: 0, command: '(unknown)', startedAt: isoSeconds(mtime), hostname: '(unknown)'} : undefined
-    if (deadHere(h)) return undefined
+    if (await deadHere(h)) return undefined
     return publicHolder(h)
   }
 
@@ -256,7 +298,7 @@ export class GroupLock {
       if (mtime !== undefined) {
         const stale = mtime < Date.now() - STALE_MS
         // No holder file under the gate: its maker was killed mid-acquire or mid-release.
-        if (!stale && previous && !deadHere(previous)) return {holder: publicHolder(previous)}
+        if (!stale && previous && !(await deadHere(previous))) return {holder: publicHolder(previous)}
         // Abandoned: its holder is gone. Safe to remove under the gate (see the notes).
         await rm(GroupLock.holderPath(o.groupDir), {force: true})
         await rm(GroupLock.lockPath(o.groupDir), {recursive: true, force: true})
@@ -283,7 +325,16 @@ export class GroupLock {
         if (errnoOf(error) === 'ELOCKED') return {holder: await GroupLock.inspect(o.groupDir)}
         throw error
       }
-      const holder: HolderFile = {pid: process.pid, command: o.command, startedAt: isoSeconds(Date.now()), hostname: hostname(), token: randomBytes(8).toString('hex')}
+      const self = await procStat(process.pid)
+      const holder: HolderFile = {
+        pid: process.pid,
+        command: o.command,
+        startedAt: isoSeconds(Date.now()),
+        hostname: hostname(),
+        token: randomBytes(8).toString('hex'),
+        bootId: await bootId(),
+        pidStart: self && self !== 'gone' ? self.start : undefined,
+      }
       lock = new GroupLock(o.groupDir, release, holder)
       GroupLock.heldHere.set(resolve(o.groupDir), lock)
       const tmp = `${GroupLock.holderPath(o.groupDir)}.tmp-${process.pid}-${holder.token}`

@@ -26,8 +26,7 @@ export abstract class BaseCommand extends Command {
 
   public async init(): Promise<void> {
     configureColour()
-    // `--wait` alone means wait forever: oclif wants a value, so give it one.
-    this.argv = this.argv.map((a) => (a === '--wait' ? '--wait=forever' : a))
+    this.argv = normalizeWait(this.argv)
     await super.init()
   }
 
@@ -70,17 +69,44 @@ export abstract class BaseCommand extends Command {
   }
 }
 
+/**
+ * `--wait` takes an optional value, which oclif cannot express: `--wait SECONDS` (a number
+ * right after it, as help shows) and `--wait=SECONDS` wait that long, `--wait forever` and a
+ * bare `--wait` (before another flag, an argument that is not a number, or at the end) wait
+ * forever. Everything after `--` is left alone.
+ */
+export function normalizeWait(argv: string[]): string[] {
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!
+    if (a === '--') {
+      out.push(...argv.slice(i))
+      break
+    }
+    if (a !== '--wait') {
+      out.push(a)
+      continue
+    }
+    const next = argv[i + 1]
+    if (next !== undefined && (/^\d+(\.\d+)?$/.test(next) || next === 'forever')) {
+      out.push(`--wait=${next}`)
+      i++
+    } else out.push('--wait=forever')
+  }
+  return out
+}
+
 /** Parse --wait's value: "forever" (bare --wait) or seconds. */
 export function waitSeconds(v: string | undefined): number | undefined {
   if (v === undefined) return undefined
   if (v === 'forever') return Number.POSITIVE_INFINITY
   const n = Number(v)
-  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new UsageError(`--wait expects seconds, got "${v}"`, 'pass --wait alone to wait forever, or --wait=SECONDS')
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new UsageError(`--wait expects seconds, got "${v}"`, 'pass --wait alone to wait forever, or --wait SECONDS')
   return n
 }
 
 export const waitFlag = Flags.string({
-  summary: 'If the group is locked by another clonectl, wait for it (forever, or SECONDS) instead of failing.',
+  summary: 'If the group is locked by another clonectl, wait for it (forever when given alone, or SECONDS: `--wait 600` or `--wait=600`) instead of failing.',
   helpValue: 'SECONDS',
 })
 

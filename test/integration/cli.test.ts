@@ -286,26 +286,30 @@ describe('refusals: message and exit status', () => {
     assert.equal(cloneStatus(await cli.status('oos')).state, 'out-of-sync')
   })
 
-  test('a corrupt map file → exit 7 naming the file, never read as empty', async () => {
+  test('a corrupt, truncated or missing map file is named and read as every extent to copy, never as empty; that clone alone is affected', async () => {
     await groupWithClone('corrupt', 1 * MiB)
     const mapPath = join(cli.stateDir, 'groups', 'corrupt', 'clone-c.map')
-    const fh = await fsp.open(mapPath, 'r+')
-    await fh.write(Buffer.from([0xff]), 0, 1, 20)
-    await fh.close()
-    let r = await cli.run(['clone', 'sync', 'corrupt', 'c'])
-    assertError(r, 7, mapPath)
-    r = await cli.run(['status', 'corrupt'])
-    assertError(r, 7, mapPath)
-    r = await cli.run(['clone', 'sync', 'corrupt', 'c', '--json'])
-    assert.equal(r.json?.status, 7)
-    assert.equal(r.json.error.code, 'CORRUPT_STATE')
-    assert.ok(r.json.error.message.includes(mapPath))
-    await fsp.truncate(mapPath, 100)
-    r = await cli.run(['clone', 'sync', 'corrupt', 'c'])
-    assertError(r, 7, mapPath, /truncated/)
-    await fsp.rm(mapPath)
-    r = await cli.run(['clone', 'sync', 'corrupt', 'c'])
-    assertError(r, 7, mapPath, /missing/)
+    const extents = (1 * MiB) / EXTENT
+    for (const damage of [
+      async () => {
+        const fh = await fsp.open(mapPath, 'r+')
+        await fh.write(Buffer.from([0xff]), 0, 1, 20)
+        await fh.close()
+      },
+      () => fsp.truncate(mapPath, 100),
+      () => fsp.rm(mapPath),
+    ]) {
+      await damage()
+      const s = await cli.status('corrupt')
+      assert.equal(s.clones[0].state, 'out-of-sync')
+      assert.ok(s.clones[0].stateReason.includes(mapPath), s.clones[0].stateReason)
+      assert.equal(s.clones[0].dirtyExtents, extents, 'every extent to copy, never an empty map')
+      const r = await cli.run(['clone', 'sync', 'corrupt', 'c', '--json'])
+      assert.equal(r.code, 0, r.stderr)
+      assert.ok(r.stderr.includes(mapPath) && /map damaged/.test(r.stderr), r.stderr)
+      assert.equal(r.json.totalExtents, extents)
+      assert.equal((await cli.status('corrupt')).clones[0].state, 'synchronized')
+    }
   })
 
   test('restore without --yes and without a terminal refuses (exit 5) and changes nothing', async () => {

@@ -77,3 +77,30 @@ describe('clonectl drill of a real group', {skip: has('mke2fs', '-V') && has('e2
     assert.equal(r.code, 5, r.stderr)
   })
 })
+
+describe('clonectl drill sizes and scratch files', () => {
+  const scratchLeft = async (): Promise<string[]> => (await fsp.readdir(dir)).filter((n) => n.startsWith('clonectl-drill'))
+
+  test('--size under the minimum is refused up front with the minimum (exit 2), and no scratch file is made', async () => {
+    const j = await cli.json(['drill', '--size', '8M'], 2, {env: {TMPDIR: dir}})
+    assert.match(j.error.message, /drill size 8388608 bytes is too small .*at least 16 MiB/)
+    assert.match(j.error.fix, /--size 16M or more/)
+    assert.deepEqual(await scratchLeft(), [])
+  })
+
+  test('--size 2G runs in chunks (no read of the whole source) and passes, and its scratch directory is removed', async () => {
+    const j = await cli.json(['drill', '--size', '2G'], 0, {env: {TMPDIR: dir}, timeoutMs: 600_000})
+    assert.equal(j.ok, true, JSON.stringify(j.checks))
+    assert.equal(j.sizeBytes, 2 * 1024 ** 3)
+    assert.deepEqual(await scratchLeft(), [])
+  })
+
+  test('when making the source fails, the drill fails naming mke2fs (exit 10) and removes its scratch directory', async () => {
+    const bin = join(dir, 'fakebin')
+    await fsp.mkdir(bin, {recursive: true})
+    await fsp.writeFile(join(bin, 'mke2fs'), '#!/bin/sh\necho "mke2fs: No space left on device" >&2\nexit 1\n', {mode: 0o755})
+    const j = await cli.json(['drill'], 10, {env: {TMPDIR: dir, PATH: `${bin}:${process.env.PATH}`}})
+    assert.match(j.error.message, /mke2fs could not make the drill's .* ext4 source \(exit 1\): mke2fs: No space left on device/)
+    assert.deepEqual(await scratchLeft(), [])
+  })
+})

@@ -116,7 +116,7 @@ test('given a held lock, when a second invocation acquires without --wait, then 
     assert.equal(e.exitCode, ExitCode.lockHeld)
     assert.equal(e.message, `group db1 is locked by pid ${process.pid} (clonectl clone sync db1 c1) since ${first.holder.startedAt}`)
     assert.match(first.holder.startedAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/)
-    assert.equal(e.fix, 'wait for it to finish, or pass --wait[=SECONDS]')
+    assert.equal(e.fix, 'wait for it to finish, or run the command again with --wait (until it is free) or --wait SECONDS')
     return true
   })
   assert.ok(Date.now() - t < 1000, 'fails fast')
@@ -303,4 +303,60 @@ test('given a lock taken from under its holder, then the holder is told within U
   assert.equal((await GroupLock.inspect(dir))?.command, 'clonectl serve db1')
   await b.release()
   assert.deepEqual(await readdir(dir), [])
+})
+
+/**
+ * A zombie: a child of a shell that exec's `sleep` and so never reaps it. The child is killed
+ * only once the shell has become `sleep` (a shell would reap it).
+ */
+async function zombiePid(): Promise<{pid: number; parent: ChildProcess}> {
+  const parent = spawn('sh', ['-c', 'sleep 600 & echo $!; exec sleep 600'], {stdio: ['ignore', 'pipe', 'ignore']})
+  const [line] = (await once(parent.stdout!, 'data')) as [Buffer]
+  const pid = Number(line.toString().trim())
+  const state = async (p: number): Promise<string> => {
+    const stat = await readFile(`/proc/${p}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+  }
+  while ((await readFile(`/proc/${parent.pid}/cmdline`, 'utf8')).split('\0')[0] !== 'sleep') await new Promise((r) => setImmediate(r))
+  process.kill(pid, 'SIGKILL')
+  while ((await state(pid)) !== 'Z') await new Promise((r) => setImmediate(r))
+  return {pid, parent}
+}
+
+test('given a holder killed and not yet reaped by its parent (a zombie), then the lock is taken over at once', async () => {
+  const dir = await tempGroupDir()
+  const {pid, parent} = await zombiePid()
+  try {
+    process.kill(pid, 0) // kill(pid, 0) alone calls it alive
+    await abandonedLock(dir, {pid})
+    assert.equal(await GroupLock.inspect(dir), undefined, 'a zombie holder does not count')
+    const taken: HolderInfo[] = []
+    const lock = await GroupLock.acquire(opts(dir, {onStaleTakeover: (h) => taken.push(h)}))
+    assert.equal(taken[0]?.pid, pid)
+    await lock.release()
+  } finally {
+    parent.kill('SIGKILL')
+  }
+})
+
+test('given a holder file of an earlier boot, or of a pid now used by another process, then the lock is taken over at once', async () => {
+  const boot = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim()
+  for (const extra of [{bootId: '00000000-0000-0000-0000-000000000000'}, {bootId: boot, pidStart: '1'}]) {
+    const dir = await tempGroupDir()
+    // pid: this very process, alive, but not the one that wrote the holder file.
+    await abandonedLock(dir, {pid: process.pid, ...extra} as Partial<HolderInfo>)
+    assert.equal(await GroupLock.inspect(dir), undefined, JSON.stringify(extra))
+    const lock = await GroupLock.acquire(opts(dir))
+    await lock.release()
+  }
+})
+
+test('given a live holder, then its own holder file (boot id and start time recorded) keeps the lock held', async () => {
+  const dir = await tempGroupDir()
+  const lock = await GroupLock.acquire(opts(dir))
+  const h = JSON.parse(await readFile(GroupLock.holderPath(dir), 'utf8')) as {bootId?: string; pidStart?: string}
+  assert.ok(h.bootId && h.pidStart, 'recorded')
+  assert.equal((await GroupLock.inspect(dir))?.pid, process.pid)
+  await assert.rejects(GroupLock.acquire(opts(dir)), LockHeldError)
+  await lock.release()
 })
