@@ -2,6 +2,7 @@ import {Args, Flags} from '@oclif/core'
 import {GroupServer} from '../src/group/GroupServer.js'
 import {UsageError} from '../src/errors/errors.js'
 import {parseSize} from '../src/group/GroupAdmin.js'
+import {tcpNbdUri, unixNbdUri} from '../src/nbd/nbdUri.js'
 import {loadServerTls, tlsDirectory, type ServerTls, type ServerTlsFiles} from '../src/nbd/tls.js'
 import {BaseCommand, rateFlag} from '../src/ui/BaseCommand.js'
 
@@ -59,9 +60,9 @@ TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: 
       rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
       log: (m) => process.stderr.write(`${m}\n`),
     })
-    const s = tls && required ? 's' : ''
+    const secure = Boolean(tls && required)
     const tlsNote = tls ? ` (TLS ${tls.kinds.join(' + ')}${tls.verifiesClients ? ', client certificates verified' : ''}, ${required ? 'required' : 'optional'})` : ''
-    process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on nbd${s}+unix:///?socket=${server.nbdSocket}` : ''}${server.tcpPort ? ` and nbd${s}://${listen?.host}:${server.tcpPort}/` : ''}${tlsNote}\n`)
+    process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on ${unixNbdUri(server.nbdSocket, secure)}` : ''}${server.tcpPort && listen ? ` ${server.nbdSocket ? 'and' : 'on'} ${tcpNbdUri(listen.host, server.tcpPort, secure)}` : ''}${tlsNote}\n`)
     await new Promise<void>((resolve) => {
       const stop = (sig: string): void => {
         process.stderr.write(`${sig}: draining and stopping\n`)

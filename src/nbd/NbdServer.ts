@@ -38,10 +38,11 @@
  *   reached transmission, since nbdcopy sends no FLUSH unless asked.
  */
 import {EventEmitter} from 'node:events'
-import {chmod, lstat, rm} from 'node:fs/promises'
+import {lstat, rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
 import {createServer as createTlsServer, type TLSSocket, type TlsOptions} from 'node:tls'
 import {RefusedError, errnoOf} from '../errors/errors.js'
+import {listenPrivate} from '../io/privateSocket.js'
 import {ByteQueue} from './ByteQueue.js'
 import {PayloadPool} from './PayloadPool.js'
 import type {ExportBackend} from './ExportBackend.js'
@@ -777,7 +778,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     if (this.conns.delete(c)) this.emit('disconnect', this.conns.size)
   }
 
-  private async listenOn(listen: (server: Server, done: () => void) => void): Promise<Server> {
+  private async listenOn(listen: (server: Server) => Promise<void>): Promise<Server> {
     if (this.closing) throw new Error('NbdServer: listen after close')
     const server = createServer({allowHalfOpen: true}, (s) => {
       if (this.closing) {
@@ -787,13 +788,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       this.conns.add(new Connection(s, this, this.backend, ++this.nextId))
       this.emit('connect', this.conns.size)
     })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      listen(server, () => {
-        server.off('error', reject)
-        resolve()
-      })
-    })
+    await listen(server)
     // Accept errors (EMFILE, …) must not crash the process.
     server.on('error', (e) => {
       try {
@@ -807,7 +802,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   }
 
   /**
-   * Listen on a unix socket, mode 0600. A stale socket file (nobody accepting) is replaced;
+   * Listen on a unix socket, mode 0600 from the moment it exists. A stale socket file (nobody accepting) is replaced;
    * a live one, or a path that is not a socket, is refused. Resolves once listening.
    */
   async listenUnix(path: string): Promise<void> {
@@ -822,19 +817,22 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       if (await socketAccepts(path)) throw new RefusedError(`another server is listening on ${path}`, 'stop that server, or choose another socket path')
       await rm(path, {force: true})
     }
-    const server = await this.listenOn((s, done) => s.listen(path, done))
-    try {
-      await chmod(path, 0o600)
-    } catch (error) {
-      this.servers.splice(this.servers.indexOf(server), 1)
-      await new Promise<void>((r) => server.close(() => r()))
-      throw error
-    }
+    // Private from the first moment (mode 0600 at bind): a chmod afterwards leaves a window.
+    await this.listenOn((server) => listenPrivate(server, path))
   }
 
   /** Listen on TCP (only on an explicit address, DESIGN §5). Resolves to the bound port (port 0 picks one). */
   async listenTcp(host: string, port: number): Promise<number> {
-    const server = await this.listenOn((s, done) => s.listen(port, host, done))
+    const server = await this.listenOn(
+      (srv) =>
+        new Promise<void>((resolve, reject) => {
+          srv.once('error', reject)
+          srv.listen(port, host, () => {
+            srv.off('error', reject)
+            resolve()
+          })
+        }),
+    )
     const addr = server.address()
     return typeof addr === 'object' && addr ? addr.port : port
   }
