@@ -15,7 +15,9 @@
  *     after STARTTLS drop the connection, a mid-handshake hang-up frees the connection;
  *   given TLS configured but optional: plaintext clients are still served;
  *   given `clonectl serve G --listen 127.0.0.1:0 --tls-dir DIR --tls-required`: nbdinfo over
- *     TLS works, plaintext is refused; `--listen 0.0.0.0:0` without TLS warns on stderr.
+ *     TLS works, plaintext is refused; a listener that authenticates no client (no TLS, a
+ *     certificate without --tls-ca, TLS not required) on 0.0.0.0 or [::] is refused with
+ *     exit 5 unless --allow-unauthenticated (then a warning); on 127.0.0.1 it warns.
  *
  * The server under test lives in this process: every client is spawned asynchronously.
  */
@@ -419,7 +421,7 @@ async function startCliServe(state: string, args: string[]): Promise<{proc: Chil
     if (Date.now() - t0 > 20_000) throw new Error(`serve did not start:\n${err}`)
     await sleep(20)
   }
-  const m = /nbds?:\/\/[^:]+:(\d+)\//.exec(err)
+  const m = /nbds?:\/\/(?:\[[^\]]*\]|[^:/]+):(\d+)\//.exec(err)
   return {proc, stderr: () => err, port: m ? Number(m[1]) : 0}
 }
 
@@ -455,10 +457,37 @@ describe('clonectl serve with TLS', () => {
     }
   })
 
-  test('--listen 0.0.0.0 without TLS warns that anyone who can reach it can read and overwrite the volume', async () => {
-    const s = await startCliServe(state, ['g', '--listen', '0.0.0.0:0'])
+  test('a listener that authenticates no client is refused on 0.0.0.0 (exit 5) with the risk and the fix in words', async () => {
+    const serveArgs = (extra: string[]): string[] => [clonectlBin, 'serve', 'g', '--state-dir', state, ...extra]
+    for (const extra of [
+      ['--listen', '0.0.0.0:0'],
+      ['--listen', '0.0.0.0:0', '--tls-cert', creds.serverCert, '--tls-key', creds.serverKey, '--tls-required'],
+      ['--listen', '[::]:0', '--tls-dir', creds.dir],
+    ]) {
+      const r = await run(process.execPath, serveArgs(extra), {timeoutMs: 30_000})
+      assert.equal(r.code, 5, `${extra.join(' ')}: ${r.stderr}`)
+      assert.match(r.stderr, /authenticates no client .*any client that reaches the port can read and overwrite the source/)
+      assert.match(r.stderr, /--tls-ca/)
+      assert.match(r.stderr, /--tls-psk/)
+      assert.match(r.stderr, /--allow-unauthenticated/)
+      assert.doesNotMatch(r.stderr, /serving group/)
+    }
+  })
+
+  test('with --allow-unauthenticated it serves, and warns; the printed IPv6 URI is bracketed', async () => {
+    const s = await startCliServe(state, ['g', '--listen', '[::]:0', '--tls-cert', creds.serverCert, '--tls-key', creds.serverKey, '--tls-required', '--allow-unauthenticated'])
     try {
-      assert.match(s.stderr(), /Warning:.*0\.0\.0\.0:0 over plain TCP without TLS: anyone who can reach 0\.0\.0\.0:0 can read and overwrite the source; pass --tls-cert\/--tls-key \(or --tls-dir\) and --tls-required/)
+      assert.match(s.stderr(), /Warning:.*--listen \[::\]:0 authenticates no client \(TLS without --tls-ca checks no client certificate.*any client that reaches the port can read and overwrite the source/)
+      assert.match(s.stderr(), /on nbds:\/\/\[::\]:\d+\/ /)
+    } finally {
+      assert.equal(await stopCli(s.proc), 0)
+    }
+  })
+
+  test('--listen 127.0.0.1 without TLS serves and warns that every local user can read and write the source, pointing to the unix socket', async () => {
+    const s = await startCliServe(state, ['g', '--listen', '127.0.0.1:0'])
+    try {
+      assert.match(s.stderr(), /Warning:.*--listen 127\.0\.0\.1:0 authenticates no client \(plain TCP without TLS\): every user of this machine can connect and read and overwrite the source; use the unix socket instead/)
     } finally {
       assert.equal(await stopCli(s.proc), 0)
     }
