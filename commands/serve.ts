@@ -27,6 +27,9 @@ A TCP listener that authenticates no client (no TLS, TLS not required, or certif
     socket: Flags.string({summary: 'Unix socket path for NBD (default: nbd.sock in the group directory).', helpValue: 'PATH'}),
     listen: Flags.string({summary: 'Also (or instead) listen on TCP at HOST:PORT.', helpValue: 'HOST:PORT'}),
     'read-only': Flags.boolean({summary: 'Refuse host writes (EPERM).'}),
+    'max-buffer': Flags.string({summary: 'READ/WRITE payload bytes held across all connections (default 256M); past it, clients wait (their sockets are not read).', helpValue: 'BYTES'}),
+    'max-connections': Flags.integer({summary: 'NBD connections open at once (default 64); more are closed at once and logged.', min: 1, helpValue: 'N'}),
+    'payload-timeout': Flags.integer({summary: 'Drop a connection whose WRITE payload stops arriving, or that takes none of its replies, for this many seconds (default 60).', min: 1, helpValue: 'SECONDS'}),
     rate: {...rateFlag, summary: 'Limit the copying of a restore resumed at start to this many bytes per second (e.g. 50M).'},
     'tls-cert': Flags.string({summary: 'Server certificate (PEM) for NBD over TLS; needs --tls-key.', helpValue: 'PATH', helpGroup: 'TLS'}),
     'tls-key': Flags.string({summary: "The server certificate's private key (PEM, unencrypted).", helpValue: 'PATH', helpGroup: 'TLS'}),
@@ -57,6 +60,11 @@ A TCP listener that authenticates no client (no TLS, TLS not required, or certif
       readOnly: flags['read-only'],
       tls: tls && {options: tls.options, required},
       rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
+      limits: {
+        maxBufferBytes: flags['max-buffer'] ? parseSize(flags['max-buffer'], '--max-buffer') : undefined,
+        maxConnections: flags['max-connections'],
+        payloadTimeoutMs: flags['payload-timeout'] === undefined ? undefined : flags['payload-timeout'] * 1000,
+      },
       log: (m) => process.stderr.write(`${m}\n`),
     })
     const secure = Boolean(tls && required)

@@ -28,6 +28,8 @@ export interface ServeOptions {
   tls?: NbdServerOptions['tls']
   /** Copy rate (bytes/s) for a restore resumed at start (default unlimited). */
   rate?: number
+  /** NBD limits under load: payload budget, connection cap, payload time-out (NbdServer defaults). */
+  limits?: Pick<NbdServerOptions, 'maxBufferBytes' | 'maxConnections' | 'payloadTimeoutMs'>
   log?: (message: string) => void
 }
 
@@ -80,7 +82,7 @@ export class GroupServer {
     private readonly lock: GroupLock,
     private readonly opts: ServeOptions,
   ) {
-    this.nbd = new NbdServer(host, {exportName: '', description: exportDescription(g.record), log: opts.log, tls: opts.tls})
+    this.nbd = new NbdServer(host, {...opts.limits, exportName: '', description: exportDescription(g.record), log: opts.log, tls: opts.tls})
     this.control = new ControlServer((req, send, cancelled) => this.handle(req, send, cancelled))
   }
 
@@ -261,7 +263,7 @@ export class GroupServer {
       case 'status': {
         await g.checkpoint()
         const s = await groupStatus(this.ctx, g.name)
-        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, operation: this.bg ? this.bg.progress() : undefined}}
+        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, payloadBytes: this.nbd.budget.used + this.nbd.budget.reserveUsed, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {
         const {done} = await this.startSync(req)

@@ -44,6 +44,7 @@ import {createServer as createTlsServer, type TLSSocket, type TlsOptions} from '
 import {RefusedError, errnoOf} from '../errors/errors.js'
 import {listenPrivate} from '../io/privateSocket.js'
 import {ByteQueue} from './ByteQueue.js'
+import {PayloadBudget, type Grant} from './PayloadBudget.js'
 import {PayloadPool} from './PayloadPool.js'
 import type {ExportBackend} from './ExportBackend.js'
 import {
@@ -95,6 +96,18 @@ export interface NbdServerOptions {
   /** A client that has not finished the handshake (TLS included) by then is dropped (default 60 s). */
   handshakeTimeoutMs?: number
   /**
+   * READ/WRITE payload bytes held across all connections (default 256 MiB; see
+   * PayloadBudget): past it, connections wait for bytes and stop reading their sockets.
+   */
+  maxBufferBytes?: number
+  /** Connections open at once; more are closed at accept and logged (default 64). */
+  maxConnections?: number
+  /**
+   * A WRITE payload that stops arriving, or replies the client stops taking, for this long
+   * drop the connection and free its bytes (default 60 s).
+   */
+  payloadTimeoutMs?: number
+  /**
    * Offer NBD_OPT_STARTTLS with these Node TLS server options (see loadServerTls). With
    * `required`, refuse everything but STARTTLS and ABORT until TLS is up (FORCEDTLS).
    * It applies to every listener, the unix socket too.
@@ -133,6 +146,9 @@ class Req implements RequestHeader {
   data: Buffer | undefined = undefined
   /** Bytes this request holds while in flight (counted against maxInflightBytes). */
   cost = 0
+  /** Bytes of the server's PayloadBudget this request holds, and from which part. */
+  held = 0
+  grant: Grant = 'main'
 }
 
 /** starttls: the ACK is going out or the TLS handshake runs; nothing is parsed. */
@@ -147,6 +163,16 @@ class Connection {
   private options = 0
   private pendingOption: {option: number; length: number} | undefined
   private pendingWrite: Req | undefined
+  /** A READ or WRITE parsed and waiting for PayloadBudget bytes (its connection is paused). */
+  private awaiting: Req | undefined
+  private budgetWait = false
+  /** PayloadBudget bytes this connection's requests hold. */
+  private held = 0
+  /** Reply batches handed to the socket, not yet written out (their requests hold bytes). */
+  private readonly unsent = new Set<Req[]>()
+  /** Armed while a WRITE payload is arriving, or while replies wait in the socket's buffer. */
+  private payloadTimer: NodeJS.Timeout | undefined
+  private replyTimer: NodeJS.Timeout | undefined
   private inflight = 0
   private inflightBytes = 0
   private paused = false
@@ -167,6 +193,7 @@ class Connection {
   private readonly onData = (b: Buffer): void => {
     if (this.phase === 'ending' || this.phase === 'dead') return
     this.q.push(b)
+    this.payloadTimer?.refresh()
     this.pump()
   }
   private readonly onEndBound = (): void => this.onEnd()
@@ -290,7 +317,7 @@ class Connection {
   }
 
   private stepRequest(): boolean {
-    let req = this.pendingWrite
+    let req = this.pendingWrite ?? this.awaiting
     if (!req) {
       if (this.q.length < REQUEST_SIZE) return false
       const b = this.q.header(REQUEST_SIZE)
@@ -303,26 +330,94 @@ class Connection {
         this.beginEnding()
         return false
       }
+      if (req.type === Cmd.WRITE && req.length > MAX_PAYLOAD) {
+        this.drop(`write of ${req.length} bytes (limit ${MAX_PAYLOAD})`)
+        return false
+      }
+      // Payload bytes are budgeted: a WRITE's as it arrives (even one to be refused), a READ's if it will run.
+      const needs = req.type === Cmd.WRITE || (req.type === Cmd.READ && req.length > 0 && this.validate(req) === 0)
+      if (!needs) {
+        this.dispatch(req)
+        return true
+      }
+    }
+    if (req !== this.pendingWrite) {
+      if (!this.takeBudget(req)) {
+        this.awaiting = req
+        this.waitForBudget()
+        return false
+      }
+      this.awaiting = undefined
       if (req.type !== Cmd.WRITE) {
         this.dispatch(req)
         return true
       }
-      if (req.length > MAX_PAYLOAD) {
-        this.drop(`write of ${req.length} bytes (limit ${MAX_PAYLOAD})`)
-        return false
-      }
       this.pendingWrite = req
+      this.armPayloadTimer(req)
     }
     if (this.q.length < req.length) return false
     this.pendingWrite = undefined
+    clearTimeout(this.payloadTimer)
+    this.payloadTimer = undefined
     req.error = this.validate(req)
-    if (req.error) this.q.skip(req.length)
-    else {
+    if (req.error) {
+      this.q.skip(req.length)
+      this.release(req)
+    } else {
       const r = req
       r.data = this.q.take(r.length, (n) => (r.pooled = this.srv.payloads.get(n)))
     }
     this.dispatch(req)
     return true
+  }
+
+  // -------------------------------------------------------------------------------------
+  // The server-wide payload budget and the payload time-out
+
+  private takeBudget(r: Req): boolean {
+    const g = this.srv.budget.take(r.length, this.held)
+    if (!g) return false
+    r.grant = g
+    r.held = r.length
+    this.held += r.length
+    return true
+  }
+
+  /** Give back what the request holds (idempotent). */
+  private release(r: Req): void {
+    if (r.held === 0) return
+    this.srv.budget.give(r.held, r.grant)
+    this.held -= r.held
+    r.held = 0
+  }
+
+  private waitForBudget(): void {
+    if (this.budgetWait) return
+    this.budgetWait = true
+    this.pause()
+    this.srv.budget.wait(() => {
+      this.budgetWait = false
+      this.maybeResume()
+    })
+  }
+
+  private armPayloadTimer(r: Req): void {
+    const ms = this.srv.payloadTimeoutMs
+    this.payloadTimer = setTimeout(() => this.drop(`WRITE payload stalled: ${this.q.length} of ${r.length} bytes came, then nothing for ${ms / 1000} s`), ms)
+    this.payloadTimer.unref()
+  }
+
+  /** Replies sit unsent in the socket's buffer: the client must take some within the time-out. */
+  private watchReplies(): void {
+    if (this.s.writableLength === 0) {
+      clearTimeout(this.replyTimer)
+      this.replyTimer = undefined
+    } else if (this.replyTimer) this.replyTimer.refresh()
+    else {
+      const ms = this.srv.payloadTimeoutMs
+      this.replyTimer = setTimeout(() => this.drop(`the client took none of its replies for ${ms / 1000} s (${this.s.writableLength} bytes unsent)`), ms)
+      this.replyTimer.unref()
+    }
   }
 
   // -------------------------------------------------------------------------------------
@@ -534,8 +629,10 @@ class Connection {
     if (this.inflight >= this.srv.maxInflight || this.inflightBytes >= this.srv.maxInflightBytes) this.pause()
   }
 
-  /** A WRITE's pooled payload is free once its backend write settled. */
+  /** A WRITE's payload (pooled buffer and budget) is free once its backend write settled. */
   private releasePayload(r: Req): void {
+    // A WRITE's budget ends here; a READ's once its reply has left (writeReplies).
+    if (r.type === Cmd.WRITE) this.release(r)
     if (!r.pooled) return
     this.srv.payloads.put(r.pooled)
     r.pooled = undefined
@@ -576,7 +673,10 @@ class Connection {
 
   /** Queue a reply; every reply queued in this turn of the event loop goes out in one write. */
   private answer(r: Req): void {
-    if (this.phase === 'dead') return
+    if (this.phase === 'dead') {
+      this.release(r)
+      return
+    }
     this.replies.push(r)
     if (!this.flushScheduled) {
       this.flushScheduled = true
@@ -598,7 +698,18 @@ class Connection {
     const list = this.replies
     if (list.length === 0) return this.maybeFinishEnding()
     this.replies = []
-    if (this.phase === 'dead' || this.s.destroyed) return
+    if (this.phase === 'dead' || this.s.destroyed) {
+      for (const r of list) this.release(r)
+      return
+    }
+    // READ data holds its bytes until the socket has handed the batch to the kernel.
+    const owed = list.some((r) => r.held > 0)
+    if (owed) this.unsent.add(list)
+    const written = (): void => {
+      if (!this.unsent.delete(list)) return
+      for (const r of list) this.release(r)
+      if (this.phase !== 'dead') this.watchReplies()
+    }
     let inline = 0
     let large = false
     for (const r of list) {
@@ -618,11 +729,13 @@ class Connection {
         if (r.data) pos += r.data.copy(buf, pos)
         r.data = undefined
       }
-      this.s.write(buf)
+      if (owed) this.s.write(buf, written)
+      else this.s.write(buf)
     } else {
       // Large read data goes by reference: header bytes so far, the data, and on (one writev).
       this.s.cork()
       let start = 0
+      const parts: Buffer[] = []
       for (const r of list) {
         writeSimpleReplyHeader(buf, pos, r.error, r.cookieHi, r.cookieLo)
         pos += SIMPLE_REPLY_SIZE
@@ -631,14 +744,19 @@ class Connection {
         if (!d) continue
         if (d.length <= INLINE_DATA_MAX) pos += d.copy(buf, pos)
         else {
-          this.s.write(buf.subarray(start, pos))
-          this.s.write(d)
+          parts.push(buf.subarray(start, pos), d)
           start = pos
         }
       }
-      if (pos > start) this.s.write(buf.subarray(start, pos))
+      if (pos > start) parts.push(buf.subarray(start, pos))
+      // The last write's callback comes once every earlier write is out too.
+      for (const [i, part] of parts.entries()) {
+        if (owed && i === parts.length - 1) this.s.write(part, written)
+        else this.s.write(part)
+      }
       this.s.uncork()
     }
+    this.watchReplies()
     if (this.s.writableLength > this.srv.maxBacklogBytes) this.pause()
     this.maybeFinishEnding()
   }
@@ -650,7 +768,7 @@ class Connection {
   }
 
   private maybeResume(): void {
-    if (!this.paused || this.phase === 'dead') return
+    if (!this.paused || this.phase === 'dead' || this.budgetWait) return
     const {srv} = this
     if (this.inflight >= srv.maxInflight || this.inflightBytes >= srv.maxInflightBytes || this.s.writableLength > srv.maxBacklogBytes) return
     this.paused = false
@@ -665,7 +783,11 @@ class Connection {
   private beginEnding(): void {
     if (this.phase === 'ending' || this.phase === 'dead') return
     this.phase = 'ending'
+    if (this.pendingWrite) this.release(this.pendingWrite)
+    if (this.awaiting) this.release(this.awaiting)
+    clearTimeout(this.payloadTimer)
     this.pendingWrite = undefined
+    this.awaiting = undefined
     this.q.clear()
     this.maybeFinishEnding()
   }
@@ -703,8 +825,14 @@ class Connection {
     this.closeHandled = true
     this.phase = 'dead'
     clearTimeout(this.timer)
+    clearTimeout(this.payloadTimer)
+    clearTimeout(this.replyTimer)
     this.q.clear()
+    // Bytes held by what will never be sent or run; requests in flight give theirs back as they settle.
+    for (const r of [this.pendingWrite, this.awaiting, ...this.replies, ...[...this.unsent].flat()]) if (r) this.release(r)
+    this.unsent.clear()
     this.pendingWrite = undefined
+    this.awaiting = undefined
     this.replies = []
     void this.finish()
   }
@@ -744,7 +872,11 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   readonly maxInflightBytes: number
   readonly maxBacklogBytes: number
   readonly handshakeTimeoutMs: number
+  readonly maxConnections: number
+  readonly payloadTimeoutMs: number
   readonly tls?: {options: TlsOptions; required: boolean}
+  /** READ/WRITE payload bytes held across connections (maxBufferBytes). */
+  readonly budget: PayloadBudget
   /** WRITE payload buffers, reused across requests and connections. */
   readonly payloads = new PayloadPool()
   private readonly servers: Server[] = []
@@ -765,6 +897,12 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     this.maxInflightBytes = Math.max(BLOCK_MAX, opts.maxInflightBytes ?? 128 * 1024 * 1024)
     this.maxBacklogBytes = opts.maxBacklogBytes ?? 64 * 1024 * 1024
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 60_000
+    this.maxConnections = Math.max(1, opts.maxConnections ?? 64)
+    this.payloadTimeoutMs = opts.payloadTimeoutMs ?? 60_000
+    const limit = Math.max(1, opts.maxBufferBytes ?? 256 * 1024 * 1024)
+    // The reserve keeps small requests of other clients going while the budget is full.
+    const reserve = Math.min(32 * 1024 * 1024, Math.max(4 * 1024 * 1024, Math.floor(limit / 8)))
+    this.budget = new PayloadBudget(limit, reserve, reserve / 8)
     this.tls = opts.tls
   }
 
@@ -782,6 +920,16 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     if (this.closing) throw new Error('NbdServer: listen after close')
     const server = createServer({allowHalfOpen: true}, (s) => {
       if (this.closing) {
+        s.destroy()
+        return
+      }
+      if (this.conns.size >= this.maxConnections) {
+        const peer = s.remoteAddress ? `${s.remoteAddress}:${s.remotePort}` : 'a unix socket client'
+        try {
+          this.log?.(`nbd: refused a connection from ${peer}: ${this.conns.size} connections are open, the limit (--max-connections) is ${this.maxConnections}`)
+        } catch {
+          // nowhere left to report it
+        }
         s.destroy()
         return
       }
