@@ -156,6 +156,10 @@ type Phase = 'flags' | 'options' | 'starttls' | 'transmission' | 'ending' | 'dea
 
 class Connection {
   readonly finished: Promise<void>
+  /** When the client connected. */
+  readonly since = new Date()
+  /** Who: a TCP peer address, or the unix socket it came in on. */
+  readonly peer: string
   private resolveFinished!: () => void
   private phase: Phase = 'flags'
   private readonly q = new ByteQueue()
@@ -209,8 +213,10 @@ class Connection {
     private readonly srv: NbdServer,
     private readonly backend: ExportBackend,
     readonly id: number,
+    unixPath?: string,
   ) {
     this.finished = new Promise((r) => (this.resolveFinished = r))
+    this.peer = unixPath !== undefined ? `unix socket ${unixPath}` : `${raw.remoteAddress?.includes(':') ? `[${raw.remoteAddress}]` : raw.remoteAddress}:${raw.remotePort}`
     this.s = raw
     raw.setNoDelay(true)
     this.attach(raw)
@@ -814,6 +820,16 @@ class Connection {
     }
   }
 
+  /** The client has negotiated an export (it may have read from it, and may cache it). */
+  get attached(): boolean {
+    return this.reachedTransmission && this.phase !== 'dead'
+  }
+
+  /** Close at once, whatever is in flight (its replies are not sent). */
+  kill(why: string): void {
+    this.drop(why)
+  }
+
   /** Server shutdown: handshakes are cut; transmission answers what is in flight first. */
   shutdown(): void {
     if (this.phase === 'transmission') this.beginEnding()
@@ -911,12 +927,33 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     return this.conns.size
   }
 
+  /** Clients past the handshake (they may have read the export and cache it): who, since when. */
+  attachedClients(): Array<{id: number; peer: string; since: Date}> {
+    return [...this.conns].filter((c) => c.attached).map((c) => ({id: c.id, peer: c.peer, since: c.since}))
+  }
+
+  /**
+   * Close the connections of every client past the handshake: requests in flight are
+   * answered first and each disconnect flush runs (as at shutdown). Waits. New clients are
+   * still accepted.
+   */
+  async disconnectClients(): Promise<void> {
+    const conns = [...this.conns].filter((c) => c.attached)
+    for (const c of conns) c.shutdown()
+    await Promise.all(conns.map((c) => c.finished))
+  }
+
+  /** Close every attached client's connection now, without waiting for its requests (they may wait on a lock the caller holds). */
+  killClients(why: string): void {
+    for (const c of this.conns) if (c.attached) c.kill(why)
+  }
+
   /** @internal A connection has closed and flushed. */
   forget(c: Connection): void {
     if (this.conns.delete(c)) this.emit('disconnect', this.conns.size)
   }
 
-  private async listenOn(listen: (server: Server) => Promise<void>): Promise<Server> {
+  private async listenOn(listen: (server: Server) => Promise<void>, unixPath?: string): Promise<Server> {
     if (this.closing) throw new Error('NbdServer: listen after close')
     const server = createServer({allowHalfOpen: true}, (s) => {
       if (this.closing) {
@@ -933,7 +970,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
         s.destroy()
         return
       }
-      this.conns.add(new Connection(s, this, this.backend, ++this.nextId))
+      this.conns.add(new Connection(s, this, this.backend, ++this.nextId, unixPath))
       this.emit('connect', this.conns.size)
     })
     await listen(server)
@@ -966,7 +1003,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       await rm(path, {force: true})
     }
     // Private from the first moment (mode 0600 at bind): a chmod afterwards leaves a window.
-    await this.listenOn((server) => listenPrivate(server, path))
+    await this.listenOn((srv) => listenPrivate(srv, path), path)
   }
 
   /** Listen on TCP (only on an explicit address, DESIGN §5). Resolves to the bound port (port 0 picks one). */

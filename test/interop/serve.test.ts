@@ -253,11 +253,12 @@ describe('clonectl serve on a 1 GiB sparse group: restore latency and resume at 
     await runOk('qemu-io', ['-f', 'raw', big.uri, '-c', `write -z 0 ${BIG}`, ...spots.flatMap((o) => ['-c', `write -P 0xd2 ${o} 1M`])])
     assert.equal((await statusJson(state, 'big')).clones[0].dirtyExtents, BIG / MiB)
 
-    const client = await NbdTestClient.connect(big.socket)
     const t0 = performance.now()
     restoreCmd = clonectl(state, ['restore', 'big', 'c', '--yes', '--rate', '1M'], {timeoutMs: 120_000})
     await waitFor('the restore to start', async () => ((await statusJson(state, 'big')).operation ? true : undefined), 60_000)
     const started = performance.now()
+    // The host attaches once the restore has started (a restore refuses while one is attached).
+    const client = await NbdTestClient.connect(big.socket)
     // First read: an extent the sync engine has not reached (COD from the clone).
     const r0 = performance.now()
     const data = await client.read(512 * MiB, 4096)
