@@ -15,7 +15,7 @@ import {Cli, MiB, cmp, has, pwrite, randomImage, sha256, tempDir} from '../helpe
 import {controlRequest} from '../../src/control/ControlClient.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
 import {makeTlsCreds} from '../helpers/tlsCerts.js'
-import {NbdTestClient, sleep, startServe} from '../helpers/serve.js'
+import {NbdTestClient, sleep, startServe, needTool} from '../helpers/serve.js'
 
 let dir: string
 let cli: Cli
@@ -110,7 +110,8 @@ const peers: Array<{kind: 'qemu-nbd' | 'nbdkit'; tcp: boolean}> = [
 ]
 
 for (const {kind, tcp} of peers) {
-  describe(`a remote clone on ${kind} over ${tcp ? 'TCP loopback' : 'a unix socket'}`, {skip: has(kind, '--version') ? false : `needs ${kind}`}, () => {
+  describe(`a remote clone on ${kind} over ${tcp ? 'TCP loopback' : 'a unix socket'}`, () => {
+    before(() => needTool(has(kind, '--version') ? false : `needs ${kind}`))
     test('add, sync, fracture, verify, protected restore: cmp agrees and the remote is unchanged by the restore', async () => {
       const g = `${kind.replace('-', '')}${tcp ? 't' : 'u'}`
       const src = join(dir, `${g}-src.img`)
@@ -182,7 +183,8 @@ for (const {kind, tcp} of peers) {
   })
 }
 
-describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+describe('a remote clone that vanishes during a restore', () => {
+  before(() => needTool(has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'))
   test('the restore pauses while the remote is away, and `restore G` resumes it to an identical result', async () => {
     const g = 'rr'
     const setup = await groupWithRemote(g, {size: 64 * MiB, seed: 11, fracture: true})
@@ -240,7 +242,8 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
   })
 })
 
-describe('under serve, a restore whose remote clone vanishes', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+describe('under serve, a restore whose remote clone vanishes', () => {
+  before(() => needTool(has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'))
   test('host reads of unrestored extents get EIO (never wrong data) while the remote is away; the restore goes on by itself when it is back and completes', async () => {
     const g = 'sv'
     const setup = await groupWithRemote(g, {size: 64 * MiB, seed: 31, fracture: true})
@@ -340,7 +343,8 @@ describe('time-outs are configurable and never hang the CLI', () => {
   })
 })
 
-describe('refusals for remote clones', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+describe('refusals for remote clones', () => {
+  before(() => needTool(has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'))
   test('a read-only export, an export smaller than the source, and --create with a URI are refused with exit status 5 or 2, naming the URI', async () => {
     const src = join(dir, 'rf-src.img')
     await randomImage(src, 8 * MiB, 3)

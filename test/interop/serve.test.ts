@@ -36,6 +36,7 @@ import {
   startServe,
   statusJson,
   tempDir,
+  needTool,
 } from '../helpers/serve.js'
 
 const SIZE = 64 * MiB
@@ -82,7 +83,8 @@ const clone = async (name: string): Promise<{state: string; dirtyExtents: number
   return c
 }
 
-describe('clonectl serve with real clients', {skip: needClients}, () => {
+describe('clonectl serve with real clients', () => {
+  before(() => needTool(needClients))
   test('given a group, serve starts and nbdinfo reports the size', async () => {
     served = await startServe(state, 'g')
     const r = await runOk('nbdinfo', ['--json', served.uri])
@@ -224,7 +226,8 @@ describe('clonectl serve with real clients', {skip: needClients}, () => {
   })
 })
 
-describe('clonectl serve on a 1 GiB sparse group: restore latency and resume at start', {skip: needClients}, () => {
+describe('clonectl serve on a 1 GiB sparse group: restore latency and resume at start', () => {
+  before(() => needTool(needClients))
   const BIG = GiB
   let bigSrc: string
   let bigClone: string
