@@ -22,6 +22,12 @@
  *   `maxInflightBytes` of READ/WRITE data are in flight; past either, or when the socket's
  *   unsent replies pass `maxBacklogBytes`, the server stops reading that socket until
  *   things drain (back-pressure reaches the client through the socket).
+ * - Across connections, READ/WRITE payload bytes come from one PayloadBudget
+ *   (`maxBufferBytes`): a WRITE's from its header until its backend write settled, a READ's
+ *   from dispatch until its reply has been handed to the kernel — replies a client does not
+ *   read keep holding them. A request that gets no bytes waits, its connection paused.
+ *   A WRITE payload that stops arriving, or replies left untaken, for `payloadTimeoutMs`
+ *   drop the connection; past `maxConnections` new connections are closed and logged.
  * - Received bytes stay in a list of socket chunks. A request header is read in place when
  *   it lies in one chunk; a write payload within one chunk is passed on as a view of it, so
  *   a 32 MiB write that arrives in hundreds of chunks costs one copy, never O(n²).
