@@ -780,7 +780,8 @@ class Connection {
   }
 
   private maybeResume(): void {
-    if (!this.paused || this.phase === 'dead' || this.budgetWait) return
+    // destroyed: closed by the client, its 'close' not yet seen; bytes freed elsewhere must not start its reads.
+    if (!this.paused || this.phase === 'dead' || this.budgetWait || this.s.destroyed) return
     const {srv} = this
     if (this.inflight >= srv.maxInflight || this.inflightBytes >= srv.maxInflightBytes || this.s.writableLength > srv.maxBacklogBytes) return
     this.paused = false

@@ -11,7 +11,7 @@
  *     the well-behaved client is still served, the stalled ones are dropped after the
  *     time-out and their bytes handed back; peak RSS still at most 512 MiB;
  *   when connections pass --max-connections, the next one is closed at once and logged;
- *   and after the burst the budget is empty and RSS came down.
+ *   and after the burst the budget is empty (every byte handed back).
  * All clients are raw sockets in this process, on the group's unix socket.
  */
 import assert from 'node:assert/strict'
