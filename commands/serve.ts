@@ -2,27 +2,34 @@ import {Args, Flags} from '@oclif/core'
 import {GroupServer} from '../src/group/GroupServer.js'
 import {UsageError} from '../src/errors/errors.js'
 import {parseSize} from '../src/group/GroupAdmin.js'
-import {loadServerTls, tlsDirectory, type ServerTls, type ServerTlsFiles} from '../src/nbd/tls.js'
+import {tcpNbdUri, unixNbdUri} from '../src/nbd/nbdUri.js'
+import {checkTcpListener, loadServerTls, tlsDirectory, type ServerTls, type ServerTlsFiles} from '../src/nbd/tls.js'
 import {BaseCommand, rateFlag} from '../src/ui/BaseCommand.js'
 
 export default class Serve extends BaseCommand {
   static summary = "Serve a group's source over NBD; own the group while running (other commands are carried out by this server)."
   static description = `Hosts reach the source through this NBD export (unix socket by default, mode 0600; TCP only on an address you name). Writes are mirrored to synchronized clones and recorded in the maps of fractured ones; FLUSH and FUA mean durable. While it runs, \`clone sync/fracture/add/remove\`, \`restore\`, \`verify\` and \`status\` from another shell are carried out by this process. An interrupted restore is resumed in the background at start, serving at once. SIGTERM/SIGINT stop accepting, drain, flush, persist and exit 0.
 
-TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: an x509 certificate and key (--tls-cert/--tls-key, or --tls-dir with qemu's file names), pre-shared keys (--tls-psk, psktool format), or both. With --tls-ca (or ca-cert.pem in --tls-dir) clients must present a certificate signed by that CA. Without --tls-required, clients that do not ask for TLS are still served in plaintext; with it they are refused. Serving TCP on an address other than loopback without --tls-required prints a warning: anyone who can reach it can read and overwrite the source.`
+TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: an x509 certificate and key (--tls-cert/--tls-key, or --tls-dir with qemu's file names), pre-shared keys (--tls-psk, psktool format), or both. With --tls-ca (or ca-cert.pem in --tls-dir) clients must present a certificate signed by that CA. Without --tls-required, clients that do not ask for TLS are still served in plaintext; with it they are refused.
+
+A TCP listener that authenticates no client (no TLS, TLS not required, or certificates without --tls-ca) lets anyone who reaches the port read and overwrite the source: on an address other than loopback serve refuses to start (exit 5) unless given --allow-unauthenticated; on loopback it warns, since every local user can connect (the unix socket is private to its owner).`
   static examples = [
     '<%= config.bin %> serve db1',
     "qemu-io -f raw 'nbd+unix:///?socket=/var/lib/clonectl/groups/db1/nbd.sock' -c 'read 0 1M'",
-    '<%= config.bin %> serve db1 --listen 127.0.0.1:10809',
-    '<%= config.bin %> serve db1 --listen 0.0.0.0:10809 --tls-dir /etc/pki/qemu --tls-required',
+    '<%= config.bin %> serve db1 --listen 0.0.0.0:10809 --tls-dir /etc/pki/qemu --tls-required   # ca-cert.pem there: client certificates required',
     "nbdinfo 'nbds://db1-host:10809/?tls-certificates=/etc/pki/qemu'",
     '<%= config.bin %> serve db1 --listen 0.0.0.0:10809 --tls-psk /etc/clonectl/keys.psk --tls-required',
+    '<%= config.bin %> serve db1 --listen [::]:10809 --tls-cert server.pem --tls-key server-key.pem --tls-ca ca.pem --tls-required',
+    '<%= config.bin %> serve db1 --listen 10.0.0.5:10809 --allow-unauthenticated   # a closed lab network: anyone there can write the source',
   ]
   static enableJsonFlag = false
   static flags = {
     socket: Flags.string({summary: 'Unix socket path for NBD (default: nbd.sock in the group directory).', helpValue: 'PATH'}),
     listen: Flags.string({summary: 'Also (or instead) listen on TCP at HOST:PORT.', helpValue: 'HOST:PORT'}),
     'read-only': Flags.boolean({summary: 'Refuse host writes (EPERM).'}),
+    'max-buffer': Flags.string({summary: 'READ/WRITE payload bytes held across all connections (default 256M); past it, clients wait (their sockets are not read).', helpValue: 'BYTES'}),
+    'max-connections': Flags.integer({summary: 'NBD connections open at once (default 64); more are closed at once and logged.', min: 1, helpValue: 'N'}),
+    'payload-timeout': Flags.integer({summary: 'Drop a connection whose WRITE payload stops arriving, or that takes none of its replies, for this many seconds (default 60).', min: 1, helpValue: 'SECONDS'}),
     rate: {...rateFlag, summary: 'Limit the copying of a restore resumed at start to this many bytes per second (e.g. 50M).'},
     'tls-cert': Flags.string({summary: 'Server certificate (PEM) for NBD over TLS; needs --tls-key.', helpValue: 'PATH', helpGroup: 'TLS'}),
     'tls-key': Flags.string({summary: "The server certificate's private key (PEM, unencrypted).", helpValue: 'PATH', helpGroup: 'TLS'}),
@@ -30,6 +37,7 @@ TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: 
     'tls-psk': Flags.string({summary: 'Pre-shared keys for TLS-PSK, psktool format (identity:hexkey lines).', helpValue: 'PATH', helpGroup: 'TLS'}),
     'tls-dir': Flags.string({summary: 'qemu-style credentials directory: server-cert.pem, server-key.pem, ca-cert.pem (client certificates then required), keys.psk.', helpValue: 'DIR', helpGroup: 'TLS'}),
     'tls-required': Flags.boolean({summary: 'Refuse clients that do not start TLS (needs TLS credentials).', helpGroup: 'TLS'}),
+    'allow-unauthenticated': Flags.boolean({summary: 'Serve --listen on a non-loopback address although it authenticates no client: anyone who reaches the port can read and overwrite the source.', helpGroup: 'TLS'}),
   }
   static args = {group: Args.string({description: 'The group.', required: true})}
 
@@ -44,12 +52,7 @@ TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: 
     }
     const tls = await this.tlsCredentials(flags)
     const required = flags['tls-required']
-    if (listen && !isLoopback(listen.host)) {
-      if (!tls)
-        this.warnLine(`serving ${flags.listen} over plain TCP without TLS: anyone who can reach ${flags.listen} can read and overwrite the source; pass --tls-cert/--tls-key (or --tls-dir) and --tls-required`)
-      else if (!required)
-        this.warnLine(`TLS is offered on ${flags.listen} but not required: a client that does not ask for it can still read and overwrite the source in plaintext; add --tls-required`)
-    }
+    if (listen) for (const w of checkTcpListener({listen: flags.listen!, host: listen.host, tls, required, allowUnauthenticated: flags['allow-unauthenticated']})) this.warnLine(w)
     const server = await GroupServer.start(ctx, args.group, {
       command: this.commandLine(),
       socket: flags.socket,
@@ -57,11 +60,16 @@ TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: 
       readOnly: flags['read-only'],
       tls: tls && {options: tls.options, required},
       rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,
+      limits: {
+        maxBufferBytes: flags['max-buffer'] ? parseSize(flags['max-buffer'], '--max-buffer') : undefined,
+        maxConnections: flags['max-connections'],
+        payloadTimeoutMs: flags['payload-timeout'] === undefined ? undefined : flags['payload-timeout'] * 1000,
+      },
       log: (m) => process.stderr.write(`${m}\n`),
     })
-    const s = tls && required ? 's' : ''
+    const secure = Boolean(tls && required)
     const tlsNote = tls ? ` (TLS ${tls.kinds.join(' + ')}${tls.verifiesClients ? ', client certificates verified' : ''}, ${required ? 'required' : 'optional'})` : ''
-    process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on nbd${s}+unix:///?socket=${server.nbdSocket}` : ''}${server.tcpPort ? ` and nbd${s}://${listen?.host}:${server.tcpPort}/` : ''}${tlsNote}\n`)
+    process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on ${unixNbdUri(server.nbdSocket, secure)}` : ''}${server.tcpPort && listen ? ` ${server.nbdSocket ? 'and' : 'on'} ${tcpNbdUri(listen.host, server.tcpPort, secure)}` : ''}${tlsNote}\n`)
     await new Promise<void>((resolve) => {
       const stop = (sig: string): void => {
         process.stderr.write(`${sig}: draining and stopping\n`)
@@ -88,9 +96,4 @@ TLS (NBD_OPT_STARTTLS) is offered on every listener once credentials are given: 
     }
     return loadServerTls(files)
   }
-}
-
-/** Only the host itself can reach these (no warning about plain TCP). */
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host)
 }

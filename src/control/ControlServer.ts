@@ -1,5 +1,6 @@
-import {chmod, rm} from 'node:fs/promises'
+import {rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
+import {listenPrivate} from '../io/privateSocket.js'
 import {ClonectlError, isClonectlError, UsageError} from '../errors/errors.js'
 import {checkControlRequest, type ControlMessage, type ControlRequest} from './protocol.js'
 
@@ -37,11 +38,7 @@ export class ControlServer {
     await rm(path, {force: true})
     const server = createServer((s) => this.accept(s))
     this.server = server
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(path, () => resolve())
-    })
-    await chmod(path, 0o600)
+    await listenPrivate(server, path)
   }
 
   private accept(s: Socket): void {

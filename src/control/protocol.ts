@@ -10,7 +10,7 @@ export type ControlRequest =
   | {op: 'fracture'; clones: string[]}
   | {op: 'add'; clone: string; path: string; create?: boolean}
   | {op: 'remove'; clone: string}
-  | {op: 'restore'; clone?: string; unprotected?: boolean; force?: boolean; rate?: number; background?: boolean}
+  | {op: 'restore'; clone?: string; unprotected?: boolean; force?: boolean; rate?: number; background?: boolean; disconnectClients?: boolean}
   | {op: 'verify'; clone: string; repair?: boolean}
   | {op: 'pause'}
   | {op: 'resume'}

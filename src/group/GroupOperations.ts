@@ -130,6 +130,8 @@ export interface RestoreOptions extends RunOptions {
   rate?: number
   /** How long to wait for a remote clone that stopped answering (default 60 s). */
   remoteWaitSeconds?: number
+  /** Under serve: close the connections of NBD clients instead of refusing while they are attached. */
+  disconnectClients?: boolean
 }
 
 /**
@@ -138,7 +140,7 @@ export interface RestoreOptions extends RunOptions {
  * restore stays recorded and the next `restore GROUP` resumes it. Waits.
  */
 export async function restoreSource(ctx: GroupContext, group: string, o: RestoreOptions): Promise<RestoreSummary> {
-  const served = await viaServer<RestoreSummary>(ctx, group, {op: 'restore', clone: o.clone, unprotected: o.unprotected, force: o.force, rate: o.rate}, o)
+  const served = await viaServer<RestoreSummary>(ctx, group, {op: 'restore', clone: o.clone, unprotected: o.unprotected, force: o.force, rate: o.rate, disconnectClients: o.disconnectClients}, o)
   if (served) return served.value
   const record = await ctx.store.load(group)
   const op = record.operation?.kind === 'restore' ? record.operation : undefined

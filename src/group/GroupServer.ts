@@ -2,7 +2,7 @@ import {join} from 'node:path'
 import {ControlServer} from '../control/ControlServer.js'
 import type {ControlMessage, ControlRequest} from '../control/protocol.js'
 import {controlSocketName} from '../control/protocol.js'
-import {InterruptedError, StateError, UsageError} from '../errors/errors.js'
+import {InterruptedError, RefusedError, StateError, UsageError} from '../errors/errors.js'
 import {EXTENTS_PER_PAGE} from '../map/PersistentMap.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {HostIO} from '../engine/HostIO.js'
@@ -29,6 +29,8 @@ export interface ServeOptions {
   tls?: NbdServerOptions['tls']
   /** Copy rate (bytes/s) for a restore resumed at start (default unlimited). */
   rate?: number
+  /** NBD limits under load: payload budget, connection cap, payload time-out (NbdServer defaults). */
+  limits?: Pick<NbdServerOptions, 'maxBufferBytes' | 'maxConnections' | 'payloadTimeoutMs'>
   log?: (message: string) => void
 }
 
@@ -81,7 +83,7 @@ export class GroupServer {
     private readonly lock: GroupLock,
     private readonly opts: ServeOptions,
   ) {
-    this.nbd = new NbdServer(host, {exportName: '', description: exportDescription(g.record), log: opts.log, tls: opts.tls})
+    this.nbd = new NbdServer(host, {...opts.limits, exportName: '', description: exportDescription(g.record), log: opts.log, tls: opts.tls})
     this.control = new ControlServer((req, send, cancelled) => this.handle(req, send, cancelled))
   }
 
@@ -164,7 +166,7 @@ export class GroupServer {
   }
 
   /** Start (or resume) a restore in the background; host I/O is routed through it at once. */
-  async startRestore(req: {clone?: string; unprotected?: boolean; force?: boolean; rate?: number}, resume = false): Promise<{done: Promise<RestoreSummary>}> {
+  async startRestore(req: {clone?: string; unprotected?: boolean; force?: boolean; rate?: number; disconnectClients?: boolean}, resume = false): Promise<{done: Promise<RestoreSummary>}> {
     this.busy()
     const {g, host} = this
     const op = g.record.operation
@@ -187,7 +189,15 @@ export class GroupServer {
       if (!req.clone) throw new UsageError(`group ${g.name} has no interrupted restore to resume`, restoreWhichFix(g.name, [...g.members.keys()]))
       const clone = req.clone
       const isProtected = !req.unprotected
+      // The switch: from here hosts see the clone's data. A host attached now may cache the
+      // old source (a page cache under nbdfuse + losetup) and would corrupt what it mounts.
+      // Resumed restores switched when they started; clients attached since see the restore.
+      if (req.disconnectClients) await this.nbd.disconnectClients()
+      else this.refuseAttachedClients(clone)
       session = await host.gate.exclusive(async () => {
+        // Host I/O is quiesced here: a client that attached in the meantime is the last to decide.
+        if (req.disconnectClients) this.nbd.killClients('disconnected for a restore (--disconnect-clients)')
+        else this.refuseAttachedClients(clone)
         const m = g.member(clone)
         // INV-3: the restore clone is read through a read-only handle from here on.
         if (isProtected && m.volume && !m.volume.readOnly) m.volume = await reopenVolume(g, m.volume, m.record.volume, false)
@@ -244,6 +254,17 @@ export class GroupServer {
     return {done}
   }
 
+  /** RefusedError naming every attached NBD client, when there is one. */
+  private refuseAttachedClients(clone: string): void {
+    const clients = this.nbd.attachedClients()
+    if (clients.length === 0) return
+    const who = clients.map((c) => `${c.peer} since ${c.since.toISOString()}`).join(', ')
+    throw new RefusedError(
+      `restore of group ${this.g.name} from clone ${clone} refused: ${clients.length} NBD client${clients.length === 1 ? ' is' : 's are'} connected (${who}); a host that caches the source would keep reading the old data`,
+      'on each host unmount the file system and detach the device (umount, losetup -d, fusermount3 -u / nbd-client -d), run the restore, then reattach; or pass --disconnect-clients to close their connections first',
+    )
+  }
+
   /** Wait for a background operation, streaming its progress; a disconnect stops it. */
   private async follow<T>(done: Promise<T>, send: (m: ControlMessage) => void, cancelled: AbortSignal, background?: boolean): Promise<T | {started: true}> {
     if (background) return {started: true}
@@ -291,7 +312,7 @@ export class GroupServer {
           const left = m.damagedPages.filter((p) => m.bits.anySet(p * EXTENTS_PER_PAGE, Math.min(m.bits.count, (p + 1) * EXTENTS_PER_PAGE)))
           if (left.length > 0) Object.assign(c, {damagedMapPages: left, mapDamage: damage})
         }
-        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, operation: this.bg ? this.bg.progress() : undefined}}
+        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, payloadBytes: this.nbd.budget.used + this.nbd.budget.reserveUsed, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {
         const {done} = await this.startSync(req)

@@ -22,6 +22,12 @@
  *   `maxInflightBytes` of READ/WRITE data are in flight; past either, or when the socket's
  *   unsent replies pass `maxBacklogBytes`, the server stops reading that socket until
  *   things drain (back-pressure reaches the client through the socket).
+ * - Across connections, READ/WRITE payload bytes come from one PayloadBudget
+ *   (`maxBufferBytes`): a WRITE's from its header until its backend write settled, a READ's
+ *   from dispatch until its reply has been handed to the kernel — replies a client does not
+ *   read keep holding them. A request that gets no bytes waits, its connection paused.
+ *   A WRITE payload that stops arriving, or replies left untaken, for `payloadTimeoutMs`
+ *   drop the connection; past `maxConnections` new connections are closed and logged.
  * - Received bytes stay in a list of socket chunks. A request header is read in place when
  *   it lies in one chunk; a write payload within one chunk is passed on as a view of it, so
  *   a 32 MiB write that arrives in hundreds of chunks costs one copy, never O(n²).
@@ -38,11 +44,13 @@
  *   reached transmission, since nbdcopy sends no FLUSH unless asked.
  */
 import {EventEmitter} from 'node:events'
-import {chmod, lstat, rm} from 'node:fs/promises'
+import {lstat, rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
 import {createServer as createTlsServer, type TLSSocket, type TlsOptions} from 'node:tls'
 import {RefusedError, errnoOf} from '../errors/errors.js'
+import {listenPrivate} from '../io/privateSocket.js'
 import {ByteQueue} from './ByteQueue.js'
+import {PayloadBudget, type Grant} from './PayloadBudget.js'
 import {PayloadPool} from './PayloadPool.js'
 import type {ExportBackend} from './ExportBackend.js'
 import {
@@ -94,6 +102,18 @@ export interface NbdServerOptions {
   /** A client that has not finished the handshake (TLS included) by then is dropped (default 60 s). */
   handshakeTimeoutMs?: number
   /**
+   * READ/WRITE payload bytes held across all connections (default 256 MiB; see
+   * PayloadBudget): past it, connections wait for bytes and stop reading their sockets.
+   */
+  maxBufferBytes?: number
+  /** Connections open at once; more are closed at accept and logged (default 64). */
+  maxConnections?: number
+  /**
+   * A WRITE payload that stops arriving, or replies the client stops taking, for this long
+   * drop the connection and free its bytes (default 60 s).
+   */
+  payloadTimeoutMs?: number
+  /**
    * Offer NBD_OPT_STARTTLS with these Node TLS server options (see loadServerTls). With
    * `required`, refuse everything but STARTTLS and ABORT until TLS is up (FORCEDTLS).
    * It applies to every listener, the unix socket too.
@@ -132,6 +152,9 @@ class Req implements RequestHeader {
   data: Buffer | undefined = undefined
   /** Bytes this request holds while in flight (counted against maxInflightBytes). */
   cost = 0
+  /** Bytes of the server's PayloadBudget this request holds, and from which part. */
+  held = 0
+  grant: Grant = 'main'
 }
 
 /** starttls: the ACK is going out or the TLS handshake runs; nothing is parsed. */
@@ -139,6 +162,10 @@ type Phase = 'flags' | 'options' | 'starttls' | 'transmission' | 'ending' | 'dea
 
 class Connection {
   readonly finished: Promise<void>
+  /** When the client connected. */
+  readonly since = new Date()
+  /** Who: a TCP peer address, or the unix socket it came in on. */
+  readonly peer: string
   private resolveFinished!: () => void
   private phase: Phase = 'flags'
   private readonly q = new ByteQueue()
@@ -146,6 +173,16 @@ class Connection {
   private options = 0
   private pendingOption: {option: number; length: number} | undefined
   private pendingWrite: Req | undefined
+  /** A READ or WRITE parsed and waiting for PayloadBudget bytes (its connection is paused). */
+  private awaiting: Req | undefined
+  private budgetWait = false
+  /** PayloadBudget bytes this connection's requests hold. */
+  private held = 0
+  /** Reply batches handed to the socket, not yet written out (their requests hold bytes). */
+  private readonly unsent = new Set<Req[]>()
+  /** Armed while a WRITE payload is arriving, or while replies wait in the socket's buffer. */
+  private payloadTimer: NodeJS.Timeout | undefined
+  private replyTimer: NodeJS.Timeout | undefined
   private inflight = 0
   private inflightBytes = 0
   private paused = false
@@ -166,6 +203,7 @@ class Connection {
   private readonly onData = (b: Buffer): void => {
     if (this.phase === 'ending' || this.phase === 'dead') return
     this.q.push(b)
+    this.payloadTimer?.refresh()
     this.pump()
   }
   private readonly onEndBound = (): void => this.onEnd()
@@ -181,8 +219,10 @@ class Connection {
     private readonly srv: NbdServer,
     private readonly backend: ExportBackend,
     readonly id: number,
+    unixPath?: string,
   ) {
     this.finished = new Promise((r) => (this.resolveFinished = r))
+    this.peer = unixPath !== undefined ? `unix socket ${unixPath}` : `${raw.remoteAddress?.includes(':') ? `[${raw.remoteAddress}]` : raw.remoteAddress}:${raw.remotePort}`
     this.s = raw
     raw.setNoDelay(true)
     this.attach(raw)
@@ -289,7 +329,7 @@ class Connection {
   }
 
   private stepRequest(): boolean {
-    let req = this.pendingWrite
+    let req = this.pendingWrite ?? this.awaiting
     if (!req) {
       if (this.q.length < REQUEST_SIZE) return false
       const b = this.q.header(REQUEST_SIZE)
@@ -302,26 +342,94 @@ class Connection {
         this.beginEnding()
         return false
       }
+      if (req.type === Cmd.WRITE && req.length > MAX_PAYLOAD) {
+        this.drop(`write of ${req.length} bytes (limit ${MAX_PAYLOAD})`)
+        return false
+      }
+      // Payload bytes are budgeted: a WRITE's as it arrives (even one to be refused), a READ's if it will run.
+      const needs = req.type === Cmd.WRITE || (req.type === Cmd.READ && req.length > 0 && this.validate(req) === 0)
+      if (!needs) {
+        this.dispatch(req)
+        return true
+      }
+    }
+    if (req !== this.pendingWrite) {
+      if (!this.takeBudget(req)) {
+        this.awaiting = req
+        this.waitForBudget()
+        return false
+      }
+      this.awaiting = undefined
       if (req.type !== Cmd.WRITE) {
         this.dispatch(req)
         return true
       }
-      if (req.length > MAX_PAYLOAD) {
-        this.drop(`write of ${req.length} bytes (limit ${MAX_PAYLOAD})`)
-        return false
-      }
       this.pendingWrite = req
+      this.armPayloadTimer(req)
     }
     if (this.q.length < req.length) return false
     this.pendingWrite = undefined
+    clearTimeout(this.payloadTimer)
+    this.payloadTimer = undefined
     req.error = this.validate(req)
-    if (req.error) this.q.skip(req.length)
-    else {
+    if (req.error) {
+      this.q.skip(req.length)
+      this.release(req)
+    } else {
       const r = req
       r.data = this.q.take(r.length, (n) => (r.pooled = this.srv.payloads.get(n)))
     }
     this.dispatch(req)
     return true
+  }
+
+  // -------------------------------------------------------------------------------------
+  // The server-wide payload budget and the payload time-out
+
+  private takeBudget(r: Req): boolean {
+    const g = this.srv.budget.take(r.length, this.held)
+    if (!g) return false
+    r.grant = g
+    r.held = r.length
+    this.held += r.length
+    return true
+  }
+
+  /** Give back what the request holds (idempotent). */
+  private release(r: Req): void {
+    if (r.held === 0) return
+    this.srv.budget.give(r.held, r.grant)
+    this.held -= r.held
+    r.held = 0
+  }
+
+  private waitForBudget(): void {
+    if (this.budgetWait) return
+    this.budgetWait = true
+    this.pause()
+    this.srv.budget.wait(() => {
+      this.budgetWait = false
+      this.maybeResume()
+    })
+  }
+
+  private armPayloadTimer(r: Req): void {
+    const ms = this.srv.payloadTimeoutMs
+    this.payloadTimer = setTimeout(() => this.drop(`WRITE payload stalled: ${this.q.length} of ${r.length} bytes came, then nothing for ${ms / 1000} s`), ms)
+    this.payloadTimer.unref()
+  }
+
+  /** Replies sit unsent in the socket's buffer: the client must take some within the time-out. */
+  private watchReplies(): void {
+    if (this.s.writableLength === 0) {
+      clearTimeout(this.replyTimer)
+      this.replyTimer = undefined
+    } else if (this.replyTimer) this.replyTimer.refresh()
+    else {
+      const ms = this.srv.payloadTimeoutMs
+      this.replyTimer = setTimeout(() => this.drop(`the client took none of its replies for ${ms / 1000} s (${this.s.writableLength} bytes unsent)`), ms)
+      this.replyTimer.unref()
+    }
   }
 
   // -------------------------------------------------------------------------------------
@@ -533,8 +641,10 @@ class Connection {
     if (this.inflight >= this.srv.maxInflight || this.inflightBytes >= this.srv.maxInflightBytes) this.pause()
   }
 
-  /** A WRITE's pooled payload is free once its backend write settled. */
+  /** A WRITE's payload (pooled buffer and budget) is free once its backend write settled. */
   private releasePayload(r: Req): void {
+    // A WRITE's budget ends here; a READ's once its reply has left (writeReplies).
+    if (r.type === Cmd.WRITE) this.release(r)
     if (!r.pooled) return
     this.srv.payloads.put(r.pooled)
     r.pooled = undefined
@@ -575,7 +685,10 @@ class Connection {
 
   /** Queue a reply; every reply queued in this turn of the event loop goes out in one write. */
   private answer(r: Req): void {
-    if (this.phase === 'dead') return
+    if (this.phase === 'dead') {
+      this.release(r)
+      return
+    }
     this.replies.push(r)
     if (!this.flushScheduled) {
       this.flushScheduled = true
@@ -597,7 +710,18 @@ class Connection {
     const list = this.replies
     if (list.length === 0) return this.maybeFinishEnding()
     this.replies = []
-    if (this.phase === 'dead' || this.s.destroyed) return
+    if (this.phase === 'dead' || this.s.destroyed) {
+      for (const r of list) this.release(r)
+      return
+    }
+    // READ data holds its bytes until the socket has handed the batch to the kernel.
+    const owed = list.some((r) => r.held > 0)
+    if (owed) this.unsent.add(list)
+    const written = (): void => {
+      if (!this.unsent.delete(list)) return
+      for (const r of list) this.release(r)
+      if (this.phase !== 'dead') this.watchReplies()
+    }
     let inline = 0
     let large = false
     for (const r of list) {
@@ -617,11 +741,13 @@ class Connection {
         if (r.data) pos += r.data.copy(buf, pos)
         r.data = undefined
       }
-      this.s.write(buf)
+      if (owed) this.s.write(buf, written)
+      else this.s.write(buf)
     } else {
       // Large read data goes by reference: header bytes so far, the data, and on (one writev).
       this.s.cork()
       let start = 0
+      const parts: Buffer[] = []
       for (const r of list) {
         writeSimpleReplyHeader(buf, pos, r.error, r.cookieHi, r.cookieLo)
         pos += SIMPLE_REPLY_SIZE
@@ -630,14 +756,19 @@ class Connection {
         if (!d) continue
         if (d.length <= INLINE_DATA_MAX) pos += d.copy(buf, pos)
         else {
-          this.s.write(buf.subarray(start, pos))
-          this.s.write(d)
+          parts.push(buf.subarray(start, pos), d)
           start = pos
         }
       }
-      if (pos > start) this.s.write(buf.subarray(start, pos))
+      if (pos > start) parts.push(buf.subarray(start, pos))
+      // The last write's callback comes once every earlier write is out too.
+      for (const [i, part] of parts.entries()) {
+        if (owed && i === parts.length - 1) this.s.write(part, written)
+        else this.s.write(part)
+      }
       this.s.uncork()
     }
+    this.watchReplies()
     if (this.s.writableLength > this.srv.maxBacklogBytes) this.pause()
     this.maybeFinishEnding()
   }
@@ -649,7 +780,8 @@ class Connection {
   }
 
   private maybeResume(): void {
-    if (!this.paused || this.phase === 'dead') return
+    // destroyed: closed by the client, its 'close' not yet seen; bytes freed elsewhere must not start its reads.
+    if (!this.paused || this.phase === 'dead' || this.budgetWait || this.s.destroyed) return
     const {srv} = this
     if (this.inflight >= srv.maxInflight || this.inflightBytes >= srv.maxInflightBytes || this.s.writableLength > srv.maxBacklogBytes) return
     this.paused = false
@@ -664,7 +796,11 @@ class Connection {
   private beginEnding(): void {
     if (this.phase === 'ending' || this.phase === 'dead') return
     this.phase = 'ending'
+    if (this.pendingWrite) this.release(this.pendingWrite)
+    if (this.awaiting) this.release(this.awaiting)
+    clearTimeout(this.payloadTimer)
     this.pendingWrite = undefined
+    this.awaiting = undefined
     this.q.clear()
     this.maybeFinishEnding()
   }
@@ -691,6 +827,16 @@ class Connection {
     }
   }
 
+  /** The client has negotiated an export (it may have read from it, and may cache it). */
+  get attached(): boolean {
+    return this.reachedTransmission && this.phase !== 'dead'
+  }
+
+  /** Close at once, whatever is in flight (its replies are not sent). */
+  kill(why: string): void {
+    this.drop(why)
+  }
+
   /** Server shutdown: handshakes are cut; transmission answers what is in flight first. */
   shutdown(): void {
     if (this.phase === 'transmission') this.beginEnding()
@@ -702,8 +848,14 @@ class Connection {
     this.closeHandled = true
     this.phase = 'dead'
     clearTimeout(this.timer)
+    clearTimeout(this.payloadTimer)
+    clearTimeout(this.replyTimer)
     this.q.clear()
+    // Bytes held by what will never be sent or run; requests in flight give theirs back as they settle.
+    for (const r of [this.pendingWrite, this.awaiting, ...this.replies, ...[...this.unsent].flat()]) if (r) this.release(r)
+    this.unsent.clear()
     this.pendingWrite = undefined
+    this.awaiting = undefined
     this.replies = []
     void this.finish()
   }
@@ -743,7 +895,11 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   readonly maxInflightBytes: number
   readonly maxBacklogBytes: number
   readonly handshakeTimeoutMs: number
+  readonly maxConnections: number
+  readonly payloadTimeoutMs: number
   readonly tls?: {options: TlsOptions; required: boolean}
+  /** READ/WRITE payload bytes held across connections (maxBufferBytes). */
+  readonly budget: PayloadBudget
   /** WRITE payload buffers, reused across requests and connections. */
   readonly payloads = new PayloadPool()
   private readonly servers: Server[] = []
@@ -764,6 +920,12 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     this.maxInflightBytes = Math.max(BLOCK_MAX, opts.maxInflightBytes ?? 128 * 1024 * 1024)
     this.maxBacklogBytes = opts.maxBacklogBytes ?? 64 * 1024 * 1024
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 60_000
+    this.maxConnections = Math.max(1, opts.maxConnections ?? 64)
+    this.payloadTimeoutMs = opts.payloadTimeoutMs ?? 60_000
+    const limit = Math.max(1, opts.maxBufferBytes ?? 256 * 1024 * 1024)
+    // The reserve keeps small requests of other clients going while the budget is full.
+    const reserve = Math.min(32 * 1024 * 1024, Math.max(4 * 1024 * 1024, Math.floor(limit / 8)))
+    this.budget = new PayloadBudget(limit, reserve, reserve / 8)
     this.tls = opts.tls
   }
 
@@ -772,28 +934,53 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     return this.conns.size
   }
 
+  /** Clients past the handshake (they may have read the export and cache it): who, since when. */
+  attachedClients(): Array<{id: number; peer: string; since: Date}> {
+    return [...this.conns].filter((c) => c.attached).map((c) => ({id: c.id, peer: c.peer, since: c.since}))
+  }
+
+  /**
+   * Close the connections of every client past the handshake: requests in flight are
+   * answered first and each disconnect flush runs (as at shutdown). Waits. New clients are
+   * still accepted.
+   */
+  async disconnectClients(): Promise<void> {
+    const conns = [...this.conns].filter((c) => c.attached)
+    for (const c of conns) c.shutdown()
+    await Promise.all(conns.map((c) => c.finished))
+  }
+
+  /** Close every attached client's connection now, without waiting for its requests (they may wait on a lock the caller holds). */
+  killClients(why: string): void {
+    for (const c of this.conns) if (c.attached) c.kill(why)
+  }
+
   /** @internal A connection has closed and flushed. */
   forget(c: Connection): void {
     if (this.conns.delete(c)) this.emit('disconnect', this.conns.size)
   }
 
-  private async listenOn(listen: (server: Server, done: () => void) => void): Promise<Server> {
+  private async listenOn(listen: (server: Server) => Promise<void>, unixPath?: string): Promise<Server> {
     if (this.closing) throw new Error('NbdServer: listen after close')
     const server = createServer({allowHalfOpen: true}, (s) => {
       if (this.closing) {
         s.destroy()
         return
       }
-      this.conns.add(new Connection(s, this, this.backend, ++this.nextId))
+      if (this.conns.size >= this.maxConnections) {
+        const peer = s.remoteAddress ? `${s.remoteAddress}:${s.remotePort}` : 'a unix socket client'
+        try {
+          this.log?.(`nbd: refused a connection from ${peer}: ${this.conns.size} connections are open, the limit (--max-connections) is ${this.maxConnections}`)
+        } catch {
+          // nowhere left to report it
+        }
+        s.destroy()
+        return
+      }
+      this.conns.add(new Connection(s, this, this.backend, ++this.nextId, unixPath))
       this.emit('connect', this.conns.size)
     })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      listen(server, () => {
-        server.off('error', reject)
-        resolve()
-      })
-    })
+    await listen(server)
     // Accept errors (EMFILE, …) must not crash the process.
     server.on('error', (e) => {
       try {
@@ -807,7 +994,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   }
 
   /**
-   * Listen on a unix socket, mode 0600. A stale socket file (nobody accepting) is replaced;
+   * Listen on a unix socket, mode 0600 from the moment it exists. A stale socket file (nobody accepting) is replaced;
    * a live one, or a path that is not a socket, is refused. Resolves once listening.
    */
   async listenUnix(path: string): Promise<void> {
@@ -822,19 +1009,22 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       if (await socketAccepts(path)) throw new RefusedError(`another server is listening on ${path}`, 'stop that server, or choose another socket path')
       await rm(path, {force: true})
     }
-    const server = await this.listenOn((s, done) => s.listen(path, done))
-    try {
-      await chmod(path, 0o600)
-    } catch (error) {
-      this.servers.splice(this.servers.indexOf(server), 1)
-      await new Promise<void>((r) => server.close(() => r()))
-      throw error
-    }
+    // Private from the first moment (mode 0600 at bind): a chmod afterwards leaves a window.
+    await this.listenOn((srv) => listenPrivate(srv, path), path)
   }
 
   /** Listen on TCP (only on an explicit address, DESIGN §5). Resolves to the bound port (port 0 picks one). */
   async listenTcp(host: string, port: number): Promise<number> {
-    const server = await this.listenOn((s, done) => s.listen(port, host, done))
+    const server = await this.listenOn(
+      (srv) =>
+        new Promise<void>((resolve, reject) => {
+          srv.once('error', reject)
+          srv.listen(port, host, () => {
+            srv.off('error', reject)
+            resolve()
+          })
+        }),
+    )
     const addr = server.address()
     return typeof addr === 'object' && addr ? addr.port : port
   }

@@ -168,3 +168,13 @@ export function describeTransport(t: NbdTransport): string {
   if (t.kind === 'unix') return `unix socket ${t.path.startsWith('\0') ? `@${t.path.slice(1)}` : t.path}`
   return t.host.includes(':') ? `[${t.host}]:${t.port}` : `${t.host}:${t.port}`
 }
+
+/** The URI a client uses to reach a TCP listener: an IPv6 address goes in brackets (`nbd://[::1]:10809/`). */
+export function tcpNbdUri(host: string, port: number, tls = false): string {
+  return `nbd${tls ? 's' : ''}://${describeTransport({kind: 'tcp', host, port})}/`
+}
+
+/** The URI a client uses to reach a unix-socket listener. */
+export function unixNbdUri(path: string, tls = false): string {
+  return `nbd${tls ? 's' : ''}+unix:///?socket=${path}`
+}

@@ -18,7 +18,7 @@ import {X509Certificate, createPrivateKey, type KeyObject} from 'node:crypto'
 import {readFile, readdir} from 'node:fs/promises'
 import {join} from 'node:path'
 import {DEFAULT_CIPHERS, type ConnectionOptions, type TlsOptions} from 'node:tls'
-import {NotFoundError, UsageError, errnoOf} from '../errors/errors.js'
+import {NotFoundError, RefusedError, UsageError, errnoOf} from '../errors/errors.js'
 
 /** TLS 1.2 PSK suites offered besides the defaults (forward-secret ones first). */
 const PSK_CIPHERS = ['ECDHE-PSK-CHACHA20-POLY1305', 'DHE-PSK-AES256-GCM-SHA384', 'DHE-PSK-AES128-GCM-SHA256', 'ECDHE-PSK-AES256-CBC-SHA384', 'ECDHE-PSK-AES128-CBC-SHA256', 'PSK-AES256-GCM-SHA384', 'PSK-AES128-GCM-SHA256']
@@ -270,4 +270,50 @@ export async function tlsDirectory(dir: string, endpoint: 'server' | 'client' = 
   if (endpoint === 'server' && !found.cert && !found.pskFile)
     throw new UsageError(`TLS directory ${dir} has neither ${cert} + ${key} nor keys.psk`, 'make them as for qemu-nbd --tls-creds (see qemu-doc "TLS setup"), or name the files with --tls-cert / --tls-key')
   return found
+}
+
+/** Only the host itself can reach these addresses. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host) || /^::ffff:127\.\d+\.\d+\.\d+$/i.test(host)
+}
+
+export interface TcpListenerAccess {
+  /** HOST:PORT as the user wrote it. */
+  listen: string
+  host: string
+  /** The TLS credentials configured (undefined: none). */
+  tls?: Pick<ServerTls, 'kinds' | 'verifiesClients'>
+  required: boolean
+  /** The user accepts a listener that authenticates no client (--allow-unauthenticated). */
+  allowUnauthenticated: boolean
+}
+
+/**
+ * Why a TCP listener lets in clients nobody authenticated, or undefined when every client
+ * must prove who it is: TLS required, and every credential a client may pick checks it (a
+ * PSK always does; a certificate handshake only with a CA that client certificates must
+ * chain to).
+ */
+export function unauthenticatedReason(a: Pick<TcpListenerAccess, 'tls' | 'required'>): string | undefined {
+  if (!a.tls) return 'plain TCP without TLS'
+  if (!a.required) return 'TLS is offered but not required, so a client that does not ask for it is served in plaintext'
+  if (a.tls.kinds.includes('x509') && !a.tls.verifiesClients) return 'TLS without --tls-ca checks no client certificate, so any TLS client is accepted'
+  return undefined
+}
+
+/**
+ * Decide whether a TCP listener may start (issue 13 item 2). A listener that authenticates
+ * no client is refused on any address but loopback unless the user opts in; on loopback
+ * every local user can use it, which is said in a warning pointing to the unix socket.
+ * Returns the warnings to print; throws RefusedError. No side effects.
+ */
+export function checkTcpListener(a: TcpListenerAccess): string[] {
+  const why = unauthenticatedReason(a)
+  if (!why) return []
+  const require = 'require client certificates (--tls-cert/--tls-key with --tls-ca CA.pem, or --tls-dir with ca-cert.pem) or a PSK (--tls-psk FILE), with --tls-required'
+  if (isLoopback(a.host))
+    return [`--listen ${a.listen} authenticates no client (${why}): every user of this machine can connect and read and overwrite the source; use the unix socket instead (the default, mode 0600: only this user), or ${require}`]
+  const risk = `--listen ${a.listen} authenticates no client (${why}): any client that reaches the port can read and overwrite the source`
+  if (!a.allowUnauthenticated) throw new RefusedError(risk, `${require}; or accept that risk with --allow-unauthenticated`)
+  return [`${risk} (allowed by --allow-unauthenticated); to close it, ${require}`]
 }

@@ -390,3 +390,12 @@ export async function fioNbd(uri: string, args: string[], timeoutMs = 120_000): 
 export const prng = mulberry32
 
 export {sleep}
+
+/**
+ * Fail, naming the tool, when an interop test's program is missing (`reason` is what a
+ * `has()` check left: false when all is there). CI installs them (.ci/run), so a missing
+ * one is a broken setup to see, never a test to skip quietly.
+ */
+export function needTool(reason: string | false | undefined): void {
+  if (reason) throw new Error(`missing tool: ${reason}; install it (.ci/run lists the packages: qemu-utils, libnbd-bin, nbdfuse, fio, nbdkit, e2fsprogs, fuse3, openssl)`)
+}

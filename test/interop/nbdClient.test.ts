@@ -3,7 +3,7 @@
  * qemu-nbd and nbdkit (file plugin, with filters for block-size policy, injected errors,
  * delays and no WRITE_ZEROES), over unix sockets, TCP and TLS; and against small fake
  * servers in this file for what no real server does on request (no NBD_OPT_GO, a
- * blackhole, protocol violations). Each real server is skipped by name when missing.
+ * blackhole, protocol violations). A test whose real server is missing fails, naming it.
  *
  * Every child process is killed in after(); every temp dir is a fresh mkdtemp.
  */
@@ -34,7 +34,7 @@ import {
   encodeSimpleReply,
 } from '../../src/nbd/protocol.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
-import {MiB, has, prng, sleep, socketLive, tempDir} from '../helpers/serve.js'
+import {MiB, has, prng, sleep, socketLive, tempDir, needTool} from '../helpers/serve.js'
 import {makeTlsCreds, type TlsCreds} from '../helpers/tlsCerts.js'
 
 const needQemuNbd = has('qemu-nbd', '--version') ? false : 'qemu-nbd (qemu-utils) is not installed'
@@ -344,7 +344,8 @@ describe("against clonectl's own NbdServer (in-process)", () => {
 
 // ---------------------------------------------------------------------------------------
 
-describe('against qemu-nbd', {skip: needQemuNbd}, () => {
+describe('against qemu-nbd', () => {
+  before(() => needTool(needQemuNbd))
   let path: string
   let uri: string
   let roUri: string
@@ -444,7 +445,8 @@ describe('against qemu-nbd', {skip: needQemuNbd}, () => {
 
 // ---------------------------------------------------------------------------------------
 
-describe('TLS', {skip: needQemuNbd || needOpenssl}, () => {
+describe('TLS', () => {
+  before(() => needTool(needQemuNbd || needOpenssl))
   let creds: TlsCreds
   let port: number
   let path: string
@@ -499,7 +501,8 @@ describe('TLS', {skip: needQemuNbd || needOpenssl}, () => {
     await assert.rejects(NbdClient.connect(`nbd://127.0.0.1:${port}/disk`), isRemote('tls', /requires TLS/))
   })
 
-  test('nbdkit --tls=require with X.509 certificates and with a PSK file', {skip: needNbdkit}, async () => {
+  test('nbdkit --tls=require with X.509 certificates and with a PSK file', async () => {
+    needTool(needNbdkit)
     const kpath = await image('tls-kit.img', 8 * MiB)
     const p1 = await freePort()
     await daemon('nbdkit', ['-f', '--exit-with-parent', '--tls=require', `--tls-certificates=${creds.dir}`, '-i', '127.0.0.1', '-p', String(p1), 'file', kpath], {port: p1})
@@ -520,7 +523,8 @@ describe('TLS', {skip: needQemuNbd || needOpenssl}, () => {
 
 // ---------------------------------------------------------------------------------------
 
-describe('against nbdkit (file plugin and filters)', {skip: needNbdkit}, () => {
+describe('against nbdkit (file plugin and filters)', () => {
+  before(() => needTool(needNbdkit))
   test('WRITE_ZEROES keeps the file sparse: nbdkit punches the zeroed range', async () => {
     const path = await image('sparse.img')
     const {uri} = await nbdkitFile(path)

@@ -15,7 +15,7 @@ import {Cli, MiB, cmp, has, pwrite, randomImage, sha256, tempDir} from '../helpe
 import {controlRequest} from '../../src/control/ControlClient.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
 import {makeTlsCreds} from '../helpers/tlsCerts.js'
-import {NbdTestClient, sleep, startServe} from '../helpers/serve.js'
+import {NbdTestClient, sleep, startServe, needTool} from '../helpers/serve.js'
 import {waitFor} from '../helpers/waitFor.js'
 
 let dir: string
@@ -111,7 +111,8 @@ const peers: Array<{kind: 'qemu-nbd' | 'nbdkit'; tcp: boolean}> = [
 ]
 
 for (const {kind, tcp} of peers) {
-  describe(`a remote clone on ${kind} over ${tcp ? 'TCP loopback' : 'a unix socket'}`, {skip: has(kind, '--version') ? false : `needs ${kind}`}, () => {
+  describe(`a remote clone on ${kind} over ${tcp ? 'TCP loopback' : 'a unix socket'}`, () => {
+    before(() => needTool(has(kind, '--version') ? false : `needs ${kind}`))
     test('add, sync, fracture, verify, protected restore: cmp agrees and the remote is unchanged by the restore', async () => {
       const g = `${kind.replace('-', '')}${tcp ? 't' : 'u'}`
       const src = join(dir, `${g}-src.img`)
@@ -183,7 +184,8 @@ for (const {kind, tcp} of peers) {
   })
 }
 
-describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+describe('a remote clone that vanishes during a restore', () => {
+  before(() => needTool(has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'))
   test('the restore pauses while the remote is away, and `restore G` resumes it to an identical result', async () => {
     const g = 'rr'
     const setup = await groupWithRemote(g, {size: 64 * MiB, seed: 11, fracture: true})
@@ -245,7 +247,8 @@ describe('a remote clone that vanishes during a restore', {skip: has('qemu-nbd',
   })
 })
 
-describe('under serve, a restore whose remote clone vanishes', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+describe('under serve, a restore whose remote clone vanishes', () => {
+  before(() => needTool(has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'))
   test('host reads of unrestored extents get EIO (never wrong data) while the remote is away; the restore goes on by itself when it is back and completes', async () => {
     const g = 'sv'
     const setup = await groupWithRemote(g, {size: 64 * MiB, seed: 31, fracture: true})
@@ -258,6 +261,8 @@ describe('under serve, a restore whose remote clone vanishes', {skip: has('qemu-
     const served = await startServe(cli.stateDir, g)
     try {
       const restore = cli.spawnBackground(['restore', g, 'r', '--yes', '--rate', '8M'])
+      // The host attaches once the restore has started (a restore refuses while one is attached).
+      while (!(await controlRequest<{operation?: unknown}>(join(cli.stateDir, 'groups', g, 'control.sock'), {op: 'status'})).operation) await sleep(25)
       const host = await NbdTestClient.connect(served.socket)
       // The restore is under way: a read near the end is served by copy on demand.
       await restore.until(async () => (await cli.status(g)).operation?.kind === 'restore', 'the restore to start')
@@ -344,7 +349,8 @@ describe('time-outs are configurable and never hang the CLI', () => {
   })
 })
 
-describe('refusals for remote clones', {skip: has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'}, () => {
+describe('refusals for remote clones', () => {
+  before(() => needTool(has('qemu-nbd', '--version') ? false : 'needs qemu-nbd'))
   test('a read-only export, an export smaller than the source, and --create with a URI are refused with exit status 5 or 2, naming the URI', async () => {
     const src = join(dir, 'rf-src.img')
     await randomImage(src, 8 * MiB, 3)

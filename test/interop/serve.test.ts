@@ -36,6 +36,7 @@ import {
   startServe,
   statusJson,
   tempDir,
+  needTool,
 } from '../helpers/serve.js'
 
 const SIZE = 64 * MiB
@@ -82,7 +83,8 @@ const clone = async (name: string): Promise<{state: string; dirtyExtents: number
   return c
 }
 
-describe('clonectl serve with real clients', {skip: needClients}, () => {
+describe('clonectl serve with real clients', () => {
+  before(() => needTool(needClients))
   test('given a group, serve starts and nbdinfo reports the size', async () => {
     served = await startServe(state, 'g')
     const r = await runOk('nbdinfo', ['--json', served.uri])
@@ -226,7 +228,8 @@ describe('clonectl serve with real clients', {skip: needClients}, () => {
   })
 })
 
-describe('clonectl serve on a 1 GiB sparse group: restore latency and resume at start', {skip: needClients}, () => {
+describe('clonectl serve on a 1 GiB sparse group: restore latency and resume at start', () => {
+  before(() => needTool(needClients))
   const BIG = GiB
   let bigSrc: string
   let bigClone: string
@@ -255,11 +258,12 @@ describe('clonectl serve on a 1 GiB sparse group: restore latency and resume at 
     await runOk('qemu-io', ['-f', 'raw', big.uri, '-c', `write -z 0 ${BIG}`, ...spots.flatMap((o) => ['-c', `write -P 0xd2 ${o} 1M`])])
     assert.equal((await statusJson(state, 'big')).clones[0].dirtyExtents, BIG / MiB)
 
-    const client = await NbdTestClient.connect(big.socket)
     const t0 = performance.now()
     restoreCmd = clonectl(state, ['restore', 'big', 'c', '--yes', '--rate', '1M'], {timeoutMs: 120_000})
     await waitFor('the restore to start', async () => ((await statusJson(state, 'big')).operation ? true : undefined), 60_000)
     const started = performance.now()
+    // The host attaches once the restore has started (a restore refuses while one is attached).
+    const client = await NbdTestClient.connect(big.socket)
     // First read: an extent the sync engine has not reached (COD from the clone).
     const r0 = performance.now()
     const data = await client.read(512 * MiB, 4096)

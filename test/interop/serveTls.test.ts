@@ -15,7 +15,9 @@
  *     after STARTTLS drop the connection, a mid-handshake hang-up frees the connection;
  *   given TLS configured but optional: plaintext clients are still served;
  *   given `clonectl serve G --listen 127.0.0.1:0 --tls-dir DIR --tls-required`: nbdinfo over
- *     TLS works, plaintext is refused; `--listen 0.0.0.0:0` without TLS warns on stderr.
+ *     TLS works, plaintext is refused; a listener that authenticates no client (no TLS, a
+ *     certificate without --tls-ca, TLS not required) on 0.0.0.0 or [::] is refused with
+ *     exit 5 unless --allow-unauthenticated (then a warning); on 127.0.0.1 it warns.
  *
  * The server under test lives in this process: every client is spawned asynchronously.
  */
@@ -31,7 +33,7 @@ import {ByteQueue} from '../../src/nbd/ByteQueue.js'
 import {NbdServer} from '../../src/nbd/NbdServer.js'
 import {ClientFlag, Cmd, IHAVEOPT, NBDMAGIC, OPT_REPLY_MAGIC, Opt, Rep, SIMPLE_REPLY_MAGIC, encodeClientFlags, encodeGoData, encodeOption, encodeRequest} from '../../src/nbd/protocol.js'
 import {loadClientTls, loadServerTls, tlsDirectory} from '../../src/nbd/tls.js'
-import {MiB, clonectlOk, clonectlBin, has, run, sameContent, sleep, tempDir} from '../helpers/serve.js'
+import {MiB, clonectlOk, clonectlBin, has, run, sameContent, sleep, tempDir, needTool} from '../helpers/serve.js'
 import {makeTlsCreds, type TlsCreds} from '../helpers/tlsCerts.js'
 import {spawn, type ChildProcess} from 'node:child_process'
 
@@ -117,14 +119,16 @@ async function waitConnections(s: NbdServer, n: number, timeoutMs = 5000): Promi
 }
 
 describe('real clients over TLS (x509 + PSK, TLS required)', () => {
-  test('qemu-io writes a pattern over TLS and reads it back', {skip: needQemuIo}, async () => {
+  test('qemu-io writes a pattern over TLS and reads it back', async () => {
+    needTool(needQemuIo)
     const r = await run('qemu-io', [...qemuX509(creds.dir), '-c', 'write -P 0x5a 1M 2M', '-c', 'read -P 0x5a 1M 2M', '-c', 'read -P 0 0 1M'], {timeoutMs: 30_000})
     assert.equal(r.code, 0, r.stderr + r.stdout)
     assert.doesNotMatch(r.stdout, /Pattern verification failed/)
     assert.ok(backend.mem.subarray(MiB, 3 * MiB).every((b) => b === 0x5a), 'the backend holds the pattern')
   })
 
-  test('nbdinfo nbds:// with tls-certificates reports the size and TLS', {skip: needNbdinfo}, async () => {
+  test('nbdinfo nbds:// with tls-certificates reports the size and TLS', async () => {
+    needTool(needNbdinfo)
     const r = await run('nbdinfo', ['--json', nbds(`tls-certificates=${creds.dir}`)], {timeoutMs: 30_000})
     assert.equal(r.code, 0, r.stderr)
     const info = JSON.parse(r.stdout) as {protocol: string; TLS: boolean; exports: Array<{'export-size': number}>}
@@ -132,7 +136,8 @@ describe('real clients over TLS (x509 + PSK, TLS required)', () => {
     assert.equal(info.TLS, true)
   })
 
-  test('nbdcopy copies in and out over TLS and the files agree', {skip: needNbdcopy}, async () => {
+  test('nbdcopy copies in and out over TLS and the files agree', async () => {
+    needTool(needNbdcopy)
     const src = join(dir, 'in.img')
     const out = join(dir, 'out.img')
     await fsp.writeFile(src, randomBytes(SIZE))
@@ -144,7 +149,8 @@ describe('real clients over TLS (x509 + PSK, TLS required)', () => {
     assert.ok(await sameContent(src, out), 'what came out over TLS is what went in')
   })
 
-  test('PSK: nbdinfo with tls-psk-file and qemu-io with tls-creds-psk', {skip: needNbdinfo || needQemuIo}, async () => {
+  test('PSK: nbdinfo with tls-psk-file and qemu-io with tls-creds-psk', async () => {
+    needTool(needNbdinfo || needQemuIo)
     const r = await run('nbdinfo', ['--size', nbds(`tls-psk-file=${creds.pskFile}`, `${creds.pskIdentity}@`)], {timeoutMs: 30_000})
     assert.equal(r.code, 0, r.stderr)
     assert.equal(Number(r.stdout.trim()), SIZE)
@@ -153,7 +159,8 @@ describe('real clients over TLS (x509 + PSK, TLS required)', () => {
     assert.doesNotMatch(q.stdout, /Pattern verification failed/)
   })
 
-  test('a plaintext client is refused with a clear message', {skip: needQemuIo || needNbdinfo}, async () => {
+  test('a plaintext client is refused with a clear message', async () => {
+    needTool(needQemuIo || needNbdinfo)
     const q = await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${port}/`, '-c', 'read 0 4k'], {timeoutMs: 30_000})
     assert.notEqual(q.code, 0)
     assert.match(q.stderr, /TLS negotiation required/)
@@ -163,7 +170,8 @@ describe('real clients over TLS (x509 + PSK, TLS required)', () => {
     assert.match(r.stderr, /opt_go/)
   })
 
-  test('a client trusting another CA, one without a certificate, and a wrong PSK all fail', {skip: needNbdinfo}, async () => {
+  test('a client trusting another CA, one without a certificate, and a wrong PSK all fail', async () => {
+    needTool(needNbdinfo)
     const other = await run('nbdinfo', ['--size', nbds(`tls-certificates=${otherCaDir}`)], {timeoutMs: 30_000})
     assert.notEqual(other.code, 0, 'the server certificate must not verify against another CA')
     assert.match(other.stderr, /certificate verification|handshake/i)
@@ -360,7 +368,8 @@ describe('STARTTLS in the protocol (Node client)', () => {
     c.destroy()
   })
 
-  test('a client certificate from another CA is refused after the handshake', {skip: needOpenssl}, async () => {
+  test('a client certificate from another CA is refused after the handshake', async () => {
+    needTool(needOpenssl)
     // Sign a client certificate with the other CA (the helper keeps its key beside it).
     const evil = join(dir, 'evil')
     await fsp.mkdir(evil)
@@ -419,7 +428,7 @@ async function startCliServe(state: string, args: string[]): Promise<{proc: Chil
     if (Date.now() - t0 > 20_000) throw new Error(`serve did not start:\n${err}`)
     await sleep(20)
   }
-  const m = /nbds?:\/\/[^:]+:(\d+)\//.exec(err)
+  const m = /nbds?:\/\/(?:\[[^\]]*\]|[^:/]+):(\d+)\//.exec(err)
   return {proc, stderr: () => err, port: m ? Number(m[1]) : 0}
 }
 
@@ -440,7 +449,8 @@ describe('clonectl serve with TLS', () => {
     await clonectlOk(state, ['group', 'create', 'g', '--source', src])
   })
 
-  test('--tls-dir --tls-required: nbdinfo over TLS works, plaintext is refused', {skip: needNbdinfo}, async () => {
+  test('--tls-dir --tls-required: nbdinfo over TLS works, plaintext is refused', async () => {
+    needTool(needNbdinfo)
     const s = await startCliServe(state, ['g', '--listen', '127.0.0.1:0', '--tls-dir', creds.dir, '--tls-required'])
     try {
       assert.match(s.stderr(), /nbds:\/\/127\.0\.0\.1:\d+\/ \(TLS x509 \+ psk, client certificates verified, required\)/)
@@ -455,10 +465,37 @@ describe('clonectl serve with TLS', () => {
     }
   })
 
-  test('--listen 0.0.0.0 without TLS warns that anyone who can reach it can read and overwrite the volume', async () => {
-    const s = await startCliServe(state, ['g', '--listen', '0.0.0.0:0'])
+  test('a listener that authenticates no client is refused on 0.0.0.0 (exit 5) with the risk and the fix in words', async () => {
+    const serveArgs = (extra: string[]): string[] => [clonectlBin, 'serve', 'g', '--state-dir', state, ...extra]
+    for (const extra of [
+      ['--listen', '0.0.0.0:0'],
+      ['--listen', '0.0.0.0:0', '--tls-cert', creds.serverCert, '--tls-key', creds.serverKey, '--tls-required'],
+      ['--listen', '[::]:0', '--tls-dir', creds.dir],
+    ]) {
+      const r = await run(process.execPath, serveArgs(extra), {timeoutMs: 30_000})
+      assert.equal(r.code, 5, `${extra.join(' ')}: ${r.stderr}`)
+      assert.match(r.stderr, /authenticates no client .*any client that reaches the port can read and overwrite the source/)
+      assert.match(r.stderr, /--tls-ca/)
+      assert.match(r.stderr, /--tls-psk/)
+      assert.match(r.stderr, /--allow-unauthenticated/)
+      assert.doesNotMatch(r.stderr, /serving group/)
+    }
+  })
+
+  test('with --allow-unauthenticated it serves, and warns; the printed IPv6 URI is bracketed', async () => {
+    const s = await startCliServe(state, ['g', '--listen', '[::]:0', '--tls-cert', creds.serverCert, '--tls-key', creds.serverKey, '--tls-required', '--allow-unauthenticated'])
     try {
-      assert.match(s.stderr(), /Warning:.*0\.0\.0\.0:0 over plain TCP without TLS: anyone who can reach 0\.0\.0\.0:0 can read and overwrite the source; pass --tls-cert\/--tls-key \(or --tls-dir\) and --tls-required/)
+      assert.match(s.stderr(), /Warning:.*--listen \[::\]:0 authenticates no client \(TLS without --tls-ca checks no client certificate.*any client that reaches the port can read and overwrite the source/)
+      assert.match(s.stderr(), /on nbds:\/\/\[::\]:\d+\/ /)
+    } finally {
+      assert.equal(await stopCli(s.proc), 0)
+    }
+  })
+
+  test('--listen 127.0.0.1 without TLS serves and warns that every local user can read and write the source, pointing to the unix socket', async () => {
+    const s = await startCliServe(state, ['g', '--listen', '127.0.0.1:0'])
+    try {
+      assert.match(s.stderr(), /Warning:.*--listen 127\.0\.0\.1:0 authenticates no client \(plain TCP without TLS\): every user of this machine can connect and read and overwrite the source; use the unix socket instead/)
     } finally {
       assert.equal(await stopCli(s.proc), 0)
     }

@@ -18,7 +18,7 @@ import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {controlRequest} from '../../src/control/ControlClient.js'
-import {MiB, NbdTestClient, type Served, clonectl, clonectlOk, has, prng, sha256File, sleep, startServe, tempDir} from '../helpers/serve.js'
+import {MiB, NbdTestClient, type Served, clonectl, clonectlOk, has, prng, sha256File, sleep, startServe, tempDir, needTool} from '../helpers/serve.js'
 
 const SIZE = 128 * MiB
 const BLOCK = 4096
@@ -72,7 +72,8 @@ interface BlockHistory {
   writes: number[]
 }
 
-describe('serve under SIGKILL during a protected restore, with a flushing writer', {skip: has('qemu-io', '--version') ? false : 'needs qemu-io'}, () => {
+describe('serve under SIGKILL during a protected restore, with a flushing writer', () => {
+  before(() => needTool(has('qemu-io', '--version') ? false : 'needs qemu-io'))
   test(`≥ ${KILLS} SIGKILLs: flushed writes intact, clone unchanged, restore completed`, async () => {
     // Given: a source, a clone synced and fractured, then the source overwritten everywhere.
     const srcData = randomBytes(SIZE)

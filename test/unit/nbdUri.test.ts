@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
 import {UsageError} from '../../src/errors/errors.js'
-import {NBD_DEFAULT_PORT, describeTransport, parseNbdUri} from '../../src/nbd/nbdUri.js'
+import {NBD_DEFAULT_PORT, describeTransport, parseNbdUri, tcpNbdUri, unixNbdUri} from '../../src/nbd/nbdUri.js'
 
 describe('parseNbdUri: the forms of the standard', () => {
   test('nbd://host/export is TCP on the default port 10809, without TLS', () => {
@@ -130,4 +130,17 @@ describe('parseNbdUri: malformed URIs are refused with a UsageError naming the U
       )
     })
   }
+})
+
+describe('URIs printed for listeners', () => {
+  test('an IPv6 listener address is bracketed, and the URI parses back to it', () => {
+    assert.equal(tcpNbdUri('::', 10913), 'nbd://[::]:10913/')
+    assert.equal(tcpNbdUri('::1', 10809, true), 'nbds://[::1]:10809/')
+    assert.deepEqual(parseNbdUri(tcpNbdUri('fe80::1', 7)).transport, {kind: 'tcp', host: 'fe80::1', port: 7})
+  })
+  test('IPv4 and names are printed as they are', () => {
+    assert.equal(tcpNbdUri('0.0.0.0', 10809), 'nbd://0.0.0.0:10809/')
+    assert.equal(tcpNbdUri('db1-host', 1, true), 'nbds://db1-host:1/')
+    assert.equal(unixNbdUri('/run/x.sock'), 'nbd+unix:///?socket=/run/x.sock')
+  })
 })

@@ -29,6 +29,16 @@ describe('PayloadPool (WRITE payload buffers)', () => {
     assert.equal(again.filter((x) => [b, c, ...extra].some((y) => y.buffer === x.buffer)).length, 2, 'only two were kept')
   })
 
+  test('given a burst of 32 MiB writes, then at most 64 MiB of free buffers stay kept afterwards', () => {
+    const pool = new PayloadPool()
+    const burst = Array.from({length: 8}, () => pool.get(32 << 20))
+    for (const b of burst) pool.put(b)
+    assert.equal(pool.kept, 64 << 20, 'two of eight kept, the rest left to the garbage collector')
+    const again = [pool.get(32 << 20), pool.get(32 << 20), pool.get(32 << 20)]
+    assert.equal(again.filter((x) => burst.some((y) => y.buffer === x.buffer)).length, 2)
+    assert.equal(pool.kept, 0)
+  })
+
   test('a buffer not from the pool (a view into a socket chunk) is ignored on put', () => {
     const pool = new PayloadPool()
     const chunk = Buffer.alloc(200_000)

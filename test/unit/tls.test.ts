@@ -8,8 +8,8 @@ import * as fsp from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
-import {NotFoundError, UsageError} from '../../src/errors/errors.js'
-import {loadClientTls, loadServerTls, parsePskFile, pskCipherList, tlsDirectory} from '../../src/nbd/tls.js'
+import {NotFoundError, RefusedError, UsageError} from '../../src/errors/errors.js'
+import {checkTcpListener, loadClientTls, loadServerTls, parsePskFile, pskCipherList, tlsDirectory} from '../../src/nbd/tls.js'
 import {makeTlsCreds, type TlsCreds} from '../helpers/tlsCerts.js'
 
 let parent: string
@@ -130,4 +130,49 @@ describe('tlsDirectory (qemu-style)', () => {
     await fsp.mkdir(empty)
     await rejectsWith(tlsDirectory(empty), UsageError, /has neither server-cert\.pem \+ server-key\.pem nor keys\.psk/)
   })
+})
+
+describe('checkTcpListener: a TCP listener that authenticates no client', () => {
+  type Creds = {kinds: Array<'x509' | 'psk'>; verifiesClients: boolean}
+  const x509: Creds = {kinds: ['x509'], verifiesClients: false}
+  const x509ca: Creds = {kinds: ['x509'], verifiesClients: true}
+  const psk: Creds = {kinds: ['psk'], verifiesClients: false}
+  const both: Creds = {kinds: ['x509', 'psk'], verifiesClients: false}
+  const at = (host: string, tls: Creds | undefined, required: boolean, allowUnauthenticated = false) => ({listen: `${host}:10809`, host, tls, required, allowUnauthenticated})
+
+  test('client certificates or a PSK, required: no refusal, no warning, on any address', () => {
+    assert.deepEqual(checkTcpListener(at('0.0.0.0', x509ca, true)), [])
+    assert.deepEqual(checkTcpListener(at('::', psk, true)), [])
+    assert.deepEqual(checkTcpListener(at('127.0.0.1', {kinds: ['x509', 'psk'], verifiesClients: true}, true)), [])
+  })
+
+  for (const [name, tls, required] of [
+    ['no TLS', undefined, false],
+    ['TLS not required', x509ca, false],
+    ['a certificate without --tls-ca, required', x509, true],
+    ['a PSK and a certificate without --tls-ca (a client may pick the certificate), required', both, true],
+  ] as const) {
+    test(`${name}: refused on a non-loopback address (RefusedError naming the risk and the fix), allowed with the opt-in (a warning)`, () => {
+      assert.throws(
+        () => checkTcpListener(at('0.0.0.0', tls, required)),
+        (e: unknown) => {
+          assert.ok(e instanceof RefusedError)
+          assert.equal(e.exitCode, 5)
+          assert.match(e.message, /^--listen 0\.0\.0\.0:10809 authenticates no client \(.+\): any client that reaches the port can read and overwrite the source$/)
+          assert.match(e.fix ?? '', /--tls-ca.*--tls-psk.*--allow-unauthenticated/)
+          return true
+        },
+      )
+      const w = checkTcpListener(at('0.0.0.0', tls, required, true))
+      assert.equal(w.length, 1)
+      assert.match(w[0], /any client that reaches the port can read and overwrite the source \(allowed by --allow-unauthenticated\)/)
+    })
+    test(`${name}: on loopback a warning that every local user can use it, pointing to the unix socket`, () => {
+      for (const host of ['127.0.0.1', '::1', 'localhost']) {
+        const w = checkTcpListener(at(host, tls, required))
+        assert.equal(w.length, 1)
+        assert.match(w[0], /every user of this machine can connect and read and overwrite the source; use the unix socket instead/)
+      }
+    })
+  }
 })
