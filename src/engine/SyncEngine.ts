@@ -232,12 +232,24 @@ export class SyncEngine {
         // eslint-disable-next-line no-await-in-loop
         await o.scoreboard.drain()
       }
-      this.progress.remainingExtents = this.remaining()
+      this.recount()
       if (this.progress.remainingExtents === 0) return true
       // A collision leaves bits behind us: yield a tick so the host write finishes first.
       // eslint-disable-next-line no-await-in-loop
       await new Promise((r) => setTimeout(r, 1))
     }
+  }
+
+  /**
+   * Recount what is left (host writes set bits meanwhile). Work that appeared is added to the
+   * total rather than taken from what is done: done = total - remaining never goes back, so
+   * a rate computed from it is never negative.
+   */
+  private recount(): void {
+    const left = this.remaining()
+    const p = this.progress
+    if (left > p.remainingExtents) p.totalExtents += left - p.remainingExtents
+    p.remainingExtents = left
   }
 
   private isCandidate(e: number): boolean {
@@ -468,15 +480,20 @@ export class SyncEngine {
     } finally {
       this.release(buf)
       if (other) this.release(other)
+      let cleared = 0
       for (let e = start; e < end; e++) {
         if (!mine(e)) continue
         const collided = o.collisions?.end(e) ?? false
         // Recipe 2: clear in memory only after the write completed; durable at a checkpoint.
-        if (ok && !collided) o.map.clear(e, e + 1)
+        if (ok && !collided) {
+          o.map.clear(e, e + 1)
+          cleared++
+        }
         o.scoreboard.release(e)
       }
       if (ok) {
-        this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - claimedCount)
+        // A collided extent is still to copy: counting it done would make progress go back.
+        this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - cleared)
         o.onCopied?.(start, end)
       }
       // Also after a failed copy: a host request may be waiting for these extents in the COD

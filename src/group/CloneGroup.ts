@@ -25,6 +25,16 @@ export class CloneMember {
   /** Mirrored writes in flight per extent (write-intent bits clear only when it reaches 0). */
   readonly mirrorInflight = new Map<number, number>()
   readonly mirrorWrites = new Set<Promise<void>>()
+  /**
+   * Write-intent extents: D[k] is set there only because host writes are mirrored to this
+   * clone (it got every one of them), not because it misses data; the sync engine skips
+   * them. In memory only: after a crash their bits are plain "copy this" bits. Allocated on
+   * the first mirrored write.
+   */
+  intent?: ExtentBitmap
+  /** Intent extents written since the last sweep (md's write-intent bitmap: hot bits stay set). */
+  private touched?: ExtentBitmap
+  private lastSweep = 0
 
   /**
    * Why the clone's volume could not be opened (a deleted image, a detached or mounted
@@ -54,9 +64,102 @@ export class CloneMember {
   }
 
   setState(state: CloneState, reason?: string): void {
+    // No longer mirrored: its write-intent bits become plain delta bits (a stale set bit
+    // costs a copy, never data).
+    if (state !== 'synchronized' && state !== 'synchronizing') {
+      this.intent = undefined
+      this.touched = undefined
+    }
     this.record.state = state
     if (reason) this.record.stateReason = reason
     else delete this.record.stateReason
+  }
+
+  /** D[k][e] set for a reason other than write-intent: the clone may miss data there. */
+  needsCopy(e: number): boolean {
+    return this.map.bits.get(e) && !(this.intent?.get(e) ?? false)
+  }
+
+  /** Extents the clone may miss data in (set, not write-intent). Does not wait. */
+  dirtyCount(): number {
+    const n = this.map.bits.countSet()
+    if (!this.intent) return n
+    const both = this.intent.clone()
+    both.and(this.map.bits)
+    return n - both.countSet()
+  }
+
+  /**
+   * A host write to [s, e) is about to be issued. Decide whether it is mirrored to this clone
+   * (before D[k] is set ahead, in the same tick as the collision detector's writeStart) and
+   * mark the extents it makes write-intent; returns them, or undefined when not mirrored.
+   * - synchronized: always mirrored; an extent whose bit was already set and not intent (a
+   *   crash left it) stays a "copy this" bit: a 4 KiB write does not make 64 KiB equal.
+   * - synchronizing: mirrored only when every extent is already equal (bit clear or intent)
+   *   and none is being copied (`busy`): behind the sync's frontier. Otherwise the sync copies
+   *   them (a write into an extent being copied is a collision: the engine copies it again),
+   *   and intent extents in the range lose intent (the clone will miss this write there).
+   */
+  beginMirror(s: number, e: number, busy: (x: number) => boolean): number[] | undefined {
+    const {bits} = this.map
+    const intent = this.intent
+    if (this.state === 'synchronizing') {
+      let clean = true
+      for (let x = s; x < e && clean; x++) if ((bits.get(x) && !(intent?.get(x) ?? false)) || busy(x)) clean = false
+      if (!clean) {
+        intent?.clearRange(s, e)
+        return undefined
+      }
+    }
+    const marked: number[] = []
+    this.intent ??= new ExtentBitmap(bits.count)
+    this.touched ??= new ExtentBitmap(bits.count)
+    for (let x = s; x < e; x++) {
+      if (bits.get(x) && !(intent?.get(x) ?? false)) continue
+      this.intent.set(x)
+      this.touched.set(x)
+      this.mirrorInflight.set(x, (this.mirrorInflight.get(x) ?? 0) + 1)
+      marked.push(x)
+    }
+    return marked
+  }
+
+  /**
+   * The mirrored write that marked `marked` settled. Its bits stay set (cleared lazily by
+   * sweepIntent); when it failed on either volume they stop being intent: the sync copies them.
+   */
+  endMirror(marked: number[], ok: boolean): void {
+    for (const x of marked) {
+      const n = (this.mirrorInflight.get(x) ?? 1) - 1
+      if (n > 0) this.mirrorInflight.set(x, n)
+      else this.mirrorInflight.delete(x)
+      if (!ok) this.intent?.clear(x)
+    }
+  }
+
+  /**
+   * Lazy clear of write-intent bits (recipe 2, as md's bitmap): an intent extent with no
+   * mirrored write in flight and none since the previous sweep, at least `quietMs` ago, is
+   * equal on both volumes: clear its bit in memory; the checkpoint that follows makes it
+   * durable only after fdatasyncing both volumes. Hot extents keep their bit, so their next
+   * write pays no map commit. `force` (no writes in flight: close, fracture) clears every
+   * idle one. Does not wait.
+   */
+  sweepIntent(quietMs: number, force = false): void {
+    const intent = this.intent
+    if (!intent || !this.touched) return
+    const now = performance.now()
+    if (!force && now - this.lastSweep < quietMs) return
+    this.lastSweep = now
+    const touched = this.touched
+    for (const [s, e] of intent.runs()) {
+      for (let x = s; x < e; x++) {
+        if (this.mirrorInflight.has(x) || (!force && touched.get(x))) continue
+        intent.clear(x)
+        this.map.clear(x, x + 1)
+      }
+    }
+    touched.clearAll()
   }
 
   /** The clone's volume; an error if it was not opened (e.g. opened for status only). */
@@ -324,8 +427,15 @@ export class CloneGroup {
     this.checkpointer.noteWritten(v)
   }
 
+  /**
+   * How long a mirrored extent must go unwritten before its write-intent bit is cleared: a
+   * write to an extent whose clear was committed pays a map commit again.
+   */
+  intentQuietMs = 2000
+
   /** Make completed copies and host writes durable (DESIGN §4). Waits. */
   checkpoint(): Promise<void> {
+    for (const m of this.members.values()) m.sweepIntent(this.intentQuietMs)
     return this.checkpointer.checkpoint()
   }
 
@@ -358,6 +468,8 @@ export class CloneGroup {
     this.closed = true
     try {
       if (this.writable && (opts.save ?? true)) {
+        // No host write is in flight any more: every idle write-intent bit may go.
+        for (const m of this.members.values()) m.sweepIntent(0, true)
         await this.checkpoint()
         await this.refreshFingerprints()
         delete this.record.session

@@ -147,6 +147,8 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
   const flushing: Array<Promise<void>> = []
   for (const m of members) {
     if (m.state !== 'synchronized') continue
+    // Under the host gate: no mirrored write in flight, so every write-intent bit is equal data.
+    m.sweepIntent(0, true)
     m.setState('fractured')
     m.record.lastFractureAt = now
     flushing.push(m.vol.flush())
