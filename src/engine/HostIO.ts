@@ -32,6 +32,8 @@ export class HostIO {
   readonly readOnly: boolean
   writes = 0
   reads = 0
+  /** Writes issued to clones (mirrored), for tests and benchmarks. */
+  mirroredWrites = 0
 
   constructor(
     readonly g: CloneGroup,
@@ -126,6 +128,7 @@ export class HostIO {
         return true
       })]
       for (const {m} of mirrored) ops.push(this.mirror(m, apply))
+      this.mirroredWrites += mirrored.length
       // Every copy settles before this write counts as done or failed: the finally below
       // ends write-intent, and the caller may reuse the data buffer.
       const settled = await Promise.allSettled(ops)
