@@ -259,6 +259,8 @@ export class GroupServer {
       case 'ping':
         return {pid: process.pid, group: g.name}
       case 'status': {
+        // Counts on disk: idle write-intent bits are equal data, not differences to show.
+        for (const m of g.members.values()) m.sweepIntent(0, true)
         await g.checkpoint()
         const s = await groupStatus(this.ctx, g.name)
         return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, operation: this.bg ? this.bg.progress() : undefined}}
