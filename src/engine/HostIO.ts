@@ -35,12 +35,21 @@ export class HostIO {
   /** Writes issued to clones (mirrored), for tests and benchmarks. */
   mirroredWrites = 0
 
+  /**
+   * Extents a write-intent commit covers at once (16 MiB worth by default, md's bitmap chunk):
+   * measured in-process, 4K random writes QD16 to a 256 MiB volume with one synchronized clone
+   * paid ~600 map commits in their first 3 s at one extent a bit (~10-17K IOPS, against
+   * ~17-22K once every bit was set). A crash then recopies whole regions that were written.
+   */
+  readonly intentRegion: number
+
   constructor(
     readonly g: CloneGroup,
-    opts: {readOnly?: boolean; onMirrorFailure?: (clone: string, err: Error) => void} = {},
+    opts: {readOnly?: boolean; onMirrorFailure?: (clone: string, err: Error) => void; intentRegionBytes?: number} = {},
   ) {
     this.readOnly = opts.readOnly ?? false
     this.onMirrorFailure = opts.onMirrorFailure
+    this.intentRegion = Math.max(1, Math.floor((opts.intentRegionBytes ?? 16 * 1024 * 1024) / g.extentSize))
   }
 
   private readonly onMirrorFailure?: (clone: string, err: Error) => void
@@ -101,7 +110,10 @@ export class HostIO {
     const {g} = this
     const [s, e] = extentRange(offset, length, g.extentSize)
     await this.gate.enter()
-    g.collisions.writeStart(s, e)
+    // Registered with the collision detector at once, unless an extent is being copied
+    // write-blocking (it collided before): then after that copy.
+    const blocked = g.collisions.writeStartWhenFree(s, e)
+    if (blocked) await blocked
     // Clones this write goes to, with the extents it made write-intent there.
     const mirrored: Array<{m: CloneMember; marked?: number[]}> = []
     let ok = false
@@ -117,8 +129,12 @@ export class HostIO {
         if (m.state === 'synchronized' || m.state === 'synchronizing') {
           // Decided in the same tick as writeStart above: an extent the sync engine claims
           // from here on sees this write as a collision and is copied again.
-          const marked = m.beginMirror(s, e, busy)
-          if (marked) mirrored.push({m, marked})
+          const mir = m.beginMirror(s, e, busy, this.intentRegion)
+          if (mir) {
+            mirrored.push({m, marked: mir.marked})
+            marks.push(m.map.setDurable(mir.durable[0], mir.durable[1]))
+            continue
+          }
         } else if (m.state === 'reverse-syncing') mirrored.push({m})
         marks.push(m.map.setDurable(s, e))
       }

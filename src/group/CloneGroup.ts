@@ -100,7 +100,7 @@ export class CloneMember {
    *   them (a write into an extent being copied is a collision: the engine copies it again),
    *   and intent extents in the range lose intent (the clone will miss this write there).
    */
-  beginMirror(s: number, e: number, busy: (x: number) => boolean): number[] | undefined {
+  beginMirror(s: number, e: number, busy: (x: number) => boolean, region = 1): {marked: number[]; durable: [number, number]} | undefined {
     const {bits} = this.map
     const intent = this.intent
     if (this.state === 'synchronizing') {
@@ -114,14 +114,23 @@ export class CloneMember {
     const marked: number[] = []
     this.intent ??= new ExtentBitmap(bits.count)
     this.touched ??= new ExtentBitmap(bits.count)
+    let cold = false
     for (let x = s; x < e; x++) {
       if (bits.get(x) && !(intent?.get(x) ?? false)) continue
+      if (!bits.get(x)) cold = true
       this.intent.set(x)
       this.touched.set(x)
       this.mirrorInflight.set(x, (this.mirrorInflight.get(x) ?? 0) + 1)
       marked.push(x)
     }
-    return marked
+    if (!cold || region <= 1) return {marked, durable: [s, e]}
+    // A bit this write must commit anyway: the commit sets the whole aligned region of
+    // `region` extents (md's bitmap chunk), so the next writes nearby pay no commit. Only
+    // extents equal now (bit clear) become intent; a bit already set keeps its meaning.
+    const rs = Math.floor(s / region) * region
+    const re = Math.min(bits.count, Math.ceil(e / region) * region)
+    for (let x = bits.nextClear(rs); x >= 0 && x < re; x = x + 1 < re ? bits.nextClear(x + 1) : -1) if (!busy(x)) this.intent.set(x)
+    return {marked, durable: [rs, re]}
   }
 
   /**

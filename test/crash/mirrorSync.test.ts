@@ -79,7 +79,8 @@ async function scenario(seed: number, crashAt?: number): Promise<{ops: number; m
     await g.beginSession('crash test')
     const k = g.member('k')
     k.volume = slowWrites(k.vol)
-    const host = new HostIO(g)
+    // Write-intent regions of 4 extents: a commit covers neighbours that are not written.
+    const host = new HostIO(g, {intentRegionBytes: 4 * X})
     for (let e = 0; e < EXTENTS; e += 2) await host.write(e * X, Buffer.alloc(X, 1 + e), false)
     await host.flush()
     const sync = await ForwardSync.start(g, {clone: 'k', command: 'crash', gate: host.gate, tuning: {chunkBytes: X, parallel: 1}})

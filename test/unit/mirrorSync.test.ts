@@ -15,6 +15,26 @@ import {buildGroup, clonePath, fillPattern, openGroup, SRC, setBits} from '../he
 
 const X = 4096
 
+/**
+ * The clone's writes take a turn of the event loop (I/O does): copies and mirrored writes
+ * then interleave with host writers instead of running in one burst of microtasks.
+ */
+function slowWrites(g: CloneGroup, clone: string): void {
+  const k = g.member(clone)
+  const vol = k.vol
+  k.volume = new Proxy(vol, {
+    get: (t, key: keyof typeof vol) =>
+      key === 'write'
+        ? async (...a: Parameters<typeof vol.write>) => {
+            await new Promise((r) => setImmediate(r))
+            return t.write(...a)
+          }
+        : typeof t[key] === 'function'
+          ? (t[key] as (...x: unknown[]) => unknown).bind(t)
+          : t[key],
+  })
+}
+
 describe('a forward sync under a continuous writer', () => {
   test('given a fresh clone and 8 writers writing all the time, when it is synced, then the sync finishes while they write, copies at most 1.5x the volume, progress never goes back, and the clone equals the source', async () => {
     const EXTENTS = 256
@@ -22,21 +42,7 @@ describe('a forward sync under a continuous writer', () => {
     const m = await buildGroup({extents: EXTENTS, source: fillPattern(EXTENTS, X, (e) => 1 + (e % 250)), clones: []})
     const g = await openGroup(m)
     await addClone(g, {clone: 'k', path: clonePath('k'), create: true})
-    // The clone's writes take a turn of the event loop (I/O does): copies and mirrored writes
-    // then interleave with the writers below instead of running in one burst of microtasks.
-    const k = g.member('k')
-    const vol = k.vol
-    k.volume = new Proxy(vol, {
-      get: (t, key: keyof typeof vol) =>
-        key === 'write'
-          ? async (...a: Parameters<typeof vol.write>) => {
-              await new Promise((r) => setImmediate(r))
-              return t.write(...a)
-            }
-          : typeof t[key] === 'function'
-            ? (t[key] as (...x: unknown[]) => unknown).bind(t)
-            : t[key],
-    })
+    slowWrites(g, 'k')
     const host = new HostIO(g)
     const sync = await ForwardSync.start(g, {clone: 'k', command: 'test', gate: host.gate, tuning: {chunkBytes: X, parallel: 2}})
     assert.ok(sync instanceof ForwardSync)
@@ -94,13 +100,51 @@ describe('a forward sync under a continuous writer', () => {
   })
 })
 
+describe('a forward sync under writes to one hot extent', () => {
+  test('given 4 writers writing extent 10 all the time, when the clone is synced, then the sync finishes while they write: the second copy of extent 10 holds new writes back until it is done', async () => {
+    const EXTENTS = 32
+    const SIZE = EXTENTS * X
+    const m = await buildGroup({extents: EXTENTS, source: fillPattern(EXTENTS, X, (e) => 1 + e), clones: []})
+    const g = await openGroup(m)
+    await addClone(g, {clone: 'k', path: clonePath('k'), create: true})
+    slowWrites(g, 'k')
+    const host = new HostIO(g)
+    const sync = await ForwardSync.start(g, {clone: 'k', command: 'test', gate: host.gate, tuning: {chunkBytes: X, parallel: 2}})
+    assert.ok(sync instanceof ForwardSync)
+    const CAP = 20_000
+    let writes = 0
+    let syncDone = false
+    // Each writer its own 1 KiB of extent 10 (no two writes in flight overlap).
+    const writer = async (i: number): Promise<void> => {
+      for (let n = 0; writes < CAP && !syncDone; n++) {
+        // eslint-disable-next-line no-await-in-loop
+        await host.write(10 * X + i * 1024, Buffer.alloc(1024, 1 + ((n + i) % 250)), false)
+        writes++
+        // eslint-disable-next-line no-await-in-loop
+        await new Promise((r) => setImmediate(r))
+      }
+    }
+    const writers = [0, 1, 2, 3].map((i) => writer(i))
+    const summary = await sync.run()
+    syncDone = true
+    const atDone = writes
+    await Promise.all(writers)
+    assert.equal(summary.completed, true)
+    assert.ok(atDone < CAP, `the sync finished only once the writers stopped (${summary.collisions} collisions)`)
+    assert.ok(summary.copiedBytes <= 1.5 * SIZE, `copied ${summary.copiedBytes} bytes`)
+    await host.flush()
+    assert.ok((await g.src.read(0, SIZE)).equals(await g.member('k').vol.read(0, SIZE)), 'the clone differs from the source')
+    await g.close()
+  })
+})
+
 describe('write-intent bits of a mirrored clone', () => {
   test('given a synchronized clone, when an extent is written again after a checkpoint, then that write pays no map commit; once quiet its bit clears durably', async () => {
     const m = await buildGroup({extents: 8, source: fillPattern(8, X, (e) => e + 1), clones: ['c'], mirrored: ['c']})
     const g = await openGroup(m)
     g.intentQuietMs = 0
     const c = g.member('c')
-    const host = new HostIO(g)
+    const host = new HostIO(g, {intentRegionBytes: X})
     await host.write(2 * X, Buffer.alloc(512, 0x22), false)
     await host.flush()
     const commits = c.map.commits
