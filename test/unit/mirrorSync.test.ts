@@ -161,6 +161,25 @@ describe('write-intent bits of a mirrored clone', () => {
     await g.close()
   })
 
+  test('given a synchronized clone with no bit set, when 4 extents of one 8-extent region are written, then only the first write pays a map commit; a crash then recopies that region, nothing else', async () => {
+    const m = await buildGroup({extents: 16, source: fillPattern(16, X, (e) => e + 1), clones: ['c'], mirrored: ['c']})
+    const g = await openGroup(m)
+    const c = g.member('c')
+    const host = new HostIO(g, {intentRegionBytes: 8 * X})
+    const commits = c.map.commits
+    await host.write(9 * X, Buffer.alloc(512, 0x09), false)
+    assert.equal(c.map.commits, commits + 1)
+    for (const e of [8, 12, 15]) await host.write(e * X, Buffer.alloc(512, e), false)
+    assert.equal(c.map.commits, commits + 1, 'a write in a region already committed paid a commit')
+    // Durably set: the region written, not the other one.
+    const after = await CloneGroup.open({...m.ctx, fs: m.fs.crash({kind: 'durable'})}, 'g', {writable: false, volumes: false})
+    assert.deepEqual(setBits(after.member('c').map.bits), [8, 9, 10, 11, 12, 13, 14, 15])
+    await after.close()
+    // Equal data: none of it is left to copy.
+    assert.equal(c.dirtyCount(), 0)
+    await g.close()
+  })
+
   test('given a synchronized clone whose map still marks extent 3 (a crash left it), when a host writes 512 bytes into extent 3, then the bit stays set: the rest of the extent may still differ', async () => {
     const m = await buildGroup({extents: 8, source: fillPattern(8, X, (e) => e + 1), clones: ['c'], mirrored: ['c']})
     const g = await openGroup(m)
