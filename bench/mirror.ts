@@ -45,9 +45,10 @@ function randwrite(uri: string, size: number, seconds: number): {iops: number; p
   return {iops: w.iops, p99us: (w.clat_ns?.percentile?.['99.000000'] ?? Number.NaN) / 1000}
 }
 
-/** fio writing 4K random blocks at `rate` until stopped (SIGINT: fio stops cleanly). */
-function loadAt(uri: string, size: number, rate: string): ChildProcess {
-  return spawn('fio', ['--name=load', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=4', '--numjobs=4', `--size=${size / MiB}M`, `--rate=${rate}`, '--time_based', '--runtime=600', '--output-format=json'], {stdio: 'ignore'})
+/** fio writing 4K random blocks at `mibps` MiB/s in all (4 jobs) until stopped (SIGINT: fio stops cleanly). */
+function loadAt(uri: string, size: number, mibps: number): ChildProcess {
+  // fio's --rate is per job.
+  return spawn('fio', ['--name=load', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=4', '--numjobs=4', `--size=${size / MiB}M`, `--rate=${Math.round((mibps * 1024) / 4)}k`, '--time_based', '--runtime=600', '--output-format=json'], {stdio: 'ignore'})
 }
 
 async function endLoad(p: ChildProcess): Promise<void> {
@@ -103,7 +104,7 @@ async function clonesRows(b: MirrorBench): Promise<void> {
 }
 
 /** One full sync of a fresh clone through serve; the sync's own seconds and bytes copied. */
-async function clonectlSync(state: string, dir: string, uri: string, size: number, rate?: string): Promise<{seconds: number; copied: number}> {
+async function clonectlSync(state: string, dir: string, uri: string, size: number, rate?: number): Promise<{seconds: number; copied: number}> {
   const path = join(dir, 'c.img')
   rmSync(path, {force: true})
   clonectl(state, `clone add s c --path ${path} --create --no-sync`)
@@ -120,7 +121,7 @@ async function clonectlSync(state: string, dir: string, uri: string, size: numbe
 }
 
 /** qemu-storage-daemon: blockdev-mirror (copy-mode=write-blocking) of its exported source until ready. */
-async function qsdMirror(dir: string, src: string, size: number, rate?: string): Promise<{seconds: number; copied: number}> {
+async function qsdMirror(dir: string, src: string, size: number, rate?: number): Promise<{seconds: number; copied: number}> {
   const nbd = join(dir, 'qsd.sock')
   const qmpSock = join(dir, 'qmp.sock')
   const tgt = join(dir, 'qsd-tgt.img')
@@ -158,7 +159,7 @@ async function syncRows(b: MirrorBench): Promise<void> {
   const dir = freshDir(b.base, 'mirror-sync')
   const state = join(dir, 'state')
   const size = b.quick ? 256 * MiB : GiB
-  const rate = '32m'
+  const rate = 32 // MiB/s of 4K random writes
   const src = join(dir, 'src.img')
   makeRandom(src, size)
   clonectl(state, `group create s --source ${src}`)
@@ -185,7 +186,7 @@ async function syncRows(b: MirrorBench): Promise<void> {
       // eslint-disable-next-line no-await-in-loop
       qemu.push(await qsdMirror(dir, src, size, rate))
     }
-  b.commands.push(`clonectl clone sync s c --json (fresh ${size / MiB} MiB clone, through serve), idle and under fio --rw=randwrite --bs=4k --numjobs=4 --iodepth=4 --rate=${rate}; qemu-storage-daemon blockdev-mirror sync=full copy-mode=write-blocking under the same load, until ready`)
+  b.commands.push(`clonectl clone sync s c --json (fresh ${size / MiB} MiB clone, through serve), idle and under fio --rw=randwrite --bs=4k --numjobs=4 --iodepth=4 at ${rate} MiB/s in all; qemu-storage-daemon blockdev-mirror sync=full copy-mode=write-blocking under the same load, until ready`)
   const ti = stats(idle.map((r) => r.seconds))
   const tb = stats(busy.map((r) => r.seconds))
   const cb = stats(busy.map((r) => r.copied / size))
@@ -193,7 +194,7 @@ async function syncRows(b: MirrorBench): Promise<void> {
   const cq = qemu.length ? stats(qemu.map((r) => r.copied / size)) : undefined
   const ratio = tb.median / ti.median
   b.record({
-    row: `full sync ${size / MiB} MiB under 4K randwrite at ${rate}/s`,
+    row: `full sync ${size / MiB} MiB under 4K randwrite at ${rate} MiB/s`,
     clonectl: `${b.fmt(tb)} (idle ${b.fmt(ti)}); copied ${cb.median.toFixed(2)}x the volume`,
     peer: tq && cq ? `qemu-storage-daemon write-blocking mirror ${b.fmt(tq)}; copied ${cq.median.toFixed(2)}x` : 'qemu-storage-daemon -',
     ratio,
