@@ -50,6 +50,8 @@ export interface SyncSummary {
 export class ForwardSync {
   readonly engine: SyncEngine
   readonly limiter: RateLimiter
+  /** The group's collision count when this sync began (the detector counts for the group's lifetime). */
+  private readonly collisionsBefore: number
 
   private constructor(
     readonly g: CloneGroup,
@@ -62,6 +64,7 @@ export class ForwardSync {
     tuning: ForwardSyncOptions['tuning'] = {},
   ) {
     this.limiter = new RateLimiter(rate)
+    this.collisionsBefore = g.collisions.collisions
     this.engine = new SyncEngine({
       map: member.map,
       from: g.src,
@@ -189,7 +192,7 @@ export class ForwardSync {
       totalExtents: this.engine.progress.totalExtents,
       copiedBytes: this.engine.progress.copiedBytes,
       skippedBytes: this.engine.progress.skippedBytes,
-      collisions: g.collisions.collisions,
+      collisions: g.collisions.collisions - this.collisionsBefore,
       elapsedMs: Math.round(performance.now() - this.startedAt),
     }
   }

@@ -9,7 +9,7 @@ import {describe, test} from 'node:test'
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {CloneGroup} from '../../src/group/CloneGroup.js'
-import {addClone} from '../../src/group/GroupAdmin.js'
+import {addClone, fractureClones} from '../../src/group/GroupAdmin.js'
 import {mulberry32} from '../../src/io/MemoryFs.js'
 import {buildGroup, clonePath, fillPattern, openGroup, SRC, setBits} from '../helpers/memGroup.js'
 
@@ -134,6 +134,13 @@ describe('a forward sync under writes to one hot extent', () => {
     assert.ok(summary.copiedBytes <= 1.5 * SIZE, `copied ${summary.copiedBytes} bytes`)
     await host.flush()
     assert.ok((await g.src.read(0, SIZE)).equals(await g.member('k').vol.read(0, SIZE)), 'the clone differs from the source')
+    // A later sync with no writer reports its own collisions (none), not the group's so far.
+    assert.ok(summary.collisions > 0)
+    await fractureClones(g, ['k'])
+    await host.write(0, Buffer.alloc(X, 0x77), false)
+    const again = await ForwardSync.start(g, {clone: 'k', command: 'test', gate: host.gate})
+    assert.ok(again instanceof ForwardSync)
+    assert.equal((await again.run()).collisions, 0)
     await g.close()
   })
 })
