@@ -10,6 +10,7 @@ import {cpus, totalmem, release, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {controlRequest} from '../src/control/ControlClient.js'
 import {dirtyExtents} from './dirty.js'
+import {mirrorRows} from './mirror.js'
 import {allocatedBytes, background, bin, cacheDrops, clonectl, compare, compareAsync, fio, fioAsync, freshDir, have, Qmp, repo, seedOrder, settle, sh, shuffled, stats, stop, timed, timedOutput, type FioResult, type Stats} from './harness.js'
 
 const quick = process.argv.includes('--quick')
@@ -20,10 +21,10 @@ function arg(name: string): string | undefined {
 }
 /**
  * --only ROW[,ROW]: run only these rows (full, incremental, sparse, restore, remote, first-read,
- * fio, memory), e.g. to profile one. incremental and restore run on the full row's clone, made
+ * fio, memory, mirror), e.g. to profile one. incremental and restore run on the full row's clone, made
  * untimed when full is not selected. Only the full, unfiltered run writes BENCHMARKS.md.
  */
-const ROWS = ['startup', 'full', 'incremental', 'incremental-16g', 'sparse', 'restore', 'remote', 'first-read', 'fio', 'memory'] as const
+const ROWS = ['startup', 'full', 'incremental', 'incremental-16g', 'sparse', 'restore', 'remote', 'first-read', 'fio', 'memory', 'mirror'] as const
 const only = arg('only')?.split(',')
 for (const r of only ?? []) if (!(ROWS as readonly string[]).includes(r)) throw new Error(`--only: unknown row ${r} (rows: ${ROWS.join(', ')})`)
 const want = (r: (typeof ROWS)[number]): boolean => !only || only.includes(r)
@@ -847,6 +848,7 @@ async function main(): Promise<void> {
   }
   if (want('fio')) await fioRows()
   if (want('memory')) memory()
+  if (want('mirror')) await mirrorRows({base, quick, runs: RUNS, fioSeconds: FIO_SECONDS, record, skip, fmt, commands})
   if (!quick && !only && !arg('size') && !arg('runs')) writeReport()
   rmSync(base, {recursive: true, force: true})
   const missed = rows.filter((r) => r.pass === false).length
@@ -873,7 +875,7 @@ ${table}
 Commands (\`clonectl\` is \`node bin/run.js\`; files are in a scratch directory):
 
 \`\`\`
-${commands.join('\n')}
+${commands.map(shown).join('\n')}
 \`\`\`
 `
   writeFileSync(join(repo, 'BENCHMARKS.md'), md)

@@ -11,7 +11,26 @@
 export class CollisionDetector {
   private readonly writing = new Map<number, number>()
   private readonly watching = new Map<number, boolean>()
+  /**
+   * Extents copied write-blocking (a copy that collided before): new host writes wait for
+   * the copy; `drained` is resolved once the writes in flight end.
+   */
+  private readonly blocked = new Map<number, {drained?: () => void; free: Promise<void>; release: () => void}>()
   collisions = 0
+
+  /**
+   * A host write to [start, end) begins: registered at once (writeStart) unless an extent of
+   * it is being copied write-blocking; then it waits for that copy and registers after.
+   */
+  writeStartWhenFree(start: number, end: number): Promise<void> | undefined {
+    if (this.blocked.size > 0)
+      for (let e = start; e < end; e++) {
+        const b = this.blocked.get(e)
+        if (b) return b.free.then(() => this.writeStartWhenFree(start, end))
+      }
+    this.writeStart(start, end)
+    return undefined
+  }
 
   /** A host write to extents [start, end) begins. Call before its first map or data I/O. */
   writeStart(start: number, end: number): void {
@@ -25,9 +44,29 @@ export class CollisionDetector {
   writeEnd(start: number, end: number): void {
     for (let e = start; e < end; e++) {
       const n = (this.writing.get(e) ?? 1) - 1
-      if (n <= 0) this.writing.delete(e)
-      else this.writing.set(e, n)
+      if (n <= 0) {
+        this.writing.delete(e)
+        this.blocked.get(e)?.drained?.()
+      } else this.writing.set(e, n)
     }
+  }
+
+  /**
+   * Copy e write-blocking (QEMU's copy-mode=write-blocking, for one extent): new host writes
+   * to e wait until end(e); resolves once the writes already in flight ended, then call
+   * begin(e). An extent written all the time would otherwise collide with every copy.
+   */
+  async block(e: number): Promise<void> {
+    let release!: () => void
+    const free = new Promise<void>((r) => {
+      release = r
+    })
+    const b: {drained?: () => void; free: Promise<void>; release: () => void} = {free, release}
+    this.blocked.set(e, b)
+    if (this.writing.has(e))
+      await new Promise<void>((r) => {
+        b.drained = r
+      })
   }
 
   /** The sync engine starts copying e (before reading it). */
@@ -39,6 +78,9 @@ export class CollisionDetector {
   end(e: number): boolean {
     const hit = this.watching.get(e) === true || this.writing.has(e)
     this.watching.delete(e)
+    const b = this.blocked.get(e)
+    this.blocked.delete(e)
+    b?.release()
     if (hit) this.collisions++
     return hit
   }

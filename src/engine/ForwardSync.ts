@@ -14,6 +14,8 @@ export interface ForwardSyncOptions {
   command: string
   /** Under `serve`: the host gate, so the switch to `synchronized` is atomic w.r.t. writes. */
   gate?: HostGate
+  /** Chunk size and chunks in flight (tests: small chunks interleave with host writes). */
+  tuning?: {chunkBytes?: number; parallel?: number}
 }
 
 export interface SyncSummary {
@@ -35,13 +37,21 @@ export interface SyncSummary {
 
 /**
  * Forward synchronization of clone k (source → clone) over D[k], in ascending order. Host
- * writes may go on meanwhile (under `serve`): they set D[k] ahead, and the collision detector
- * makes a copy that overlapped one run again. When D[k] is empty the clone is
- * `synchronized` and host writes are mirrored to it from then on.
+ * writes may go on meanwhile (under `serve`), and the sync converges under them by active
+ * mirroring (QEMU's mirror, DRBD's resync): a write to extents already equal (copied, or
+ * never dirty: bit clear) is mirrored to the clone behind a write-intent bit, as for a
+ * synchronized clone; a write to an extent not yet copied only sets D[k] (the sync copies
+ * it); a write to an extent being copied is a collision and that extent alone is copied
+ * again. Host writes never wait for a copy (QEMU's write-blocking mode makes them wait): a
+ * re-copy costs one extent, a wait would add a whole chunk's copy to a host write's latency.
+ * So one pass plus the collided residue copies everything; when no extent needs a copy the
+ * clone is `synchronized`.
  */
 export class ForwardSync {
   readonly engine: SyncEngine
   readonly limiter: RateLimiter
+  /** The group's collision count when this sync began (the detector counts for the group's lifetime). */
+  private readonly collisionsBefore: number
 
   private constructor(
     readonly g: CloneGroup,
@@ -51,8 +61,10 @@ export class ForwardSync {
     rate?: number,
     private readonly gate?: HostGate,
     private readonly startedAt = performance.now(),
+    tuning: ForwardSyncOptions['tuning'] = {},
   ) {
     this.limiter = new RateLimiter(rate)
+    this.collisionsBefore = g.collisions.collisions
     this.engine = new SyncEngine({
       map: member.map,
       from: g.src,
@@ -61,8 +73,12 @@ export class ForwardSync {
       volumeSize: g.volumeSize,
       scoreboard: g.scoreboard,
       collisions: g.collisions,
+      // Write-intent extents are equal: host writes there are mirrored to the clone.
+      skip: (e) => member.intent?.get(e) ?? false,
       compare: compared,
       limiter: this.limiter,
+      chunkBytes: tuning.chunkBytes,
+      parallel: tuning.parallel,
       checkpoint: () => this.checkpoint(),
       onWrite: () => g.noteWritten(member.vol),
     })
@@ -82,12 +98,14 @@ export class ForwardSync {
     if (m.state === 'restoring' || m.state === 'reverse-syncing')
       throw new StateError(`clone ${m.name} is being restored from`, `wait for the restore to finish`)
     const compare = Boolean(opts.full) || !m.record.trusted
-    if (!compare && m.state === 'synchronized' && m.map.bits.isEmpty()) {
+    if (!compare && m.state === 'synchronized' && m.dirtyCount() === 0) {
       return {clone: m.name, operationId: '', completed: true, alreadySynchronized: true, compared: false, totalExtents: 0, copiedBytes: 0, skippedBytes: 0, collisions: 0, elapsedMs: 0}
     }
     if (compare) {
       if (!opts.full) g.ctx.warn?.(`clone ${m.name}: delta map not trusted; comparing and copying every extent`)
       await g.checkpoint()
+      // Nothing is taken as equal, not even what mirroring says is.
+      m.intent = undefined
       const all = new ExtentBitmap(g.extentCount)
       all.setAll()
       await m.map.replaceAll(all)
@@ -97,7 +115,7 @@ export class ForwardSync {
     // (EMFILE, ENOSPC, a full state file system) is undone exactly: not started, in memory either.
     const record = async (): Promise<void> => {
       const undo = g.snapshotForUndo()
-      g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.map.bits.countSet(), compare}
+      g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.dirtyCount(), compare}
       m.setState('synchronizing')
       await g.save().catch((error: unknown) => {
         undo()
@@ -105,7 +123,7 @@ export class ForwardSync {
       })
     }
     await (opts.gate ? opts.gate.exclusive(record) : record())
-    return new ForwardSync(g, m, id, compare, opts.rate, opts.gate, startedAt)
+    return new ForwardSync(g, m, id, compare, opts.rate, opts.gate, startedAt, opts.tuning)
   }
 
   /** A checkpoint; a clone flush that failed is this sync's error only if it is this clone's. */
@@ -144,7 +162,7 @@ export class ForwardSync {
         // with no write in flight and the map empty; otherwise copy what is new.
         // eslint-disable-next-line no-await-in-loop
         completed = await exclusive(async () => {
-          if (!m.map.bits.isEmpty()) return false
+          if (m.dirtyCount() > 0) return false
           await this.checkpoint()
           m.setState('synchronized')
           m.record.lastSyncAt = new Date().toISOString()
@@ -186,7 +204,7 @@ export class ForwardSync {
       totalExtents: this.engine.progress.totalExtents,
       copiedBytes: this.engine.progress.copiedBytes,
       skippedBytes: this.engine.progress.skippedBytes,
-      collisions: g.collisions.collisions,
+      collisions: g.collisions.collisions - this.collisionsBefore,
       elapsedMs: Math.round(performance.now() - this.startedAt),
     }
   }

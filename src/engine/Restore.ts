@@ -149,6 +149,8 @@ export class RestoreSession {
     const compare = untrusted || c.state === 'out-of-sync' || c.state === 'synchronizing' || g.changedOutside.has('(source)')
     if (g.changedOutside.has('(source)')) g.ctx.warn?.(`the source changed outside clonectl: comparing and copying every extent`)
 
+    // No host write is in flight: idle write-intent bits are equal data, not extents to copy.
+    for (const m of g.members.values()) m.sweepIntent(0, true)
     const undo = g.snapshotForUndo()
     // Fracture every other mirrored clone: the source is about to change under them.
     const now = new Date().toISOString()

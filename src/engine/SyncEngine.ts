@@ -94,6 +94,8 @@ export class SyncEngine {
   private paused?: {promise: Promise<void>; resume: () => void}
   private readonly zero: Buffer
   private readonly written?: ExtentBitmap
+  /** Extents whose last copy collided with a host write: the next copy is write-blocking. */
+  private readonly collided = new Set<number>()
   readonly progress: SyncProgress
 
   constructor(private readonly o: SyncJobOptions) {
@@ -205,7 +207,7 @@ export class SyncEngine {
         }
         if (mine.busy) sawBusy = true
         const bytes = mine.bytes
-        const p = this.copyChunk(start, end, mine.claimed)
+        const p = this.copyChunk(start, end, mine.claimed, mine.blocking)
           .catch((error: unknown) => {
             failure ??= error
           })
@@ -232,12 +234,24 @@ export class SyncEngine {
         // eslint-disable-next-line no-await-in-loop
         await o.scoreboard.drain()
       }
-      this.progress.remainingExtents = this.remaining()
+      this.recount()
       if (this.progress.remainingExtents === 0) return true
       // A collision leaves bits behind us: yield a tick so the host write finishes first.
       // eslint-disable-next-line no-await-in-loop
       await new Promise((r) => setTimeout(r, 1))
     }
+  }
+
+  /**
+   * Recount what is left (host writes set bits meanwhile). Work that appeared is added to the
+   * total rather than taken from what is done: done = total - remaining never goes back, so
+   * a rate computed from it is never negative.
+   */
+  private recount(): void {
+    const left = this.remaining()
+    const p = this.progress
+    if (left > p.remainingExtents) p.totalExtents += left - p.remainingExtents
+    p.remainingExtents = left
   }
 
   private isCandidate(e: number): boolean {
@@ -278,10 +292,11 @@ export class SyncEngine {
    * Claim the candidates of window [start, end) in the scoreboard (checked in this tick);
    * undefined when none could be. `busy`: a set extent in it was being copied by someone else.
    */
-  private claimWindow(start: number, end: number): {claimed: Uint8Array; bytes: number; busy: boolean} | undefined {
+  private claimWindow(start: number, end: number): {claimed: Uint8Array; bytes: number; busy: boolean; blocking?: Array<[number, Promise<void>]>} | undefined {
     const claimed = new Uint8Array(end - start)
     let bytes = 0
     let busy = false
+    let blocking: Array<[number, Promise<void>]> | undefined
     for (let e = start; e < end; e++) {
       if (!this.isCandidate(e)) {
         if (this.o.map.bits.get(e) && this.o.scoreboard.has(e)) busy = true
@@ -291,11 +306,14 @@ export class SyncEngine {
         busy = true
         continue
       }
-      this.o.collisions?.begin(e)
+      // A second copy after a collision blocks new writes to e (begin once the writes in
+      // flight ended): an extent written all the time would collide with every copy.
+      if (this.o.collisions && this.collided.has(e)) (blocking ??= []).push([e, this.o.collisions.block(e)])
+      else this.o.collisions?.begin(e)
       claimed[e - start] = 1
       bytes += this.byteLen(e, e + 1)
     }
-    return bytes > 0 ? {claimed, bytes, busy} : undefined
+    return bytes > 0 ? {claimed, bytes, busy, blocking} : undefined
   }
 
   private byteLen(start: number, end: number): number {
@@ -386,8 +404,12 @@ export class SyncEngine {
    * (claimed[e - start] = 1), the whole window in one read when it claimed all of it; the
    * others are left alone (not set, protected, or another's).
    */
-  private async copyChunk(start: number, end: number, claimed: Uint8Array): Promise<void> {
+  private async copyChunk(start: number, end: number, claimed: Uint8Array, blocking?: Array<[number, Promise<void>]>): Promise<void> {
     const {o} = this
+    if (blocking) {
+      await Promise.all(blocking.map(([, drained]) => drained))
+      for (const [e] of blocking) o.collisions?.begin(e)
+    }
     const pos = start * o.extentSize
     const len = this.byteLen(start, end)
     const mine = (e: number): boolean => claimed[e - start] === 1
@@ -468,15 +490,22 @@ export class SyncEngine {
     } finally {
       this.release(buf)
       if (other) this.release(other)
+      let cleared = 0
       for (let e = start; e < end; e++) {
         if (!mine(e)) continue
         const collided = o.collisions?.end(e) ?? false
         // Recipe 2: clear in memory only after the write completed; durable at a checkpoint.
-        if (ok && !collided) o.map.clear(e, e + 1)
+        if (ok && !collided) {
+          o.map.clear(e, e + 1)
+          cleared++
+        }
+        if (collided) this.collided.add(e)
+        else this.collided.delete(e)
         o.scoreboard.release(e)
       }
       if (ok) {
-        this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - claimedCount)
+        // A collided extent is still to copy: counting it done would make progress go back.
+        this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - cleared)
         o.onCopied?.(start, end)
       }
       // Also after a failed copy: a host request may be waiting for these extents in the COD

@@ -27,6 +27,16 @@ export class CloneMember {
   /** Mirrored writes in flight per extent (write-intent bits clear only when it reaches 0). */
   readonly mirrorInflight = new Map<number, number>()
   readonly mirrorWrites = new Set<Promise<void>>()
+  /**
+   * Write-intent extents: D[k] is set there only because host writes are mirrored to this
+   * clone (it got every one of them), not because it misses data; the sync engine skips
+   * them. In memory only: after a crash their bits are plain "copy this" bits. Allocated on
+   * the first mirrored write.
+   */
+  intent?: ExtentBitmap
+  /** Intent extents written since the last sweep (md's write-intent bitmap: hot bits stay set). */
+  private touched?: ExtentBitmap
+  private lastSweep = 0
 
   /**
    * Why the clone's volume could not be opened (a deleted image, a detached or mounted
@@ -61,9 +71,111 @@ export class CloneMember {
   }
 
   setState(state: CloneState, reason?: string): void {
+    // No longer mirrored: its write-intent bits become plain delta bits (a stale set bit
+    // costs a copy, never data).
+    if (state !== 'synchronized' && state !== 'synchronizing') {
+      this.intent = undefined
+      this.touched = undefined
+    }
     this.record.state = state
     if (reason) this.record.stateReason = reason
     else delete this.record.stateReason
+  }
+
+  /** D[k][e] set for a reason other than write-intent: the clone may miss data there. */
+  needsCopy(e: number): boolean {
+    return this.map.bits.get(e) && !(this.intent?.get(e) ?? false)
+  }
+
+  /** Extents the clone may miss data in (set, not write-intent). Does not wait. */
+  dirtyCount(): number {
+    const n = this.map.bits.countSet()
+    if (!this.intent) return n
+    const both = this.intent.clone()
+    both.and(this.map.bits)
+    return n - both.countSet()
+  }
+
+  /**
+   * A host write to [s, e) is about to be issued. Decide whether it is mirrored to this clone
+   * (before D[k] is set ahead, in the same tick as the collision detector's writeStart) and
+   * mark the extents it makes write-intent; returns them, or undefined when not mirrored.
+   * - synchronized: always mirrored; an extent whose bit was already set and not intent (a
+   *   crash left it) stays a "copy this" bit: a 4 KiB write does not make 64 KiB equal.
+   * - synchronizing: mirrored only when every extent is already equal (bit clear or intent)
+   *   and none is being copied (`busy`): behind the sync's frontier. Otherwise the sync copies
+   *   them (a write into an extent being copied is a collision: the engine copies it again),
+   *   and intent extents in the range lose intent (the clone will miss this write there).
+   */
+  beginMirror(s: number, e: number, busy: (x: number) => boolean, region = 1): {marked: number[]; durable: [number, number]} | undefined {
+    const {bits} = this.map
+    const intent = this.intent
+    if (this.state === 'synchronizing') {
+      let clean = true
+      for (let x = s; x < e && clean; x++) if ((bits.get(x) && !(intent?.get(x) ?? false)) || busy(x)) clean = false
+      if (!clean) {
+        intent?.clearRange(s, e)
+        return undefined
+      }
+    }
+    const marked: number[] = []
+    this.intent ??= new ExtentBitmap(bits.count)
+    this.touched ??= new ExtentBitmap(bits.count)
+    let cold = false
+    for (let x = s; x < e; x++) {
+      if (bits.get(x) && !(intent?.get(x) ?? false)) continue
+      if (!bits.get(x)) cold = true
+      this.intent.set(x)
+      this.touched.set(x)
+      this.mirrorInflight.set(x, (this.mirrorInflight.get(x) ?? 0) + 1)
+      marked.push(x)
+    }
+    if (!cold || region <= 1) return {marked, durable: [s, e]}
+    // A bit this write must commit anyway: the commit sets the whole aligned region of
+    // `region` extents (md's bitmap chunk), so the next writes nearby pay no commit. Only
+    // extents equal now (bit clear) become intent; a bit already set keeps its meaning.
+    const rs = Math.floor(s / region) * region
+    const re = Math.min(bits.count, Math.ceil(e / region) * region)
+    for (let x = bits.nextClear(rs); x >= 0 && x < re; x = x + 1 < re ? bits.nextClear(x + 1) : -1) if (!busy(x)) this.intent.set(x)
+    return {marked, durable: [rs, re]}
+  }
+
+  /**
+   * The mirrored write that marked `marked` settled. Its bits stay set (cleared lazily by
+   * sweepIntent); when it failed on either volume they stop being intent: the sync copies them.
+   */
+  endMirror(marked: number[], ok: boolean): void {
+    for (const x of marked) {
+      const n = (this.mirrorInflight.get(x) ?? 1) - 1
+      if (n > 0) this.mirrorInflight.set(x, n)
+      else this.mirrorInflight.delete(x)
+      if (!ok) this.intent?.clear(x)
+    }
+  }
+
+  /**
+   * Lazy clear of write-intent bits (recipe 2, as md's bitmap): an intent extent with no
+   * mirrored write in flight and none since the previous sweep, at least `quietMs` ago, is
+   * equal on both volumes: clear its bit in memory; the checkpoint that follows makes it
+   * durable only after fdatasyncing both volumes. Hot extents keep their bit, so their next
+   * write pays no map commit. `force` (no writes in flight: close, fracture) clears every
+   * idle one. Does not wait.
+   */
+  sweepIntent(quietMs: number, force = false): void {
+    const intent = this.intent
+    if (!intent || !this.touched) return
+    const now = performance.now()
+    if (!force && now - this.lastSweep < quietMs) return
+    this.lastSweep = now
+    // Word at a time: with 16 MiB regions the intent bits may cover the whole volume.
+    const drop = intent.clone()
+    if (!force) drop.andNot(this.touched)
+    for (const x of this.mirrorInflight.keys()) drop.clear(x)
+    for (const [s, e] of drop.runs()) {
+      intent.clearRange(s, e)
+      this.map.clear(s, e)
+    }
+    this.touched.clearAll()
   }
 
   /** The clone's volume; an error if it was not opened (e.g. opened for status only). */
@@ -492,8 +604,15 @@ export class CloneGroup {
     this.checkpointer.noteWritten(v)
   }
 
+  /**
+   * How long a mirrored extent must go unwritten before its write-intent bit is cleared: a
+   * write to an extent whose clear was committed pays a map commit again.
+   */
+  intentQuietMs = 2000
+
   /** Make completed copies and host writes durable (DESIGN §4). Waits. */
   checkpoint(): Promise<void> {
+    for (const m of this.members.values()) m.sweepIntent(this.intentQuietMs)
     return this.checkpointer.checkpoint()
   }
 
@@ -526,6 +645,8 @@ export class CloneGroup {
     this.closed = true
     try {
       if (this.writable && (opts.save ?? true)) {
+        // No host write is in flight any more: every idle write-intent bit may go.
+        for (const m of this.members.values()) m.sweepIntent(0, true)
         await this.checkpoint()
         await this.refreshFingerprints()
         delete this.record.session

@@ -201,6 +201,8 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
       if (before.at) m.record.lastFractureAt = before.at
       else delete m.record.lastFractureAt
     })
+    // Under the host gate: no mirrored write in flight, so every write-intent bit is equal data.
+    m.sweepIntent(0, true)
     m.setState('fractured')
     m.record.lastFractureAt = now
     flushing.push(m.vol.flush())

@@ -293,6 +293,8 @@ export class GroupServer {
       case 'ping':
         return {pid: process.pid, group: g.name}
       case 'status': {
+        // Counts on disk: idle write-intent bits are equal data, not differences to show.
+        for (const m of g.members.values()) m.sweepIntent(0, true)
         await g.checkpoint()
         const s = await groupStatus(this.ctx, g.name)
         for (const c of s.clones) {

@@ -21,11 +21,15 @@ export class ProgressRenderer {
   update(p: ProgressEvent): void {
     if (this.quiet) return
     const now = Date.now()
+    // Work can appear while copying (host writes under `serve`): a count that went back
+    // starts the rate window again rather than showing a negative rate.
+    const last = this.samples.at(-1)
+    if (last && p.doneBytes < last.done) this.samples = []
     this.samples.push({t: now, done: p.doneBytes})
     while (this.samples.length > 2 && now - this.samples[0].t > 5000) this.samples.shift()
     const first = this.samples[0]
     const dt = (now - first.t) / 1000
-    const rate = dt > 0.2 ? (p.doneBytes - first.done) / dt : Number.NaN
+    const rate = dt > 0.2 ? Math.max(0, p.doneBytes - first.done) / dt : Number.NaN
     const pct = p.totalBytes > 0 ? (100 * p.doneBytes) / p.totalBytes : 100
     const eta = rate > 0 ? ((p.totalBytes - p.doneBytes) / rate) * 1000 : Number.POSITIVE_INFINITY
     const speed = Number.isNaN(rate) ? '' : `  ${humanRate(rate)}  ETA ${humanDuration(eta)}`
