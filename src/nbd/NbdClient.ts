@@ -304,10 +304,21 @@ export class NbdClient {
 
   /**
    * Make [offset, offset+length) read as zeros: NBD_CMD_WRITE_ZEROES when the server has it
-   * (without NO_HOLE, so it may punch holes), else WRITEs from a shared zero buffer. Waits.
+   * (with NO_HOLE when `noHole`: blocks kept allocated; without, it may punch holes), else
+   * WRITEs from a shared zero buffer. Waits.
    */
-  writeZeroes(offset: number, length: number, opts: {fua?: boolean} = {}): Promise<void> {
-    return this.guard(() => this.writeZeroesImpl(offset, length, opts.fua ?? false))
+  writeZeroes(offset: number, length: number, opts: {fua?: boolean; noHole?: boolean} = {}): Promise<void> {
+    return this.guard(() => this.writeZeroesImpl(offset, length, opts.fua ?? false, opts.noHole ?? false))
+  }
+
+  /**
+   * The data/zero/hole runs of [offset, offset+length) as the server knows them. This client
+   * negotiates simple replies only (no NBD_OPT_STRUCTURED_REPLY, so no block status): one data
+   * run, which is always true. Waits for nothing.
+   */
+  async extents(offset: number, length: number): Promise<Array<{offset: number; length: number; kind: 'data' | 'zero' | 'hole'}>> {
+    this.checkRange('read', offset, length)
+    return length === 0 ? [] : [{offset, length, kind: 'data'}]
   }
 
   /** NBD_CMD_TRIM when advertised (advisory: the range may then read as anything), else nothing. Waits. */
@@ -370,7 +381,7 @@ export class NbdClient {
     await this.readModifyWrite(offset, data.byteLength, (block, at) => Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(block, at), fua)
   }
 
-  private async writeZeroesImpl(offset: number, length: number, fua: boolean): Promise<void> {
+  private async writeZeroesImpl(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
     this.checkWritable('zero')
     this.checkRange('zero', offset, length)
     if (length === 0) return
@@ -388,7 +399,8 @@ export class NbdClient {
     if (a0 > offset) work.push(this.readModifyWrite(offset, a0 - offset, (block, at) => block.fill(0, at, at + (a0 - offset)), fua))
     if (a1 < end) work.push(this.readModifyWrite(a1, end - a1, (block, at) => block.fill(0, at, at + (end - a1)), fua))
     const chunk = alignDown(ZERO_TRIM_CHUNK, min)
-    for (let off = a0; off < a1; off += chunk) work.push(this.submit(Cmd.WRITE_ZEROES, fua ? this.fuaFlag() : 0, off, Math.min(chunk, a1 - off)))
+    const flags = (fua ? this.fuaFlag() : 0) | (noHole ? CmdFlag.NO_HOLE : 0)
+    for (let off = a0; off < a1; off += chunk) work.push(this.submit(Cmd.WRITE_ZEROES, flags, off, Math.min(chunk, a1 - off)))
     await settleAll(work)
     if (fua && !this.canFua) await this.flushImpl()
   }
