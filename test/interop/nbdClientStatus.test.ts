@@ -1,0 +1,178 @@
+/**
+ * The NBD client's block status (remote clones skip holes too): NbdClient negotiates
+ * structured replies and base:allocation, reads through structured chunks, and extents()
+ * answers the remote's data / zero / hole runs.
+ *
+ * - qemu-nbd over a sparse file: extents() finds exactly its data runs; reads (structured
+ *   chunks, holes included) return the file's bytes; NbdVolume.extents() the same.
+ * - clonectl's own NbdServer with a scripted source: HOLE without ZERO is data (nothing
+ *   promises zeros), ZERO alone is `zero`; a short answer is asked again from where it
+ *   ended; an unaligned range is widened to the block size and clipped back.
+ * - a server without block status: one data run, reads unchanged.
+ */
+import assert from 'node:assert/strict'
+import {type ChildProcess, spawn} from 'node:child_process'
+import {randomBytes} from 'node:crypto'
+import * as fsp from 'node:fs/promises'
+import {join} from 'node:path'
+import {after, before, describe, test} from 'node:test'
+import {type MetaContextSource, extentRuns} from '../../src/nbd/BlockStatus.js'
+import type {ExportBackend} from '../../src/nbd/ExportBackend.js'
+import {NbdClient} from '../../src/nbd/NbdClient.js'
+import {NbdServer} from '../../src/nbd/NbdServer.js'
+import type {StatusRun} from '../../src/nbd/protocol.js'
+import {NbdVolume} from '../../src/volume/NbdVolume.js'
+import {KiB, MiB, has, nbdUri, sleep, socketLive, tempDir} from '../helpers/serve.js'
+
+const needQemuNbd = has('qemu-nbd', '--version') ? false : 'qemu-nbd (qemu-utils) is not installed'
+let dir: string
+const children = new Set<ChildProcess>()
+
+before(async () => {
+  dir = await tempDir('nbdclientstatus')
+})
+after(async () => {
+  for (const c of children) c.kill('SIGKILL')
+  await fsp.rm(dir, {recursive: true, force: true})
+})
+
+/** qemu-nbd serving `path` persistently on a new socket; resolves once it accepts. */
+async function qemuNbd(path: string): Promise<string> {
+  const sock = join(dir, `q${children.size}.sock`)
+  const proc = spawn('qemu-nbd', ['-f', 'raw', '-t', '-k', sock, '-x', 'disk', path], {stdio: 'ignore'})
+  children.add(proc)
+  let exited = false
+  proc.on('exit', () => (exited = true))
+  const t0 = Date.now()
+  while (!(await socketLive(sock))) {
+    if (exited) throw new Error('qemu-nbd exited before serving')
+    if (Date.now() - t0 > 10_000) throw new Error('qemu-nbd did not start in 10 s')
+    await sleep(20)
+  }
+  return `nbd+unix:///disk?socket=${sock}`
+}
+
+class MemBackend implements ExportBackend {
+  readonly mem: Buffer
+  readonly readOnly = false
+  constructor(readonly size: number) {
+    this.mem = randomBytes(size)
+  }
+  async read(offset: number, length: number): Promise<Buffer> {
+    return Buffer.from(this.mem.subarray(offset, offset + length))
+  }
+  async write(offset: number, data: Buffer): Promise<void> {
+    data.copy(this.mem, offset)
+  }
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.mem.fill(0, offset, offset + length)
+  }
+  async trim(offset: number, length: number): Promise<void> {
+    this.mem.fill(0, offset, offset + length)
+  }
+  async flush(): Promise<void> {}
+}
+
+describe('against qemu-nbd', {skip: needQemuNbd}, () => {
+  test('given a sparse file, extents() finds exactly its data runs and reads return its bytes', async () => {
+    const size = 16 * MiB
+    const path = join(dir, 'sparse.img')
+    const fh = await fsp.open(path, 'w+')
+    await fh.truncate(size)
+    await fh.write(randomBytes(64 * KiB), 0, 64 * KiB, 1 * MiB)
+    await fh.write(randomBytes(4 * KiB), 0, 4 * KiB, 9 * MiB)
+    await fh.close()
+    const uri = await qemuNbd(path)
+    const c = await NbdClient.connect(uri)
+    try {
+      assert.equal(c.info.structured, true)
+      assert.notEqual(c.info.allocationContext, undefined, 'qemu-nbd selects base:allocation')
+      assert.deepEqual(await c.extents(0, size), [
+        {offset: 0, length: 1 * MiB, kind: 'hole'},
+        {offset: 1 * MiB, length: 64 * KiB, kind: 'data'},
+        {offset: 1 * MiB + 64 * KiB, length: 8 * MiB - 64 * KiB, kind: 'hole'},
+        {offset: 9 * MiB, length: 4 * KiB, kind: 'data'},
+        {offset: 9 * MiB + 4 * KiB, length: 7 * MiB - 4 * KiB, kind: 'hole'},
+      ])
+      const file = await fsp.readFile(path)
+      // Holes and data in one READ: qemu answers with OFFSET_HOLE and OFFSET_DATA chunks.
+      assert.ok((await c.read(512 * KiB, 2 * MiB)).equals(file.subarray(512 * KiB, 512 * KiB + 2 * MiB)))
+      assert.ok((await c.read(9 * MiB - 100, 5000)).equals(file.subarray(9 * MiB - 100, 9 * MiB + 4900)))
+    } finally {
+      await c.close()
+    }
+    const v = await NbdVolume.open(uri, {write: false})
+    try {
+      assert.deepEqual(await v.extents(9 * MiB - 4 * KiB, 12 * KiB), [
+        {offset: 9 * MiB - 4 * KiB, length: 4 * KiB, kind: 'hole'},
+        {offset: 9 * MiB, length: 4 * KiB, kind: 'data'},
+        {offset: 9 * MiB + 4 * KiB, length: 4 * KiB, kind: 'hole'},
+      ])
+    } finally {
+      await v.close()
+    }
+  })
+})
+
+describe("against clonectl's own NbdServer", () => {
+  test('HOLE without ZERO is data, ZERO alone is zero; a short answer is asked again; an unaligned range is clipped', async () => {
+    const size = 1 * MiB
+    const X = 64 * KiB
+    const asked: Array<[number, number]> = []
+    // Extent e: 0 data, 1 HOLE only, 2 ZERO only, 3 HOLE|ZERO, repeating; at most 4 extents an answer.
+    const source: MetaContextSource = {
+      contexts: () => ['base:allocation'],
+      async status(_ctx: string, offset: number, length: number): Promise<StatusRun[]> {
+        asked.push([offset, length])
+        return extentRuns(offset, Math.min(length, 4 * X - (offset % X)), X, (e) => e % 4)
+      },
+    }
+    const server = new NbdServer(new MemBackend(size), {metaContexts: source})
+    const sock = join(dir, 'own.sock')
+    await server.listenUnix(sock)
+    try {
+      const c = await NbdClient.connect(nbdUri(sock))
+      try {
+        assert.deepEqual(await c.extents(0, 8 * X), [
+          {offset: 0, length: 2 * X, kind: 'data'},
+          {offset: 2 * X, length: X, kind: 'zero'},
+          {offset: 3 * X, length: X, kind: 'hole'},
+          {offset: 4 * X, length: 2 * X, kind: 'data'},
+          {offset: 6 * X, length: X, kind: 'zero'},
+          {offset: 7 * X, length: X, kind: 'hole'},
+        ])
+        assert.deepEqual(asked, [
+          [0, 8 * X],
+          [4 * X, 4 * X],
+        ])
+        // Unaligned to the 512-byte minimum: widened on the wire, clipped in the answer.
+        assert.deepEqual(await c.extents(2 * X + 100, 1000), [{offset: 2 * X + 100, length: 1000, kind: 'zero'}])
+        assert.deepEqual(asked.at(-1), [2 * X, 1536])
+      } finally {
+        await c.close()
+      }
+    } finally {
+      await server.close()
+    }
+  })
+
+  test('given a server without block status, extents() is one data run and reads are unchanged', async () => {
+    const backend = new MemBackend(1 * MiB)
+    const server = new NbdServer(backend)
+    const sock = join(dir, 'plain.sock')
+    await server.listenUnix(sock)
+    try {
+      const c = await NbdClient.connect(nbdUri(sock))
+      try {
+        assert.equal(c.info.structured, true)
+        assert.equal(c.info.allocationContext, undefined)
+        assert.deepEqual(await c.extents(4096, 8192), [{offset: 4096, length: 8192, kind: 'data'}])
+        assert.ok((await c.read(1000, 300_000)).equals(backend.mem.subarray(1000, 301_000)))
+      } finally {
+        await c.close()
+      }
+    } finally {
+      await server.close()
+    }
+  })
+})
