@@ -1,9 +1,9 @@
-import {NotFoundError, RefusedError, UsageError, errnoOf} from '../errors/errors.js'
+import {NotFoundError, RefusedError, UsageError, VolumeIoError, errnoOf} from '../errors/errors.js'
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
 import {majorMinor, mountPoints, sysfsReadOnly, sysfsSize, sysfsZeroing, type ZeroingLimits} from './blockDevice.js'
 import {FileVolume, ioError} from './FileVolume.js'
 import type {Kernel} from './kernel.js'
-import type {Fingerprint, VolumeKind} from './Volume.js'
+import type {Fingerprint, VolumeExtent, VolumeKind} from './Volume.js'
 
 /**
  * A block device, with FileVolume's data path (positional I/O through the page cache;
@@ -78,6 +78,13 @@ export class BlockVolume extends FileVolume {
   }
 
   private zeroing?: Promise<ZeroingLimits>
+
+  /** A block device has no holes to tell (lseek SEEK_DATA is EINVAL there): one data run. Waits for nothing. */
+  override async extents(position: number, length: number): Promise<VolumeExtent[]> {
+    if (!Number.isSafeInteger(position) || !Number.isSafeInteger(length) || position < 0 || length < 0 || position + length > this.size)
+      throw new VolumeIoError(`read of ${length} bytes at offset ${position} is past the end of ${this.path} (${this.size} bytes)`, 'EINVAL')
+    return length === 0 ? [] : [{offset: position, length, kind: 'data'}]
+  }
 
   protected override async zeroByKernel(k: Kernel, fd: number, position: number, length: number, punch: boolean): Promise<boolean> {
     this.zeroing ??= sysfsZeroing(this.majorMinor)

@@ -314,6 +314,9 @@ export class FileVolume implements Volume {
     try {
       return seekExtents(k, fd!, position, position + length)
     } catch (error) {
+      // EINVAL: this file (a block device, some FUSE and network file systems) has no
+      // SEEK_DATA: it cannot tell, so all data.
+      if (unsupported(error)) return [{offset: position, length, kind: 'data'}]
       throw ioError(this.path, 'finding the holes of', error, position)
     }
   }

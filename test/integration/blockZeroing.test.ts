@@ -55,6 +55,8 @@ describe('BlockVolume: zeros through the device', () => {
         want.fill(0, 0, 1 * MiB)
         want.fill(0, 7 * MiB + 100, 7 * MiB + 1100)
         assert.ok((await v.read(0, 8 * MiB)).equals(want), 'the device reads the zeros, the rest intact')
+        // A block device has no holes to report: lseek answers it all as data.
+        assert.deepEqual(await v.extents(0, 8 * MiB), [{offset: 0, length: 8 * MiB, kind: 'data'}])
       } finally {
         await v.close()
       }
