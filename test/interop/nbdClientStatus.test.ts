@@ -9,6 +9,10 @@
  *   promises zeros), ZERO alone is `zero`; a short answer is asked again from where it
  *   ended; an unaligned range is widened to the block size and clipped back.
  * - a server without block status: one data run, reads unchanged.
+ * - a scripted server: READ chunks out of order with a hole are assembled exactly; data
+ *   outside the request, DONE before every byte, a simple reply to READ, a chunk type
+ *   that does not belong are protocol errors (never wrong data); an ERROR chunk fails
+ *   only its request.
  */
 import assert from 'node:assert/strict'
 import {type ChildProcess, spawn} from 'node:child_process'
@@ -20,7 +24,22 @@ import {type MetaContextSource, extentRuns} from '../../src/nbd/BlockStatus.js'
 import type {ExportBackend} from '../../src/nbd/ExportBackend.js'
 import {NbdClient} from '../../src/nbd/NbdClient.js'
 import {NbdServer} from '../../src/nbd/NbdServer.js'
-import type {StatusRun} from '../../src/nbd/protocol.js'
+import {createServer} from 'node:net'
+import {RemoteError} from '../../src/errors/errors.js'
+import {
+  Errno,
+  Opt,
+  Rep,
+  ReplyFlag,
+  ReplyType,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC,
+  type StatusRun,
+  TxFlag,
+  encodeInfoExport,
+  encodeOptionReply,
+  encodeServerGreeting,
+} from '../../src/nbd/protocol.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
 import {KiB, MiB, has, nbdUri, sleep, socketLive, tempDir} from '../helpers/serve.js'
 
@@ -173,6 +192,143 @@ describe("against clonectl's own NbdServer", () => {
       }
     } finally {
       await server.close()
+    }
+  })
+})
+
+describe('a server that breaks the structured reply rules', () => {
+  /**
+   * A scripted server: STRUCTURED_REPLY ACKed, meta contexts refused, GO answered; every
+   * READ is answered by `answer` (cookie, offset, length) with whatever bytes it returns.
+   */
+  async function scripted(answer: (cookie: Buffer, offset: number, length: number) => Buffer): Promise<{uri: string; close: () => Promise<void>}> {
+    const sock = join(dir, `bad${Math.random().toString(36).slice(2)}.sock`)
+    const srv = createServer((s) => {
+      let buf = Buffer.alloc(0)
+      let phase: 'flags' | 'options' | 'io' = 'flags'
+      s.write(encodeServerGreeting())
+      s.on('error', () => undefined)
+      s.on('data', (b: Buffer) => {
+        buf = Buffer.concat([buf, b])
+        for (;;) {
+          if (phase === 'flags') {
+            if (buf.length < 4) return
+            buf = buf.subarray(4)
+            phase = 'options'
+          } else if (phase === 'options') {
+            if (buf.length < 16) return
+            const option = buf.readUInt32BE(8)
+            const len = buf.readUInt32BE(12)
+            if (buf.length < 16 + len) return
+            buf = buf.subarray(16 + len)
+            if (option === Opt.STRUCTURED_REPLY) s.write(encodeOptionReply(option, Rep.ACK))
+            else if (option === Opt.GO) {
+              s.write(encodeOptionReply(option, Rep.INFO, encodeInfoExport(1 * MiB, TxFlag.HAS_FLAGS)))
+              s.write(encodeOptionReply(option, Rep.ACK))
+              phase = 'io'
+            } else s.write(encodeOptionReply(option, Rep.ERR_UNSUP))
+          } else {
+            if (buf.length < 28) return
+            const cookie = Buffer.from(buf.subarray(8, 16))
+            const offset = Number(buf.readBigUInt64BE(16))
+            const length = buf.readUInt32BE(24)
+            buf = buf.subarray(28)
+            s.write(answer(cookie, offset, length))
+          }
+        }
+      })
+    })
+    await new Promise<void>((r) => srv.listen(sock, r))
+    return {uri: nbdUri(sock), close: () => new Promise<void>((r) => srv.close(() => r()))}
+  }
+
+  function chunk(flags: number, type: number, cookie: Buffer, payload: Buffer): Buffer {
+    const h = Buffer.alloc(20)
+    h.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0)
+    h.writeUInt16BE(flags, 4)
+    h.writeUInt16BE(type, 6)
+    cookie.copy(h, 8)
+    h.writeUInt32BE(payload.length, 16)
+    return Buffer.concat([h, payload])
+  }
+  const offsetData = (offset: number, data: Buffer): Buffer => {
+    const o = Buffer.alloc(8)
+    o.writeBigUInt64BE(BigInt(offset))
+    return Buffer.concat([o, data])
+  }
+
+  test('READ data in two chunks out of order plus a hole chunk: read back exactly', async () => {
+    const {uri, close} = await scripted((cookie, offset, length) => {
+      const half = length / 2
+      const hole = Buffer.alloc(12)
+      hole.writeBigUInt64BE(BigInt(offset + half))
+      hole.writeUInt32BE(half / 2, 8)
+      return Buffer.concat([
+        chunk(0, ReplyType.OFFSET_DATA, cookie, offsetData(offset + half + half / 2, Buffer.alloc(half / 2, 0xbb))),
+        chunk(0, ReplyType.OFFSET_HOLE, cookie, hole),
+        chunk(ReplyFlag.DONE, ReplyType.OFFSET_DATA, cookie, offsetData(offset, Buffer.alloc(half, 0xaa))),
+      ])
+    })
+    try {
+      const c = await NbdClient.connect(uri)
+      try {
+        const got = await c.read(0, 8192, Buffer.alloc(8192, 0x11))
+        const want = Buffer.concat([Buffer.alloc(4096, 0xaa), Buffer.alloc(2048, 0), Buffer.alloc(2048, 0xbb)])
+        assert.ok(got.equals(want))
+      } finally {
+        c.destroy()
+      }
+    } finally {
+      await close()
+    }
+  })
+
+  for (const [name, answer] of [
+    ['data outside the request', (cookie: Buffer, offset: number, length: number) => chunk(ReplyFlag.DONE, ReplyType.OFFSET_DATA, cookie, offsetData(offset + 512, Buffer.alloc(length)))],
+    ['DONE before every byte came', (cookie: Buffer, offset: number, length: number) => chunk(ReplyFlag.DONE, ReplyType.OFFSET_DATA, cookie, offsetData(offset, Buffer.alloc(length / 2)))],
+    ['a simple reply to READ', (cookie: Buffer, _o: number, length: number) => {
+      const h = Buffer.alloc(16)
+      h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0)
+      cookie.copy(h, 8)
+      return Buffer.concat([h, Buffer.alloc(length)])
+    }],
+    ['a block status chunk to READ', (cookie: Buffer) => chunk(ReplyFlag.DONE, ReplyType.BLOCK_STATUS, cookie, Buffer.alloc(12))],
+  ] as const) {
+    test(`${name}: a protocol error, the connection dropped, never wrong data`, async () => {
+      const {uri, close} = await scripted(answer)
+      try {
+        const c = await NbdClient.connect(uri)
+        try {
+          await assert.rejects(c.read(0, 4096), (e: unknown) => e instanceof RemoteError && e.reason === 'protocol' && /protocol error/.test(e.message))
+        } finally {
+          c.destroy()
+        }
+      } finally {
+        await close()
+      }
+    })
+  }
+
+  test('an ERROR chunk fails its READ with the errno, the connection stays', async () => {
+    let n = 0
+    const {uri, close} = await scripted((cookie, offset, length) => {
+      if (n++ > 0) return chunk(ReplyFlag.DONE, ReplyType.OFFSET_DATA, cookie, offsetData(offset, Buffer.alloc(length, 7)))
+      const e = Buffer.alloc(6 + 4)
+      e.writeUInt32BE(Errno.EIO, 0)
+      e.writeUInt16BE(4, 4)
+      e.write('oops', 6)
+      return chunk(ReplyFlag.DONE, ReplyType.ERROR, cookie, e)
+    })
+    try {
+      const c = await NbdClient.connect(uri)
+      try {
+        await assert.rejects(c.read(0, 4096), (e: unknown) => e instanceof RemoteError && e.reason === 'reply' && e.errno === 'EIO')
+        assert.ok((await c.read(0, 4096)).equals(Buffer.alloc(4096, 7)))
+      } finally {
+        c.destroy()
+      }
+    } finally {
+      await close()
     }
   })
 })
