@@ -34,7 +34,8 @@
  * - Validation, in this order: unknown command → EINVAL; a flag the command does not take
  *   (FUA is taken by all, NO_HOLE by WRITE_ZEROES) → EINVAL; WRITE/TRIM/WRITE_ZEROES on a
  *   read-only export → EPERM; past the end → EINVAL for READ, ENOSPC for the writes;
- *   READ/WRITE longer than 32 MiB → EINVAL. A rejected WRITE's payload is read and
+ *   READ/WRITE longer than 32 MiB → EINVAL; BLOCK_STATUS with no context selected, of
+ *   length 0, past the end, or with a flag other than FUA/REQ_ONE → EINVAL. A rejected WRITE's payload is read and
  *   dropped; a payload over 64 MiB, a bad magic, or bad client flags drop the connection —
  *   that one only. Zero-length requests succeed without reaching the backend.
  * - Disconnect (DISC, EOF, error, drop, or close()): requests in flight complete first,

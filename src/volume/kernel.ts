@@ -127,6 +127,11 @@ export function resetKernelForTest(): void {
   loaded = undefined
 }
 
+/** Zeroing calls on koffi's worker threads at once; the rest wait their turn. */
+const ASYNC_MAX = 64
+let running = 0
+const waiting: Array<() => void> = []
+
 function bind(k: Koffi): Kernel {
   const libc = k.load('libc.so.6')
   const lseek = libc.func('int64_t lseek(int fd, int64_t offset, int whence)')
@@ -134,9 +139,20 @@ function bind(k: Koffi): Kernel {
   const ioctl = libc.func('int ioctl(int fd, unsigned long request, _Inout_ uint64_t *range)')
   const big = (v: unknown): number => Number(v)
 
-  /** Run `fn` on a worker thread; on -1, once more here to read errno. */
+  /**
+   * Run `fn` on a worker thread; on -1, once more here to read errno. At most ASYNC_MAX at
+   * once (koffi throws past its queue of 256): a burst of TRIMs from many connections waits.
+   */
   const idempotent = async (name: string, fn: Fn, args: unknown[]): Promise<void> => {
-    const r = big(await promisify<unknown>((cb: (e: unknown, v: unknown) => void) => fn.async(...args, cb))())
+    while (running >= ASYNC_MAX) await new Promise<void>((r) => waiting.push(r))
+    running++
+    let r: number
+    try {
+      r = big(await promisify<unknown>((cb: (e: unknown, v: unknown) => void) => fn.async(...args, cb))())
+    } finally {
+      running--
+      waiting.shift()?.()
+    }
     if (r === 0) return
     const again = big(fn(...args))
     if (again === 0) return

@@ -186,3 +186,16 @@ describe('without koffi: one warning, and what Node alone can do', () => {
     await v.close()
   })
 })
+
+describe('many zeroing calls at once', () => {
+  test('given 600 trims in flight together (more than koffi queues), every one completes and reads zeros', async () => {
+    const p = await sparseFile(600 * 4096, [[0, 600 * 4096]])
+    const v = await FileVolume.open(nodeFs, p, {write: true})
+    try {
+      await Promise.all(Array.from({length: 600}, (_, i) => v.trim(i * 4096, 4096)))
+      assert.ok((await v.read(0, 600 * 4096)).equals(Buffer.alloc(600 * 4096)))
+    } finally {
+      await v.close()
+    }
+  })
+})
