@@ -312,3 +312,70 @@ describe('a server without a MetaContextSource', () => {
     }
   })
 })
+
+describe('random requests with structured replies and block status', () => {
+  test('every request gets exactly one final chunk (or simple reply), in a parsable stream; the server keeps serving', async () => {
+    let seed = 12345
+    const rnd = (): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31
+      return seed / 2 ** 31
+    }
+    const c = await Raw.open(sock)
+    try {
+      await c.option(Opt.STRUCTURED_REPLY)
+      await c.option(Opt.SET_META_CONTEXT, ctxReq(['base:allocation', 'clonectl:delta:b', 'clonectl:delta:a']))
+      await c.go()
+      const N = 300
+      const want = new Map<bigint, {type: number; offset: number; length: number}>()
+      for (let i = 0; i < N; i++) {
+        const type = [Cmd.READ, Cmd.BLOCK_STATUS, Cmd.BLOCK_STATUS, Cmd.FLUSH, Cmd.CACHE][Math.floor(rnd() * 5)]
+        const flags = rnd() < 0.2 ? Math.floor(rnd() * 32) : rnd() < 0.3 ? CmdFlag.REQ_ONE : 0
+        const offset = rnd() < 0.1 ? SIZE - 512 + Math.floor(rnd() * 1024) : Math.floor(rnd() * (SIZE / 512)) * 512
+        const length = rnd() < 0.1 ? 0 : Math.floor(rnd() * 64) * 4096 + (rnd() < 0.1 ? 1 : 0)
+        const cookie = BigInt(1000 + i)
+        want.set(cookie, {type, offset, length})
+        c.request(type, offset, length, cookie, flags)
+      }
+      const finals = new Map<bigint, number>()
+      while (finals.size < N) {
+        const magic = (await c.take(4)).readUInt32BE(0)
+        if (magic === SIMPLE_REPLY_MAGIC) {
+          const rest = await c.take(12)
+          const cookie = rest.readBigUInt64BE(4)
+          const w = want.get(cookie)
+          assert.ok(w, `a simple reply for unknown cookie ${cookie}`)
+          assert.notEqual(w.type, Cmd.READ, 'READ never gets a simple reply after STRUCTURED_REPLY')
+          assert.notEqual(w.type, Cmd.BLOCK_STATUS, 'BLOCK_STATUS never gets a simple reply')
+          finals.set(cookie, (finals.get(cookie) ?? 0) + 1)
+          continue
+        }
+        const rest = await c.take(STRUCTURED_REPLY_SIZE - 4)
+        const flags = rest.readUInt16BE(0)
+        const type = rest.readUInt16BE(2)
+        const cookie = rest.readBigUInt64BE(4)
+        const payload = await c.take(rest.readUInt32BE(12))
+        const w = want.get(cookie)
+        assert.ok(w, `a chunk for unknown cookie ${cookie}`)
+        assert.ok(!finals.has(cookie), `a chunk after the final one for cookie ${cookie}`)
+        if (type === ReplyType.BLOCK_STATUS) {
+          const runs = descriptors(payload).runs
+          assert.ok(runs.length >= 1)
+          const total = runs.reduce((a, r) => a + r.length, 0)
+          assert.ok(total <= w.length && runs.every((r) => r.length > 0), `block status runs ${JSON.stringify(runs)} for ${w.offset}+${w.length}`)
+        } else if (type === ReplyType.OFFSET_DATA) {
+          assert.equal(payload.length, 8 + w.length)
+          assert.ok(payload.subarray(8).equals(backend.mem.subarray(w.offset, w.offset + w.length)))
+        } else assert.ok(type === ReplyType.ERROR || type === ReplyType.NONE, `chunk type ${type}`)
+        if (flags & ReplyFlag.DONE) finals.set(cookie, 1)
+      }
+      assert.equal(finals.size, N)
+      assert.ok([...finals.values()].every((n) => n === 1))
+      // Still serving on this connection.
+      c.request(Cmd.READ, 0, 512, 1n)
+      const r = await c.chunk()
+      assert.deepEqual([r.flags, r.type, r.cookie], [ReplyFlag.DONE, ReplyType.OFFSET_DATA, 1n])
+    } finally {
+      c.close()
+    }
+  })
+})
