@@ -99,14 +99,14 @@ export class NbdVolume implements Volume {
   }
 
   /**
-   * NBD_CMD_WRITE_ZEROES, else zero buffers. With `punch` the server may free the blocks (no
-   * NO_HOLE flag); without, NO_HOLE asks it to keep them allocated. Not durable until flush().
-   * Waits.
+   * NBD_CMD_WRITE_ZEROES without NO_HOLE, punch or not: the server may free the blocks, which
+   * keeps a remote clone sparse (the sync engine sends a source's zero runs this way).
+   * Else zero buffers. Not durable until flush(). Waits.
    */
-  async writeZeroes(position: number, length: number, opts: {punch?: boolean} = {}): Promise<void> {
+  async writeZeroes(position: number, length: number, _opts: {punch?: boolean} = {}): Promise<void> {
     this.writable()
     this.range(position, length, 'write')
-    await this.client.writeZeroes(position, length, {noHole: !opts.punch})
+    await this.client.writeZeroes(position, length)
   }
 
   /**

@@ -201,7 +201,10 @@ describe('a server that breaks the structured reply rules', () => {
    * A scripted server: STRUCTURED_REPLY ACKed, meta contexts refused, GO answered; every
    * READ is answered by `answer` (cookie, offset, length) with whatever bytes it returns.
    */
-  async function scripted(answer: (cookie: Buffer, offset: number, length: number) => Buffer): Promise<{uri: string; close: () => Promise<void>}> {
+  async function scripted(
+    answer: (cookie: Buffer, offset: number, length: number, type: number, flags: number) => Buffer,
+    txFlags: number = TxFlag.HAS_FLAGS,
+  ): Promise<{uri: string; close: () => Promise<void>}> {
     const sock = join(dir, `bad${Math.random().toString(36).slice(2)}.sock`)
     const srv = createServer((s) => {
       let buf = Buffer.alloc(0)
@@ -223,7 +226,7 @@ describe('a server that breaks the structured reply rules', () => {
             buf = buf.subarray(16 + len)
             if (option === Opt.STRUCTURED_REPLY) s.write(encodeOptionReply(option, Rep.ACK))
             else if (option === Opt.GO) {
-              s.write(encodeOptionReply(option, Rep.INFO, encodeInfoExport(1 * MiB, TxFlag.HAS_FLAGS)))
+              s.write(encodeOptionReply(option, Rep.INFO, encodeInfoExport(1 * MiB, txFlags)))
               s.write(encodeOptionReply(option, Rep.ACK))
               phase = 'io'
             } else s.write(encodeOptionReply(option, Rep.ERR_UNSUP))
@@ -232,8 +235,10 @@ describe('a server that breaks the structured reply rules', () => {
             const cookie = Buffer.from(buf.subarray(8, 16))
             const offset = Number(buf.readBigUInt64BE(16))
             const length = buf.readUInt32BE(24)
+            const flags = buf.readUInt16BE(4)
+            const type = buf.readUInt16BE(6)
             buf = buf.subarray(28)
-            s.write(answer(cookie, offset, length))
+            s.write(answer(cookie, offset, length, type, flags))
           }
         }
       })
@@ -329,6 +334,64 @@ describe('a server that breaks the structured reply rules', () => {
       }
     } finally {
       await close()
+    }
+  })
+})
+
+describe('NbdVolume zeroing', () => {
+  test('writeZeroes and trim go as WRITE_ZEROES without NO_HOLE, so a remote clone stays sparse', async () => {
+    const seen: Array<{type: number; flags: number}> = []
+    const sock = join(dir, 'zero.sock')
+    const srv = createServer((s) => {
+      let buf = Buffer.alloc(0)
+      let phase: 'flags' | 'options' | 'io' = 'flags'
+      s.write(encodeServerGreeting())
+      s.on('error', () => undefined)
+      s.on('data', (b: Buffer) => {
+        buf = Buffer.concat([buf, b])
+        for (;;) {
+          if (phase === 'flags') {
+            if (buf.length < 4) return
+            buf = buf.subarray(4)
+            phase = 'options'
+          } else if (phase === 'options') {
+            if (buf.length < 16 || buf.length < 16 + buf.readUInt32BE(12)) return
+            const option = buf.readUInt32BE(8)
+            buf = buf.subarray(16 + buf.readUInt32BE(12))
+            if (option === Opt.GO) {
+              s.write(encodeOptionReply(option, Rep.INFO, encodeInfoExport(1 * MiB, TxFlag.HAS_FLAGS | TxFlag.SEND_WRITE_ZEROES | TxFlag.SEND_TRIM | TxFlag.SEND_FLUSH)))
+              s.write(encodeOptionReply(option, Rep.ACK))
+              phase = 'io'
+            } else s.write(encodeOptionReply(option, Rep.ERR_UNSUP))
+          } else {
+            if (buf.length < 28) return
+            seen.push({type: buf.readUInt16BE(6), flags: buf.readUInt16BE(4)})
+            const h = Buffer.alloc(16)
+            h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0)
+            buf.copy(h, 8, 8, 16)
+            buf = buf.subarray(28)
+            s.write(h)
+          }
+        }
+      })
+    })
+    await new Promise<void>((r) => srv.listen(sock, r))
+    try {
+      const v = await NbdVolume.open(nbdUri(sock), {write: true})
+      try {
+        await v.writeZeroes(0, 64 * KiB)
+        await v.writeZeroes(64 * KiB, 64 * KiB, {punch: true})
+        await v.trim(128 * KiB, 64 * KiB)
+      } finally {
+        await v.close()
+      }
+      assert.deepEqual(seen.filter((x) => x.type !== 2 /* DISC */), [
+        {type: 6, flags: 0},
+        {type: 6, flags: 0},
+        {type: 6, flags: 0},
+      ])
+    } finally {
+      await new Promise<void>((r) => srv.close(() => r()))
     }
   })
 })
