@@ -38,6 +38,9 @@ async function bundle() {
     minifySyntax: true,
     sourcemap: 'external',
     logLevel: 'warning',
+    // src/volume/kernel.ts reads import.meta.url only where no require exists (unbundled ES
+    // modules); in this CommonJS bundle it takes require, so import.meta being empty is fine.
+    logOverride: {'empty-import-meta': 'silent'},
     plugins: [dynamicImportThroughLoader],
   })
 }

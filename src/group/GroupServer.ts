@@ -6,6 +6,7 @@ import {InterruptedError, RefusedError, StateError, UsageError} from '../errors/
 import {EXTENTS_PER_PAGE} from '../map/PersistentMap.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {HostIO} from '../engine/HostIO.js'
+import {ExportStatus} from './exportStatus.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
 import type {SyncProgress} from '../engine/SyncEngine.js'
 import {NbdServer, type NbdServerOptions} from '../nbd/NbdServer.js'
@@ -83,7 +84,7 @@ export class GroupServer {
     private readonly lock: GroupLock,
     private readonly opts: ServeOptions,
   ) {
-    this.nbd = new NbdServer(host, {...opts.limits, exportName: '', description: exportDescription(g.record), log: opts.log, tls: opts.tls})
+    this.nbd = new NbdServer(host, {...opts.limits, exportName: '', description: exportDescription(g.record), log: opts.log, tls: opts.tls, metaContexts: new ExportStatus(host)})
     this.control = new ControlServer((req, send, cancelled) => this.handle(req, send, cancelled))
   }
 

@@ -20,6 +20,11 @@ export interface OpenOptions {
 
 export interface DurableFile {
   readonly path: string
+  /**
+   * The OS file descriptor, for the kernel calls Node lacks (src/volume/kernel.ts: SEEK_DATA,
+   * fallocate, block ioctls). Absent (MemoryFs): callers do what Node alone can.
+   */
+  readonly fd?: number
   /** Positional read into buf[0..length); resolves to the bytes read (short only at end of file). */
   read(buf: Uint8Array, position: number, length?: number): Promise<number>
   /** Positional write of the whole buffer. Not durable until datasync(). */

@@ -5,6 +5,10 @@ import type {DurableFile, DurableFs, FileStat, LinkStat, OpenOptions} from './Du
 class NodeFile implements DurableFile {
   constructor(readonly path: string, private readonly fh: fsp.FileHandle) {}
 
+  get fd(): number {
+    return this.fh.fd
+  }
+
   async read(buf: Uint8Array, position: number, length = buf.byteLength): Promise<number> {
     let done = 0
     while (done < length) {

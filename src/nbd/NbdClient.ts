@@ -6,8 +6,16 @@
  * - Handshake: fixed newstyle, NO_ZEROES when offered; NBD_OPT_STARTTLS first when TLS is
  *   wanted (then the rest of the handshake runs inside TLS); NBD_OPT_GO asking for
  *   NBD_INFO_BLOCK_SIZE, which also tells the server we honour its block sizes; plain
- *   NBD_OPT_EXPORT_NAME only when the server answers GO with ERR_UNSUP. Structured replies
- *   are never negotiated, so every reply is a simple reply.
+ *   NBD_OPT_EXPORT_NAME only when the server answers GO with ERR_UNSUP. Before GO,
+ *   NBD_OPT_STRUCTURED_REPLY and, when acknowledged, NBD_OPT_SET_META_CONTEXT for
+ *   `base:allocation`: extents() then asks NBD_CMD_BLOCK_STATUS, so a copy from a remote
+ *   skips its holes. A server that refuses either is used as before (simple replies, every
+ *   byte data).
+ * - Structured replies: a READ may come as several OFFSET_DATA / OFFSET_HOLE chunks in any
+ *   order (holes are filled with zeros here); it succeeds only when its chunks covered every
+ *   byte and no ERROR chunk came. A chunk for an unknown cookie, outside its request, or of a
+ *   type that does not belong to its command is a protocol error (the connection drops).
+ *   A HOLE without ZERO is data: only NBD_STATE_ZERO promises zeros.
  * - Transmission: many requests in flight (at most `maxInflight`, the rest queue here),
  *   each found by its cookie, completing in any order. READ data is copied from the socket
  *   chunks straight into the caller's buffer.
@@ -33,6 +41,7 @@ import {
   ClientFlag,
   Cmd,
   CmdFlag,
+  Errno,
   EXPORT_NAME_REPLY_SIZE,
   EXPORT_NAME_ZERO_PAD,
   GREETING_SIZE,
@@ -48,6 +57,13 @@ import {
   SIMPLE_REPLY_MAGIC,
   SIMPLE_REPLY_SIZE,
   STRUCTURED_REPLY_MAGIC,
+  STRUCTURED_REPLY_SIZE,
+  ReplyFlag,
+  ReplyType,
+  StateFlag,
+  type StatusRun,
+  decodeMetaContextReply,
+  encodeMetaContextRequest,
   TxFlag,
   cmdName,
   decodeExportNameReply,
@@ -128,7 +144,30 @@ interface Pending {
   resolve: () => void
   reject: (e: Error) => void
   timer?: NodeJS.Timeout
+  /** Structured replies: READ bytes covered by chunks so far. */
+  got?: number
+  /** Structured replies: the first ERROR chunk's errno. */
+  error?: number
+  /** BLOCK_STATUS: the base:allocation descriptors. */
+  runs?: StatusRun[]
 }
+
+/** A structured chunk being received: its header fields, and its payload so far. */
+interface ChunkState {
+  p: Pending
+  flags: number
+  type: number
+  length: number
+  /** OFFSET_DATA: bytes of data left to copy into p.dest, and where the next one goes. */
+  dataLeft: number
+  destAt: number
+  /** The payload (all of it, or OFFSET_DATA's 8-byte offset) while it is gathered. */
+  head: Buffer
+  headFill: number
+}
+
+/** The largest structured chunk payload kept in memory besides READ data (block status). */
+const MAX_CHUNK = 64 * 1024 * 1024
 
 export interface NbdExportInfo {
   size: number
@@ -141,6 +180,10 @@ export interface NbdExportInfo {
   /** 'go' normally; 'export-name' for servers without NBD_OPT_GO. */
   negotiatedWith: 'go' | 'export-name'
   tls: boolean
+  /** NBD_OPT_STRUCTURED_REPLY was acknowledged. */
+  structured?: boolean
+  /** The id of the base:allocation meta context, when the server selected it. */
+  allocationContext?: number
 }
 
 /**
@@ -217,8 +260,10 @@ export class NbdClient {
   private rmwChain: Promise<unknown> = Promise.resolve()
   /** Public calls running; close() waits for none. */
   private active = 0
-  // Reply parser state: a header being filled, then READ data for `cur`.
-  private readonly hdr = Buffer.alloc(SIMPLE_REPLY_SIZE)
+  // Reply parser state: a header being filled (simple, or structured), then READ data for
+  // `cur` (simple reply) or the payload of a structured chunk.
+  private readonly hdr = Buffer.alloc(STRUCTURED_REPLY_SIZE)
+  private chunk?: ChunkState
   private hdrFill = 0
   private cur?: Pending
   private curDone = 0
@@ -304,10 +349,61 @@ export class NbdClient {
 
   /**
    * Make [offset, offset+length) read as zeros: NBD_CMD_WRITE_ZEROES when the server has it
-   * (without NO_HOLE, so it may punch holes), else WRITEs from a shared zero buffer. Waits.
+   * (with NO_HOLE when `noHole`: blocks kept allocated; without, it may punch holes), else
+   * WRITEs from a shared zero buffer. Waits.
    */
-  writeZeroes(offset: number, length: number, opts: {fua?: boolean} = {}): Promise<void> {
-    return this.guard(() => this.writeZeroesImpl(offset, length, opts.fua ?? false))
+  writeZeroes(offset: number, length: number, opts: {fua?: boolean; noHole?: boolean} = {}): Promise<void> {
+    return this.guard(() => this.writeZeroesImpl(offset, length, opts.fua ?? false, opts.noHole ?? false))
+  }
+
+  /**
+   * The data/zero/hole runs of [offset, offset+length) from the server's base:allocation
+   * (NBD_CMD_BLOCK_STATUS, asked again from where a short answer ended); one data run when
+   * the server offers no block status. ZERO makes a run `zero` (`hole` with HOLE too); HOLE
+   * alone is data: nothing promises it reads as zeros. Waits.
+   */
+  extents(offset: number, length: number): Promise<Array<{offset: number; length: number; kind: 'data' | 'zero' | 'hole'}>> {
+    return this.guard(() => this.extentsImpl(offset, length))
+  }
+
+  private async extentsImpl(offset: number, length: number): Promise<Array<{offset: number; length: number; kind: 'data' | 'zero' | 'hole'}>> {
+    this.checkRange('read', offset, length)
+    if (length === 0) return []
+    if (this.info.allocationContext === undefined) return [{offset, length, kind: 'data'}]
+    const out: Array<{offset: number; length: number; kind: 'data' | 'zero' | 'hole'}> = []
+    const end = offset + length
+    const min = this.info.blockSizes.min
+    let pos = offset
+    while (pos < end) {
+      // Block sizes apply to block status too: ask whole blocks, clip the answer.
+      const a0 = alignDown(pos, min)
+      const a1 = Math.min(alignUp(end, min), this.size, a0 + alignDown(0x8000_0000, min))
+      const p = await this.submitStatus(a0, a1 - a0)
+      let at = a0
+      for (const r of p) {
+        const s = Math.max(at, pos)
+        const e = Math.min(at + r.length, end)
+        at += r.length
+        if (e <= s) continue
+        const kind = r.flags & StateFlag.ZERO ? (r.flags & StateFlag.HOLE ? 'hole' : 'zero') : 'data'
+        const last = out.at(-1)
+        if (last && last.kind === kind && last.offset + last.length === s) last.length += e - s
+        else out.push({offset: s, length: e - s, kind})
+        if (at >= end) break
+      }
+      if (at <= pos) throw new RemoteError(`${this.uri}: protocol error: block status at offset ${a0} described no bytes past ${pos}`, 'protocol', 'this is a bug in the NBD server; report it')
+      pos = Math.min(at, end)
+    }
+    return out
+  }
+
+  /** One BLOCK_STATUS; resolves to its base:allocation descriptors (at least one). */
+  private async submitStatus(offset: number, length: number): Promise<StatusRun[]> {
+    const holder: {p?: Pending} = {}
+    await this.submit(Cmd.BLOCK_STATUS, 0, offset, length, {}, holder)
+    const runs = holder.p?.runs
+    if (!runs || runs.length === 0) throw new RemoteError(`${this.uri}: protocol error: block status at offset ${offset} came without base:allocation descriptors`, 'protocol', 'this is a bug in the NBD server; report it')
+    return runs
   }
 
   /** NBD_CMD_TRIM when advertised (advisory: the range may then read as anything), else nothing. Waits. */
@@ -370,7 +466,7 @@ export class NbdClient {
     await this.readModifyWrite(offset, data.byteLength, (block, at) => Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(block, at), fua)
   }
 
-  private async writeZeroesImpl(offset: number, length: number, fua: boolean): Promise<void> {
+  private async writeZeroesImpl(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
     this.checkWritable('zero')
     this.checkRange('zero', offset, length)
     if (length === 0) return
@@ -388,7 +484,8 @@ export class NbdClient {
     if (a0 > offset) work.push(this.readModifyWrite(offset, a0 - offset, (block, at) => block.fill(0, at, at + (a0 - offset)), fua))
     if (a1 < end) work.push(this.readModifyWrite(a1, end - a1, (block, at) => block.fill(0, at, at + (end - a1)), fua))
     const chunk = alignDown(ZERO_TRIM_CHUNK, min)
-    for (let off = a0; off < a1; off += chunk) work.push(this.submit(Cmd.WRITE_ZEROES, fua ? this.fuaFlag() : 0, off, Math.min(chunk, a1 - off)))
+    const flags = (fua ? this.fuaFlag() : 0) | (noHole ? CmdFlag.NO_HOLE : 0)
+    for (let off = a0; off < a1; off += chunk) work.push(this.submit(Cmd.WRITE_ZEROES, flags, off, Math.min(chunk, a1 - off)))
     await settleAll(work)
     if (fua && !this.canFua) await this.flushImpl()
   }
@@ -534,10 +631,11 @@ export class NbdClient {
   // -------------------------------------------------------------------------------------
   // Requests and replies
 
-  private submit(type: number, flags: number, offset: number, length: number, extra: {dest?: Buffer; payload?: Uint8Array} = {}): Promise<void> {
+  private submit(type: number, flags: number, offset: number, length: number, extra: {dest?: Buffer; payload?: Uint8Array} = {}, holder?: {p?: Pending}): Promise<void> {
     if (this.failure) return Promise.reject(this.failure)
     return new Promise<void>((resolve, reject) => {
       const p: Pending = {cookie: this.nextCookie++, type, flags, offset, length, dest: extra.dest, payload: extra.payload, resolve, reject}
+      if (holder) holder.p = p
       if (this.queue.length === 0 && this.canSend(p)) this.send(p)
       else this.queue.push(p)
     })
@@ -599,13 +697,24 @@ export class NbdClient {
         }
         continue
       }
-      const n = Math.min(SIMPLE_REPLY_SIZE - this.hdrFill, chunk.length - pos)
+      if (this.chunk) {
+        pos = this.chunkBody(this.chunk, chunk, pos)
+        continue
+      }
+      // The magic first: it says how long the header is.
+      const need = this.hdrFill < 4 || this.hdr.readUInt32BE(0) !== STRUCTURED_REPLY_MAGIC ? SIMPLE_REPLY_SIZE : STRUCTURED_REPLY_SIZE
+      const upTo = this.hdrFill < 4 ? 4 : need
+      const n = Math.min(upTo - this.hdrFill, chunk.length - pos)
       chunk.copy(this.hdr, this.hdrFill, pos, pos + n)
       this.hdrFill += n
       pos += n
-      if (this.hdrFill < SIMPLE_REPLY_SIZE) return
+      if (this.hdrFill < 4 || this.hdrFill < (this.hdr.readUInt32BE(0) === STRUCTURED_REPLY_MAGIC ? STRUCTURED_REPLY_SIZE : SIMPLE_REPLY_SIZE)) continue
       this.hdrFill = 0
       const magic = this.hdr.readUInt32BE(0)
+      if (magic === STRUCTURED_REPLY_MAGIC && this.info.structured) {
+        this.chunkHeader()
+        continue
+      }
       if (magic !== SIMPLE_REPLY_MAGIC) {
         const why = magic === STRUCTURED_REPLY_MAGIC ? 'a structured reply, which was not negotiated' : `a reply with bad magic 0x${magic.toString(16)}`
         return this.fail(new RemoteError(`${this.uri}: protocol error: the server sent ${why}`, 'protocol', 'this is a bug in the NBD server or in clonectl; report it'))
@@ -614,11 +723,110 @@ export class NbdClient {
       const cookie = this.hdr.readUInt32BE(8) * TWO32 + this.hdr.readUInt32BE(12)
       const p = this.pending.get(cookie)
       if (!p) return this.fail(new RemoteError(`${this.uri}: protocol error: a reply for unknown cookie ${cookie}`, 'protocol', 'this is a bug in the NBD server or in clonectl; report it'))
+      // After structured replies, READ and BLOCK_STATUS must not get simple replies (proto.md).
+      if (this.info.structured && (p.type === Cmd.READ || p.type === Cmd.BLOCK_STATUS) && error === 0)
+        return this.protocolError(`a simple reply to ${cmdName(p.type)} after structured replies were negotiated`)
       if (p.type === Cmd.READ && error === 0 && p.length > 0) {
         this.cur = p
         this.curDone = 0
       } else this.complete(p, error)
     }
+  }
+
+  private protocolError(what: string): void {
+    this.fail(new RemoteError(`${this.uri}: protocol error: ${what}`, 'protocol', 'this is a bug in the NBD server or in clonectl; report it'))
+  }
+
+  /** A structured chunk header is in `hdr`: check it against its request, then gather its payload. */
+  private chunkHeader(): void {
+    const flags = this.hdr.readUInt16BE(4)
+    const type = this.hdr.readUInt16BE(6)
+    const cookie = this.hdr.readUInt32BE(8) * TWO32 + this.hdr.readUInt32BE(12)
+    const length = this.hdr.readUInt32BE(16)
+    const p = this.pending.get(cookie)
+    if (!p) return this.protocolError(`a structured reply for unknown cookie ${cookie}`)
+    const fits =
+      type === ReplyType.NONE ? length === 0 && (flags & ReplyFlag.DONE) !== 0
+      : type === ReplyType.OFFSET_DATA ? p.type === Cmd.READ && length > 8
+      : type === ReplyType.OFFSET_HOLE ? p.type === Cmd.READ && length === 12
+      : type === ReplyType.BLOCK_STATUS ? p.type === Cmd.BLOCK_STATUS && length >= 12 && (length - 4) % 8 === 0 && length <= MAX_CHUNK
+      : type === ReplyType.ERROR || type === ReplyType.ERROR_OFFSET ? length >= 6 && length <= MAX_CHUNK
+      : false
+    if (!fits) return this.protocolError(`a structured reply of type ${type} (${length} bytes) to ${cmdName(p.type)}`)
+    const headLen = type === ReplyType.OFFSET_DATA ? 8 : length
+    this.chunk = {p, flags, type, length, dataLeft: type === ReplyType.OFFSET_DATA ? length - 8 : 0, destAt: 0, head: Buffer.allocUnsafe(headLen), headFill: 0}
+    if (length === 0) this.chunkDone(this.chunk)
+  }
+
+  /** Feed a chunk's payload from `buf` at `pos`; returns where it stopped. */
+  private chunkBody(c: ChunkState, buf: Buffer, pos: number): number {
+    if (c.headFill < c.head.length) {
+      const n = Math.min(c.head.length - c.headFill, buf.length - pos)
+      buf.copy(c.head, c.headFill, pos, pos + n)
+      c.headFill += n
+      pos += n
+      if (c.headFill < c.head.length) return pos
+      if (c.type === ReplyType.OFFSET_DATA) {
+        const off = c.head.readUInt32BE(0) * TWO32 + c.head.readUInt32BE(4)
+        c.destAt = off - c.p.offset
+        if (c.destAt < 0 || c.destAt + c.dataLeft > c.p.length) {
+          this.protocolError(`READ data at offset ${off} (+${c.dataLeft}) outside the request at ${c.p.offset} (+${c.p.length})`)
+          return buf.length
+        }
+      }
+    }
+    if (c.dataLeft > 0) {
+      const n = Math.min(c.dataLeft, buf.length - pos)
+      buf.copy(c.p.dest!, c.destAt, pos, pos + n)
+      c.destAt += n
+      c.dataLeft -= n
+      c.p.got = (c.p.got ?? 0) + n
+      pos += n
+      if (c.dataLeft > 0) return pos
+    }
+    this.chunkDone(c)
+    return pos
+  }
+
+  /** A chunk's payload is complete: apply it; on DONE, complete its request. */
+  private chunkDone(c: ChunkState): void {
+    this.chunk = undefined
+    const {p, head} = c
+    switch (c.type) {
+      case ReplyType.OFFSET_HOLE: {
+        const off = head.readUInt32BE(0) * TWO32 + head.readUInt32BE(4)
+        const len = head.readUInt32BE(8)
+        const at = off - p.offset
+        if (at < 0 || len === 0 || at + len > p.length) return this.protocolError(`a READ hole at offset ${off} (+${len}) outside the request at ${p.offset} (+${p.length})`)
+        p.dest!.fill(0, at, at + len)
+        p.got = (p.got ?? 0) + len
+        break
+      }
+      case ReplyType.ERROR:
+      case ReplyType.ERROR_OFFSET: {
+        const msgLen = head.readUInt16BE(4)
+        if (6 + msgLen > head.length) return this.protocolError(`an error chunk whose message overruns it`)
+        p.error ??= head.readUInt32BE(0) || Errno.EIO
+        break
+      }
+      case ReplyType.BLOCK_STATUS:
+        if (head.readUInt32BE(0) === this.info.allocationContext) {
+          const runs: StatusRun[] = []
+          for (let q = 4; q < head.length; q += 8) {
+            const length = head.readUInt32BE(q)
+            if (length > 0) runs.push({length, flags: head.readUInt32BE(q + 4)})
+          }
+          p.runs = runs
+        }
+        break
+      default:
+        break
+    }
+    if (!(c.flags & ReplyFlag.DONE)) return
+    if (p.error) return this.complete(p, p.error)
+    // Chunks may overlap only by a broken server; short of that, covering every byte once is the rule.
+    if (p.type === Cmd.READ && (p.got ?? 0) !== p.length) return this.protocolError(`READ of ${p.length} bytes at offset ${p.offset} answered with ${p.got ?? 0} bytes`)
+    this.complete(p, 0)
   }
 
   private lostError(e?: Error): RemoteError {
@@ -640,6 +848,7 @@ export class NbdClient {
     this.queue.length = 0
     this.inflightBytes = 0
     this.cur = undefined
+    this.chunk = undefined
     for (const p of all) {
       clearTimeout(p.timer)
       p.reject(e)
@@ -826,6 +1035,8 @@ class Handshake {
 
     if (this.tlsOpts) await this.startTls()
 
+    const status = await this.negotiateStatus()
+
     // DESCRIPTION too: clonectl's own server names its group there (a clone must not be the source).
     this.write(encodeOption(Opt.GO, encodeGoData(this.t.exportName, [Info.BLOCK_SIZE, Info.DESCRIPTION])))
     let size: bigint | undefined
@@ -845,11 +1056,34 @@ class Handshake {
         else if (info.type === Info.DESCRIPTION) description = info.description
         continue
       }
-      if (type === Rep.ERR_UNSUP) return this.exportName(noZeroes)
+      if (type === Rep.ERR_UNSUP) return {...(await this.exportName(noZeroes)), ...status}
       throw this.optionError(Opt.GO, type, data)
     }
     if (size === undefined) throw this.err('protocol', 'protocol error: the server acknowledged NBD_OPT_GO without sending the export size', 'this is a bug in the NBD server; report it')
-    return this.makeInfo(size, flags, bs, description, 'go')
+    return {...this.makeInfo(size, flags, bs, description, 'go'), ...status}
+  }
+
+  /**
+   * NBD_OPT_STRUCTURED_REPLY, then NBD_OPT_SET_META_CONTEXT for base:allocation. A refusal
+   * of either (any error reply) leaves the connection as it was: simple replies, no status.
+   */
+  private async negotiateStatus(): Promise<{structured: boolean; allocationContext?: number}> {
+    this.write(encodeOption(Opt.STRUCTURED_REPLY))
+    const sr = await this.optionReply(Opt.STRUCTURED_REPLY)
+    if (sr.type !== Rep.ACK) {
+      if (isRepError(sr.type)) return {structured: false}
+      throw this.optionError(Opt.STRUCTURED_REPLY, sr.type, sr.data)
+    }
+    this.write(encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest(this.t.exportName, ['base:allocation'])))
+    let allocationContext: number | undefined
+    for (;;) {
+      const {type, data} = await this.optionReply(Opt.SET_META_CONTEXT)
+      if (type === Rep.ACK || isRepError(type)) break
+      const m = type === Rep.META_CONTEXT ? decodeMetaContextReply(data) : undefined
+      if (!m) throw this.err('protocol', `protocol error: reply type ${type} to NBD_OPT_SET_META_CONTEXT`, 'this is a bug in the NBD server; report it')
+      if (m.name === 'base:allocation') allocationContext = m.id
+    }
+    return {structured: true, allocationContext}
   }
 
   private async startTls(): Promise<void> {

@@ -3,9 +3,13 @@
  *
  * Notes on the design:
  * - Fixed newstyle only. Options: GO and INFO (NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE
- *   always, NAME and DESCRIPTION when asked), EXPORT_NAME, LIST, ABORT, and STARTTLS when
- *   TLS is configured; everything else (STRUCTURED_REPLY, meta contexts, extended
- *   headers, …) is NBD_REP_ERR_UNSUP, so transmission uses simple replies only.
+ *   always, NAME and DESCRIPTION when asked), EXPORT_NAME, LIST, ABORT, STRUCTURED_REPLY,
+ *   LIST/SET_META_CONTEXT when the server has a MetaContextSource (BlockStatus.ts), and
+ *   STARTTLS when TLS is configured; everything else (extended headers, …) is
+ *   NBD_REP_ERR_UNSUP.
+ * - Once structured replies are negotiated, READ is answered by one OFFSET_DATA chunk (or an
+ *   ERROR chunk) and BLOCK_STATUS by one chunk per selected context; every other command
+ *   keeps simple replies, as the spec allows.
  * - TLS (the spec's FORCEDTLS when `tls.required`, else SELECTIVETLS with every export
  *   open to plaintext too): STARTTLS is answered ACK, parsing stops, and once the ACK is
  *   out the socket is handed to a TLS server socket; option haggling goes on inside TLS
@@ -36,7 +40,8 @@
  * - Validation, in this order: unknown command → EINVAL; a flag the command does not take
  *   (FUA is taken by all, NO_HOLE by WRITE_ZEROES) → EINVAL; WRITE/TRIM/WRITE_ZEROES on a
  *   read-only export → EPERM; past the end → EINVAL for READ, ENOSPC for the writes;
- *   READ/WRITE longer than 32 MiB → EINVAL. A rejected WRITE's payload is read and
+ *   READ/WRITE longer than 32 MiB → EINVAL; BLOCK_STATUS with no context selected, of
+ *   length 0, past the end, or with a flag other than FUA/REQ_ONE → EINVAL. A rejected WRITE's payload is read and
  *   dropped; a payload over 64 MiB, a bad magic, or bad client flags drop the connection —
  *   that one only. Zero-length requests succeed without reaching the backend.
  * - Disconnect (DISC, EOF, error, drop, or close()): requests in flight complete first,
@@ -53,6 +58,7 @@ import {ByteQueue} from './ByteQueue.js'
 import {PayloadBudget, type Grant} from './PayloadBudget.js'
 import {PayloadPool} from './PayloadPool.js'
 import type {ExportBackend} from './ExportBackend.js'
+import {type MetaContextSource, finishRuns, selectContexts} from './BlockStatus.js'
 import {
   BLOCK_MAX,
   ClientFlag,
@@ -69,7 +75,14 @@ import {
   SIMPLE_REPLY_SIZE,
   TxFlag,
   cmdName,
+  ERROR_CHUNK_SIZE,
+  OFFSET_DATA_HEAD,
+  ReplyType,
+  STRUCTURED_REPLY_SIZE,
   decodeGoData,
+  decodeMetaContextRequest,
+  encodeBlockStatusReply,
+  encodeMetaContextReply,
   encodeExportNameReply,
   encodeInfoBlockSize,
   encodeInfoExport,
@@ -81,7 +94,10 @@ import {
   nbdErrnoOf,
   optName,
   readRequestHeader,
+  writeErrorChunk,
+  writeOffsetDataHead,
   writeSimpleReplyHeader,
+  writeStructuredHeader,
 } from './protocol.js'
 
 export interface NbdServerOptions {
@@ -119,6 +135,8 @@ export interface NbdServerOptions {
    * It applies to every listener, the unix socket too.
    */
   tls?: {options: TlsOptions; required: boolean}
+  /** Offer meta contexts and answer NBD_CMD_BLOCK_STATUS from this source. */
+  metaContexts?: MetaContextSource
 }
 
 /** A WRITE claiming more than this is hostile or broken: drop it instead of buffering. */
@@ -155,6 +173,8 @@ class Req implements RequestHeader {
   /** Bytes of the server's PayloadBudget this request holds, and from which part. */
   held = 0
   grant: Grant = 'main'
+  /** `data` is the whole encoded reply (BLOCK_STATUS chunks): no header to add. */
+  raw = false
 }
 
 /** starttls: the ACK is going out or the TLS handshake runs; nothing is parsed. */
@@ -199,6 +219,11 @@ class Connection {
   private s: Socket
   /** TLS is up (STARTTLS succeeded). */
   private secure = false
+  /** NBD_OPT_STRUCTURED_REPLY was acknowledged. */
+  private structured = false
+  /** Meta contexts chosen by SET_META_CONTEXT (id, name), and the export they were chosen for. */
+  private metaContexts: Array<{id: number; name: string}> = []
+  private metaExport = ''
   private readonly flushBound = (): void => this.flushReplies()
   private readonly onData = (b: Buffer): void => {
     if (this.phase === 'ending' || this.phase === 'dead') return
@@ -483,19 +508,53 @@ class Connection {
         if (go.infos.includes(Info.NAME)) this.optionReply(option, Rep.INFO, encodeInfoText(Info.NAME, srv.exportName))
         if (go.infos.includes(Info.DESCRIPTION) && srv.description !== undefined) this.optionReply(option, Rep.INFO, encodeInfoText(Info.DESCRIPTION, srv.description))
         this.optionReply(option, Rep.ACK)
-        if (option === Opt.GO) this.enterTransmission()
+        if (option === Opt.GO) {
+          // Contexts chosen for another name of this export are kept; the spec lets either go.
+          if (!this.nameMatches(this.metaExport)) this.metaContexts = []
+          this.enterTransmission()
+        }
         this.s.uncork()
         return
       }
+      case Opt.STRUCTURED_REPLY:
+        if (data.length !== 0) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from('NBD_OPT_STRUCTURED_REPLY takes no data'))
+        if (this.structured) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from('structured replies are already negotiated'))
+        this.structured = true
+        return this.optionReply(option, Rep.ACK)
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT:
+        return this.metaContextOption(option, data)
       case Opt.STARTTLS:
         if (!srv.tls) return this.optionReply(option, Rep.ERR_UNSUP, Buffer.from('TLS is not configured on this server'))
         if (this.secure) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from('TLS is already negotiated'))
         if (data.length !== 0) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from('NBD_OPT_STARTTLS takes no data'))
         return this.startTls(srv.tls.options)
       default:
-        // STRUCTURED_REPLY, meta contexts, extended headers, anything unknown.
+        // Extended headers, meta contexts without a source, anything unknown.
         this.optionReply(option, Rep.ERR_UNSUP)
     }
+  }
+
+  /** LIST_META_CONTEXT / SET_META_CONTEXT: one META_CONTEXT reply per match, then ACK. */
+  private metaContextOption(option: number, data: Buffer): void {
+    const source = this.srv.metaContexts
+    if (!source) return this.optionReply(option, Rep.ERR_UNSUP, Buffer.from('this server offers no meta contexts'))
+    if (!this.structured) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from(`${optName(option)} needs NBD_OPT_STRUCTURED_REPLY first`))
+    const req = decodeMetaContextRequest(data)
+    if (!req) return this.optionReply(option, Rep.ERR_INVALID, Buffer.from(`malformed ${optName(option)} data`))
+    if (!this.nameMatches(req.exportName)) return this.optionReply(option, Rep.ERR_UNKNOWN, Buffer.from(`no export named "${req.exportName}"`))
+    const list = option === Opt.LIST_META_CONTEXT
+    const available = source.contexts()
+    const chosen = selectContexts(available, req.queries, list).map((name) => ({id: available.indexOf(name) + 1, name}))
+    if (!list) {
+      this.metaContexts = chosen
+      this.metaExport = req.exportName
+    }
+    this.s.cork()
+    // LIST replies carry id 0: an id means something only after SET.
+    for (const c of chosen) this.optionReply(option, Rep.META_CONTEXT, encodeMetaContextReply(list ? 0 : c.id, c.name))
+    this.optionReply(option, Rep.ACK)
+    this.s.uncork()
   }
 
   // -------------------------------------------------------------------------------------
@@ -596,6 +655,9 @@ class Connection {
         return past ? Errno.ENOSPC : 0
       case Cmd.FLUSH:
         return flags & ~CmdFlag.FUA ? Errno.EINVAL : 0
+      case Cmd.BLOCK_STATUS:
+        if (flags & ~(CmdFlag.FUA | CmdFlag.REQ_ONE) || this.metaContexts.length === 0) return Errno.EINVAL
+        return past || length === 0 ? Errno.EINVAL : 0
       default:
         return Errno.EINVAL
     }
@@ -628,6 +690,9 @@ class Connection {
         case Cmd.TRIM:
           p = backend.trim(r.offset, r.length, fua)
           break
+        case Cmd.BLOCK_STATUS:
+          p = this.blockStatus(r)
+          break
         default:
           p = backend.flush()
       }
@@ -641,6 +706,18 @@ class Connection {
     if (this.inflight >= this.srv.maxInflight || this.inflightBytes >= this.srv.maxInflightBytes) this.pause()
   }
 
+  /** The encoded chunks answering a BLOCK_STATUS: one per selected context, clipped to the request. */
+  private async blockStatus(r: Req): Promise<Buffer> {
+    const source = this.srv.metaContexts!
+    const reqOne = (r.flags & CmdFlag.REQ_ONE) !== 0
+    const chunks = await Promise.all(
+      this.metaContexts.map(async (c) => ({id: c.id, runs: finishRuns(await source.status(c.name, r.offset, r.length), r.length, reqOne)})),
+    )
+    for (const c of chunks) if (c.runs.length === 0) throw new Error(`meta context ${this.metaContexts.find((m) => m.id === c.id)?.name}: no status for ${r.offset}+${r.length}`)
+    r.raw = true
+    return encodeBlockStatusReply(r.cookieHi, r.cookieLo, chunks)
+  }
+
   /** A WRITE's payload (pooled buffer and budget) is free once its backend write settled. */
   private releasePayload(r: Req): void {
     // A WRITE's budget ends here; a READ's once its reply has left (writeReplies).
@@ -652,7 +729,8 @@ class Connection {
 
   private completed(r: Req, v: Buffer | void): void {
     this.releasePayload(r)
-    if (r.type === Cmd.READ) {
+    if (r.raw && Buffer.isBuffer(v)) r.data = v
+    else if (r.type === Cmd.READ) {
       if (Buffer.isBuffer(v) && v.length === r.length) r.data = v
       else {
         this.log(`${cmdName(r.type)} at ${r.offset}+${r.length}: the backend returned ${Buffer.isBuffer(v) ? `${v.length} bytes` : typeof v}; answering EIO`)
@@ -667,6 +745,7 @@ class Connection {
     this.releasePayload(r)
     r.error = nbdErrnoOf(e)
     r.data = undefined
+    r.raw = false
     this.log(`${cmdName(r.type)} at ${r.offset}+${r.length} failed: ${errnoName(r.error)}: ${describe(e)}`)
     this.settle(r)
   }
@@ -725,7 +804,7 @@ class Connection {
     let inline = 0
     let large = false
     for (const r of list) {
-      inline += SIMPLE_REPLY_SIZE
+      inline += this.headBytes(r)
       const d = r.data
       if (d) {
         if (d.length <= INLINE_DATA_MAX) inline += d.length
@@ -736,8 +815,7 @@ class Connection {
     let pos = 0
     if (!large) {
       for (const r of list) {
-        writeSimpleReplyHeader(buf, pos, r.error, r.cookieHi, r.cookieLo)
-        pos += SIMPLE_REPLY_SIZE
+        pos += this.writeHead(buf, pos, r)
         if (r.data) pos += r.data.copy(buf, pos)
         r.data = undefined
       }
@@ -749,8 +827,7 @@ class Connection {
       let start = 0
       const parts: Buffer[] = []
       for (const r of list) {
-        writeSimpleReplyHeader(buf, pos, r.error, r.cookieHi, r.cookieLo)
-        pos += SIMPLE_REPLY_SIZE
+        pos += this.writeHead(buf, pos, r)
         const d = r.data
         r.data = undefined
         if (!d) continue
@@ -771,6 +848,28 @@ class Connection {
     this.watchReplies()
     if (this.s.writableLength > this.srv.maxBacklogBytes) this.pause()
     this.maybeFinishEnding()
+  }
+
+  /**
+   * Bytes of a reply before its data: a simple reply header; with structured replies, READ's
+   * OFFSET_DATA head (a NONE chunk for a zero-length READ), or an ERROR chunk for a failed
+   * READ or BLOCK_STATUS; nothing for BLOCK_STATUS chunks already encoded.
+   */
+  private headBytes(r: Req): number {
+    if (r.raw) return 0
+    if (!this.structured || (r.type !== Cmd.READ && r.type !== Cmd.BLOCK_STATUS)) return SIMPLE_REPLY_SIZE
+    if (r.error !== 0) return ERROR_CHUNK_SIZE
+    return r.data ? OFFSET_DATA_HEAD : STRUCTURED_REPLY_SIZE
+  }
+
+  /** Write what headBytes(r) counted at `pos`; returns its size. */
+  private writeHead(buf: Buffer, pos: number, r: Req): number {
+    const n = this.headBytes(r)
+    if (n === SIMPLE_REPLY_SIZE) writeSimpleReplyHeader(buf, pos, r.error, r.cookieHi, r.cookieLo)
+    else if (n === ERROR_CHUNK_SIZE) writeErrorChunk(buf, pos, r.error, r.cookieHi, r.cookieLo)
+    else if (n === OFFSET_DATA_HEAD) writeOffsetDataHead(buf, pos, r.cookieHi, r.cookieLo, r.offset, r.data!.length)
+    else if (n === STRUCTURED_REPLY_SIZE) writeStructuredHeader(buf, pos, 1, ReplyType.NONE, r.cookieHi, r.cookieLo, 0)
+    return n
   }
 
   private pause(): void {
@@ -900,6 +999,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   readonly tls?: {options: TlsOptions; required: boolean}
   /** READ/WRITE payload bytes held across connections (maxBufferBytes). */
   readonly budget: PayloadBudget
+  readonly metaContexts?: MetaContextSource
   /** WRITE payload buffers, reused across requests and connections. */
   readonly payloads = new PayloadPool()
   private readonly servers: Server[] = []
@@ -927,6 +1027,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     const reserve = Math.min(32 * 1024 * 1024, Math.max(4 * 1024 * 1024, Math.floor(limit / 8)))
     this.budget = new PayloadBudget(limit, reserve, reserve / 8)
     this.tls = opts.tls
+    this.metaContexts = opts.metaContexts
   }
 
   /** Open connections, in any phase. */

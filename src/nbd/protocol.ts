@@ -394,3 +394,136 @@ export function decodeSimpleReply(b: Buffer, pos = 0): {error: number; cookie: b
   if (b.length - pos < SIMPLE_REPLY_SIZE || b.readUInt32BE(pos) !== SIMPLE_REPLY_MAGIC) return undefined
   return {error: b.readUInt32BE(pos + 4), cookie: b.readBigUInt64BE(pos + 8)}
 }
+
+// ---------------------------------------------------------------------------------------
+// Structured replies (NBD_OPT_STRUCTURED_REPLY) and meta contexts (block status)
+
+/** Structured reply chunk header: magic, flags (16), type (16), cookie (64), length (32). */
+export const STRUCTURED_REPLY_SIZE = 20
+export const ReplyFlag = {DONE: 1} as const
+export const ReplyType = {NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 0x8001, ERROR_OFFSET: 0x8002} as const
+/** base:allocation status flags. */
+export const StateFlag = {HOLE: 1, ZERO: 2} as const
+/** NBD_OPT_EXTENDED_HEADERS' wider request magic (this server refuses extended headers). */
+export const EXTENDED_REQUEST_MAGIC = 0x21e41c71
+
+/** Write a structured reply chunk header (20 bytes) at `pos`. */
+export function writeStructuredHeader(b: Buffer, pos: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {
+  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, pos)
+  b.writeUInt16BE(flags, pos + 4)
+  b.writeUInt16BE(type, pos + 6)
+  b.writeUInt32BE(cookieHi >>> 0, pos + 8)
+  b.writeUInt32BE(cookieLo >>> 0, pos + 12)
+  b.writeUInt32BE(length >>> 0, pos + 16)
+}
+
+/** Bytes of an OFFSET_DATA chunk before its data: header and the 64-bit offset. */
+export const OFFSET_DATA_HEAD = STRUCTURED_REPLY_SIZE + 8
+/** Bytes of an ERROR chunk without a message: header, error (32), message length (16). */
+export const ERROR_CHUNK_SIZE = STRUCTURED_REPLY_SIZE + 6
+
+/** Write the head of a final OFFSET_DATA chunk (the `length` data bytes follow it) at `pos`. */
+export function writeOffsetDataHead(b: Buffer, pos: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
+  writeStructuredHeader(b, pos, ReplyFlag.DONE, ReplyType.OFFSET_DATA, cookieHi, cookieLo, 8 + length)
+  b.writeUInt32BE(Math.floor(offset / TWO32), pos + STRUCTURED_REPLY_SIZE)
+  b.writeUInt32BE(offset >>> 0, pos + STRUCTURED_REPLY_SIZE + 4)
+}
+
+/** Write a final ERROR chunk with an empty message (ERROR_CHUNK_SIZE bytes) at `pos`. */
+export function writeErrorChunk(b: Buffer, pos: number, error: number, cookieHi: number, cookieLo: number): void {
+  writeStructuredHeader(b, pos, ReplyFlag.DONE, ReplyType.ERROR, cookieHi, cookieLo, 6)
+  b.writeUInt32BE(error >>> 0, pos + STRUCTURED_REPLY_SIZE)
+  b.writeUInt16BE(0, pos + STRUCTURED_REPLY_SIZE + 4)
+}
+
+/** One block status descriptor: a run's length and its status flags. */
+export interface StatusRun {
+  length: number
+  flags: number
+}
+
+/**
+ * The chunks answering NBD_CMD_BLOCK_STATUS: one NBD_REPLY_TYPE_BLOCK_STATUS chunk per
+ * context (id, then length/flags pairs), the last one flagged DONE.
+ */
+export function encodeBlockStatusReply(cookieHi: number, cookieLo: number, chunks: ReadonlyArray<{id: number; runs: readonly StatusRun[]}>): Buffer {
+  let size = 0
+  for (const c of chunks) size += STRUCTURED_REPLY_SIZE + 4 + 8 * c.runs.length
+  const b = Buffer.allocUnsafe(size)
+  let pos = 0
+  chunks.forEach((c, i) => {
+    const len = 4 + 8 * c.runs.length
+    writeStructuredHeader(b, pos, i === chunks.length - 1 ? ReplyFlag.DONE : 0, ReplyType.BLOCK_STATUS, cookieHi, cookieLo, len)
+    pos += STRUCTURED_REPLY_SIZE
+    b.writeUInt32BE(c.id >>> 0, pos)
+    pos += 4
+    for (const r of c.runs) {
+      b.writeUInt32BE(r.length >>> 0, pos)
+      b.writeUInt32BE(r.flags >>> 0, pos + 4)
+      pos += 8
+    }
+  })
+  return b
+}
+
+/** A structured reply chunk header (20 bytes at `pos`); undefined when the magic is wrong. */
+export function decodeStructuredHeader(b: Buffer, pos = 0): {flags: number; type: number; cookie: bigint; length: number} | undefined {
+  if (b.length - pos < STRUCTURED_REPLY_SIZE || b.readUInt32BE(pos) !== STRUCTURED_REPLY_MAGIC) return undefined
+  return {flags: b.readUInt16BE(pos + 4), type: b.readUInt16BE(pos + 6), cookie: b.readBigUInt64BE(pos + 8), length: b.readUInt32BE(pos + 16)}
+}
+
+/**
+ * The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT: export name, then the
+ * queries. Undefined unless the lengths add up exactly.
+ */
+export function decodeMetaContextRequest(data: Buffer): {exportName: string; queries: string[]} | undefined {
+  if (data.length < 8) return undefined
+  const nameLen = data.readUInt32BE(0)
+  if (nameLen > data.length - 8) return undefined
+  const exportName = data.toString('utf8', 4, 4 + nameLen)
+  let pos = 4 + nameLen
+  const n = data.readUInt32BE(pos)
+  pos += 4
+  const queries: string[] = []
+  for (let i = 0; i < n; i++) {
+    if (data.length - pos < 4) return undefined
+    const len = data.readUInt32BE(pos)
+    pos += 4
+    if (len > data.length - pos) return undefined
+    queries.push(data.toString('utf8', pos, pos + len))
+    pos += len
+  }
+  return pos === data.length ? {exportName, queries} : undefined
+}
+
+export function encodeMetaContextRequest(exportName: string, queries: readonly string[]): Buffer {
+  const parts: Buffer[] = []
+  const n = Buffer.from(exportName, 'utf8')
+  const head = Buffer.alloc(4)
+  head.writeUInt32BE(n.length, 0)
+  parts.push(head, n)
+  const count = Buffer.alloc(4)
+  count.writeUInt32BE(queries.length, 0)
+  parts.push(count)
+  for (const q of queries) {
+    const qb = Buffer.from(q, 'utf8')
+    const l = Buffer.alloc(4)
+    l.writeUInt32BE(qb.length, 0)
+    parts.push(l, qb)
+  }
+  return Buffer.concat(parts)
+}
+
+/** NBD_REP_META_CONTEXT data: the context id, then its name. */
+export function encodeMetaContextReply(id: number, name: string): Buffer {
+  const n = Buffer.from(name, 'utf8')
+  const b = Buffer.alloc(4 + n.length)
+  b.writeUInt32BE(id >>> 0, 0)
+  n.copy(b, 4)
+  return b
+}
+
+export function decodeMetaContextReply(data: Buffer): {id: number; name: string} | undefined {
+  if (data.length < 4) return undefined
+  return {id: data.readUInt32BE(0), name: data.toString('utf8', 4)}
+}

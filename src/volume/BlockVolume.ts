@@ -1,8 +1,9 @@
-import {NotFoundError, RefusedError, UsageError, errnoOf} from '../errors/errors.js'
+import {NotFoundError, RefusedError, UsageError, VolumeIoError, errnoOf} from '../errors/errors.js'
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
-import {majorMinor, mountPoints, sysfsReadOnly, sysfsSize} from './blockDevice.js'
+import {majorMinor, mountPoints, sysfsReadOnly, sysfsSize, sysfsZeroing, type ZeroingLimits} from './blockDevice.js'
 import {FileVolume, ioError} from './FileVolume.js'
-import type {Fingerprint, VolumeKind} from './Volume.js'
+import type {Kernel} from './kernel.js'
+import type {Fingerprint, VolumeExtent, VolumeKind} from './Volume.js'
 
 /**
  * A block device, with FileVolume's data path (positional I/O through the page cache;
@@ -12,7 +13,13 @@ import type {Fingerprint, VolumeKind} from './Volume.js'
  * device is mounted, or held exclusively by another program (another clonectl, a VM, a
  * device-mapper or md stack; a whole disk while one of its partitions is). The exclusive
  * claim lasts until close(). Read-only opens are not exclusive. The size comes from sysfs
- * by major:minor (no BLKGETSIZE64 ioctl without a native addon).
+ * by major:minor.
+ *
+ * Zeroing (kernel.ts): writeZeroes is BLKZEROOUT (the device zeroes, blocks kept); with
+ * `punch` (TRIM), BLKDISCARD only where sysfs says discarded blocks read as zeros
+ * (discard_zeroes_data), else fallocate(PUNCH_HOLE) where the device has WRITE ZEROES (the
+ * kernel then unmaps only with zeros guaranteed, and refuses otherwise), else BLKZEROOUT.
+ * Never a bare discard that could leave old data readable: clones are compared byte for byte.
  */
 export class BlockVolume extends FileVolume {
   override readonly kind: VolumeKind = 'block'
@@ -68,6 +75,32 @@ export class BlockVolume extends FileVolume {
       throw error
     }
     return new BlockVolume(fs, file, path, size, !opts.write, mm)
+  }
+
+  private zeroing?: Promise<ZeroingLimits>
+
+  /** A block device has no holes to tell (lseek SEEK_DATA is EINVAL there): one data run. Waits for nothing. */
+  override async extents(position: number, length: number): Promise<VolumeExtent[]> {
+    if (!Number.isSafeInteger(position) || !Number.isSafeInteger(length) || position < 0 || length < 0 || position + length > this.size)
+      throw new VolumeIoError(`read of ${length} bytes at offset ${position} is past the end of ${this.path} (${this.size} bytes)`, 'EINVAL')
+    return length === 0 ? [] : [{offset: position, length, kind: 'data'}]
+  }
+
+  protected override async zeroByKernel(k: Kernel, fd: number, position: number, length: number, punch: boolean): Promise<boolean> {
+    this.zeroing ??= sysfsZeroing(this.majorMinor)
+    const lim = await this.zeroing
+    // The ioctls take whole logical blocks only: an unaligned range is written as zeros.
+    if (position % lim.logicalBlock !== 0 || length % lim.logicalBlock !== 0) return false
+    if (punch && lim.discardZeroes) await k.blkDiscard(fd, position, length)
+    else if (punch && lim.writeZeroes) {
+      try {
+        await k.punchHole(fd, position, length)
+      } catch {
+        // EOPNOTSUPP: the device cannot unmap with zeros guaranteed after all.
+        await k.blkZeroOut(fd, position, length)
+      }
+    } else await k.blkZeroOut(fd, position, length)
+    return true
   }
 
   /** The device number and its size now (a resized device changes it). Waits. */

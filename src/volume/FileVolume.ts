@@ -2,7 +2,8 @@ import {dirname} from 'node:path'
 import {ClonectlError, NotFoundError, RefusedError, UsageError, VolumeIoError, errnoOf} from '../errors/errors.js'
 import type {DurableFile, DurableFs} from '../io/DurableFs.js'
 import {DIRECT_ALIGN, directAligned} from './alignedBuffer.js'
-import type {Fingerprint, Volume, VolumeKind} from './Volume.js'
+import {type Kernel, kernel} from './kernel.js'
+import type {Fingerprint, Volume, VolumeExtent, VolumeKind} from './Volume.js'
 
 /**
  * Bulk writes (from an alignedBuffer()) of at least this size into a fresh image go through
@@ -246,13 +247,21 @@ export class FileVolume implements Volume {
   }
 
   /**
-   * Make a range read as zeros by writing zeros, at most 1 MiB a write from one shared
-   * buffer: Node cannot punch holes (no fallocate(PUNCH_HOLE) / BLKZEROOUT without a native
-   * addon), so this costs as much as writing the range. Not durable until flush(). Waits.
+   * Make a range read as zeros. Through the kernel where it can (kernel.ts): punch a hole
+   * (`punch`: blocks freed) or fallocate ZERO_RANGE (blocks kept); else, or where the file
+   * system refuses, by writing zeros, at most 1 MiB a write from one shared buffer. Not
+   * durable until flush(). Waits.
    */
-  async writeZeroes(position: number, length: number): Promise<void> {
+  async writeZeroes(position: number, length: number, opts: {punch?: boolean} = {}): Promise<void> {
     this.writable()
     this.range(position, length, 'write')
+    if (length === 0) return
+    const k = this.file.fd === undefined ? undefined : kernel()
+    try {
+      if (k && (await this.zeroByKernel(k, this.file.fd!, position, length, opts.punch ?? false))) return
+    } catch (error) {
+      throw ioError(this.path, 'zeroing', error, position)
+    }
     const z = zeroChunk()
     for (let off = 0; off < length; off += z.length) {
       const n = Math.min(z.length, length - off)
@@ -262,6 +271,53 @@ export class FileVolume implements Volume {
       } catch (error) {
         throw ioError(this.path, 'writing zeros to', error, position + off)
       }
+    }
+  }
+
+  /** Which fallocate modes this file system refused (EOPNOTSUPP): not tried again. */
+  private refused = {punch: false, zeroRange: false}
+
+  /**
+   * Zero [position, +length) through the kernel; false when this file system cannot (the
+   * caller writes zeros). Rejects with the call's error otherwise. BlockVolume overrides it.
+   */
+  protected async zeroByKernel(k: Kernel, fd: number, position: number, length: number, punch: boolean): Promise<boolean> {
+    const mode = punch ? 'punch' : 'zeroRange'
+    if (this.refused[mode]) return false
+    try {
+      await (punch ? k.punchHole(fd, position, length) : k.zeroRange(fd, position, length))
+      return true
+    } catch (error) {
+      if (!unsupported(error)) throw error
+      this.refused[mode] = true
+      return false
+    }
+  }
+
+  /** TRIM: the range reads as zeros afterwards, its blocks freed where the file system can. Waits. */
+  async trim(position: number, length: number): Promise<void> {
+    await this.writeZeroes(position, length, {punch: true})
+  }
+
+  /**
+   * Data and hole runs of the range from lseek(SEEK_DATA / SEEK_HOLE) on the file; one data
+   * run when the kernel calls are unavailable (no fd, koffi not loaded). A file system
+   * without SEEK_DATA support answers "all data" by itself (the kernel's generic lseek).
+   * Synchronous lseek calls, one pair per data run. Waits.
+   */
+  async extents(position: number, length: number): Promise<VolumeExtent[]> {
+    this.range(position, length, 'read')
+    if (length === 0) return []
+    const fd = this.file.fd
+    const k = fd === undefined ? undefined : kernel()
+    if (!k) return [{offset: position, length, kind: 'data'}]
+    try {
+      return seekExtents(k, fd!, position, position + length)
+    } catch (error) {
+      // EINVAL: this file (a block device, some FUSE and network file systems) has no
+      // SEEK_DATA: it cannot tell, so all data.
+      if (unsupported(error)) return [{offset: position, length, kind: 'data'}]
+      throw ioError(this.path, 'finding the holes of', error, position)
     }
   }
 
@@ -296,4 +352,29 @@ export class FileVolume implements Volume {
       throw ioError(this.path, 'closing', error)
     }
   }
+}
+
+/** EOPNOTSUPP / ENOSYS / EINVAL (a mode the file system does not know): fall back, not fail. */
+function unsupported(error: unknown): boolean {
+  return ['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL'].includes(errnoOf(error) ?? '')
+}
+
+/** The data and hole runs of [start, end) by lseek; a hole runs to `end` once no data follows. */
+export function seekExtents(k: Kernel, fd: number, start: number, end: number): VolumeExtent[] {
+  const out: VolumeExtent[] = []
+  let pos = start
+  while (pos < end) {
+    const d = k.seekData(fd, pos)
+    if (d < 0 || d >= end) {
+      out.push({offset: pos, length: end - pos, kind: 'hole'})
+      break
+    }
+    if (d > pos) out.push({offset: pos, length: d - pos, kind: 'hole'})
+    const h = Math.min(k.seekHole(fd, d), end)
+    // A file changed under us could answer h <= d: take the rest as data rather than loop.
+    const stop = h > d ? h : end
+    out.push({offset: d, length: stop - d, kind: 'data'})
+    pos = stop
+  }
+  return out
 }

@@ -2,7 +2,7 @@ import type {ConnectionOptions} from 'node:tls'
 import {VolumeIoError} from '../errors/errors.js'
 import {NbdClient} from '../nbd/NbdClient.js'
 import {parseNbdUri} from '../nbd/nbdUri.js'
-import type {Fingerprint, Volume, VolumeKind} from './Volume.js'
+import type {Fingerprint, Volume, VolumeExtent, VolumeKind} from './Volume.js'
 
 export interface NbdVolumeOptions {
   /** Open for writing; false makes the volume read-only whatever the server allows. */
@@ -98,18 +98,33 @@ export class NbdVolume implements Volume {
     await this.client.write(position, data, {fua: true})
   }
 
-  /** NBD_CMD_WRITE_ZEROES (may punch holes), else zero buffers. Not durable until flush(). Waits. */
-  async writeZeroes(position: number, length: number): Promise<void> {
+  /**
+   * NBD_CMD_WRITE_ZEROES without NO_HOLE, punch or not: the server may free the blocks, which
+   * keeps a remote clone sparse (the sync engine sends a source's zero runs this way).
+   * Else zero buffers. Not durable until flush(). Waits.
+   */
+  async writeZeroes(position: number, length: number, _opts: {punch?: boolean} = {}): Promise<void> {
     this.writable()
     this.range(position, length, 'write')
     await this.client.writeZeroes(position, length)
   }
 
-  /** Advisory discard (NBD_CMD_TRIM when advertised): the range may then read as anything. Waits. */
+  /**
+   * TRIM that reads as zeros afterwards: WRITE_ZEROES without NO_HOLE (the server may punch
+   * holes), never NBD_CMD_TRIM, after which the range could read as anything. Waits.
+   */
   async trim(position: number, length: number): Promise<void> {
-    this.writable()
-    this.range(position, length, 'write')
-    await this.client.trim(position, length)
+    await this.writeZeroes(position, length, {punch: true})
+  }
+
+  /**
+   * The remote's base:allocation block status where it offers it (holes and zero runs), else
+   * one data run. Waits.
+   */
+  async extents(position: number, length: number): Promise<VolumeExtent[]> {
+    this.range(position, length, 'read')
+    if (length === 0) return []
+    return this.client.extents(position, length)
   }
 
   /** NBD_CMD_FLUSH (a no-op when the server has no FLUSH). Waits. */

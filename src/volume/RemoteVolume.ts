@@ -16,7 +16,7 @@
  */
 import {RemoteError} from '../errors/errors.js'
 import {NbdVolume, type NbdVolumeOptions} from './NbdVolume.js'
-import type {Fingerprint, Volume, VolumeKind} from './Volume.js'
+import type {Fingerprint, Volume, VolumeExtent, VolumeKind} from './Volume.js'
 
 /** Time-outs from the environment (seconds), for every remote clone. */
 export function remoteTimeoutsFromEnv(env: NodeJS.ProcessEnv = process.env): NbdVolumeOptions['timeouts'] {
@@ -144,11 +144,19 @@ export class RemoteVolume implements Volume {
     })
   }
 
-  writeZeroes(position: number, length: number): Promise<void> {
+  writeZeroes(position: number, length: number, opts: {punch?: boolean} = {}): Promise<void> {
     return this.run(async (c) => {
-      await c.writeZeroes(position, length)
+      await c.writeZeroes(position, length, opts)
       if (this.conn === c) this.written++
     })
+  }
+
+  trim(position: number, length: number): Promise<void> {
+    return this.writeZeroes(position, length, {punch: true})
+  }
+
+  extents(position: number, length: number): Promise<VolumeExtent[]> {
+    return this.run((c) => c.extents(position, length))
   }
 
   async flush(): Promise<void> {

@@ -20,6 +20,19 @@ export interface Fingerprint {
   uri?: string
 }
 
+/**
+ * A run of a volume as its storage sees it: `data` (allocated, may hold anything), `zero`
+ * (allocated, known to read as zeros) or `hole` (no storage behind it: reads as zeros).
+ * A volume that cannot tell says `data`: never `hole` or `zero` for a byte a read would not
+ * return as zero.
+ */
+export type ExtentKind = 'data' | 'zero' | 'hole'
+export interface VolumeExtent {
+  offset: number
+  length: number
+  kind: ExtentKind
+}
+
 export interface Volume {
   /** The path (or URI) the user named. */
   readonly path: string
@@ -36,8 +49,25 @@ export interface Volume {
   read(position: number, length: number, into?: Buffer): Promise<Buffer>
   /** Write the whole buffer at `position`. Not durable until flush(). */
   write(position: number, data: Uint8Array): Promise<void>
-  /** Make [position, position+length) read as zeros. Not durable until flush(). */
-  writeZeroes(position: number, length: number): Promise<void>
+  /**
+   * Make [position, position+length) read as zeros. Keeps the range allocated (fallocate
+   * ZERO_RANGE, BLKZEROOUT, else zeros written) unless `punch`: then its blocks may be freed
+   * (a hole, a discard that guarantees zeros), as NBD WRITE_ZEROES without NO_HOLE allows.
+   * Not durable until flush().
+   */
+  writeZeroes(position: number, length: number, opts?: {punch?: boolean}): Promise<void>
+  /**
+   * TRIM that keeps the maps exact: the range reads as zeros afterwards (never "anything",
+   * as NBD's advisory TRIM would allow: clones are compared byte for byte), and its blocks
+   * are freed where the storage can (writeZeroes with punch). Not durable until flush().
+   */
+  trim(position: number, length: number): Promise<void>
+  /**
+   * The data, zero and hole runs of [position, position+length), in order, covering it
+   * exactly (adjacent runs of one kind merged). A volume that cannot tell answers one
+   * `data` run. Waits.
+   */
+  extents(position: number, length: number): Promise<VolumeExtent[]>
   /** Make every completed write durable (fdatasync). */
   flush(): Promise<void>
   /** The volume's current fingerprint. */

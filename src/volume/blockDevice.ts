@@ -179,3 +179,28 @@ export async function deviceBusy(mm: string, devPath: string): Promise<{busy: bo
     return {busy: errnoOf(error) === 'EBUSY', mountedOn}
   }
 }
+
+/** What a block device guarantees about zeroing, from its queue's sysfs limits. */
+export interface ZeroingLimits {
+  /** queue/logical_block_size: the kernel's zeroing ioctls take only multiples of it. */
+  logicalBlock: number
+  /** queue/discard_zeroes_data is 1 (old kernels): a discarded block reads as zeros. */
+  discardZeroes: boolean
+  /** queue/write_zeroes_max_bytes > 0: the device has WRITE ZEROES, which may unmap and guarantees zeros. */
+  writeZeroes: boolean
+}
+
+/**
+ * The zeroing limits of device MAJ:MIN (a partition's are its disk's queue). Missing files
+ * read as "not guaranteed". Waits.
+ */
+export async function sysfsZeroing(mm: string): Promise<ZeroingLimits> {
+  const q = async (name: string): Promise<string | undefined> =>
+    (await readSysfs(`${sysDir(mm)}/queue/${name}`)) ?? (await readSysfs(`${sysDir(mm)}/../queue/${name}`))
+  const block = Number((await q('logical_block_size'))?.trim())
+  return {
+    logicalBlock: Number.isSafeInteger(block) && block >= 512 ? block : 512,
+    discardZeroes: (await q('discard_zeroes_data'))?.trim() === '1',
+    writeZeroes: Number((await q('write_zeroes_max_bytes'))?.trim() ?? 0) > 0,
+  }
+}

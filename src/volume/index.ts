@@ -1,4 +1,4 @@
-export type {Fingerprint, Volume, VolumeKind} from './Volume.js'
+export type {ExtentKind, Fingerprint, Volume, VolumeExtent, VolumeKind} from './Volume.js'
 export {FileVolume} from './FileVolume.js'
 export {BlockVolume} from './BlockVolume.js'
 export {openVolume, isNbdUri} from './openVolume.js'

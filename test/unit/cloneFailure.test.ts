@@ -14,7 +14,7 @@ import {RestoreSession} from '../../src/engine/Restore.js'
 import type {CloneGroup} from '../../src/group/CloneGroup.js'
 import {CloneGroup as Group} from '../../src/group/CloneGroup.js'
 import type {MemoryFs} from '../../src/io/MemoryFs.js'
-import type {Fingerprint, Volume, VolumeKind} from '../../src/volume/Volume.js'
+import type {Fingerprint, Volume, VolumeExtent, VolumeKind} from '../../src/volume/Volume.js'
 import {buildGroup, clonePath, contextOn, fillPattern, openGroup, setBits, SRC} from '../helpers/memGroup.js'
 
 const X = 4096
@@ -63,8 +63,16 @@ class FlakyVolume implements Volume {
     return this.failWrites ? Promise.reject(this.lost('a write')) : this.inner.write(position, data)
   }
 
-  writeZeroes(position: number, length: number): Promise<void> {
-    return this.failWrites ? Promise.reject(this.lost('a write')) : this.inner.writeZeroes(position, length)
+  writeZeroes(position: number, length: number, opts?: {punch?: boolean}): Promise<void> {
+    return this.failWrites ? Promise.reject(this.lost('a write')) : this.inner.writeZeroes(position, length, opts)
+  }
+
+  trim(position: number, length: number): Promise<void> {
+    return this.failWrites ? Promise.reject(this.lost('a trim')) : this.inner.trim(position, length)
+  }
+
+  extents(position: number, length: number): Promise<VolumeExtent[]> {
+    return this.failReads ? Promise.reject(this.lost('a block status')) : this.inner.extents(position, length)
   }
 
   flush(): Promise<void> {

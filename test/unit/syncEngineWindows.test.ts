@@ -9,7 +9,7 @@ import fc from 'fast-check'
 import {SyncEngine} from '../../src/engine/SyncEngine.js'
 import {Scoreboard} from '../../src/engine/Scoreboard.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
-import type {Fingerprint, Volume} from '../../src/volume/Volume.js'
+import type {Fingerprint, Volume, VolumeExtent} from '../../src/volume/Volume.js'
 
 const X = 512
 
@@ -45,6 +45,14 @@ class RecordingVolume implements Volume {
 
   async writeZeroes(position: number, length: number): Promise<void> {
     this.data.fill(0, position, position + length)
+  }
+
+  async trim(position: number, length: number): Promise<void> {
+    this.data.fill(0, position, position + length)
+  }
+
+  async extents(position: number, length: number): Promise<VolumeExtent[]> {
+    return [{offset: position, length, kind: 'data'}]
   }
 
   async flush(): Promise<void> {}

@@ -1,0 +1,178 @@
+/**
+ * The libc calls Node lacks, reached through koffi (an FFI with prebuilt binaries in its npm
+ * package: no compiler on the user's machine). This module is their one owner:
+ *
+ * - lseek(SEEK_DATA / SEEK_HOLE): where a file's data and holes are (sparse copies, NBD
+ *   base:allocation).
+ * - fallocate(PUNCH_HOLE | KEEP_SIZE): zeros that free their blocks (TRIM that keeps holes);
+ *   on a block device the kernel turns it into WRITE ZEROES with unmap allowed, and refuses
+ *   (EOPNOTSUPP) where the device cannot guarantee zeros afterwards.
+ * - fallocate(ZERO_RANGE): zeros without writing them, blocks kept allocated.
+ * - ioctl(BLKZEROOUT): a block device zeroes a range itself (offload, else the kernel writes).
+ * - ioctl(BLKDISCARD): only where the caller has checked that discarded blocks read as zeros.
+ *
+ * lseek runs synchronously (it is a lookup in the extent tree, microseconds). The zeroing
+ * calls can take long (BLKZEROOUT may write gigabytes), so they run on koffi's worker threads
+ * (`.async`); errno is thread-local there, so a failed async call is made once more
+ * synchronously to learn its errno: every one of them is idempotent.
+ *
+ * If koffi cannot load (no prebuilt binary for the platform, a seccomp'd sandbox, a
+ * non-glibc libc name), kernel() returns undefined after one warning naming koffi and what
+ * it costs; every caller then does what Node alone can (holes read as data, zeros written).
+ */
+import {createRequire} from 'node:module'
+import {promisify} from 'node:util'
+
+/** Linux values (x86-64 and arm64 alike). */
+const SEEK_DATA = 3
+const SEEK_HOLE = 4
+const FALLOC_FL_KEEP_SIZE = 0x01
+const FALLOC_FL_PUNCH_HOLE = 0x02
+const FALLOC_FL_ZERO_RANGE = 0x10
+/** _IO(0x12, 119) and _IO(0x12, 127): both take a uint64_t[2] of {start, length}. */
+const BLKDISCARD = 0x1277
+const BLKZEROOUT = 0x127f
+
+/** errno values this module names; anything else is reported by number. */
+const ERRNO_NAMES: Record<number, string> = {
+  1: 'EPERM',
+  5: 'EIO',
+  6: 'ENXIO',
+  9: 'EBADF',
+  13: 'EACCES',
+  16: 'EBUSY',
+  22: 'EINVAL',
+  27: 'EFBIG',
+  28: 'ENOSPC',
+  29: 'ESPIPE',
+  30: 'EROFS',
+  38: 'ENOSYS',
+  95: 'EOPNOTSUPP',
+  122: 'EDQUOT',
+}
+
+/** A failed libc call, with Node's shape (`code`, `syscall`) so ioError() words it. */
+export class KernelError extends Error {
+  constructor(
+    readonly syscall: string,
+    readonly errnoValue: number,
+  ) {
+    const code = ERRNO_NAMES[errnoValue] ?? `E${errnoValue}`
+    super(`${syscall} failed: ${code}`)
+    this.code = code
+  }
+
+  readonly code: string
+}
+
+export interface Kernel {
+  /** The first offset >= `offset` that holds data, or -1 when only a hole follows (ENXIO). */
+  seekData(fd: number, offset: number): number
+  /** The first offset >= `offset` that starts a hole (the file's end counts as one). */
+  seekHole(fd: number, offset: number): number
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros, its blocks freed. */
+  punchHole(fd: number, offset: number, length: number): Promise<void>
+  /** fallocate(ZERO_RANGE | KEEP_SIZE): the range reads as zeros, its blocks kept. */
+  zeroRange(fd: number, offset: number, length: number): Promise<void>
+  /** ioctl(BLKZEROOUT) on a block device. */
+  blkZeroOut(fd: number, offset: number, length: number): Promise<void>
+  /** ioctl(BLKDISCARD) on a block device: only where discarded blocks read as zeros. */
+  blkDiscard(fd: number, offset: number, length: number): Promise<void>
+}
+
+type Fn = ((...args: unknown[]) => unknown) & {async: (...args: unknown[]) => void}
+interface Koffi {
+  load(name: string): {func(decl: string): Fn}
+  errno(): number
+}
+
+let loaded: Kernel | null | undefined
+let warn: (message: string) => void = (m) => process.emitWarning(m, 'ClonectlWarning')
+
+/** Where the one warning goes when koffi cannot load (tests capture it). Returns the previous sink. */
+export function setKernelWarning(sink: (message: string) => void): (message: string) => void {
+  const old = warn
+  warn = sink
+  return old
+}
+
+declare const require: NodeJS.Require | undefined
+
+function loadKoffi(): Koffi {
+  if (process.env.CLONECTL_NO_KOFFI) throw new Error('disabled by CLONECTL_NO_KOFFI')
+  // The bundle is CommonJS (its require finds koffi beside it); the unbundled ES modules
+  // (tests, bin/dev.js) make one.
+  const req = typeof require === 'function' ? require : createRequire(import.meta.url)
+  return req('koffi') as Koffi
+}
+
+/**
+ * The kernel calls, or undefined when koffi cannot load (warned once). Loads on first use,
+ * synchronously. Never throws.
+ */
+export function kernel(): Kernel | undefined {
+  if (loaded !== undefined) return loaded ?? undefined
+  try {
+    loaded = bind(loadKoffi())
+  } catch (error) {
+    loaded = null
+    const why = error instanceof Error ? error.message.split('\n')[0] : String(error)
+    warn(`koffi could not load (${why}): holes are read and copied as data, and TRIM and WRITE_ZEROES write zeros instead of freeing blocks`)
+  }
+  return loaded ?? undefined
+}
+
+/** @internal For tests: forget the loaded (or failed) binding, so kernel() tries again. */
+export function resetKernelForTest(): void {
+  loaded = undefined
+}
+
+/** Zeroing calls on koffi's worker threads at once; the rest wait their turn. */
+const ASYNC_MAX = 64
+let running = 0
+const waiting: Array<() => void> = []
+
+function bind(k: Koffi): Kernel {
+  const libc = k.load('libc.so.6')
+  const lseek = libc.func('int64_t lseek(int fd, int64_t offset, int whence)')
+  const fallocate = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
+  const ioctl = libc.func('int ioctl(int fd, unsigned long request, _Inout_ uint64_t *range)')
+  const big = (v: unknown): number => Number(v)
+
+  /**
+   * Run `fn` on a worker thread; on -1, once more here to read errno. At most ASYNC_MAX at
+   * once (koffi throws past its queue of 256): a burst of TRIMs from many connections waits.
+   */
+  const idempotent = async (name: string, fn: Fn, args: unknown[]): Promise<void> => {
+    while (running >= ASYNC_MAX) await new Promise<void>((r) => waiting.push(r))
+    running++
+    let r: number
+    try {
+      r = big(await promisify<unknown>((cb: (e: unknown, v: unknown) => void) => fn.async(...args, cb))())
+    } finally {
+      running--
+      waiting.shift()?.()
+    }
+    if (r === 0) return
+    const again = big(fn(...args))
+    if (again === 0) return
+    throw new KernelError(name, k.errno())
+  }
+
+  const seek = (fd: number, offset: number, whence: number, name: string): number => {
+    const r = big(lseek(fd, offset, whence))
+    if (r >= 0) return r
+    const e = k.errno()
+    if (e === 6) return -1 // ENXIO: no data (or no hole) at or after offset
+    throw new KernelError(name, e)
+  }
+
+  return {
+    seekData: (fd, offset) => seek(fd, offset, SEEK_DATA, 'lseek(SEEK_DATA)'),
+    seekHole: (fd, offset) => seek(fd, offset, SEEK_HOLE, 'lseek(SEEK_HOLE)'),
+    punchHole: (fd, offset, length) => idempotent('fallocate(PUNCH_HOLE)', fallocate, [fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length]),
+    zeroRange: (fd, offset, length) => idempotent('fallocate(ZERO_RANGE)', fallocate, [fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length]),
+    blkZeroOut: (fd, offset, length) => idempotent('ioctl(BLKZEROOUT)', ioctl, [fd, BLKZEROOUT, [offset, length]]),
+    blkDiscard: (fd, offset, length) => idempotent('ioctl(BLKDISCARD)', ioctl, [fd, BLKDISCARD, [offset, length]]),
+  }
+}
