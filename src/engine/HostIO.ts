@@ -119,9 +119,11 @@ export class HostIO {
     // Clones this write goes to, with the extents it made write-intent there.
     const mirrored: Array<{m: CloneMember; marked?: number[]}> = []
     let ok = false
+    // Extents whose pre-restore data this write replaces without a copy first (reads wait for it).
+    let overwriting: number[] | undefined
+    const r = this.restore
     try {
-      const r = this.restore
-      if (r) await r.beforeWrite(offset, length, s, e)
+      if (r) overwriting = await r.beforeWrite(offset, length, s, e)
       // Recipe 1: D[k] durable before the write that makes source and clone k differ. For a
       // mirrored clone that is the write-intent bit: set ahead of both writes, cleared lazily
       // (CloneMember.sweepIntent) once both completed and the extent went quiet.
@@ -168,6 +170,7 @@ export class HostIO {
       if (error instanceof HostIoError) throw error
       throw new HostIoError(error instanceof VolumeIoError && error.errno === 'ENOSPC' ? 'ENOSPC' : 'EIO', (error as Error).message)
     } finally {
+      if (overwriting) r?.writeSettled(overwriting)
       for (const {m, marked} of mirrored) if (marked) m.endMirror(marked, ok)
       g.collisions.writeEnd(s, e)
       this.gate.leave()

@@ -58,6 +58,12 @@ export class RestoreSession {
   readonly engine: SyncEngine
   readonly limiter: RateLimiter
   private finished = false
+  /**
+   * Extents whose pre-restore data host writes in flight replace whole, with their number of
+   * writers (see beforeWrite). INV-2 for reads: such an extent holds pre-restore data until
+   * the write lands, though P (set before the write) says "no copy", so a read waits for it.
+   */
+  private readonly overwriting = new Map<number, number>()
   readonly startedAt = Date.now()
   firstCopyAt?: number
 
@@ -74,8 +80,9 @@ export class RestoreSession {
   ) {
     const D = member.map
     const needsCopy = P ? (e: number) => D.bits.get(e) && !P.bits.get(e) : (e: number) => D.bits.get(e)
-    // A host request may proceed once its extents need no copy and none is being copied.
-    this.queue = new CodQueue((e) => !needsCopy(e) && !g.scoreboard.has(e))
+    // A host request may proceed once its extents need no copy, none is being copied, and none
+    // still holds pre-restore data that a host write in flight is replacing.
+    this.queue = new CodQueue((e) => !needsCopy(e) && !g.scoreboard.has(e) && !this.overwriting.has(e))
     this.limiter = new RateLimiter(rate)
     const onWrite = (): void => g.noteWritten(g.src)
     this.cod = new CodEngine({
@@ -304,11 +311,11 @@ export class RestoreSession {
    * it (a wholly covered one needs no COD); then, with no await between the last check and
    * the set, sets P in memory so nothing copies over the host's data. Waits.
    */
-  async beforeWrite(offset: number, length: number, s: number, e: number): Promise<void> {
-    if (this.finished) return
+  async beforeWrite(offset: number, length: number, s: number, e: number): Promise<number[] | undefined> {
+    if (this.finished) return undefined
     const {g, P} = this
     const D = this.member.map
-    if (!P) return // unprotected: mirrored to the clone; the collision detector handles overlap
+    if (!P) return undefined // unprotected: mirrored to the clone; the collision detector handles overlap
     for (;;) {
       const busy = g.scoreboard.firstBusy(s, e)
       if (busy >= 0) {
@@ -328,8 +335,27 @@ export class RestoreSession {
       }
       break
     }
+    // Extents still holding pre-restore data (wholly covered, so not copied first): until the
+    // write lands, a read of them must wait for it rather than read the old bytes (INV-2).
+    const replaced: number[] = []
+    for (let x = s; x < e; x++) {
+      if (!D.bits.get(x) || P.bits.get(x)) continue
+      replaced.push(x)
+      this.overwriting.set(x, (this.overwriting.get(x) ?? 0) + 1)
+    }
     // INV-2 / recipe 3: protect in memory before the data write; durable only after it.
     P.setVolatile(s, e)
+    return replaced
+  }
+
+  /** The write that beforeWrite() returned `replaced` for has settled (done or failed): reads of those extents go on. */
+  writeSettled(replaced: number[]): void {
+    for (const x of replaced) {
+      const n = (this.overwriting.get(x) ?? 1) - 1
+      if (n > 0) this.overwriting.set(x, n)
+      else this.overwriting.delete(x)
+    }
+    this.queue.wake()
   }
 
   /** The host's data write to [s, e) completed: its P bits may become durable (recipe 3). */

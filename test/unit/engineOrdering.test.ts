@@ -116,3 +116,54 @@ describe('sync engine orderings against host requests', () => {
     })
   }
 })
+
+/**
+ * Regression (found by restoreModel's property test): a host write that covers a not yet
+ * restored extent whole needs no copy first, and sets P before its data lands. A read of that
+ * extent issued meanwhile saw "P set, no copy needed" and read the source: pre-restore bytes
+ * (INV-2 for reads). It must wait for the write, and then return the write's data.
+ */
+test('protected restore: a read of an extent a host write is replacing whole waits for that write, never returns pre-restore data', async () => {
+  const m = await buildGroup({extents: EXTENTS, source: fillPattern(EXTENTS, X, cloneByte), clones: ['c']})
+  {
+    const g0 = await openGroup(m)
+    const h0 = new HostIO(g0)
+    for (const e of DAMAGED) await h0.write(e * X, Buffer.alloc(X, 0xee), false)
+    await h0.flush()
+    await g0.close()
+  }
+  const g = await openGroup(m, ['c'])
+  await g.beginSession('engine ordering test')
+  const host = new HostIO(g)
+  const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: true, command: 'test', tuning: {chunkBytes: X, parallel: 1}}))
+  host.restore = s
+  // The sync engine does not run: extent 2 stays unrestored unless COD copies it.
+  const held = gate()
+  let reached!: () => void
+  const atHold = new Promise<void>((r) => {
+    reached = r
+  })
+  let hit = false
+  m.fs.onOp = async (op: FsOp) => {
+    // The first write to extent 2's place in the source is the host's (no copy runs: the
+    // sync engine is not started, and a whole-extent write needs no COD).
+    if (op.kind === 'write' && op.path === SRC && op.offset === DAMAGED[0] * X && !hit) {
+      hit = true
+      reached()
+      await held.promise
+    }
+  }
+  const write = host.write(DAMAGED[0] * X, Buffer.alloc(X, 0x77), false)
+  await atHold
+  let settled = false
+  const read = host.read(DAMAGED[0] * X, 16).finally(() => (settled = true))
+  await ticks(5)
+  assert.equal(settled, false, 'the read returned while the write replacing the pre-restore extent was in flight')
+  assert.equal(s.queue.length, 1, 'the read waits in the COD queue for the write')
+  held.release()
+  await write
+  const got = await read
+  assert.ok(got.every((b) => b === 0x77), `the read returns the write's data, got ${got[0]}`)
+  m.fs.onOp = undefined
+  await g.close().catch(() => undefined)
+})
