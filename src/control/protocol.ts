@@ -32,15 +32,22 @@ export type ControlMessage =
 
 export const controlSocketName = 'control.sock'
 
-/** The fields each request may carry, and their types ('?' marks an optional one). */
-const SHAPES: Record<ControlRequest['op'], Record<string, string>> = {
+/** The fields of request `O`, besides `op`. */
+type FieldsOf<O extends ControlRequest['op']> = Exclude<keyof Extract<ControlRequest, {op: O}>, 'op'>
+
+/**
+ * The fields each request may carry, and their types ('?' marks an optional one). Typed so
+ * that a field added to ControlRequest and missing here (every request carrying it would be
+ * refused as "unknown field") does not compile.
+ */
+const SHAPES: {[O in ControlRequest['op']]: Record<FieldsOf<O>, string>} = {
   ping: {},
   status: {},
   sync: {clone: 'name', full: 'boolean?', rate: 'rate?', background: 'boolean?'},
   fracture: {clones: 'names'},
   add: {clone: 'name', path: 'string', create: 'boolean?'},
   remove: {clone: 'name'},
-  restore: {clone: 'name?', unprotected: 'boolean?', force: 'boolean?', rate: 'rate?', background: 'boolean?'},
+  restore: {clone: 'name?', unprotected: 'boolean?', force: 'boolean?', rate: 'rate?', background: 'boolean?', disconnectClients: 'boolean?'},
   verify: {clone: 'name', repair: 'boolean?'},
   pause: {},
   resume: {},

@@ -82,13 +82,22 @@ export class HostIO {
     return this.mutate(offset, data.length, fua, (v) => v.write(offset, data))
   }
 
-  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
-    return this.mutate(offset, length, fua, (v) => v.writeZeroes(offset, length))
+  /**
+   * WRITE_ZEROES is a write (recipe 6): D and P bits as for a write. Without NO_HOLE the range
+   * may become a hole on the source and on every mirrored clone alike, so they stay equal
+   * byte for byte and sparse.
+   */
+  writeZeroes(offset: number, length: number, fua: boolean, noHole = false): Promise<void> {
+    return this.mutate(offset, length, fua, (v) => v.writeZeroes(offset, length, {punch: !noHole}))
   }
 
-  /** TRIM is a write of zeros here (recipe 6): clones must stay comparable byte for byte. */
+  /**
+   * TRIM is a write of zeros here (recipe 6), never NBD's "anything may be read": clones are
+   * compared byte for byte. Its blocks are freed (a hole punched) on the source and on every
+   * mirrored clone, so a guest's fstrim frees space instead of filling images with zeros.
+   */
   trim(offset: number, length: number, fua: boolean): Promise<void> {
-    return this.writeZeroes(offset, length, fua)
+    return this.mutate(offset, length, fua, (v) => v.trim(offset, length))
   }
 
   /** Make every acknowledged write durable (INV-4). Waits. */

@@ -23,7 +23,8 @@ export interface ExportBackend {
   readonly readOnly: boolean
   read(offset: number, length: number): Promise<Buffer>
   write(offset: number, data: Buffer, fua: boolean): Promise<void>
-  writeZeroes(offset: number, length: number, fua: boolean): Promise<void>
+  /** `noHole`: NBD_CMD_FLAG_NO_HOLE, the range must stay allocated; otherwise it may be punched. */
+  writeZeroes(offset: number, length: number, fua: boolean, noHole?: boolean): Promise<void>
   trim(offset: number, length: number, fua: boolean): Promise<void>
   flush(): Promise<void>
   /**

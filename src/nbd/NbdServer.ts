@@ -685,7 +685,7 @@ class Connection {
           p = backend.write(r.offset, r.data!, fua)
           break
         case Cmd.WRITE_ZEROES:
-          p = backend.writeZeroes(r.offset, r.length, fua)
+          p = backend.writeZeroes(r.offset, r.length, fua, (r.flags & CmdFlag.NO_HOLE) !== 0)
           break
         case Cmd.TRIM:
           p = backend.trim(r.offset, r.length, fua)

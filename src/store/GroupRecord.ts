@@ -4,6 +4,7 @@
  * any malformed document, or one of another formatVersion, is a CorruptStateError naming the
  * file and the field — never a half-read group.
  */
+import {basename, dirname} from 'node:path'
 import {CorruptStateError} from '../errors/errors.js'
 import type {Fingerprint, VolumeKind} from '../volume/Volume.js'
 import {isValidName} from './stateDir.js'
@@ -83,7 +84,11 @@ const MAP_FILE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.map$/
 
 type Json = Record<string, unknown>
 
-const FIX = 'restore the file from a backup, or destroy the group (`clonectl group destroy GROUP --force`) and re-create it; volume data is not affected'
+/** The fix for a damaged group.json, naming its group (the name of the directory holding it). */
+export function damagedRecordFix(file: string): string {
+  const group = basename(dirname(file))
+  return `restore the file from a backup, or destroy the group (\`clonectl group destroy ${group} --force\`) and re-create it; volume data is not affected`
+}
 
 /**
  * Parse and validate the text of a group.json. Anything malformed, and any formatVersion
@@ -91,7 +96,7 @@ const FIX = 'restore the file from a backup, or destroy the group (`clonectl gro
  * fields are kept (they round-trip through save). Pure; does not wait.
  */
 export function parseGroupRecord(text: string, file: string): GroupRecord {
-  const bad = (what: string, fix = FIX): CorruptStateError => new CorruptStateError(`${file}: ${what}`, fix)
+  const bad = (what: string, fix = damagedRecordFix(file)): CorruptStateError => new CorruptStateError(`${file}: ${what}`, fix)
   let doc: unknown
   try {
     doc = JSON.parse(text)

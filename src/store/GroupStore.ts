@@ -13,7 +13,7 @@ import {ClonectlError, CorruptStateError, errnoOf, LockHeldError, NotFoundError,
 import type {DurableFs} from '../io/DurableFs.js'
 import {writeFileAtomic} from '../io/atomicWrite.js'
 import {describeHolder, GroupLock} from './GroupLock.js'
-import {type GroupRecord, parseGroupRecord} from './GroupRecord.js'
+import {damagedRecordFix, type GroupRecord, parseGroupRecord} from './GroupRecord.js'
 import {isValidName, stateWriteError, validateName} from './stateDir.js'
 import {checkTrusted} from './trust.js'
 
@@ -170,6 +170,7 @@ export class GroupStore {
       if (code === 'ELOOP') throw new UntrustedStateError(`${file} is a symlink; clonectl never follows a symlink inside its state directory`, 'remove the symlink and put the real file there (or restore the state from a backup)')
       if (code === 'EACCES' || code === 'EPERM')
         throw new VolumeIoError(`cannot read ${file}: permission denied`, code, `run clonectl as the user that owns ${this.stateDir}, or pass --state-dir`)
+      if (code === 'EISDIR') throw new CorruptStateError(`${file} is a directory, not clonectl's group file`, damagedRecordFix(file))
       throw error
     }
     const record = parseGroupRecord(text.toString('utf8'), file)
@@ -267,13 +268,26 @@ export class GroupStore {
     const holder = ours ? undefined : await GroupLock.inspect(dir)
     if (holder) throw new LockHeldError(`group ${name} is locked by ${describeHolder(holder)}`)
 
+    // One of our names that is a directory (a hand edit, a damaged state): removed only when
+    // empty; one that holds anything is not ours to remove.
+    const removeOwn = async (path: string): Promise<void> => {
+      try {
+        await this.fs.unlink(path)
+      } catch (error) {
+        if (!['EISDIR', 'ERR_FS_EISDIR', 'EPERM'].includes(errnoOf(error) ?? '')) throw error
+        await rmdir(path).catch((e: unknown) => {
+          if (errnoOf(e) === 'ENOTEMPTY' || errnoOf(e) === 'EEXIST') throw new RefusedError(`${path} is a directory holding files clonectl did not make; nothing more was removed`, 'move it elsewhere, then run the command again')
+          throw e
+        })
+      }
+    }
     if (entries.includes(GROUP_FILE)) {
-      await this.fs.unlink(join(dir, GROUP_FILE))
+      await removeOwn(join(dir, GROUP_FILE))
       await this.fs.fsyncDir(dir)
     }
     for (const n of entries) {
       // eslint-disable-next-line no-await-in-loop
-      if (n !== GROUP_FILE && !GroupLock.ownsName(n)) await this.fs.unlink(join(dir, n))
+      if (n !== GROUP_FILE && !GroupLock.ownsName(n)) await removeOwn(join(dir, n))
     }
     // The lock's files are real files whatever this.fs is. Our own live lock stays for
     // GroupLock.release, which then removes the directory.

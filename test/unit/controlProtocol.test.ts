@@ -69,7 +69,7 @@ describe('control requests are checked before they are handled', () => {
     })
 
   test('given well-formed requests, then they reach the handler unchanged', async () => {
-    for (const req of [{op: 'ping'}, {op: 'sync', clone: 'c1', full: true, rate: 1048576}, {op: 'rate'}, {op: 'restore', background: true}] as ControlRequest[]) {
+    for (const req of [{op: 'ping'}, {op: 'sync', clone: 'c1', full: true, rate: 1048576}, {op: 'rate'}, {op: 'restore', background: true}, {op: 'restore', clone: 'c', disconnectClients: true}] as ControlRequest[]) {
       const r = await raw(JSON.stringify(req))
       assert.deepEqual(r, {type: 'result', ok: true, value: {ok: req.op}})
       assert.deepEqual(handled.at(-1), req)
