@@ -6,6 +6,7 @@ import {execFileSync, spawn, spawnSync, type ChildProcess} from 'node:child_proc
 import {existsSync, mkdirSync, rmSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
+import {mulberry32} from '../src/io/CrashState.js'
 
 export const repo = join(fileURLToPath(import.meta.url), '..', '..', '..')
 export const bin = join(repo, 'bin', 'run.js')
@@ -50,22 +51,10 @@ export function settle(): void {
 /** Cache drops tried and failed so far (a row compares the counts before and after it). */
 export const cacheDrops = {tried: 0, failed: 0}
 
-/** A seeded PRNG (mulberry32), so a run's random orders can be replayed with --seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-let random = seededRandom(1)
+let random = mulberry32(1)
 /** Seed the order of every comparison (the bench prints the seed it used). */
 export function seedOrder(seed: number): void {
-  random = seededRandom(seed)
+  random = mulberry32(seed)
 }
 
 /** The names in a random order (Fisher-Yates). */

@@ -45,7 +45,11 @@ const ticks = async (n: number): Promise<void> => {
  * host read of extent 2 is issued while it is held and must be waiting; then that write
  * fails (and, with `powerOff`, every later fs write too). Returns how the read ended.
  */
-async function readWhileEngineCopyFails(o: {protected: boolean; powerOff: boolean}) {
+/**
+ * Clone c fractured, then DAMAGED written through the host path; a restore from c started
+ * (not run): one extent per chunk, one chunk in flight, so the engine copies one extent alone.
+ */
+async function startedRestore(isProtected: boolean) {
   const m = await buildGroup({extents: EXTENTS, source: fillPattern(EXTENTS, X, cloneByte), clones: ['c']})
   {
     const g0 = await openGroup(m)
@@ -54,12 +58,16 @@ async function readWhileEngineCopyFails(o: {protected: boolean; powerOff: boolea
     await h0.flush()
     await g0.close()
   }
-  const g = await openGroup(m, o.protected ? ['c'] : [])
+  const g = await openGroup(m, isProtected ? ['c'] : [])
   await g.beginSession('engine ordering test')
   const host = new HostIO(g)
-  // One extent per chunk, one chunk in flight: the engine claims 2 and copies it alone.
-  const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: o.protected, command: 'test', tuning: {chunkBytes: X, parallel: 1}}))
+  const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: isProtected, command: 'test', tuning: {chunkBytes: X, parallel: 1}}))
   host.restore = s
+  return {m, g, host, s}
+}
+
+async function readWhileEngineCopyFails(o: {protected: boolean; powerOff: boolean}) {
+  const {m, g, host, s} = await startedRestore(o.protected)
 
   const held = gate()
   let reached!: () => void
@@ -124,19 +132,7 @@ describe('sync engine orderings against host requests', () => {
  * (INV-2 for reads). It must wait for the write, and then return the write's data.
  */
 test('protected restore: a read of an extent a host write is replacing whole waits for that write, never returns pre-restore data', async () => {
-  const m = await buildGroup({extents: EXTENTS, source: fillPattern(EXTENTS, X, cloneByte), clones: ['c']})
-  {
-    const g0 = await openGroup(m)
-    const h0 = new HostIO(g0)
-    for (const e of DAMAGED) await h0.write(e * X, Buffer.alloc(X, 0xee), false)
-    await h0.flush()
-    await g0.close()
-  }
-  const g = await openGroup(m, ['c'])
-  await g.beginSession('engine ordering test')
-  const host = new HostIO(g)
-  const s = await host.gate.exclusive(() => RestoreSession.start(g, {clone: 'c', protected: true, command: 'test', tuning: {chunkBytes: X, parallel: 1}}))
-  host.restore = s
+  const {m, g, host, s} = await startedRestore(true)
   // The sync engine does not run: extent 2 stays unrestored unless COD copies it.
   const held = gate()
   let reached!: () => void
