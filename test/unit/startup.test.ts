@@ -29,7 +29,7 @@ test('given a build, when a command starts, then it runs from the bundle with it
 })
 
 test('given the bundle, when an unknown command is typed, then oclif still loads its ESM plugins (not-found)', () => {
-  const r = spawnSync(process.execPath, [join(root, 'bin', 'run.js'), 'stauts'], {encoding: 'utf8'})
+  const r = spawnSync(process.execPath, [join(root, 'bin', 'run.js'), 'stauts'], {encoding: 'utf8', env: {...process.env, NO_COLOR: '1', FORCE_COLOR: '0'}})
   assert.match(r.stderr, /stauts is not a clonectl command/)
   assert.doesNotMatch(r.stderr, /DYNAMIC_IMPORT/)
 })
