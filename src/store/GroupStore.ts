@@ -124,6 +124,16 @@ export class GroupStore {
     return (await lstat(join(dir, GROUP_FILE)).catch(() => undefined)) !== undefined
   }
 
+  /** A directory's entries, or undefined when it does not exist. Waits. */
+  private async entriesOf(dir: string): Promise<string[] | undefined> {
+    try {
+      return await this.fs.readdir(dir)
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') return undefined
+      throw error
+    }
+  }
+
   /**
    * Refuse (UntrustedStateError) a group directory that is a symlink, not ours or writable
    * by others, or that holds such an entry (group.json, a map, P, the lock's files, a
@@ -133,13 +143,8 @@ export class GroupStore {
     const dir = this.groupDir(name)
     await checkTrusted(this.fs, dir, 'directory')
     if (!this.fs.lstat) return
-    let entries: string[]
-    try {
-      entries = await this.fs.readdir(dir)
-    } catch (error) {
-      if (errnoOf(error) === 'ENOENT') return
-      throw error
-    }
+    const entries = await this.entriesOf(dir)
+    if (!entries) return
     for (const n of entries) {
       const path = join(dir, n)
       // eslint-disable-next-line no-await-in-loop
@@ -253,13 +258,8 @@ export class GroupStore {
    */
   async destroy(name: string): Promise<void> {
     const dir = this.groupDir(name)
-    let entries: string[]
-    try {
-      entries = await this.fs.readdir(dir)
-    } catch (error) {
-      if (errnoOf(error) === 'ENOENT') return
-      throw error
-    }
+    const entries = await this.entriesOf(dir)
+    if (!entries) return
     const foreign = entries.filter((n) => !isOwnGroupFile(n))
     if (foreign.length > 0)
       throw new RefusedError(`${dir} holds files clonectl did not make: ${foreign.join(', ')}; nothing was removed`, 'move them elsewhere, then run the command again')

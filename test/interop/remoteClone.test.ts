@@ -262,7 +262,7 @@ describe('under serve, a restore whose remote clone vanishes', () => {
     try {
       const restore = cli.spawnBackground(['restore', g, 'r', '--yes', '--rate', '8M'])
       // The host attaches once the restore has started (a restore refuses while one is attached).
-      while (!(await controlRequest<{operation?: unknown}>(join(cli.stateDir, 'groups', g, 'control.sock'), {op: 'status'})).operation) await sleep(25)
+      await waitFor(async () => (await controlRequest<{operation?: unknown}>(join(cli.stateDir, 'groups', g, 'control.sock'), {op: 'status'})).operation, 'the restore to start')
       const host = await NbdTestClient.connect(served.socket)
       // The restore is under way: a read near the end is served by copy on demand.
       await restore.until(async () => (await cli.status(g)).operation?.kind === 'restore', 'the restore to start')
