@@ -6,7 +6,7 @@ import {execFileSync, spawn, spawnSync, type ChildProcess} from 'node:child_proc
 import {existsSync, mkdirSync, rmSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
-import {mulberry32} from '../src/io/CrashState.js'
+import {mulberry32} from '../src/io/prng.js'
 
 export const repo = join(fileURLToPath(import.meta.url), '..', '..', '..')
 export const bin = join(repo, 'bin', 'run.js')

@@ -1,6 +1,5 @@
 import {randomUUID} from 'node:crypto'
 import type {DurableFs} from '../io/DurableFs.js'
-import {MemoryFs} from '../io/MemoryFs.js'
 import {ClonectlError, CorruptStateError, NotFoundError, RefusedError, StateError, UsageError, VolumeIoError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {PersistentMap} from '../map/PersistentMap.js'
@@ -220,13 +219,12 @@ async function openDeltaMap(ctx: GroupContext, record: GroupRecord, c: CloneReco
  * A map with every extent set, held in memory, standing in for a damaged one until a
  * writable open writes it to disk (a read-only open never rewrites state).
  */
-async function allSetStandIn(record: GroupRecord, c: CloneRecord): Promise<PersistentMap> {
+function allSetStandIn(record: GroupRecord, c: CloneRecord): PersistentMap {
   const volumeSize = record.source.fingerprint.size
   const count = extentCount(volumeSize, record.extentSize)
   const bits = new ExtentBitmap(count)
   bits.setAll()
-  const fs = new MemoryFs()
-  return PersistentMap.create(fs, `/${c.mapFile}`, {kind: 'delta', extentSize: record.extentSize, volumeSize, extentCount: count, operationId: ''}, bits)
+  return PersistentMap.inMemory(`/${c.mapFile}`, {kind: 'delta', extentSize: record.extentSize, volumeSize, extentCount: count, operationId: ''}, bits)
 }
 
 /** The fix for a restore with no clone named: the command with this group's real clones. */
@@ -354,8 +352,7 @@ export class CloneGroup {
           // over with every extent marked (the safe value of a delta map).
           if (!(error instanceof CorruptStateError)) throw error
           damaged.set(c.name, error)
-          // eslint-disable-next-line no-await-in-loop
-          map = await allSetStandIn(record, c)
+          map = allSetStandIn(record, c)
         }
         const damage = map.damageReport()
         if (damage) ctx.warn?.(`clone ${c.name}: ${damage}`)

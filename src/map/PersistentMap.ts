@@ -503,6 +503,18 @@ export class PersistentMap {
   }
 
   /**
+   * A map held in memory only, with the bits of `initial`: it behaves like an open map, but
+   * nothing it commits reaches a disk. For a stand-in (a damaged map taken as all set until
+   * a writable open rewrites it with create()). Throws RangeError for an impossible header.
+   */
+  static inMemory(path: string, header: MapHeader, initial: ExtentBitmap): PersistentMap {
+    encodeHeader(header)
+    if (initial.count !== header.extentCount) throw new RangeError(`initial bitmap has ${initial.count} extents, the header says ${header.extentCount}`)
+    const bits = initial.clone()
+    return new PersistentMap(path, Object.freeze({...header}), bits, new HeldImage(path, encodeImage(header, bits)), freshPages(header.extentCount), false)
+  }
+
+  /**
    * Open a map file and check it against what the group expects. A missing, truncated or
    * damaged file, or one of another kind, extent size, volume size, extent count or
    * operation, is a CorruptStateError that names the file and the values: a map is never
@@ -935,6 +947,49 @@ export class PersistentMap {
 
   private closedError(): Error {
     return new Error(`map file ${this.path} is closed`)
+  }
+}
+
+/** The file of an in-memory map: a buffer, so the map code runs unchanged; nothing survives the process. */
+class HeldImage implements DurableFile {
+  constructor(
+    readonly path: string,
+    private data: Buffer,
+  ) {}
+
+  read(buf: Uint8Array, position: number, length = buf.length): Promise<number> {
+    const n = Math.max(0, Math.min(length, this.data.length - position))
+    if (n > 0) buf.set(this.data.subarray(position, position + n))
+    return Promise.resolve(n)
+  }
+
+  write(buf: Uint8Array, position: number): Promise<void> {
+    if (position + buf.length > this.data.length) this.resize(position + buf.length)
+    this.data.set(buf, position)
+    return Promise.resolve()
+  }
+
+  datasync(): Promise<void> {
+    return Promise.resolve()
+  }
+
+  size(): Promise<number> {
+    return Promise.resolve(this.data.length)
+  }
+
+  truncate(length: number): Promise<void> {
+    this.resize(length)
+    return Promise.resolve()
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve()
+  }
+
+  private resize(length: number): void {
+    const next = Buffer.alloc(length)
+    this.data.copy(next, 0, 0, Math.min(length, this.data.length))
+    this.data = next
   }
 }
 

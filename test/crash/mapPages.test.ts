@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
-import {enumerateCrashStates, MemoryFs, type CrashChoice} from '../../src/io/MemoryFs.js'
+import {enumerateCrashStates, MemoryFs, type CrashChoice} from '../support/MemoryFs.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
 import {EXTENTS_PER_PAGE, PersistentMap, type MapKind} from '../../src/map/PersistentMap.js'
 

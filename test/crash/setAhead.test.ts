@@ -8,7 +8,7 @@ import {describe, test} from 'node:test'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import {mapFileName, protectedMapFile} from '../../src/group/CloneGroup.js'
-import {enumerateCrashStates, type MemoryFs} from '../../src/io/MemoryFs.js'
+import {enumerateCrashStates, type MemoryFs} from '../support/MemoryFs.js'
 import {PersistentMap} from '../../src/map/PersistentMap.js'
 import {buildGroup, clonePath, contextOn, fillPattern, gate, openGroup, SRC} from '../helpers/memGroup.js'
 

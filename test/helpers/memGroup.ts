@@ -6,7 +6,7 @@
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {CloneGroup, type GroupContext} from '../../src/group/CloneGroup.js'
 import {addClone, createGroup, fractureClones} from '../../src/group/GroupAdmin.js'
-import {MemoryFs} from '../../src/io/MemoryFs.js'
+import {MemoryFs} from '../support/MemoryFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 
 export const SRC = '/vol/src.img'

@@ -13,7 +13,7 @@ import {tmpdir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {fileURLToPath} from 'node:url'
-import {mulberry32} from '../../src/io/CrashState.js'
+import {mulberry32} from '../../src/io/prng.js'
 import {ByteQueue} from '../../src/nbd/ByteQueue.js'
 import {
   ClientFlag,

@@ -13,7 +13,7 @@ import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import type {CloneGroup} from '../../src/group/CloneGroup.js'
 import {CloneGroup as Group} from '../../src/group/CloneGroup.js'
-import type {MemoryFs} from '../../src/io/MemoryFs.js'
+import type {MemoryFs} from '../support/MemoryFs.js'
 import type {Fingerprint, Volume, VolumeExtent, VolumeKind} from '../../src/volume/Volume.js'
 import {buildGroup, clonePath, contextOn, fillPattern, openGroup, setBits, SRC} from '../helpers/memGroup.js'
 

@@ -13,7 +13,7 @@ import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
-import type {FsOp} from '../../src/io/MemoryFs.js'
+import type {FsOp} from '../support/MemoryFs.js'
 import {buildGroup, fillPattern, gate, openGroup, SRC} from '../helpers/memGroup.js'
 
 const X = 4096

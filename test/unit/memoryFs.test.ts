@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
 import {writeFileAtomic} from '../../src/io/atomicWrite.js'
-import {type CrashChoice, enumerateCrashStates, type FsOp, MemoryFs, mulberry32} from '../../src/io/MemoryFs.js'
+import {type CrashChoice, enumerateCrashStates, type FsOp, MemoryFs} from '../support/MemoryFs.js'
+import {mulberry32} from '../../src/io/prng.js'
 
 const OLD = Buffer.alloc(8192, 0x11)
 const NEW = Buffer.alloc(8192, 0x22)

@@ -10,7 +10,7 @@ import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {CloneGroup} from '../../src/group/CloneGroup.js'
 import {addClone, fractureClones} from '../../src/group/GroupAdmin.js'
-import {mulberry32} from '../../src/io/MemoryFs.js'
+import {mulberry32} from '../../src/io/prng.js'
 import {buildGroup, clonePath, fillPattern, openGroup, SRC, setBits} from '../helpers/memGroup.js'
 
 const X = 4096

@@ -369,6 +369,30 @@ describe('PersistentMap: the file, create and open', () => {
   })
 })
 
+describe('PersistentMap.inMemory: the stand-in for a damaged map', () => {
+  test('given an all-set bitmap, when held in memory, then it reads all set, commits and closes, and no file is made', async () => {
+    const all = new ExtentBitmap(COUNT)
+    all.setAll()
+    const p = fresh()
+    const m = PersistentMap.inMemory(p, header, all)
+    all.clear(0)
+    assert.ok(m.get(0), 'inMemory copies the initial bitmap')
+    assert.ok(m.bits.allSet(1, COUNT))
+    assert.deepEqual(m.header, header)
+    assert.equal(m.damageReport(), undefined)
+    // A checkpoint and a durable set run their page writes and datasyncs against memory.
+    m.clear(5, 40_000)
+    await m.commitCheckpoint(m.beginCheckpoint())
+    await m.setDurable(7, 9)
+    assert.equal(m.commits, 2)
+    assert.equal(m.get(5), false)
+    assert.ok(m.get(7) && m.get(8) && !m.get(9))
+    await m.close()
+    assert.equal(await nodeFs.exists(p), false, 'an in-memory map never touches the disk')
+    assert.throws(() => PersistentMap.inMemory(p, {...header, extentCount: COUNT + 1}, all), RangeError)
+  })
+})
+
 describe('PersistentMap: what survives a reopen', () => {
   test('setDurable is on disk when it resolves', async () => {
     const p = fresh()

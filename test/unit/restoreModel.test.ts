@@ -13,7 +13,7 @@ import {test} from 'node:test'
 import fc from 'fast-check'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
-import {mulberry32} from '../../src/io/MemoryFs.js'
+import {mulberry32} from '../../src/io/prng.js'
 import {buildGroup, clonePath, fillPattern, openGroup} from '../helpers/memGroup.js'
 
 const X = 4096

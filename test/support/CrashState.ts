@@ -5,6 +5,8 @@
  * choice is plain data (JSON-printable) and replays to the same state.
  */
 
+import {mulberry32} from '../../src/io/prng.js'
+
 /** Size of the unit a torn write is cut at. */
 export type TearUnit = 512 | 4096
 
@@ -41,18 +43,6 @@ export interface PendingOp {
   length?: number
   /** A rename's new name. */
   to?: string
-}
-
-/** mulberry32: a small seeded PRNG in [0, 1), so every random choice replays. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 /** Which of n pending ops (global order) land under `choice`, ignoring its torn write. */

@@ -43,9 +43,9 @@
  */
 import {posix} from 'node:path'
 import {landing, type CrashChoice, type PendingOp, tornLength} from './CrashState.js'
-import type {DurableFile, DurableFs, FileStat, OpenOptions} from './DurableFs.js'
+import type {DurableFile, DurableFs, FileStat, OpenOptions} from '../../src/io/DurableFs.js'
 
-export {enumerateCrashStates, MAX_CRASH_STATES, mulberry32} from './CrashState.js'
+export {enumerateCrashStates, MAX_CRASH_STATES} from './CrashState.js'
 export type {CrashChoice, PendingOp, TearUnit, TornChoice} from './CrashState.js'
 
 /** A mutating operation, as onOp sees it before it takes effect. */
