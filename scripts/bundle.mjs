@@ -30,7 +30,7 @@ async function bundle() {
     platform: 'node',
     format: 'cjs',
     target: 'node20',
-    // oclif reaches for typescript only to run sources in development (bin/dev.js); koffi
+    // oclif reaches for typescript only to run .ts sources in development mode (unused); koffi
     // loads its prebuilt native binary from its own package directory.
     external: ['typescript', 'koffi'],
     // Whitespace and syntax only: names stay, so a bug's stack trace still reads.

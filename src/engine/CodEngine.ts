@@ -36,8 +36,6 @@ export class CodEngine {
   private running = 0
   copies = 0
   copiedBytes = 0
-  /** Milliseconds each COD copy took, for latency reporting (bounded). */
-  readonly latencies: number[] = []
 
   constructor(private readonly o: CodEngineOptions) {}
 
@@ -59,7 +57,6 @@ export class CodEngine {
 
   private async copy(e: number): Promise<void> {
     const {o} = this
-    const t0 = performance.now()
     try {
       // Re-check under the claim: the sync engine may have finished it meanwhile.
       if (!o.needsCopy(e)) return
@@ -79,7 +76,6 @@ export class CodEngine {
       if (!collided) o.map.clear(e, e + 1)
       this.copies++
       this.copiedBytes += len
-      if (this.latencies.length < 100_000) this.latencies.push(performance.now() - t0)
     } catch (error) {
       o.onError?.(error)
     } finally {

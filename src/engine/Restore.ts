@@ -64,8 +64,6 @@ export class RestoreSession {
    * the write lands, though P (set before the write) says "no copy", so a read waits for it.
    */
   private readonly overwriting = new Map<number, number>()
-  readonly startedAt = Date.now()
-  firstCopyAt?: number
 
   private constructor(
     readonly g: CloneGroup,
@@ -111,9 +109,6 @@ export class RestoreSession {
       limiter: this.limiter,
       chunkBytes: tuning.chunkBytes,
       parallel: tuning.parallel,
-      onCopied: () => {
-        this.firstCopyAt ??= Date.now()
-      },
       // On every release, failed copies included: a waiter whose extent the failed chunk
       // held is served by COD (or gets its error) instead of hanging (recipe 3, host read).
       onReleased: () => {

@@ -25,7 +25,6 @@ export interface GroupContext {
 export class CloneMember {
   /** Mirrored writes in flight per extent (write-intent bits clear only when it reaches 0). */
   readonly mirrorInflight = new Map<number, number>()
-  readonly mirrorWrites = new Set<Promise<void>>()
   /**
    * Write-intent extents: D[k] is set there only because host writes are mirrored to this
    * clone (it got every one of them), not because it misses data; the sync engine skips

@@ -17,7 +17,7 @@ import {FileVolume} from '../volume/FileVolume.js'
 import {checkCloneCandidate} from '../volume/identity.js'
 import {openVolume} from '../volume/openVolume.js'
 import type {Volume} from '../volume/Volume.js'
-import {CloneGroup, type GroupContext} from './CloneGroup.js'
+import type {GroupContext} from './CloneGroup.js'
 import {addClone, createGroup, fractureClones} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
 import {ForwardSync} from '../engine/ForwardSync.js'
@@ -388,5 +388,3 @@ export function assertDrill(r: DrillReport): void {
     throw new DrillFailedError(`recovery drill failed: ${bad.map((c) => `${c.name} (${c.detail})`).join('; ')}`, 'keep the scratch files with --keep and inspect them, or report it')
   }
 }
-
-export {CloneGroup}

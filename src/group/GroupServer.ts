@@ -326,10 +326,7 @@ export class GroupServer {
         return this.follow(done, send, cancelled, req.background)
       }
       case 'fracture':
-        return host.gate.exclusive(async () => {
-          await Promise.all(req.clones.map((c) => Promise.all([...g.member(c).mirrorWrites])))
-          return fractureClones(g, req.clones)
-        })
+        return host.gate.exclusive(async () => fractureClones(g, req.clones))
       case 'add':
         if (this.bg) this.busy()
         return host.gate.exclusive(async () => addClone(g, req))

@@ -13,13 +13,11 @@ export class ProgressRenderer {
   private drawn = false
 
   constructor(
-    private readonly quiet = false,
     private readonly plainEveryMs = 5000,
     private readonly out: NodeJS.WriteStream = process.stderr,
   ) {}
 
   update(p: ProgressEvent): void {
-    if (this.quiet) return
     const now = Date.now()
     // Work can appear while copying (host writes under `serve`): a count that went back
     // starts the rate window again rather than showing a negative rate.

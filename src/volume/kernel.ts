@@ -101,7 +101,7 @@ declare const require: NodeJS.Require | undefined
 function loadKoffi(): Koffi {
   if (process.env.CLONECTL_NO_KOFFI) throw new Error('disabled by CLONECTL_NO_KOFFI')
   // The bundle is CommonJS (its require finds koffi beside it); the unbundled ES modules
-  // (tests, bin/dev.js) make one.
+  // (tests) make one.
   const req = typeof require === 'function' ? require : createRequire(import.meta.url)
   return req('koffi') as Koffi
 }

@@ -14,7 +14,7 @@ function renderer(): {r: ProgressRenderer; lines: string[]} {
   process.env.NO_COLOR = '1'
   const lines: string[] = []
   const out = {write: (s: string) => lines.push(s)} as unknown as NodeJS.WriteStream
-  return {r: new ProgressRenderer(false, 0, out), lines}
+  return {r: new ProgressRenderer(0, out), lines}
 }
 
 const event = (doneBytes: number): ProgressEvent => ({operation: 'sync', group: 'g', clone: 'k', totalBytes: 100 * MB, doneBytes, remainingExtents: 1})

@@ -1,5 +1,0 @@
-export * from './GroupRecord.js'
-export {type DamagedGroup, type DamagedGroupReport, damagedReport, GROUP_FILE, GroupStore, isOwnGroupFile, type VolumeUse} from './GroupStore.js'
-export {type AcquireOptions, describeHolder, GroupLock, type HolderInfo, STALE_MS, UPDATE_MS} from './GroupLock.js'
-export {ensureStateDir, isValidName, resolveStateDir, ROOT_STATE_DIR, stateWriteError, validateName} from './stateDir.js'
-export {checkTrusted} from './trust.js'

@@ -1,6 +1,0 @@
-export type {ExtentKind, Fingerprint, Volume, VolumeExtent, VolumeKind} from './Volume.js'
-export {FileVolume} from './FileVolume.js'
-export {BlockVolume} from './BlockVolume.js'
-export {openVolume, isNbdUri} from './openVolume.js'
-export {checkCloneCandidate, checkCloneSize, resolveIdentity, sameVolume, type VolumeIdentity} from './identity.js'
-export {isMounted, loopBackingFile, loopOffset, majorMinor, mountPoints, partitionOf, sysfsReadOnly, sysfsSize} from './blockDevice.js'
