@@ -10,9 +10,9 @@ import vm from 'node:vm'
 // writes in flight (a restore of scattered extents waits on them). Set before any I/O.
 process.env.UV_THREADPOOL_SIZE ??= '16'
 // `serve`: atomic, not incremental, old-space GC. It receives host data in 64 KiB socket
-// chunks, each a new ArrayBuffer; their external memory started dozens of incremental
-// marking cycles a second, and 1M sequential I/O through `serve` spent a third of its time in
-// GC (cpu profile; figures in the commit that made this change). Not for the copy commands:
+// chunks, each a new ArrayBuffer; their external memory started incremental marking cycles
+// over and over, and sequential I/O through `serve` spent much of its time in GC (figures in
+// the commit that made this change). Not for the copy commands:
 // their buffers are pooled, so it gained nothing there and raised their peak RSS. Set before
 // anything is allocated. (V8 then rejects the code cache below, made without the flag: serve
 // compiles, once, at its start.)

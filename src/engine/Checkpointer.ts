@@ -2,16 +2,6 @@ import type {PersistentMap} from '../map/PersistentMap.js'
 import type {Volume} from '../volume/Volume.js'
 
 /**
- * Makes progress and host writes durable, in the only safe order (DESIGN §4):
- *   1. take a ticket from every map (what may become durable: clears of completed copies,
- *      staged P bits of completed host writes);
- *   2. fdatasync every volume written since the last checkpoint (recipe 5: data first);
- *   3. commit P before the delta maps (recipe 3: a clear of D[c] never becomes durable
- *      before the P bit that replaces it), then the delta maps.
- * One checkpoint runs at a time; a request while one runs joins the next one, so every
- * caller's writes (issued before it called) are covered when its promise resolves.
- */
-/**
  * Some clone volumes could not be made durable (fdatasync or NBD FLUSH failed); the source
  * and every other volume were, and their maps were committed. The failed clones' copies
  * since the last checkpoint are marked to do again (PersistentMap.abandonCheckpoint).
@@ -31,6 +21,16 @@ export class CloneFlushError extends Error {
  */
 export type FlushFailureHandler = (volume: Volume, error: unknown) => PersistentMap[] | undefined
 
+/**
+ * Makes progress and host writes durable, in the only safe order (DESIGN §4):
+ *   1. take a ticket from every map (what may become durable: clears of completed copies,
+ *      staged P bits of completed host writes);
+ *   2. fdatasync every volume written since the last checkpoint (recipe 5: data first);
+ *   3. commit P before the delta maps (recipe 3: a clear of D[c] never becomes durable
+ *      before the P bit that replaces it), then the delta maps.
+ * One checkpoint runs at a time; a request while one runs joins the next one, so every
+ * caller's writes (issued before it called) are covered when its promise resolves.
+ */
 export class Checkpointer {
   private readonly dirty = new Set<Volume>()
   private running?: Promise<void>

@@ -37,9 +37,8 @@ export class HostIO {
 
   /**
    * Extents a write-intent commit covers at once (16 MiB worth by default, md's bitmap chunk):
-   * measured in-process, 4K random writes QD16 to a 256 MiB volume with one synchronized clone
-   * paid ~600 map commits in their first 3 s at one extent a bit (~10-17K IOPS, against
-   * ~17-22K once every bit was set). A crash then recopies whole regions that were written.
+   * at one extent a bit, random writes to a synchronized clone paid a map commit for almost
+   * every new extent they touched. A crash then recopies whole regions that were written.
    */
   readonly intentRegion: number
 

@@ -48,12 +48,6 @@ interface Background {
 }
 
 /**
- * `clonectl serve GROUP`: owns the group while it runs (DESIGN §5). It holds the lock, serves
- * the source over NBD through the host I/O path, answers the control socket (other
- * invocations' sync, fracture, restore, status...), runs one copy operation at a time in the
- * background, and on start resumes an interrupted restore while serving at once.
- */
-/**
  * The same volume through a new handle (read-only for a protected restore: INV-3; writable
  * again after it). A remote clone is closed first: NBD servers commonly take one client at a
  * time (qemu-nbd's default --shared=1), so a second connection would wait for the first.
@@ -69,6 +63,12 @@ async function reopenVolume(g: CloneGroup, old: Volume, rec: {path: string; fing
   return next
 }
 
+/**
+ * `clonectl serve GROUP`: owns the group while it runs (DESIGN §5). It holds the lock, serves
+ * the source over NBD through the host I/O path, answers the control socket (other
+ * invocations' sync, fracture, restore, status...), runs one copy operation at a time in the
+ * background, and on start resumes an interrupted restore while serving at once.
+ */
 export class GroupServer {
   readonly nbd: NbdServer
   readonly control: ControlServer

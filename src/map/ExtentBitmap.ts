@@ -1,3 +1,6 @@
+/** Most extents a bitmap can track (indices must fit the 32-bit shifts): 256 TiB at 64 KiB extents. */
+export const MAX_EXTENTS = 2 ** 32
+
 /**
  * One bit per extent, with word-level range operations (DESIGN §1: delta maps D[k], the
  * protected restore map P, and any scratch set of extents).
@@ -12,9 +15,6 @@
  * Indices are checked: a non-integer or out-of-range extent or range throws RangeError.
  * Nothing here waits or does I/O.
  */
-/** Most extents a bitmap can track (indices must fit the 32-bit shifts): 256 TiB at 64 KiB extents. */
-export const MAX_EXTENTS = 2 ** 32
-
 export class ExtentBitmap {
   /**
    * The backing words (bit e is bit e & 31 of words[e >> 5]). For the map module's

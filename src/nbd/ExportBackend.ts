@@ -9,8 +9,9 @@
  * - The server checks every range first: `offset + length <= size`, READ/WRITE lengths at
  *   most 32 MiB; writes never reach a read-only backend. Zero-length requests never reach
  *   the backend. writeZeroes and trim lengths may be up to 4 GiB - 1: chunk them.
- * - `write`'s `data` is the backend's to keep: the server never reuses or changes it (it
- *   may be a view into a larger socket buffer).
+ * - `write`'s `data` is the backend's only until the call settles: then the server may reuse
+ *   its memory for a later WRITE (PayloadPool). Copy what must outlive the call. It may be a
+ *   view into a larger socket buffer.
  * - `read` must resolve to exactly `length` bytes; anything else is answered EIO.
  * - A rejection is answered with an NBD error: `.errno` (a string) or else `.code` of
  *   'ENOSPC'/'EDQUOT'/'EFBIG' → ENOSPC, 'EINVAL' → EINVAL, 'EPERM'/'EROFS' → EPERM,

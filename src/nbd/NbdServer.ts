@@ -589,7 +589,7 @@ class Connection {
     // leave it waiting for our end forever (no 'close', no tlsClientError); once secure it
     // goes back to half-open, so in-flight requests are answered after a client's EOF.
     raw.allowHalfOpen = false
-    // One tls.Server per handshake (about 1 ms): the association from its events to this
+    // One tls.Server per handshake: the association from its events to this
     // connection is then certain, and it verifies client certificates (a bare TLSSocket
     // leaves that to the caller). It never listens; it is handed this one socket.
     const ts = createTlsServer({...options, handshakeTimeout: this.srv.handshakeTimeoutMs})

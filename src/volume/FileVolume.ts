@@ -7,9 +7,8 @@ import type {Fingerprint, Volume, VolumeExtent, VolumeKind} from './Volume.js'
 
 /**
  * Bulk writes (from an alignedBuffer()) of at least this size into a fresh image go through
- * O_DIRECT. Measured on the bench machine (2 GiB): buffered writes into a new file ran at
- * ~400 MB/s, as every page of the page cache was new; O_DIRECT at ~2.8 GB/s (nbdcopy gets the
- * same by sync_file_range and fadvise(DONTNEED), which Node lacks).
+ * O_DIRECT: buffered, every page-cache page of a new file is new, and filling them is far
+ * slower (nbdcopy avoids that by sync_file_range and fadvise(DONTNEED), which Node lacks).
  */
 const DIRECT_MIN = 64 * 1024
 const ALIGN = DIRECT_ALIGN
@@ -77,13 +76,9 @@ export class FileVolume implements Volume {
    * The sync engine's bulk reads (alignedBuffer() slices of at least 64 KiB) go through
    * O_DIRECT, as dm-clone's kcopyd bypasses the page cache: a copy then neither evicts the
    * hosts' working set nor pays for a page-cache page per 4 KiB, and a hole reads as zeros
-   * filled straight into the buffer. Measured on the bench machine, a full sync of 2 GiB into
-   * a fresh image, five alternating pairs after a cache drop: buffered 4.4–6.2 s with 2.7–4.5 s
-   * of system CPU (allocating and freeing page-cache pages), O_DIRECT 2.8–3.6 s with 0.4–0.5 s;
-   * a protected restore of 2 GiB half dirty 1.7–1.8 s against 1.75–2.5 s; a 2 GiB image with
-   * 90% holes 0.17 s against 0.8–1.2 s (nbdcopy, skipping holes by SEEK_DATA, 0.29 s); an
-   * incremental sync of 1% of extents the same. What hosts read (unaligned buffers) stays
-   * buffered. Cleared when the file system refuses O_DIRECT (EINVAL).
+   * filled straight into the buffer (buffered copies spent their system CPU allocating and
+   * freeing page-cache pages). What hosts read (unaligned buffers) stays buffered. Cleared
+   * when the file system refuses O_DIRECT (EINVAL).
    */
   readsDirect = true
 
