@@ -4,7 +4,7 @@
  * `node scripts/bundle.mjs --code-cache` records V8's code cache for it.
  *
  * Why: a command used to resolve, read and compile ~230 module files (oclif alone is ~120
- * CommonJS files, semver ~45) before doing anything; `status` cost ~2.5x `node -e 0`. One
+ * CommonJS files, semver ~45) before doing anything, several times what `node -e 0` costs. One
  * file, loaded by bin/run.js through vm.Script with the cached bytecode of a representative
  * run, skips the resolution and most of the compilation. The cache is written here, once,
  * beside the code it belongs to (never into a shared temp directory at run time, where

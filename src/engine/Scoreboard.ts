@@ -13,9 +13,8 @@ interface Waiter {
  */
 export class Scoreboard {
   /**
-   * Claimed extents, each with its waiter once someone waits. A promise per claim cost a
-   * 16 GiB sync (262,144 claims) ~40 MB of garbage, which grew V8's heap and the process's
-   * peak RSS (sampling heap profile).
+   * Claimed extents, each with its waiter once someone waits. A promise per claim made a
+   * large sync's garbage grow V8's heap and the process's peak RSS.
    */
   private readonly active = new Map<number, Waiter | undefined>()
 
