@@ -23,7 +23,6 @@ export async function dirtyExtents(stateDir: string, group: string, fraction: nu
     const data = randomBytes(g.extentSize)
     const all = [...picked]
     for (let i = 0; i < all.length; i += 64) {
-      // eslint-disable-next-line no-await-in-loop
       await Promise.all(all.slice(i, i + 64).map((e) => host.write(e * g.extentSize, data.subarray(0, Math.min(g.extentSize, g.volumeSize - e * g.extentSize)), false)))
     }
     await host.flush()

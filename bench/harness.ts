@@ -104,7 +104,6 @@ export async function compareAsync<K extends string, R>(n: number, contenders: R
   const out = Object.fromEntries(names.map((k) => [k, [] as R[]])) as Record<K, R[]>
   for (let i = 0; i < n; i++)
     for (const k of shuffled(names)) {
-      // eslint-disable-next-line no-await-in-loop
       out[k].push(await contenders[k]())
     }
   return out
@@ -135,7 +134,6 @@ export async function background(cmd: string, readyPath: string, env: NodeJS.Pro
   for (let i = 0; i < 200; i++) {
     if (existsSync(readyPath)) return p
     if (p.exitCode !== null) throw new Error(`${cmd} exited early: ${err}`)
-    // eslint-disable-next-line no-await-in-loop
     await new Promise((r) => setTimeout(r, 50))
   }
   p.kill('SIGKILL')

@@ -73,12 +73,10 @@ async function clonesRows(b: MirrorBench): Promise<void> {
   for (let i = 0; i < b.runs; i++)
     for (const g of i % 2 === 0 ? (['g0', 'g1', 'g3'] as const) : (['g3', 'g1', 'g0'] as const)) {
       settle()
-      // eslint-disable-next-line no-await-in-loop
       const {proc, uri} = await serve(state, g)
       try {
         res[g].push(randwrite(uri, size, b.fioSeconds))
       } finally {
-        // eslint-disable-next-line no-await-in-loop
         await stop(proc)
       }
     }
@@ -139,12 +137,10 @@ async function qsdMirror(dir: string, src: string, size: number, rate?: number):
     const t0 = performance.now()
     await q.execute('blockdev-mirror', {'job-id': 'm', device: 'src', target: 'tgt', sync: 'full', 'copy-mode': 'write-blocking'})
     for (;;) {
-      // eslint-disable-next-line no-await-in-loop
       const jobs = (await q.execute('query-block-jobs')) as Array<{device: string; ready: boolean; offset: number}>
       const j = jobs.find((x) => x.device === 'm')
       if (!j) throw new Error('the mirror job vanished')
       if (j.ready) return {seconds: (performance.now() - t0) / 1000, copied: j.offset}
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((r) => setTimeout(r, 20))
     }
   } finally {
@@ -167,15 +163,11 @@ async function syncRows(b: MirrorBench): Promise<void> {
   const busy: Array<{seconds: number; copied: number}> = []
   for (let i = 0; i < b.runs; i++) {
     settle()
-    // eslint-disable-next-line no-await-in-loop
     const {proc, uri} = await serve(state, 's')
     try {
-      // eslint-disable-next-line no-await-in-loop
       idle.push(await clonectlSync(state, dir, uri, size))
-      // eslint-disable-next-line no-await-in-loop
       busy.push(await clonectlSync(state, dir, uri, size, rate))
     } finally {
-      // eslint-disable-next-line no-await-in-loop
       await stop(proc)
     }
   }
@@ -183,7 +175,6 @@ async function syncRows(b: MirrorBench): Promise<void> {
   if (have('qemu-storage-daemon'))
     for (let i = 0; i < b.runs; i++) {
       settle()
-      // eslint-disable-next-line no-await-in-loop
       qemu.push(await qsdMirror(dir, src, size, rate))
     }
   b.commands.push(`clonectl clone sync s c --json (fresh ${size / MiB} MiB clone, through serve), idle and under fio --rw=randwrite --bs=4k --numjobs=4 --iodepth=4 at ${rate} MiB/s in all; qemu-storage-daemon blockdev-mirror sync=full copy-mode=write-blocking under the same load, until ready`)

@@ -11,7 +11,7 @@ import {join} from 'node:path'
 import {controlRequest} from '../src/control/ControlClient.js'
 import {dirtyExtents} from './dirty.js'
 import {mirrorRows} from './mirror.js'
-import {allocatedBytes, background, bin, cacheDrops, clonectl, compare, compareAsync, fio, fioAsync, freshDir, have, Qmp, repo, seedOrder, settle, sh, shuffled, stats, stop, timed, timedOutput, type FioResult, type Stats} from './harness.js'
+import {allocatedBytes, background, bin, cacheDrops, clonectl, compare, compareAsync, fioAsync, freshDir, have, Qmp, repo, seedOrder, settle, sh, shuffled, stats, stop, timed, timedOutput, type FioResult, type Stats} from './harness.js'
 
 const quick = process.argv.includes('--quick')
 /** The value after `--name`, if any. */
@@ -258,7 +258,6 @@ async function incremental(state: string, full: {wall: number; own: number}, siz
   const own: number[] = []
   for (let i = 0; i < RUNS; i++) {
     clonectl(state, 'clone fracture g c')
-    // eslint-disable-next-line no-await-in-loop
     await dirtyExtents(state, 'g', 0.01, i + 7)
     settle()
     const t = timedOutput(`node ${bin} clone sync g c --json --state-dir=${state}`)
@@ -368,7 +367,6 @@ async function protectedRestore(state: string, dir: string): Promise<void> {
   sh(`cp ${dir}/src.img ${dir}/peer.img`)
   const times: Record<'clonectl' | 'nbdcopy', number[]> = {clonectl: [], nbdcopy: []}
   for (let i = 0; i < RUNS; i++) {
-    // eslint-disable-next-line no-await-in-loop
     await dirtyExtents(state, 'g', 0.5, 100 + i)
     for (const w of shuffled(['clonectl', 'nbdcopy'] as const)) {
       settle()
@@ -438,10 +436,8 @@ async function qemuFirstRead(dir: string, clone: string): Promise<[number, numbe
 /** Wait until the group's server reports an operation (the restore it was asked to run). */
 async function waitForOperation(control: string): Promise<void> {
   for (let i = 0; i < 1000; i++) {
-    // eslint-disable-next-line no-await-in-loop
     const s = (await controlRequest(control, {op: 'status'}).catch(() => ({}))) as {server?: {operation?: unknown}; operation?: unknown}
     if (s.server?.operation ?? s.operation) return
-    // eslint-disable-next-line no-await-in-loop
     await new Promise((r) => setTimeout(r, 10))
   }
   throw new Error('the server did not start the restore within 10 s')
@@ -471,7 +467,6 @@ async function firstRead(): Promise<void> {
     clonectl(state, `group create g --source ${dir}/src.img`)
     clonectl(state, `clone add g c --path ${dir}/c.img --create`)
     clonectl(state, 'clone fracture g c')
-    // eslint-disable-next-line no-await-in-loop
     const {proc, uri} = await serveGroup(state, 'g')
     const lat: number[] = []
     const fromCli: number[] = []
@@ -482,24 +477,19 @@ async function firstRead(): Promise<void> {
         sh(`qemu-io -f raw '${uri}' -c 'write -P 0x5a 0 64M'`)
         idle.push(read4k(uri, '32M'))
         const t0 = performance.now()
-        // eslint-disable-next-line no-await-in-loop
         const restore = await background(`node ${bin} restore g c --yes --rate 50M --state-dir=${state}`, '/dev/null')
         try {
-          // eslint-disable-next-line no-await-in-loop
           await waitForOperation(control)
           const t1 = performance.now()
           const t = read4k(uri, '40M', 0)
           lat.push(t * 1000)
           fromCli.push((t1 - t0) / 1000 + t)
-          // eslint-disable-next-line no-await-in-loop
           await finishRestore(control, restore)
         } finally {
-          // eslint-disable-next-line no-await-in-loop
           await stop(restore)
         }
       }
     } finally {
-      // eslint-disable-next-line no-await-in-loop
       await stop(proc)
     }
     const m = stats(lat)
@@ -510,7 +500,6 @@ async function firstRead(): Promise<void> {
       const qs: number[] = []
       try {
         for (let i = 0; i < RUNS; i++) {
-          // eslint-disable-next-line no-await-in-loop
           const [a, fromStart] = await qemuFirstRead(dir, join(dir, 'c.img'))
           q.push(a * 1000)
           qs.push(fromStart * 1000)
@@ -609,7 +598,6 @@ async function fioRows(): Promise<void> {
   // RUNS times each, in random order, medians (one sample each swung by ±30% on this VM).
   for (const rw of ['read', 'write'] as const) {
     const mbps = (r: FioResult): number => (rw === 'read' ? r.readMBps : r.writeMBps)
-    // eslint-disable-next-line no-await-in-loop
     const r = await compareAsync(RUNS, each(['clonectl', ...peers.filter((p) => p === 'qemu-nbd')], async (w) => mbps(await run(w, rw, '1M', 8))))
     const ma = stats(r.clonectl).median
     const mb = r['qemu-nbd'] ? stats(r['qemu-nbd']).median : Number.NaN
@@ -666,22 +654,17 @@ async function fioRows(): Promise<void> {
     const logBase = join(dir, `fiolog-${w}`)
     rmSync(`${logBase}_iops.1.log`, {force: true})
     if (w === 'idle') {
-      // eslint-disable-next-line no-await-in-loop
       await run('clonectl', 'randrw', '4k', 16, `${logged}${logBase}`)
       const log = readIopsLog(logBase)
       idleLogs.push(log)
       timeline.idle ??= log
       continue
     }
-    // eslint-disable-next-line no-await-in-loop
     await dirtyExtents(state, 'g', 0.5, 5 + duringI.length)
-    // eslint-disable-next-line no-await-in-loop
     const {proc, uri} = await serveGroup(state, 'g')
     let restore: Awaited<ReturnType<typeof background>> | undefined
     try {
-      // eslint-disable-next-line no-await-in-loop
       restore = await background(`node ${bin} restore g c --yes --rate ${rate}M --state-dir=${state}`, '/dev/null')
-      // eslint-disable-next-line no-await-in-loop
       await waitForOperation(control)
       const progress: Array<{t: number; done: number}> = []
       const t0 = Date.now()
@@ -697,7 +680,6 @@ async function fioRows(): Promise<void> {
           .catch(() => undefined)
       }, 250)
       // Asynchronous, so the progress sampler runs while fio does.
-      // eslint-disable-next-line no-await-in-loop
       const during = await fioAsync(uri, {...job, rw: 'randrw', bs: '4k', iodepth: 16, extra: `${logged}${logBase}`})
       clearInterval(sampler)
       const window = Math.min(end, FIO_SECONDS)
@@ -706,12 +688,9 @@ async function fioRows(): Promise<void> {
       duringI.push(meanIops(log, 0, window))
       if (during.readP99us !== undefined) p99.push(during.readP99us)
       if (!timeline.during) timeline = {...timeline, during: log, progress, window}
-      // eslint-disable-next-line no-await-in-loop
       await finishRestore(control, restore)
     } finally {
-      // eslint-disable-next-line no-await-in-loop
       if (restore) await stop(restore)
-      // eslint-disable-next-line no-await-in-loop
       await stop(proc)
     }
   }

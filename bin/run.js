@@ -30,7 +30,9 @@ function load(path) {
   let cachedData
   try {
     cachedData = readFileSync(`${path}.cache`)
-  } catch {}
+  } catch {
+    // No code cache (a build without one): V8 compiles the bundle.
+  }
   const script = new vm.Script(Module.wrap(readFileSync(path, 'utf8')), {filename: path, cachedData})
   const m = new Module(path)
   m.filename = path

@@ -101,7 +101,6 @@ export class Checkpointer {
     // states and the cheap guard should a host write ever stop setting D[c].
     for (let i = 0; i < maps.length; i++) {
       if (abandoned.has(maps[i])) continue
-      // eslint-disable-next-line no-await-in-loop
       await maps[i].commitCheckpoint(tickets[i])
     }
     this.count++

@@ -156,11 +156,9 @@ export class ForwardSync {
     const exclusive = <T>(fn: () => Promise<T>): Promise<T> => (this.gate ? this.gate.exclusive(fn) : fn())
     try {
       for (;;) {
-        // eslint-disable-next-line no-await-in-loop
         if (!(await this.engine.run())) break
         // A host write may have set a bit since the engine finished: switch to mirrored only
         // with no write in flight and the map empty; otherwise copy what is new.
-        // eslint-disable-next-line no-await-in-loop
         completed = await exclusive(async () => {
           if (m.dirtyCount() > 0) return false
           await this.checkpoint()

@@ -12,7 +12,6 @@ export class HostGate {
   /** A host write enters; waits only while an exclusive step runs. */
   async enter(): Promise<void> {
     while (this.closed) {
-      // eslint-disable-next-line no-await-in-loop
       await this.closed
     }
     this.active++
@@ -25,7 +24,6 @@ export class HostGate {
    */
   async waitOpen(): Promise<void> {
     while (this.closed) {
-      // eslint-disable-next-line no-await-in-loop
       await this.closed
     }
   }
@@ -42,7 +40,6 @@ export class HostGate {
   /** Run fn with no host write in flight and none starting. Waits. */
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     while (this.closed) {
-      // eslint-disable-next-line no-await-in-loop
       await this.closed
     }
     let open!: () => void

@@ -39,7 +39,6 @@ export class RateLimiter {
       this.last = now
       if (this.tokens >= bytes || shouldStop()) break
       const wait = Math.min(250, Math.ceil(((bytes - this.tokens) / rate) * 1000))
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((r) => setTimeout(r, Math.max(wait, 1)))
       if (this.bytesPerSecond !== rate) return this.take(bytes, shouldStop)
     }

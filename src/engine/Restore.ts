@@ -263,7 +263,6 @@ export class RestoreSession {
       g.ctx.warn?.(P.damageReport() ?? '')
       // INV-1: D[c] covers these extents durably before their P bits are durably dropped.
       for (const page of P.damagedPages) {
-        // eslint-disable-next-line no-await-in-loop
         await c.map.setDurable(page * EXTENTS_PER_PAGE, Math.min(g.extentCount, (page + 1) * EXTENTS_PER_PAGE))
       }
       await P.repairDamagedPages()
@@ -314,7 +313,6 @@ export class RestoreSession {
     for (;;) {
       const busy = g.scoreboard.firstBusy(s, e)
       if (busy >= 0) {
-        // eslint-disable-next-line no-await-in-loop
         await g.scoreboard.waitFor(busy)
         continue
       }
@@ -324,7 +322,6 @@ export class RestoreSession {
       if (need.length > 0) {
         const wait = this.queue.waitFor(need)
         this.cod.kick()
-        // eslint-disable-next-line no-await-in-loop
         await wait
         continue
       }
@@ -378,7 +375,6 @@ export class RestoreSession {
     let backoff = 250
     for (;;) {
       try {
-        // eslint-disable-next-line no-await-in-loop
         return await this.engine.run()
       } catch (error) {
         if (!(error instanceof RemoteError) || this.member.vol.kind !== 'nbd') throw error
@@ -393,7 +389,6 @@ export class RestoreSession {
         if (waited >= this.remoteWaitMs) throw error
         const pause = Math.min(backoff, this.remoteWaitMs - waited)
         this.onRemoteWait?.(error, pause)
-        // eslint-disable-next-line no-await-in-loop
         await this.sleepUnlessStopped(pause)
         if (this.engine.stopped) return false
         backoff = Math.min(backoff * 2, 5000)

@@ -71,7 +71,6 @@ export class Scoreboard {
   /** Resolves when nothing is being copied. */
   async drain(): Promise<void> {
     while (this.active.size > 0) {
-      // eslint-disable-next-line no-await-in-loop
       await Promise.all([...this.active.keys()].map((e) => this.waitFor(e)))
     }
   }

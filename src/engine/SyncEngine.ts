@@ -166,7 +166,6 @@ export class SyncEngine {
       let sawBusy = false
       while (!this.stopping && failure === undefined) {
         if (this.paused) {
-          // eslint-disable-next-line no-await-in-loop
           await this.paused.promise
           continue
         }
@@ -184,7 +183,6 @@ export class SyncEngine {
           // so a host request needing these extents is served by COD at once instead of
           // waiting up to chunk/rate behind a throttled copy.
           const taken = this.byteLen(start, end)
-          // eslint-disable-next-line no-await-in-loop
           await o.limiter.take(taken, () => this.stopping)
           if (this.stopping || this.paused) {
             o.limiter.refund(taken)
@@ -215,29 +213,24 @@ export class SyncEngine {
         inflight.add(p)
         sinceCheckpoint += bytes
         if (inflight.size >= parallel) {
-          // eslint-disable-next-line no-await-in-loop
           await Promise.race(inflight)
         }
         if (o.checkpoint && sinceCheckpoint > 0 && (sinceCheckpoint >= (o.checkpointBytes ?? 256 * MiB) || Date.now() - lastCheckpoint >= (o.checkpointMs ?? 1000))) {
           sinceCheckpoint = 0
           lastCheckpoint = Date.now()
-          // eslint-disable-next-line no-await-in-loop
           await o.checkpoint()
         }
       }
-      // eslint-disable-next-line no-await-in-loop
       await Promise.all(inflight)
       if (failure !== undefined) throw failure
       if (this.stopping) return false
       // Extents busy in the COD engine, or recopied after a collision, need another pass.
       if (sawBusy) {
-        // eslint-disable-next-line no-await-in-loop
         await o.scoreboard.drain()
       }
       this.recount()
       if (this.progress.remainingExtents === 0) return true
       // A collision leaves bits behind us: yield a tick so the host write finishes first.
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((r) => setTimeout(r, 1))
     }
   }
@@ -461,7 +454,6 @@ export class SyncEngine {
             // WRITE_ZEROES is cheap and keeps the remote sparse, so zero runs go as that
             // (and then read as zero: the data runs are written below).
             for (const [a, b] of this.runs(start, end, len, (e) => z[e - start])) {
-              // eslint-disable-next-line no-await-in-loop
               await o.to.writeZeroes(pos + a, b - a)
             }
             o.onWrite?.()

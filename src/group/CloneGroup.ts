@@ -344,7 +344,6 @@ export class CloneGroup {
       for (const c of record.clones) {
         let map: PersistentMap
         try {
-          // eslint-disable-next-line no-await-in-loop
           map = await openDeltaMap(ctx, record, c)
         } catch (error) {
           // One clone's damaged map must not take the group down: that clone alone starts
@@ -362,7 +361,6 @@ export class CloneGroup {
         // Every open re-checks that no volume is another volume of any group (DESIGN §3).
         const conflicts = await findVolumeConflicts(ctx.fs, groupVolumeUses(record), await ctx.store.allClonePaths({except: name, onDamaged: (d) => ctx.warn?.(`group ${d.name} is damaged (${d.reason}); the volumes of group ${name} cannot be checked against its own`)}), ctx.store.groupFile(name))
         if (conflicts.source) throw conflicts.source
-        // eslint-disable-next-line no-await-in-loop
         source = await openVolume(ctx.fs, record.source.path, {write: opts.writable})
         opened.push(source)
         for (const m of members.values()) {
@@ -375,7 +373,6 @@ export class CloneGroup {
             continue
           }
           try {
-            // eslint-disable-next-line no-await-in-loop
             m.volume = await openVolume(ctx.fs, m.record.volume.path, {
               write: !ro,
               knownSize: m.record.volume.fingerprint.size,
@@ -433,9 +430,7 @@ export class CloneGroup {
     for (const m of this.members.values()) {
       if (!m.mapDamaged) continue
       const path = this.ctx.store.mapPath(this.name, m.record.mapFile)
-      // eslint-disable-next-line no-await-in-loop
       const map = await PersistentMap.create(this.ctx.fs, path, {...m.map.header}, m.map.bits)
-      // eslint-disable-next-line no-await-in-loop
       await m.map.close()
       m.map = map
     }
@@ -485,7 +480,6 @@ export class CloneGroup {
       }
     }
     for (const m of this.members.values()) {
-      // eslint-disable-next-line no-await-in-loop
       if (m.volume && (await check(`clone ${m.name}`, m.volume, m.record.volume.fingerprint))) {
         this.changedOutside.add(m.name)
         this.ctx.warn?.(`clone ${m.name} (${m.volume.path}) changed outside clonectl: its delta map is not trusted`)
@@ -515,7 +509,6 @@ export class CloneGroup {
     for (const m of this.members.values()) {
       if (!m.volume || m.unavailable) continue
       try {
-        // eslint-disable-next-line no-await-in-loop
         m.record.volume.fingerprint = await m.volume.fingerprint()
       } catch (error) {
         if (!(error instanceof ClonectlError) || error instanceof CorruptStateError) throw error
@@ -534,7 +527,6 @@ export class CloneGroup {
     for (const m of this.members.values()) {
       if (!m.volume || m.unavailable) continue
       try {
-        // eslint-disable-next-line no-await-in-loop
         await m.volume.fingerprint()
       } catch (error) {
         if (!(error instanceof ClonectlError) || error instanceof CorruptStateError) throw error

@@ -57,7 +57,6 @@ export const MIN_DRILL_SIZE = 16 * MiB
 async function sha256(v: Volume): Promise<string> {
   const h = createHash('sha256')
   for (let off = 0; off < v.size; off += CHUNK) {
-    // eslint-disable-next-line no-await-in-loop
     h.update(await v.read(off, Math.min(CHUNK, v.size - off)))
   }
   return h.digest('hex')
@@ -88,7 +87,6 @@ class ExpectedSource {
     for (let p = off; p < off + data.length; ) {
       const e = Math.floor(p / this.extent)
       const end = Math.min(off + data.length, (e + 1) * this.extent)
-      // eslint-disable-next-line no-await-in-loop
       const buf = await this.extentOf(e)
       buf.set(data.subarray(p - off, end - off), p - e * this.extent)
       p = end
@@ -193,7 +191,6 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
       for (let i = 0; i < Math.floor(g.extentCount / 10); i++) {
         const e = Math.floor(random() * g.extentCount)
         const junk = randomBytes(extent)
-        // eslint-disable-next-line no-await-in-loop
         await host.write(e * extent, junk, false)
       }
       await host.flush()
@@ -222,25 +219,19 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
           const off = Math.floor(random() * (size - 65536))
           const len = 512 * (1 + Math.floor(random() * 128))
           if (random() < 0.7) {
-            // eslint-disable-next-line no-await-in-loop
             const got = await host.read(off, len)
             firstIo ??= performance.now() - t0
             reads++
-            // eslint-disable-next-line no-await-in-loop
             if (!got.equals(await model.read(off, len))) mismatches.push(`read at ${off}+${len}`)
           } else {
             const data = randomBytes(len)
-            // eslint-disable-next-line no-await-in-loop
             await host.write(off, data, random() < 0.1)
-            // eslint-disable-next-line no-await-in-loop
             await model.write(off, data)
             writes++
           }
           n++
           if (n % 50 === 0) {
-            // eslint-disable-next-line no-await-in-loop
             await host.flush()
-            // eslint-disable-next-line no-await-in-loop
             await new Promise((r) => setImmediate(r))
           }
         }
@@ -261,7 +252,6 @@ export async function scratchDrill(o: ScratchDrillOptions = {}): Promise<DrillRe
       let uncovered = 0
       for (let off = 0; off < size; off += CHUNK) {
         const n = Math.min(CHUNK, size - off)
-        // eslint-disable-next-line no-await-in-loop
         const [final, want, c] = await Promise.all([g.src.read(off, n), model.read(off, n), golden.read(off, n)])
         if (!final.equals(want)) sourceDiffers++
         for (let a = 0; a < n; a += extent) {
@@ -347,7 +337,6 @@ export async function groupDrill(ctx: GroupContext, o: GroupDrillOptions): Promi
       let same = true
       for (let off = 0; off < g.volumeSize && same; off += chunk) {
         const n = Math.min(chunk, g.volumeSize - off)
-        // eslint-disable-next-line no-await-in-loop
         const [a, b] = await Promise.all([m.vol.read(off, n), target.read(off, n)])
         same = a.equals(b)
       }

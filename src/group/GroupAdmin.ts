@@ -55,7 +55,6 @@ export async function createGroup(ctx: GroupContext, o: CreateGroupOptions): Pro
 async function createUnderLock(ctx: GroupContext, o: CreateGroupOptions, extentSize: number, src: Volume): Promise<GroupRecord> {
   if (await ctx.store.exists(o.name)) throw new RefusedError(`clone group ${o.name} already exists`, `pick another name, or see it with \`clonectl status ${o.name}\``)
   for (const used of await ctx.store.allClonePaths({onDamaged: (d) => warnDamaged(ctx, d)})) {
-    // eslint-disable-next-line no-await-in-loop
     await checkCloneCandidate(ctx.fs, used.path, o.sourcePath, []).catch((error: unknown) => {
       if (error instanceof RefusedError)
         throw new RefusedError(`source ${o.sourcePath} is already used by group ${used.group} (${used.clone === '(source)' ? 'as its source' : `as clone ${used.clone}`}, ${used.path})`, 'a volume belongs to one group only')
@@ -322,7 +321,6 @@ export async function recoverStale(g: CloneGroup): Promise<void> {
 /** A URI that reaches a group's own `serve` export is that group's source under another name. */
 async function refuseOwnExport(ctx: GroupContext, group: string, uri: string, description: string): Promise<void> {
   for (const name of await ctx.store.list()) {
-    // eslint-disable-next-line no-await-in-loop
     const r = await ctx.store.load(name).catch(() => undefined)
     if (r && exportDescription(r) === description)
       throw new RefusedError(

@@ -251,7 +251,6 @@ export async function statusAll(ctx: GroupContext): Promise<Array<GroupStatus | 
   const out: Array<GroupStatus | DamagedGroupReport> = []
   for (const name of await ctx.store.list()) {
     try {
-      // eslint-disable-next-line no-await-in-loop
       out.push(await status(ctx, name))
     } catch (error) {
       const d = ctx.store.damage(name, error)

@@ -55,6 +55,7 @@ export async function withGroup<T>(ctx: GroupContext, name: string, opts: Sessio
     }
   } finally {
     await lock.release().catch(() => undefined)
+    // eslint-disable-next-line no-unsafe-finally -- a lost lock overrides the result: the operation ran without it
     if (compromised) throw new LockLostError(name, compromised.message)
   }
 }

@@ -84,12 +84,10 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
     let damagedPages: number[] = []
     try {
       // Read-only: status holds no lock, so it repairs and converts nothing (the next command that opens the group does).
-      // eslint-disable-next-line no-await-in-loop
       const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize: size}, {readOnly: true})
       bits = map.bits.clone()
       damage = map.damageReport()
       damagedPages = [...map.damagedPages]
-      // eslint-disable-next-line no-await-in-loop
       await map.close()
     } catch (error) {
       // One clone's damaged map is that clone's problem: shown as every extent to copy (what

@@ -37,7 +37,6 @@ export async function verifyClone(
     const end = Math.min(g.extentCount, start + chunkExtents)
     const pos = start * g.extentSize
     const len = Math.min(end * g.extentSize, g.volumeSize) - pos
-    // eslint-disable-next-line no-await-in-loop
     const [a, b] = await Promise.all([g.src.read(pos, len), m.vol.read(pos, len)])
     for (let e = start; e < end; e++) {
       const off = (e - start) * g.extentSize

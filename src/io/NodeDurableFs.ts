@@ -12,7 +12,7 @@ class NodeFile implements DurableFile {
   async read(buf: Uint8Array, position: number, length = buf.byteLength): Promise<number> {
     let done = 0
     while (done < length) {
-      // eslint-disable-next-line no-await-in-loop -- a short read is rare; retry the remainder
+      // A short read is rare; retry the remainder.
       const {bytesRead} = await this.fh.read(buf, done, length - done, position + done)
       if (bytesRead === 0) break
       done += bytesRead
@@ -23,7 +23,6 @@ class NodeFile implements DurableFile {
   async write(buf: Uint8Array, position: number): Promise<void> {
     let done = 0
     while (done < buf.byteLength) {
-      // eslint-disable-next-line no-await-in-loop
       const {bytesWritten} = await this.fh.write(buf, done, buf.byteLength - done, position + done)
       done += bytesWritten
     }

@@ -585,7 +585,7 @@ export class PersistentMap {
         const buf = Buffer.alloc(k * 2 * PAGE)
         let got: number
         try {
-          // eslint-disable-next-line no-await-in-loop -- bounded memory, in file order
+          // Bounded memory, in file order.
           got = await file.read(buf, slotOffset(p0, 0), buf.length)
         } catch (error) {
           throw ioError(path, 'cannot be read', error)
@@ -927,7 +927,7 @@ export class PersistentMap {
         seq++
         const buf = Buffer.alloc(PAGE)
         encodeSlot(this.durable, p, slot, seq, buf)
-        // eslint-disable-next-line no-await-in-loop -- one write at a time, in page order
+        // One write at a time, in page order.
         await f.write(buf, slotOffset(p, slot))
         done.push([p, slot, seq])
       }

@@ -149,7 +149,6 @@ const MAX_OPTIONS = 1024
 const INLINE_DATA_MAX = 16 * 1024
 /** How long a graceful close waits for the client to take the last replies. */
 const END_GRACE_MS = 10_000
-const EMPTY = Buffer.alloc(0)
 const IHAVEOPT_HI = Number(IHAVEOPT >> 32n)
 const IHAVEOPT_LO = Number(IHAVEOPT & 0xffffffffn)
 

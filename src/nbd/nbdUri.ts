@@ -92,7 +92,7 @@ export function parseNbdUri(uri: string): NbdUri {
     userinfo = decode(uri, authority.slice(0, at), 'the user name')
     hostport = authority.slice(at + 1)
   }
-  let host = ''
+  let host: string
   let portText: string | undefined
   if (hostport.startsWith('[')) {
     const close = hostport.indexOf(']')

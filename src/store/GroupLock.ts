@@ -274,7 +274,6 @@ export class GroupLock {
     const started = Date.now()
     const deadline = started + wait * 1000
     for (;;) {
-      // eslint-disable-next-line no-await-in-loop
       const got = await GroupLock.attempt(o)
       if (got instanceof GroupLock) return got
       const now = Date.now()
@@ -282,7 +281,6 @@ export class GroupLock {
         const waited = wait > 0 ? `; waited ${Math.round((now - started) / 1000)} s` : ''
         throw new LockHeldError(`group ${o.group} is locked by ${describeHolder(got.holder)}${waited}`)
       }
-      // eslint-disable-next-line no-await-in-loop
       await sleep(Math.min(POLL_MS, deadline - now))
     }
   }
@@ -371,7 +369,6 @@ export class GroupLock {
     for (;;) {
       let lost = false
       try {
-        // eslint-disable-next-line no-await-in-loop
         const release = await lockfile.lock(path, {
           stale: GATE_STALE_MS,
           retries: 0,
@@ -388,7 +385,6 @@ export class GroupLock {
         if (code !== 'ELOCKED') throw error
         if (Date.now() > giveUp) throw new LockHeldError(`group ${group}: another process has been taking its lock for over ${(GATE_STALE_MS + 5000) / 1000} s (${path})`)
       }
-      // eslint-disable-next-line no-await-in-loop
       await sleep(10 + Math.floor(Math.random() * 40))
     }
   }

@@ -108,7 +108,6 @@ export class GroupStore {
     }
     const out: string[] = []
     for (const n of names) {
-      // eslint-disable-next-line no-await-in-loop
       if (isValidName(n) && (await this.present(join(this.groupsDir, n)))) out.push(n)
     }
     return out.sort()
@@ -147,9 +146,7 @@ export class GroupStore {
     if (!entries) return
     for (const n of entries) {
       const path = join(dir, n)
-      // eslint-disable-next-line no-await-in-loop
       const st = await this.fs.lstat(path).catch(() => undefined)
-      // eslint-disable-next-line no-await-in-loop
       if (st) await checkTrusted(this.fs, path, st.isDirectory ? 'directory' : 'file', {ignoreMode: LOCK_DIRS.has(n)})
     }
   }
@@ -202,7 +199,6 @@ export class GroupStore {
         throw new RefusedError(`${dir} already exists and holds files clonectl did not make: ${foreign.join(', ')}`, `move them elsewhere, or pick another group name`)
       // Leftovers of an interrupted create or destroy; the lock's files are GroupLock's business.
       for (const n of entries) {
-        // eslint-disable-next-line no-await-in-loop
         if (!GroupLock.ownsName(n)) await this.fs.unlink(join(dir, n))
       }
     }
@@ -238,7 +234,7 @@ export class GroupStore {
     try {
       parseGroupRecord(text, file)
     } catch (error) {
-      throw new Error(`refusing to write an invalid group record: ${(error as Error).message}`)
+      throw new Error(`refusing to write an invalid group record: ${(error as Error).message}`, {cause: error})
     }
     try {
       await writeFileAtomic(this.fs, file, Buffer.from(text))
@@ -286,14 +282,12 @@ export class GroupStore {
       await this.fs.fsyncDir(dir)
     }
     for (const n of entries) {
-      // eslint-disable-next-line no-await-in-loop
       if (n !== GROUP_FILE && !GroupLock.ownsName(n)) await removeOwn(join(dir, n))
     }
     // The lock's files are real files whatever this.fs is. Our own live lock stays for
     // GroupLock.release, which then removes the directory.
     for (const n of entries) {
       if (!GroupLock.ownsName(n) || (ours && (n === 'lock' || n === 'lock.holder.json'))) continue
-      // eslint-disable-next-line no-await-in-loop
       await rm(join(dir, n), {recursive: true, force: true})
     }
     if (mine) {
@@ -315,7 +309,6 @@ export class GroupStore {
     const damaged: DamagedGroup[] = []
     for (const g of await this.list()) {
       try {
-        // eslint-disable-next-line no-await-in-loop
         records.push(await this.load(g))
       } catch (error) {
         const d = this.damage(g, error)

@@ -60,7 +60,7 @@ function esc(text: string): string {
       .replace(/^([.'])/gm, '\\&$1')
       .replace(/-/g, '\\-')
       // groff reads its input as Latin-1: anything else goes in as a named Unicode glyph (→ is \[u2192]).
-      .replace(/[^\x00-\x7f]/gu, (ch) => `\\[u${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}]`)
+      .replace(/[^\p{ASCII}]/gu, (ch) => `\\[u${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}]`)
   )
 }
 

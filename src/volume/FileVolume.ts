@@ -261,7 +261,7 @@ export class FileVolume implements Volume {
     for (let off = 0; off < length; off += z.length) {
       const n = Math.min(z.length, length - off)
       try {
-        // eslint-disable-next-line no-await-in-loop -- in order, one chunk at a time
+        // In order, one chunk at a time.
         await this.file.write(n === z.length ? z : z.subarray(0, n), position + off)
       } catch (error) {
         throw ioError(this.path, 'writing zeros to', error, position + off)

@@ -150,15 +150,11 @@ export async function loopDevicesBackedBy(dev: number, ino: number): Promise<Arr
   }
   const out: Array<{majorMinor: string; devPath: string}> = []
   for (const n of names) {
-    // eslint-disable-next-line no-await-in-loop
     const backing = await readSysfs(`/sys/block/${n}/loop/backing_file`)
     if (!backing || backing.endsWith(' (deleted)')) continue
-    // eslint-disable-next-line no-await-in-loop
     const s = await stat(backing).catch(() => undefined)
     if (!s || s.dev !== dev || s.ino !== ino) continue
-    // eslint-disable-next-line no-await-in-loop
     const mm = (await readSysfs(`/sys/block/${n}/dev`))?.trim()
-    // eslint-disable-next-line no-await-in-loop
     if (mm) out.push({majorMinor: mm, devPath: await devPathOf(mm)})
   }
   return out

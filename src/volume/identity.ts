@@ -203,7 +203,7 @@ export async function checkCloneCandidate(fs: DurableFs, sourcePath: string, clo
       'name a different volume for the clone',
     )
   for (const u of usedPaths) {
-    // eslint-disable-next-line no-await-in-loop -- a handful of groups
+    // One at a time: a handful of groups.
     const other = await resolveIdentity(fs, u.path).catch((error: unknown) => {
       if (error instanceof NotFoundError) return undefined // a missing volume overlaps nothing
       throw error
@@ -287,7 +287,6 @@ export async function findVolumeConflicts(fs: DurableFs, own: RecordedUse[], oth
   const out: VolumeConflicts = {clones: new Map()}
   const seen: Array<{use: RecordedUse; id: VolumeIdentity}> = []
   for (const use of own) {
-    // eslint-disable-next-line no-await-in-loop
     const id = await identity(use.path)
     if (!id) continue
     let hit: {other: RecordedUse; r: Relation; otherId: VolumeIdentity} | undefined
@@ -299,7 +298,6 @@ export async function findVolumeConflicts(fs: DurableFs, own: RecordedUse[], oth
       }
     }
     for (const o of hit ? [] : others) {
-      // eslint-disable-next-line no-await-in-loop
       const otherId = await identity(o.path)
       const r = otherId && relation(otherId, id)
       if (r) {

@@ -60,7 +60,6 @@ export async function openVolume(fs: DurableFs, path: string, opts: OpenVolumeOp
  */
 async function refuseBusyBacking(path: string, dev: number, ino: number): Promise<void> {
   for (const loop of await loopDevicesBackedBy(dev, ino)) {
-    // eslint-disable-next-line no-await-in-loop
     const {busy, mountedOn} = await deviceBusy(loop.majorMinor, loop.devPath)
     if (busy)
       throw new RefusedError(

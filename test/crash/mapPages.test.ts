@@ -110,7 +110,6 @@ for (const kind of ['delta', 'protected'] as MapKind[]) {
       let second = 0
       for (const {choice, label} of crashChoices(fs, 11)) {
         const c = fs.crash(choice)
-        // eslint-disable-next-line no-await-in-loop
         const r = await checkState(c, kind, before, after, label)
         states++
         // Every sixth state: recover, commit something else, cut it too, and check again.
@@ -124,17 +123,13 @@ for (const kind of ['delta', 'protected'] as MapKind[]) {
             if (kind === 'delta') next.clears.push([base + 1000, base + 1005])
           }
           const after2 = applied(before2, next)
-          // eslint-disable-next-line no-await-in-loop
           await commitCut(c, r, next)
           for (const s2 of crashChoices(c, states)) {
-            // eslint-disable-next-line no-await-in-loop
             const r2 = await checkState(c.crash(s2.choice), kind, before2, after2, `${label}; then ${s2.label}`)
-            // eslint-disable-next-line no-await-in-loop
             await r2.close()
             second++
           }
         }
-        // eslint-disable-next-line no-await-in-loop
         await r.close()
       }
       assert.ok(states > 50 && second > 200, `${states} crash states, ${second} after a second commit`)
@@ -170,10 +165,8 @@ describe('a crash while open repairs a damaged D page', () => {
     fs.onOp = undefined
     let states = 0
     for (const {choice, label} of crashChoices(fs, 3, 2)) {
-      // eslint-disable-next-line no-await-in-loop
       const r = await PersistentMap.open(fs.crash(choice), PATH, expectOf('delta'))
       assert.ok(r.bits.equals(want), `[${label}] page 0 all dirty, the rest as it was`)
-      // eslint-disable-next-line no-await-in-loop
       await r.close()
       states++
     }

@@ -26,13 +26,20 @@ export function has(cmd: string, ...args: string[]): boolean {
   return r.error === undefined && r.status !== null
 }
 
+/**
+ * A --json result as tests read it: by path, whatever the command. Its typed contract is the
+ * command's result type and JSON Schema (issue 17 item 4), not this.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read --json output by path
+export type JsonOut = any
+
 export interface CliResult {
   code: number | null
   signal: NodeJS.Signals | null
   stdout: string
   stderr: string
   /** stdout parsed as JSON, when it is JSON. */
-  json?: any
+  json?: JsonOut
   ms: number
 }
 
@@ -98,7 +105,7 @@ export class Cli {
   }
 
   /** Run with --json and return the parsed stdout (exit status `code`). */
-  async json(args: string[], code = 0, opts: CliOptions = {}): Promise<any> {
+  async json(args: string[], code = 0, opts: CliOptions = {}): Promise<JsonOut> {
     const r = await this.ok([...args, '--json'], code, opts)
     if (r.json === undefined) throw new Error(`clonectl ${args.join(' ')} --json: stdout is not JSON: ${r.stdout}`)
     return r.json
@@ -114,7 +121,7 @@ export class Cli {
   }
 
   /** status --json of one group. */
-  async status(group: string): Promise<any> {
+  async status(group: string): Promise<JsonOut> {
     const s = await this.json(['status', group])
     return Array.isArray(s) ? s[0] : s
   }
@@ -146,11 +153,9 @@ export class Background {
       () => (exited = true),
     )
     for (;;) {
-      // eslint-disable-next-line no-await-in-loop
       if (await pred()) return
       if (exited) throw new Error(`process exited before ${what}; stderr: ${this.stderrSoFar}`)
       if (Date.now() > end) throw new Error(`timed out waiting for ${what}; stderr: ${this.stderrSoFar}`)
-      // eslint-disable-next-line no-await-in-loop
       await sleep(25)
     }
   }

@@ -14,14 +14,12 @@ export async function waitFor<T>(probe: () => T | Promise<T>, what: string, time
   let last: unknown
   for (;;) {
     try {
-      // eslint-disable-next-line no-await-in-loop
       const v = await probe()
       if (v) return v as NonNullable<T>
     } catch (error) {
       last = error
     }
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last instanceof Error ? ` (last probe error: ${last.message})` : ''}`)
-    // eslint-disable-next-line no-await-in-loop
     await tick(everyMs)
   }
 }

@@ -43,7 +43,6 @@ after(async () => {
 async function detach(dev: string): Promise<void> {
   for (let i = 0; i < 20; i++) {
     if (spawnSync('losetup', ['-d', dev], {stdio: 'ignore'}).status === 0) return
-    // eslint-disable-next-line no-await-in-loop
     await sleep(100)
   }
 }
@@ -56,7 +55,6 @@ async function withLoops<T>(files: string[], fn: (devs: string[]) => Promise<T>)
     return await fn(devs)
   } finally {
     for (const d of devs.reverse()) {
-      // eslint-disable-next-line no-await-in-loop
       await detach(d)
     }
   }

@@ -16,6 +16,7 @@ import {after, before, describe, test} from 'node:test'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import {withGroup} from '../../src/group/GroupSession.js'
+import type {CloneStatus, GroupStatus} from '../../src/group/GroupStatus.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {Cli, cmp, KiB, MiB, pwrite, randomImage, sha256, tempDir} from '../helpers/cli.js'
@@ -60,8 +61,8 @@ async function groupWithClone(name: string, size = 8 * MiB): Promise<{src: strin
   return {src, clone}
 }
 
-function cloneStatus(s: any, name = 'c'): any {
-  const c = s.clones.find((x: any) => x.name === name)
+function cloneStatus(s: GroupStatus, name = 'c'): CloneStatus {
+  const c = s.clones.find((x) => x.name === name)
   assert.ok(c, `status has clone ${name}: ${JSON.stringify(s)}`)
   return c
 }
@@ -244,7 +245,6 @@ describe('refusals: message and exit status', () => {
     const src = join(dir, 'usage-src.img')
     await randomImage(src, 1 * MiB, 8)
     for (const bad of ['3K', '2K', '128M', '1X']) {
-      // eslint-disable-next-line no-await-in-loop
       r = await cli.run(['group', 'create', 'usage', '--source', src, '--extent-size', bad])
       assert.equal(r.code, 2, `--extent-size ${bad}: exit ${r.code}, stderr ${r.stderr}`)
       assert.match(r.stderr, /extent size|not a size/)
@@ -392,7 +392,7 @@ describe('changes behind clonectl\'s back', () => {
     assert.match(r.stderr, /clone c of group gone is unavailable: .*gone-c\.img does not exist; fractured/)
     let c = cloneStatus(await cli.status('gone'))
     assert.equal(c.state, 'fractured')
-    assert.match(c.stateReason, /its volume was unavailable \(.*does not exist\)/)
+    assert.match(c.stateReason ?? '', /its volume was unavailable \(.*does not exist\)/)
     const writes = [{offset: 3 * EXTENT + 100, data: randomBytes(EXTENT)}, {offset: 20 * EXTENT, data: randomBytes(10)}]
     await hostWrite('gone', writes)
     c = cloneStatus(await cli.status('gone'))
@@ -505,7 +505,7 @@ describe('damaged map pages (every page is checked)', () => {
     const s = cloneStatus(await cli.status('dpage'))
     assert.deepEqual(s.damagedMapPages, [0])
     assert.equal(s.dirtyExtents, 16)
-    assert.ok(s.mapDamage.includes(mapPath), s.mapDamage)
+    assert.ok(s.mapDamage?.includes(mapPath), s.mapDamage)
     const table = await cli.ok(['status', 'dpage'])
     assert.match(table.stdout, /map damaged: 1 page\(s\) taken as dirty/)
     assert.ok(table.stdout.includes(mapPath))

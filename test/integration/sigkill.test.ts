@@ -14,6 +14,7 @@ import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {after, before, describe, test} from 'node:test'
+import type {GroupRecord} from '../../src/store/GroupRecord.js'
 import {Cli, cmp, MiB, randomImage, sha256, tempDir, type Background} from '../helpers/cli.js'
 
 let dir: string
@@ -28,7 +29,7 @@ after(async () => {
 
 const randomMs = (lo: number, hi: number): number => lo + Math.floor(Math.random() * (hi - lo + 1))
 
-async function groupJson(group: string): Promise<any> {
+async function groupJson(group: string): Promise<GroupRecord | undefined> {
   try {
     return JSON.parse(await fsp.readFile(join(cli.stateDir, 'groups', group, 'group.json'), 'utf8'))
   } catch {
@@ -56,12 +57,9 @@ describe('SIGKILL and SIGINT during clone sync', () => {
       // Random in 200–1500 ms; the last one late enough to pass the engine's 1 s checkpoint.
       const delay = i === 2 ? randomMs(1200, 1500) : randomMs(200, 1500)
       const bg = cli.spawnBackground(['clone', 'sync', 'ks', 'c', '--rate', '20M'])
-      // eslint-disable-next-line no-await-in-loop
       await killDuringOperation(bg, 'ks', 'sync', 'SIGKILL', delay)
-      // eslint-disable-next-line no-await-in-loop
       const r = await bg.done
       assert.equal(r.signal, 'SIGKILL', `run ${i} (kill after ${delay} ms) should have been killed; exit ${r.code} ${r.stderr}`)
-      // eslint-disable-next-line no-await-in-loop
       const s = await cli.status('ks')
       const c = s.clones[0]
       assert.equal(c.state, 'out-of-sync', `after kill ${i} (${delay} ms): ${JSON.stringify(s)}`)
@@ -147,25 +145,19 @@ describe('SIGKILL during a protected restore', () => {
       const bg = cli.spawnBackground(args)
       if (i === 0) {
         kills.push(`op+${delay}`)
-        // eslint-disable-next-line no-await-in-loop
         await killDuringOperation(bg, 'kr', 'restore', 'SIGKILL', delay)
       } else if (i % 2 === 0) {
         kills.push(`lock+${delay}`)
-        // eslint-disable-next-line no-await-in-loop
         await bg.until(() => holds(bg.pid), 'the resumed restore to take the lock')
-        // eslint-disable-next-line no-await-in-loop
         await sleep(delay)
         bg.kill('SIGKILL')
       } else {
         kills.push(`spawn+${delay}`)
-        // eslint-disable-next-line no-await-in-loop
         await sleep(delay)
         bg.kill('SIGKILL')
       }
-      // eslint-disable-next-line no-await-in-loop
       const r = await bg.done
       assert.equal(r.signal, 'SIGKILL', `kill ${i} came too late: exit ${r.code}; ${r.stderr}; kills ${kills.join(',')}`)
-      // eslint-disable-next-line no-await-in-loop
       const s = await cli.status('kr')
       assert.equal(s.operation?.kind, 'restore', `after kill ${i}: ${JSON.stringify(s)}`)
       assert.equal(s.operation.state, 'interrupted')
@@ -176,7 +168,6 @@ describe('SIGKILL during a protected restore', () => {
       assert.equal(s.clones[0].state, 'restoring')
       if (i < refusals.length) {
         const [cmdArgs, fix] = refusals[i]
-        // eslint-disable-next-line no-await-in-loop
         const ref = await cli.run(cmdArgs)
         assert.equal(ref.code, 6, `${cmdArgs.join(' ')} during an interrupted restore: exit ${ref.code}; ${ref.stderr}`)
         assert.match(ref.stderr, fix, `${cmdArgs.join(' ')} says how to resume`)

@@ -20,6 +20,7 @@ import {after, before, describe, test} from 'node:test'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import {withGroup} from '../../src/group/GroupSession.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
+import type {GroupRecord} from '../../src/store/GroupRecord.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {Cli, type CliResult, isRoot, KiB, MiB, randomImage, sha256, tempDir} from '../helpers/cli.js'
 import {startServe} from '../helpers/serve.js'
@@ -69,7 +70,7 @@ async function groupWithClone(cli: Cli, name: string, clones = ['c']): Promise<{
 }
 
 /** Edit a group's group.json in place (as an administrator's editor would). */
-async function editRecord(cli: Cli, group: string, edit: (r: any) => void): Promise<void> {
+async function editRecord(cli: Cli, group: string, edit: (r: GroupRecord) => void): Promise<void> {
   const file = join(cli.stateDir, 'groups', group, 'group.json')
   const r = JSON.parse(await fsp.readFile(file, 'utf8'))
   edit(r)
@@ -209,17 +210,17 @@ describe('a damaged group.json blocks no other group', () => {
 
       const st = await cli.json(['status'])
       assert.equal(st.length, 2)
-      const d = st.find((s: any) => s.name === 'bad')
+      const d = st.find((s: {name: string}) => s.name === 'bad')
       assert.equal(d.damaged.file, badFile)
       assert.ok(d.damaged.reason.length > 0)
-      assert.equal(st.find((s: any) => s.name === 'good').clones[0].name, 'c')
+      assert.equal(st.find((s: {name: string}) => s.name === 'good').clones[0].name, 'c')
       const text1 = await cli.ok(['status'])
       assert.match(text1.stdout, /Group bad: DAMAGED/)
       assert.match(text1.stdout, /Group good: source/)
 
       const list = await cli.json(['group', 'list'])
-      assert.equal(list.find((g: any) => g.name === 'bad').damaged.file, badFile)
-      assert.equal(list.find((g: any) => g.name === 'good').clones, 1)
+      assert.equal(list.find((g: {name: string}) => g.name === 'bad').damaged.file, badFile)
+      assert.equal(list.find((g: {name: string}) => g.name === 'good').clones, 1)
 
       const src3 = join(dir, `new-${n}-src.img`)
       await randomImage(src3, 256 * KiB, 3)
@@ -231,7 +232,7 @@ describe('a damaged group.json blocks no other group', () => {
       await cli.ok(['group', 'destroy', 'bad', '--force', '--yes'])
       await assert.rejects(fsp.access(join(cli.stateDir, 'groups', 'bad')))
       assert.deepEqual([await sha256(bad.src), await sha256(bad.clones[0])], shas, 'its volumes are untouched')
-      assert.deepEqual((await cli.json(['group', 'list'])).map((g: any) => g.name), ['good', 'new'])
+      assert.deepEqual((await cli.json(['group', 'list'])).map((g: {name: string}) => g.name), ['good', 'new'])
     })
   }
 })
@@ -362,7 +363,7 @@ describe('a full state file system', () => {
     await assert.rejects(fsp.access(image), 'the image --create made for the clone that was not added is gone')
     assert.deepEqual(await leftovers(cli.stateDir), [])
     assert.equal(await fsp.readFile(file, 'utf8'), record, 'group.json unchanged')
-    assert.deepEqual(await cli.json(['group', 'list']).then((l: any[]) => l.map((g) => g.name)), ['g'])
+    assert.deepEqual(await cli.json(['group', 'list']).then((l: Array<{name: string}>) => l.map((g) => g.name)), ['g'])
   })
 
   test('under serve, a restore or sync whose operation cannot be recorded: exit 8, and the server agrees with group.json (status, the next request)', {skip: needRoot}, async () => {

@@ -29,7 +29,7 @@ import {
   encodeClientFlags,
   encodeOption,
 } from '../../src/nbd/protocol.js'
-import {MiB, NbdTestClient, fioNbd, has, nbdUri, run, runOk, sameContent, sleep, socketLive, tempDir, needTool} from '../helpers/serve.js'
+import {MiB, NbdTestClient, fioNbd, has, nbdUri, run, runOk, sleep, socketLive, tempDir, needTool} from '../helpers/serve.js'
 import {waitFor} from '../helpers/waitFor.js'
 
 /** An export over one file: positional I/O with fs promises, fdatasync on flush. */

@@ -63,14 +63,11 @@ async function startPeer(kind: 'qemu-nbd' | 'nbdkit', file: string, transport: {
   // Ready when a client completes a handshake.
   for (let i = 0; ; i++) {
     try {
-      // eslint-disable-next-line no-await-in-loop
       const v = await NbdVolume.open(uri, {write: false, timeouts: {connectMs: 2000}})
-      // eslint-disable-next-line no-await-in-loop
       await v.close()
       break
     } catch {
       if (i > 200) throw new Error(`${kind} did not start: ${err}`)
-      // eslint-disable-next-line no-await-in-loop
       await sleep(25)
     }
   }

@@ -52,7 +52,6 @@ describe('clone sync under a continuous writer through serve', () => {
     const writer = async (j: number): Promise<void> => {
       while (!stop && Date.now() - t0 < 60_000) {
         const b = j + 8 * Math.floor(rand() * (blocks / 8))
-        // eslint-disable-next-line no-await-in-loop
         await client.write(b * BS, Buffer.alloc(BS, 1 + Math.floor(rand() * 250)))
         writes++
       }

@@ -499,7 +499,6 @@ export class MemoryFs implements DurableFs {
       const parent = posix.dirname(d)
       const name = posix.basename(d)
       if (this.dirs.get(parent)?.vol.has(name)) throw fsError('EEXIST', 'mkdir', d)
-      // eslint-disable-next-line no-await-in-loop
       await this.op({kind: 'mkdir', path: d})
       // Another mkdirp may have made it while the hook ran.
       if (this.dirs.has(d)) continue

@@ -63,10 +63,8 @@ describe('a forward sync under a continuous writer', () => {
       while (writes < CAP && !(syncDone && writes - writesAtDone >= 400)) {
         const off = i * quarter + Math.floor(rand() * (quarter - 1))
         const len = Math.min(i * quarter + quarter - off, 1 + Math.floor(rand() * 2 * X))
-        // eslint-disable-next-line no-await-in-loop
         await host.write(off, Buffer.alloc(len, 1 + Math.floor(rand() * 250)), false)
         writes++
-        // eslint-disable-next-line no-await-in-loop
         await new Promise((r) => setImmediate(r))
         const p = sync.progress
         const done = p.totalExtents - p.remainingExtents
@@ -117,10 +115,8 @@ describe('a forward sync under writes to one hot extent', () => {
     // Each writer its own 1 KiB of extent 10 (no two writes in flight overlap).
     const writer = async (i: number): Promise<void> => {
       for (let n = 0; writes < CAP && !syncDone; n++) {
-        // eslint-disable-next-line no-await-in-loop
         await host.write(10 * X + i * 1024, Buffer.alloc(1024, 1 + ((n + i) % 250)), false)
         writes++
-        // eslint-disable-next-line no-await-in-loop
         await new Promise((r) => setImmediate(r))
       }
     }
