@@ -9,7 +9,7 @@ import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {Cli, cmp, MiB, pwrite, randomImage, tempDir} from '../helpers/cli.js'
-import {type Served, startServe} from '../helpers/serve.js'
+import {NbdTestClient, type Served, startServe} from '../helpers/serve.js'
 import {waitFor} from '../helpers/waitFor.js'
 
 let dir: string
@@ -133,3 +133,33 @@ for (const where of ['foreground', 'serve'] as const)
         }
       })
     })
+
+describe('a restore paused under serve', () => {
+  test('hosts keep reading through the export: what they read not yet restored is copied on demand, and the job stays paused', async () => {
+    const s = await setup('host-paused')
+    const served = await startServe(cli.stateDir, s.group)
+    let client: NbdTestClient | undefined
+    try {
+      const bg = startJob('restore', s.group)
+      await waitFor(async () => (await jobs(s.group)).length === 1, 'the restore listed')
+      assert.equal((await cli.json(['job', 'pause', s.group])).state, 'paused')
+      // Attached after the switch: it sees the restore, never the pre-restore source.
+      client = await NbdTestClient.connect(served.socket)
+      const want = (await fsp.readFile(s.clone)).subarray(3 * MiB, 4 * MiB)
+      const got = await client.read(3 * MiB, MiB)
+      assert.ok(got.equals(want), 'the host reads the clone where the source was damaged')
+      const [j] = await jobs(s.group)
+      assert.equal(j!.state, 'paused', 'host I/O does not resume the job')
+      await client.disconnect()
+      client = undefined
+      await cli.json(['job', 'rate', s.group, '0'])
+      await cli.json(['job', 'resume', s.group])
+      const r = await bg.done
+      assert.equal(r.code, 0, r.stderr)
+      assert.ok(cmp(s.source, s.clone).same, 'the restore completed')
+    } finally {
+      client?.destroy()
+      await served.stop()
+    }
+  })
+})
