@@ -140,7 +140,7 @@ export async function openJobSocket(g: CloneGroup, current: () => JobHandle | un
   try {
     await server.listen(path)
   } catch (error) {
-    g.ctx.warn?.(`no job control for this ${g.name} job: cannot listen on ${path} (${(error as Error).message}); \`clonectl job\` will not find it`)
+    g.ctx.warn?.(`group ${g.name}: cannot listen on ${path} (${(error as Error).message}); this job goes on, but \`clonectl job\` cannot pause, re-rate or cancel it`)
     return async () => undefined
   }
   return async () => {
