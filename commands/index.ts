@@ -16,6 +16,11 @@ import CloneSync from './clone/sync.js'
 import GroupCreate from './group/create.js'
 import GroupDestroy from './group/destroy.js'
 import GroupList from './group/list.js'
+import JobCancel from './job/cancel.js'
+import JobList from './job/list.js'
+import JobPause from './job/pause.js'
+import JobRate from './job/rate.js'
+import JobResume from './job/resume.js'
 
 export {execute} from '@oclif/core'
 
@@ -28,6 +33,11 @@ export const COMMANDS = {
   'group:create': GroupCreate,
   'group:destroy': GroupDestroy,
   'group:list': GroupList,
+  'job:cancel': JobCancel,
+  'job:list': JobList,
+  'job:pause': JobPause,
+  'job:rate': JobRate,
+  'job:resume': JobResume,
   restore: Restore,
   serve: Serve,
   status: Status,

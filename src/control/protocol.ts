@@ -16,6 +16,8 @@ export type ControlRequest =
   | {op: 'resume'}
   | {op: 'rate'; rate?: number}
   | {op: 'cancel'}
+  | {op: 'job'}
+  | {op: 'drill'; clone: string; target: string; force?: boolean}
 
 export interface ControlError {
   code: string
@@ -53,6 +55,8 @@ const SHAPES: {[O in ControlRequest['op']]: Record<FieldsOf<O>, string>} = {
   resume: {},
   rate: {rate: 'rate?'},
   cancel: {},
+  job: {},
+  drill: {clone: 'name', target: 'string', force: 'boolean?'},
 }
 
 function fits(type: string, v: unknown): boolean {

@@ -91,7 +91,7 @@ const WINDOW_GAP = 8
 export class SyncEngine {
   private stopping = false
   private sinceWriteback = 0
-  private paused?: {promise: Promise<void>; resume: () => void}
+  private paused?: {promise: Promise<void>; resume: () => void; idle: Promise<void>; parked: () => void}
   private readonly zero: Buffer
   private readonly written?: ExtentBitmap
   /** Extents whose last copy collided with a host write: the next copy is write-blocking. */
@@ -120,6 +120,7 @@ export class SyncEngine {
   /** Ask run() to stop issuing copies; it resolves once in-flight chunks finish. */
   stop(): void {
     this.stopping = true
+    this.paused?.parked()
     this.paused?.resume()
   }
 
@@ -132,18 +133,29 @@ export class SyncEngine {
     return this.stopping
   }
 
-  pause(): void {
-    if (this.paused) return
-    let resume!: () => void
-    const promise = new Promise<void>((r) => {
-      resume = r
-    })
-    this.paused = {promise, resume}
+  /**
+   * Issue no new copy until resume() or stop(). Resolves once the copies already issued are
+   * done (or the job resumed, stopped or ended meanwhile): a job reported paused copies nothing.
+   */
+  pause(): Promise<void> {
+    if (!this.paused) {
+      let resume!: () => void
+      let parked!: () => void
+      const promise = new Promise<void>((r) => {
+        resume = r
+      })
+      const idle = new Promise<void>((r) => {
+        parked = r
+      })
+      this.paused = {promise, resume, idle, parked}
+    }
+    return this.paused.idle
   }
 
   resume(): void {
     const p = this.paused
     this.paused = undefined
+    p?.parked()
     p?.resume()
   }
 
@@ -166,7 +178,9 @@ export class SyncEngine {
       let sawBusy = false
       while (!this.stopping && failure === undefined) {
         if (this.paused) {
-          await this.paused.promise
+          await Promise.all(inflight)
+          this.paused?.parked()
+          await this.paused?.promise
           continue
         }
         let start = this.nextCandidate(cursor)

@@ -2,8 +2,9 @@ import {execFile} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
 import {mkdir, mkdtemp, open, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
-import {join} from 'node:path'
+import {join, resolve} from 'node:path'
 import {promisify} from 'node:util'
+import {controlRequest, findServer} from '../control/ControlClient.js'
 import {DrillFailedError, RefusedError, StateError, UsageError} from '../errors/errors.js'
 import {HostIO} from '../engine/HostIO.js'
 import {RestoreSession} from '../engine/Restore.js'
@@ -17,7 +18,7 @@ import {FileVolume} from '../volume/FileVolume.js'
 import {checkCloneCandidate} from '../volume/identity.js'
 import {openVolume} from '../volume/openVolume.js'
 import type {Volume} from '../volume/Volume.js'
-import type {GroupContext} from './CloneGroup.js'
+import {CloneGroup, type GroupContext} from './CloneGroup.js'
 import {addClone, createGroup, fractureClones} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
 import {ForwardSync} from '../engine/ForwardSync.js'
@@ -308,67 +309,100 @@ export interface GroupDrillOptions {
 /**
  * Drill a real group without touching its source: copy the clone into a scratch target (a
  * restore rehearsal), check the target against the clone, run CMD with {} replaced by the
- * target. Holds the group lock so the clone cannot change meanwhile. Waits.
+ * target. When `serve` owns the group (the recommended setup), serve does the copy and the
+ * check between host requests; otherwise this process does it under the group lock, so the
+ * clone cannot change meanwhile. --exec runs here either way, in the caller's environment.
+ * Same report both ways. Waits.
  */
 export async function groupDrill(ctx: GroupContext, o: GroupDrillOptions): Promise<DrillReport> {
-  return withGroup(ctx, o.group, {command: o.command, waitSeconds: o.waitSeconds, open: {writable: false}}, async (g) => {
-    const m = g.member(o.clone)
-    if (m.state !== 'fractured' && m.state !== 'synchronized' && !o.force)
-      throw new StateError(`clone ${m.name} is ${m.state}, not a point-in-time copy to drill`, 'sync and fracture it first, or pass --force')
-    const used = await ctx.store.allClonePaths()
-    const exists = await ctx.fs.exists(o.target)
-    if (exists) await checkCloneCandidate(ctx.fs, g.record.source.path, o.target, used)
-    else await FileVolume.createSparse(ctx.fs, o.target, g.volumeSize)
-    const target = await openVolume(ctx.fs, o.target, {write: true})
-    try {
-      if (target.size < g.volumeSize) throw new RefusedError(`target ${o.target} (${target.size} bytes) is smaller than the group's volumes (${g.volumeSize} bytes)`)
-      if (!exists) target.knownZero = true
-      const all = new ExtentBitmap(g.extentCount)
-      all.setAll()
-      const map = {bits: all, clear: (s: number, e: number) => all.clearRange(s, e)}
-      const t0 = performance.now()
-      const engine = new SyncEngine({map, from: m.vol, to: target, extentSize: g.extentSize, volumeSize: g.volumeSize, scoreboard: new Scoreboard()})
-      await engine.run()
-      await target.flush()
-      const restoreMs = performance.now() - t0
-      o.log?.(`drill: clone ${m.name} copied to ${o.target} in ${restoreMs.toFixed(0)} ms`)
-      const checks: DrillCheck[] = []
-      const chunk = 4 * 1024 * 1024
-      let same = true
-      for (let off = 0; off < g.volumeSize && same; off += chunk) {
-        const n = Math.min(chunk, g.volumeSize - off)
-        const [a, b] = await Promise.all([m.vol.read(off, n), target.read(off, n)])
-        same = a.equals(b)
-      }
-      checks.push({name: 'target equals the clone', ok: same, detail: same ? 'byte for byte' : 'differs'})
-      if (o.exec) {
-        const cmd = o.exec.replace(/\{\}/g, `'${o.target.replace(/'/g, "'\\''")}'`)
-        try {
-          const {stdout} = await run('sh', ['-c', cmd], {maxBuffer: 16 * 1024 * 1024})
-          checks.push({name: `exec: ${o.exec}`, ok: true, detail: stdout.trim().split('\n').slice(-1)[0] ?? ''})
-        } catch (error) {
-          const e = error as {code?: number; stdout?: string; stderr?: string}
-          checks.push({name: `exec: ${o.exec}`, ok: false, detail: `exit ${e.code ?? '?'}: ${(e.stderr || e.stdout || '').trim().split('\n')[0] ?? ''}`})
-        }
-      }
-      return {
-        kind: 'group',
-        kept: true,
-        content: 'clone',
-        sizeBytes: g.volumeSize,
-        restoreMs,
-        throughputMBps: engine.progress.copiedBytes / 1e6 / (restoreMs / 1000),
-        codCopies: 0,
-        bytesCopied: engine.progress.copiedBytes,
-        hostReads: 0,
-        hostWrites: 0,
-        checks,
-        ok: checks.every((x) => x.ok),
-      }
-    } finally {
-      await target.close()
+  await ctx.store.load(o.group) // NotFoundError before anything else
+  // serve runs elsewhere (systemd: cwd /): it is told the target's absolute path.
+  const req = {op: 'drill' as const, clone: o.clone, target: resolve(o.target), force: o.force}
+  const sock = await findServer(ctx.fs, ctx.store.groupDir(o.group))
+  const report = sock
+    ? await controlRequest<DrillReport>(sock, req, {onLog: (m) => o.log?.(m)})
+    : await withGroup(ctx, o.group, {command: o.command, waitSeconds: o.waitSeconds, open: {writable: false}}, (g) => drillCopy(g, {...req, log: o.log}))
+  if (o.exec) {
+    report.checks.push(await execCheck(o.exec, req.target))
+    report.ok = report.checks.every((x) => x.ok)
+  }
+  return report
+}
+
+export interface DrillCopyOptions {
+  clone: string
+  /** Absolute path of the scratch target. */
+  target: string
+  force?: boolean
+  log?: (m: string) => void
+}
+
+/**
+ * The copy and check of a group drill on a group already open, by its owner (this process
+ * under the lock, or serve): copy the clone into the target (created sparse if missing; never
+ * a volume of any group), then compare them. The caller sees to it that nothing writes the
+ * clone meanwhile. Waits.
+ */
+export async function drillCopy(g: CloneGroup, o: DrillCopyOptions): Promise<DrillReport> {
+  const {ctx} = g
+  const m = g.member(o.clone)
+  if (m.state !== 'fractured' && m.state !== 'synchronized' && !o.force)
+    throw new StateError(`clone ${m.name} is ${m.state}, not a point-in-time copy to drill`, 'sync and fracture it first, or pass --force')
+  const used = await ctx.store.allClonePaths()
+  const exists = await ctx.fs.exists(o.target)
+  if (exists) await checkCloneCandidate(ctx.fs, g.record.source.path, o.target, used)
+  else await FileVolume.createSparse(ctx.fs, o.target, g.volumeSize)
+  const target = await openVolume(ctx.fs, o.target, {write: true})
+  try {
+    if (target.size < g.volumeSize) throw new RefusedError(`target ${o.target} (${target.size} bytes) is smaller than the group's volumes (${g.volumeSize} bytes)`)
+    if (!exists) target.knownZero = true
+    const all = new ExtentBitmap(g.extentCount)
+    all.setAll()
+    const map = {bits: all, clear: (s: number, e: number) => all.clearRange(s, e)}
+    const t0 = performance.now()
+    const engine = new SyncEngine({map, from: m.vol, to: target, extentSize: g.extentSize, volumeSize: g.volumeSize, scoreboard: new Scoreboard()})
+    await engine.run()
+    await target.flush()
+    const restoreMs = performance.now() - t0
+    o.log?.(`drill: clone ${m.name} copied to ${o.target} in ${restoreMs.toFixed(0)} ms`)
+    const checks: DrillCheck[] = []
+    const chunk = 4 * 1024 * 1024
+    let same = true
+    for (let off = 0; off < g.volumeSize && same; off += chunk) {
+      const n = Math.min(chunk, g.volumeSize - off)
+      const [a, b] = await Promise.all([m.vol.read(off, n), target.read(off, n)])
+      same = a.equals(b)
     }
-  })
+    checks.push({name: 'target equals the clone', ok: same, detail: same ? 'byte for byte' : 'differs'})
+    return {
+      kind: 'group',
+      kept: true,
+      content: 'clone',
+      sizeBytes: g.volumeSize,
+      restoreMs,
+      throughputMBps: engine.progress.copiedBytes / 1e6 / (restoreMs / 1000),
+      codCopies: 0,
+      bytesCopied: engine.progress.copiedBytes,
+      hostReads: 0,
+      hostWrites: 0,
+      checks,
+      ok: checks.every((x) => x.ok),
+    }
+  } finally {
+    await target.close()
+  }
+}
+
+/** Run the drill's --exec with {} replaced by the (quoted) target path; its exit status is the check. */
+async function execCheck(exec: string, target: string): Promise<DrillCheck> {
+  const cmd = exec.replace(/\{\}/g, `'${target.replace(/'/g, "'\\''")}'`)
+  try {
+    const {stdout} = await run('sh', ['-c', cmd], {maxBuffer: 16 * 1024 * 1024})
+    return {name: `exec: ${exec}`, ok: true, detail: stdout.trim().split('\n').slice(-1)[0] ?? ''}
+  } catch (error) {
+    const e = error as {code?: number; stdout?: string; stderr?: string}
+    return {name: `exec: ${exec}`, ok: false, detail: `exit ${e.code ?? '?'}: ${(e.stderr || e.stdout || '').trim().split('\n')[0] ?? ''}`}
+  }
 }
 
 export function assertDrill(r: DrillReport): void {
@@ -377,3 +411,4 @@ export function assertDrill(r: DrillReport): void {
     throw new DrillFailedError(`recovery drill failed: ${bad.map((c) => `${c.name} (${c.detail})`).join('; ')}`, 'keep the scratch files with --keep and inspect them, or report it')
   }
 }
+

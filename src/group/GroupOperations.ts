@@ -9,6 +9,7 @@ import {type DamagedGroupReport, damagedReport} from '../store/GroupStore.js'
 import {type CloneGroup, type GroupContext, restoreWhichFix} from './CloneGroup.js'
 import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
+import {type JobHandle, jobRequest, openJobSocket, withLiveJob} from './JobControl.js'
 import {groupStatus, type GroupStatus} from './GroupStatus.js'
 import {assertVerified, verifyClone, type VerifyReport} from './Verify.js'
 
@@ -92,16 +93,25 @@ async function runForwardSync(g: CloneGroup, o: SyncCloneOptions, signal: AbortS
   const stopOnAbort = (): void => started.stop()
   signal.addEventListener('abort', stopOnAbort)
   if (signal.aborted) started.stop()
-  const stopTicker = ticker(() => {
+  const progress = (): ProgressEvent => {
     const b = progressBytes(started.progress, g.extentSize)
-    o.onProgress?.({operation: 'sync', group, clone: o.clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: started.progress.remainingExtents, rate: started.limiter.rate})
-  }, o.progressIntervalMs ?? 500)
+    return {operation: 'sync', group, clone: o.clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: started.progress.remainingExtents, paused: started.engine.isPaused, rate: started.limiter.rate}
+  }
+  const stopTicker = ticker(() => o.onProgress?.(progress()), o.progressIntervalMs ?? 500)
+  let job: JobHandle | undefined
+  // `clonectl job` from another shell reaches this foreground sync through the group's job socket.
+  const closeJobSocket = await openJobSocket(g, () => job)
   try {
-    const summary = await started.run()
+    const running = started.run()
+    job = {kind: 'sync', clone: o.clone, done: running, pause: () => started.engine.pause(), resume: () => started.engine.resume(), paused: () => started.engine.isPaused, setRate: (r) => started.limiter.setRate(r), stop: () => started.stop(), progress}
+    const summary = await running
+    if (!summary.completed && job.cancelled)
+      throw new InterruptedError(`sync of clone ${o.clone} was cancelled by \`clonectl job cancel ${group}\`; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
     if (!summary.completed && signal.aborted)
       throw new InterruptedError(`sync of clone ${o.clone} was interrupted; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
     return summary
   } finally {
+    await closeJobSocket()
     stopTicker()
     signal.removeEventListener('abort', stopOnAbort)
   }
@@ -164,17 +174,26 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
       const stopOnAbort = (): void => session.stop()
       abort.signal.addEventListener('abort', stopOnAbort)
       if (abort.signal.aborted) session.stop()
-      const stopTicker = ticker(() => {
+      const progress = (): ProgressEvent => {
         const b = progressBytes(session.progress, g.extentSize)
-        o.onProgress?.({operation: 'restore', group, clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: session.progress.remainingExtents, codCopies: session.cod.copies, rate: session.limiter.rate})
-      }, o.progressIntervalMs ?? 500)
+        return {operation: 'restore', group, clone, totalBytes: b.total, doneBytes: b.done, remainingExtents: session.progress.remainingExtents, codCopies: session.cod.copies, paused: session.engine.isPaused, rate: session.limiter.rate}
+      }
+      const stopTicker = ticker(() => o.onProgress?.(progress()), o.progressIntervalMs ?? 500)
+      let job: JobHandle | undefined
+      // `clonectl job` from another shell reaches this foreground restore through the group's job socket.
+      const closeJobSocket = await openJobSocket(g, () => job)
       try {
-        const done = await session.run()
+        const running = session.run()
+        job = {kind: 'restore', clone, done: running, pause: () => session.engine.pause(), resume: () => session.engine.resume(), paused: () => session.engine.isPaused, setRate: (r) => session.limiter.setRate(r), stop: () => session.stop(), progress}
+        const done = await running
         if (done) {
           await session.finish()
           return session.summary(true)
         }
+        // A cancelled protected restore cannot be abandoned half-way: it stays recorded, as an interrupted one.
         await session.suspend()
+        if (job.cancelled)
+          throw new InterruptedError(`restore of group ${group} from clone ${clone} was cancelled by \`clonectl job cancel ${group}\` with ${session.remaining()} extents left; it stays recorded and nothing is lost`, `run \`clonectl restore ${group}\` to resume it`)
         throw new InterruptedError(`restore of group ${group} from clone ${clone} was interrupted with ${session.remaining()} extents left; nothing is lost`, `run \`clonectl restore ${group}\` to resume it`)
       } catch (error) {
         if (!(error instanceof RemoteError)) throw error
@@ -182,6 +201,7 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
         await session.suspend().catch(() => undefined)
         throw new RemoteError(`restore of group ${group} paused: ${error.message}`, error.reason, `the restore is recorded with ${session.remaining()} extents left; run \`clonectl restore ${group}\` once the remote answers`, error.errno)
       } finally {
+        await closeJobSocket()
         stopTicker()
         abort.signal.removeEventListener('abort', stopOnAbort)
       }
@@ -240,7 +260,11 @@ export async function status(ctx: GroupContext, group: string): Promise<GroupSta
     if (!(error instanceof ClonectlError) || error.code === 'INTERRUPTED') return undefined
     throw error
   })
-  return served?.value ?? groupStatus(ctx, group)
+  if (served) return served.value
+  const s = await groupStatus(ctx, group)
+  // A foreground job (no serve) answers on its job socket: paused, rate and live progress.
+  if (s.operation?.state === 'running') withLiveJob(s, await jobRequest(ctx, group, {op: 'job'}).catch(() => undefined))
+  return s
 }
 
 /**

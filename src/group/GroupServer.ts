@@ -17,6 +17,8 @@ import {CloneGroup, type GroupContext, restoreWhichFix} from './CloneGroup.js'
 import {addClone, exportDescription, fractureClones, recoverStale, removeClone} from './GroupAdmin.js'
 import type {ProgressEvent} from './GroupOperations.js'
 import {groupStatus} from './GroupStatus.js'
+import {controlJob, type JobHandle, jobInfo, withLiveJob} from './JobControl.js'
+import {drillCopy} from './Drill.js'
 import {verifyClone} from './Verify.js'
 
 export interface ServeOptions {
@@ -35,17 +37,7 @@ export interface ServeOptions {
   log?: (message: string) => void
 }
 
-interface Background {
-  kind: 'sync' | 'restore'
-  clone: string
-  done: Promise<unknown>
-  stop: () => void
-  pause: () => void
-  resume: () => void
-  paused: () => boolean
-  setRate: (rate?: number) => void
-  progress: () => ProgressEvent
-}
+type Background = JobHandle
 
 /**
  * The same volume through a new handle (read-only for a protected restore: INV-3; writable
@@ -73,6 +65,8 @@ export class GroupServer {
   readonly nbd: NbdServer
   readonly control: ControlServer
   private bg?: Background
+  /** The clone a drill is copying from (read while hosts are served; nothing may change it). */
+  private drilling?: string
   nbdSocket?: string
   tcpPort?: number
   private stopping = false
@@ -142,6 +136,7 @@ export class GroupServer {
 
   private busy(): void {
     if (this.bg) throw new StateError(`group ${this.g.name} is already running a ${this.bg.kind} of clone ${this.bg.clone}`, `watch it with \`clonectl status ${this.g.name}\`, or wait for it to finish`)
+    if (this.drilling) throw new StateError(`group ${this.g.name} is running a drill of clone ${this.drilling}`, 'wait for the drill to finish, then run the command again')
   }
 
   /** Start a forward sync in the background. Resolves once it has started. */
@@ -276,7 +271,15 @@ export class GroupServer {
       if (bg) send({type: 'progress', progress: bg.progress()})
     }, 500)
     try {
-      return await done
+      const out = await done
+      if (bg?.cancelled)
+        throw new InterruptedError(
+          bg.kind === 'restore'
+            ? `restore of group ${this.g.name} from clone ${bg.clone} was cancelled by \`clonectl job cancel ${this.g.name}\`; it stays recorded, hosts keep being served, and nothing is lost`
+            : `sync of clone ${bg.clone} was cancelled by \`clonectl job cancel ${this.g.name}\`; the clone is out-of-sync and its map intact`,
+          bg.kind === 'restore' ? `run \`clonectl restore ${this.g.name}\` to resume it` : `run \`clonectl clone sync ${this.g.name} ${bg.clone}\` to copy only what is left`,
+        )
+      return out
     } finally {
       clearInterval(t)
       cancelled.removeEventListener('abort', onCancel)
@@ -315,6 +318,9 @@ export class GroupServer {
           const left = m.damagedPages.filter((p) => m.bits.anySet(p * EXTENTS_PER_PAGE, Math.min(m.bits.count, (p + 1) * EXTENTS_PER_PAGE)))
           if (left.length > 0) Object.assign(c, {damagedMapPages: left, mapDamage: damage})
         }
+        if (this.bg) withLiveJob(s, jobInfo(g.name, this.bg, 'serve'))
+        // A restore recorded with nothing copying for it (cancelled with `job cancel`) waits for `restore GROUP`.
+        else if (s.operation) s.operation.state = 'interrupted'
         return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, payloadBytes: this.nbd.budget.used + this.nbd.budget.reserveUsed, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {
@@ -331,22 +337,32 @@ export class GroupServer {
         if (this.bg) this.busy()
         return host.gate.exclusive(async () => addClone(g, req))
       case 'remove':
-        if (this.bg?.clone === req.clone) this.busy()
+        if (this.bg?.clone === req.clone || this.drilling === req.clone) this.busy()
         return host.gate.exclusive(async () => removeClone(g, req.clone))
       case 'verify':
         if (this.bg) this.busy()
         return host.gate.exclusive(async () => verifyClone(g, req.clone, {repair: req.repair}))
+      case 'job':
       case 'pause':
       case 'resume':
       case 'rate':
-      case 'cancel': {
-        const bg = this.bg
-        if (!bg) throw new StateError(`group ${g.name} has no operation running`)
-        if (req.op === 'pause') bg.pause()
-        else if (req.op === 'resume') bg.resume()
-        else if (req.op === 'rate') bg.setRate(req.rate)
-        else bg.stop()
-        return bg.progress()
+      case 'cancel':
+        return controlJob(g.name, this.bg, req, 'serve')
+      case 'drill': {
+        // Reads the clone while hosts are served: it must be one nobody writes meanwhile.
+        this.busy()
+        const m = g.member(req.clone)
+        if (m.state === 'synchronized' || m.state === 'synchronizing')
+          throw new StateError(
+            `clone ${m.name} of group ${g.name} is ${m.state}: serve mirrors host writes to it, so a drill would not copy one point in time`,
+            `fracture it first (\`clonectl clone fracture ${g.name} ${m.name}\`), then run the drill again`,
+          )
+        this.drilling = m.name
+        try {
+          return await drillCopy(g, {clone: req.clone, target: req.target, force: req.force, log: (message) => send({type: 'log', message})})
+        } finally {
+          this.drilling = undefined
+        }
       }
       default:
         throw new UsageError(`unknown control request ${(req as {op: string}).op}`)

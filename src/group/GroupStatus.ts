@@ -42,6 +42,13 @@ export interface OperationStatus {
   percentDone: number
   /** Extents the hosts wrote during a protected restore (P). */
   hostWrittenExtents?: number
+  /**
+   * Set when the process running the job answered (serve, or a foreground job's socket):
+   * whether `clonectl job pause` holds it, and its rate in bytes/s (absent: unlimited).
+   * remainingExtents and percentDone are then its live counts.
+   */
+  paused?: boolean
+  rate?: number
 }
 
 export interface GroupStatus {

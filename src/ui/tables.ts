@@ -1,5 +1,6 @@
 import Table from 'cli-table3'
 import type {GroupStatus} from '../group/GroupStatus.js'
+import type {JobInfo} from '../group/JobControl.js'
 import type {DamagedGroupReport} from '../store/GroupStore.js'
 import {humanAge, humanBytes} from './format.js'
 import {colour, stdoutIsLive} from './terminal.js'
@@ -21,7 +22,7 @@ export function renderGroupStatus(s: GroupStatus): string {
     const verb = o.kind === 'restore' ? `${o.protected === false ? 'unprotected' : 'protected'} restore from ${o.clone}` : `sync of ${o.clone}`
     lines.push(
       o.state === 'running'
-        ? `  ${verb}: running (pid ${o.pid}), ${o.percentDone}% done, ${o.remainingExtents} extents left`
+        ? `  ${verb}: ${o.paused ? `PAUSED (resume with \`clonectl job resume ${s.name}\`)` : 'running'} (pid ${o.pid}), ${o.percentDone}% done, ${o.remainingExtents} extents left${o.paused === undefined ? '' : `, rate ${rateText(o.rate)}`}`
         : `  ${verb}: INTERRUPTED at ${o.percentDone}% (${o.remainingExtents} extents left) — resume with \`clonectl ${o.kind === 'restore' ? `restore ${s.name}` : `clone sync ${s.name} ${o.clone}`}\``,
     )
   }
@@ -54,4 +55,29 @@ export function renderRows(head: string[], rows: string[][]): string {
   const t = table(head)
   for (const r of rows) t.push(r)
   return t.toString()
+}
+
+/** A --rate as given (binary units, as parseSize reads them). */
+function rateText(rate: number | undefined): string {
+  return rate ? `${humanBytes(rate)}/s` : 'unlimited'
+}
+
+/** job list: one row a running job. */
+export function renderJobs(jobs: JobInfo[]): string {
+  const t = table(['group', 'job', 'state', 'done', 'rate', 'run by'])
+  for (const j of jobs)
+    t.push([
+      j.group,
+      `${j.kind} of ${j.clone}`,
+      j.state,
+      `${j.percentDone}% (${humanBytes(j.doneBytes)} of ${humanBytes(j.totalBytes)})`,
+      rateText(j.rate),
+      `${j.runner === 'serve' ? 'serve' : 'foreground'}, pid ${j.pid}`,
+    ])
+  return t.toString()
+}
+
+/** One line for job pause/resume/rate/cancel. */
+export function describeJob(j: JobInfo): string {
+  return `${j.kind} of clone ${j.clone} in group ${j.group}: ${j.state}, ${j.percentDone}% done, rate ${rateText(j.rate)} (${j.runner === 'serve' ? 'under serve' : 'foreground'}, pid ${j.pid})`
 }

@@ -48,6 +48,8 @@ export interface CliOptions {
   env?: NodeJS.ProcessEnv
   input?: string
   timeoutMs?: number
+  /** Working directory of the child (default: this process's). */
+  cwd?: string
 }
 
 /**
@@ -92,7 +94,7 @@ export class Cli {
   /** Run `clonectl ARGS…` to completion. */
   run(args: string[], opts: CliOptions = {}): Promise<CliResult> {
     const t0 = Date.now()
-    const child = spawn(process.execPath, [clonectlBin, ...args], {env: cliEnv(this.stateDir, opts.env), stdio: ['pipe', 'pipe', 'pipe']})
+    const child = spawn(process.execPath, [clonectlBin, ...args], {env: cliEnv(this.stateDir, opts.env), cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe']})
     child.stdin?.end(opts.input ?? '')
     return collect(child, t0, opts.timeoutMs ?? 120_000)
   }
