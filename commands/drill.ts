@@ -3,6 +3,7 @@ import {UsageError} from '../src/errors/errors.js'
 import {assertDrill, type DrillReport, groupDrill, scratchDrill} from '../src/group/Drill.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
 import {humanBytes, humanDuration} from '../src/ui/format.js'
+import {type DrillResult, toDrillResult} from '../src/ui/results/results.js'
 import {renderRows} from '../src/ui/tables.js'
 
 export default class Drill extends BaseCommand {
@@ -24,7 +25,7 @@ With GROUP CLONE --target PATH: restores the clone into PATH (never the group's 
     clone: Args.string({description: 'The clone to restore from.'}),
   }
 
-  async run(): Promise<DrillReport> {
+  async run(): Promise<DrillResult> {
     const {args, flags} = await this.parse(Drill)
     const log = (m: string): void => this.info(m)
     let report: DrillReport
@@ -51,6 +52,6 @@ With GROUP CLONE --target PATH: restores the clone into PATH (never the group's 
       if (report.kept && report.dir) this.log(`scratch files kept in ${report.dir}`)
     }
     assertDrill(report)
-    return report
+    return toDrillResult(report)
   }
 }

@@ -1,11 +1,10 @@
 import {Args, Flags} from '@oclif/core'
-import type {RestoreSummary} from '../src/engine/Restore.js'
 import {parseSize} from '../src/group/GroupAdmin.js'
 import {restoreSource} from '../src/group/GroupOperations.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../src/ui/ProgressRenderer.js'
-import {confirm} from '../src/ui/confirm.js'
 import {humanBytes, humanDuration} from '../src/ui/format.js'
+import {type RestoreResult, toRestoreResult} from '../src/ui/results/results.js'
 import {signalController} from '../src/ui/signals.js'
 
 export default class Restore extends BaseCommand {
@@ -30,12 +29,13 @@ Under \`clonectl serve\`, a restore refuses to start (exit 5) while NBD clients 
     clone: Args.string({description: 'The clone to restore from (optional when resuming).'}),
   }
 
-  async run(): Promise<RestoreSummary> {
+  async run(): Promise<RestoreResult> {
     const {args, flags} = await this.parse(Restore)
     const ctx = await this.context(flags['state-dir'])
     const record = await ctx.store.load(args.group)
     const resuming = record.operation?.kind === 'restore'
-    if (!resuming) await confirm(`Overwrite the source ${record.source.path} of group ${args.group} with clone ${args.clone ?? '?'}?`, flags.yes || this.jsonEnabled())
+    // Without a clone and nothing to resume there is nothing to confirm: restoreSource refuses, naming the clones.
+    if (!resuming && args.clone) await this.confirm(`Overwrite the source ${record.source.path} of group ${args.group} with clone ${args.clone}?`, flags.yes)
     const progress = new ProgressRenderer()
     const {controller, dispose} = signalController()
     const t0 = Date.now()
@@ -55,7 +55,7 @@ Under \`clonectl serve\`, a restore refuses to start (exit 5) while NBD clients 
       progress.done()
       if (!this.jsonEnabled())
         this.log(`${out.resumed ? 'Resumed and completed' : 'Completed'} ${out.protected ? 'protected ' : ''}restore of group ${args.group} from clone ${out.clone}: copied ${humanBytes(out.copiedBytes)} in ${humanDuration(Date.now() - t0)}${out.codCopies ? `, ${out.codCopies} on demand` : ''}; clone ${out.clone} ${out.protected ? 'unchanged' : 'synchronized'}.`)
-      return out
+      return toRestoreResult(out)
     } finally {
       progress.done()
       dispose()

@@ -1,8 +1,7 @@
 import {Args} from '@oclif/core'
 import {status, statusAll} from '../src/group/GroupOperations.js'
-import type {GroupStatus} from '../src/group/GroupStatus.js'
-import type {DamagedGroupReport} from '../src/store/GroupStore.js'
 import {BaseCommand} from '../src/ui/BaseCommand.js'
+import {type StatusResult, toStatusResult} from '../src/ui/results/results.js'
 import {renderDamagedGroup, renderGroupStatus} from '../src/ui/tables.js'
 
 export default class Status extends BaseCommand {
@@ -11,7 +10,7 @@ export default class Status extends BaseCommand {
   static examples = ['<%= config.bin %> status', '<%= config.bin %> status db1 --json']
   static args = {group: Args.string({description: 'One group (default: all).'})}
 
-  async run(): Promise<Array<GroupStatus | DamagedGroupReport>> {
+  async run(): Promise<StatusResult> {
     const {args, flags} = await this.parse(Status)
     const ctx = await this.context(flags['state-dir'])
     const out = args.group ? [await status(ctx, args.group)] : await statusAll(ctx)
@@ -19,6 +18,6 @@ export default class Status extends BaseCommand {
       if (out.length === 0) this.log(`No clone groups in ${this.stateDir}.`)
       this.log(out.map((s) => ('damaged' in s ? renderDamagedGroup(s) : renderGroupStatus(s))).join('\n\n'))
     }
-    return out
+    return toStatusResult(out)
   }
 }

@@ -1,8 +1,8 @@
 import {Args, Flags} from '@oclif/core'
 import {verify} from '../src/group/GroupOperations.js'
-import type {VerifyReport} from '../src/group/Verify.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../src/ui/ProgressRenderer.js'
+import {toVerifyResult, type VerifyResult} from '../src/ui/results/results.js'
 import {signalController} from '../src/ui/signals.js'
 
 export default class Verify extends BaseCommand {
@@ -18,7 +18,7 @@ export default class Verify extends BaseCommand {
     clone: Args.string({description: 'The clone.', required: true}),
   }
 
-  async run(): Promise<VerifyReport> {
+  async run(): Promise<VerifyResult> {
     const {args, flags} = await this.parse(Verify)
     const ctx = await this.context(flags['state-dir'])
     const progress = new ProgressRenderer()
@@ -30,7 +30,7 @@ export default class Verify extends BaseCommand {
         if (r.violations.length > 0) this.log(`Clone ${r.clone}: ${r.violations.length} extent(s) differed while unmarked; map repaired.`)
         else this.log(`Clone ${r.clone}: the delta map covers every difference (${r.markedDifferent} marked and different, ${r.markedEqual} marked but equal)${r.repaired ? '; map rebuilt exactly' : ''}.`)
       }
-      return r
+      return toVerifyResult(r)
     } finally {
       progress.done()
       dispose()

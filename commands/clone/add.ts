@@ -1,11 +1,10 @@
 import {Args, Flags} from '@oclif/core'
 import {parseSize} from '../../src/group/GroupAdmin.js'
 import {add, addAndSync} from '../../src/group/GroupOperations.js'
-import type {SyncSummary} from '../../src/engine/ForwardSync.js'
-import type {CloneRecord} from '../../src/store/GroupRecord.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../../src/ui/ProgressRenderer.js'
 import {humanBytes, humanDuration} from '../../src/ui/format.js'
+import {type CloneAddResult, toCloneAddResult} from '../../src/ui/results/results.js'
 import {signalController} from '../../src/ui/signals.js'
 
 export default class CloneAdd extends BaseCommand {
@@ -24,7 +23,7 @@ export default class CloneAdd extends BaseCommand {
     clone: Args.string({description: 'Name of the new clone.', required: true}),
   }
 
-  async run(): Promise<{clone: CloneRecord; sync?: SyncSummary}> {
+  async run(): Promise<CloneAddResult> {
     const {args, flags} = await this.parse(CloneAdd)
     const ctx = await this.context(flags['state-dir'])
     const wait = waitSeconds(flags.wait)
@@ -33,7 +32,7 @@ export default class CloneAdd extends BaseCommand {
     if (!flags.sync) {
       const clone = await add(ctx, args.group, spec, opts)
       this.info(`Added clone ${args.clone} (${clone.volume.path}) to group ${args.group}; not synchronized (--no-sync)`)
-      return {clone}
+      return toCloneAddResult({clone})
     }
     const progress = new ProgressRenderer()
     const {controller, dispose} = signalController()
@@ -46,7 +45,7 @@ export default class CloneAdd extends BaseCommand {
       })
       progress.done()
       if (!this.jsonEnabled()) this.log(`Added clone ${args.clone} (${out.clone.volume.path}) and synchronized it: copied ${humanBytes(out.sync.copiedBytes)} in ${humanDuration(out.sync.elapsedMs)}, skipped ${humanBytes(out.sync.skippedBytes)} of zeros`)
-      return out
+      return toCloneAddResult(out)
     } finally {
       progress.done()
       dispose()

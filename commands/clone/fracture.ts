@@ -1,7 +1,7 @@
 import {Args} from '@oclif/core'
-import type {FractureResult} from '../../src/group/GroupAdmin.js'
 import {fracture} from '../../src/group/GroupOperations.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
+import {type CloneFractureResult, toFractureResult} from '../../src/ui/results/results.js'
 
 export default class CloneFracture extends BaseCommand {
   static summary = 'Fracture clones: freeze each as a point-in-time copy; from now on its delta map records host writes.'
@@ -13,12 +13,12 @@ export default class CloneFracture extends BaseCommand {
     clone: Args.string({description: 'One or more clones.', required: true}),
   }
 
-  async run(): Promise<FractureResult[]> {
+  async run(): Promise<CloneFractureResult> {
     const {args, argv, flags} = await this.parse(CloneFracture)
     const names = (argv as string[]).slice(1)
     const ctx = await this.context(flags['state-dir'])
     const out = await fracture(ctx, args.group, names, {command: this.commandLine(), waitSeconds: waitSeconds(flags.wait)})
     if (!this.jsonEnabled()) for (const r of out) this.log(r.alreadyFractured ? `Clone ${r.clone} was already fractured (at ${r.fracturedAt ?? '?'}).` : `Fractured clone ${r.clone} at ${r.fracturedAt}.`)
-    return out
+    return toFractureResult(out)
   }
 }

@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 import {remove} from '../../src/group/GroupOperations.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
-import {confirm} from '../../src/ui/confirm.js'
+import {type CloneRemoveResult, toCloneRemoveResult} from '../../src/ui/results/results.js'
 
 export default class CloneRemove extends BaseCommand {
   static summary = 'Remove a clone from its group (its volume and data are left untouched).'
@@ -15,12 +15,12 @@ export default class CloneRemove extends BaseCommand {
     clone: Args.string({description: 'The clone.', required: true}),
   }
 
-  async run(): Promise<{clone: string; path: string}> {
+  async run(): Promise<CloneRemoveResult> {
     const {args, flags} = await this.parse(CloneRemove)
     const ctx = await this.context(flags['state-dir'])
-    await confirm(`Remove clone ${args.clone} from group ${args.group}? (its volume is kept)`, flags.yes || this.jsonEnabled())
+    await this.confirm(`Remove clone ${args.clone} from group ${args.group}? (its volume is kept)`, flags.yes)
     const out = await remove(ctx, args.group, args.clone, {command: this.commandLine(), waitSeconds: waitSeconds(flags.wait)})
     if (!this.jsonEnabled()) this.log(`Removed clone ${out.clone}; ${out.path} was not touched.`)
-    return out
+    return toCloneRemoveResult(out)
   }
 }

@@ -1,10 +1,10 @@
 import {Args, Flags} from '@oclif/core'
-import type {SyncSummary} from '../../src/engine/ForwardSync.js'
 import {parseSize} from '../../src/group/GroupAdmin.js'
 import {syncClone} from '../../src/group/GroupOperations.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../../src/ui/ProgressRenderer.js'
 import {humanBytes, humanDuration} from '../../src/ui/format.js'
+import {type SyncResult, toSyncResult} from '../../src/ui/results/results.js'
 import {signalController} from '../../src/ui/signals.js'
 
 export default class CloneSync extends BaseCommand {
@@ -21,7 +21,7 @@ export default class CloneSync extends BaseCommand {
     clone: Args.string({description: 'The clone.', required: true}),
   }
 
-  async run(): Promise<SyncSummary> {
+  async run(): Promise<SyncResult> {
     const {args, flags} = await this.parse(CloneSync)
     const ctx = await this.context(flags['state-dir'])
     const progress = new ProgressRenderer()
@@ -39,7 +39,7 @@ export default class CloneSync extends BaseCommand {
       progress.done()
       if (!this.jsonEnabled())
         this.log(out.alreadySynchronized ? `Clone ${args.clone} is already synchronized; nothing to copy.` : `Synchronized clone ${args.clone}: copied ${humanBytes(out.copiedBytes)} in ${humanDuration(out.elapsedMs)}${out.skippedBytes ? `, skipped ${humanBytes(out.skippedBytes)} (zeros or equal)` : ''}${out.compared ? ' (compare-and-copy)' : ''}`)
-      return out
+      return toSyncResult(out)
     } finally {
       progress.done()
       dispose()

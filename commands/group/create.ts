@@ -1,8 +1,8 @@
 import {Args, Flags} from '@oclif/core'
 import {createGroup, parseSize} from '../../src/group/GroupAdmin.js'
-import type {GroupRecord} from '../../src/store/GroupRecord.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
 import {humanBytes} from '../../src/ui/format.js'
+import {type GroupCreateResult, toGroupCreateResult} from '../../src/ui/results/results.js'
 
 export default class GroupCreate extends BaseCommand {
   static summary = 'Create a clone group for a source volume (an image file or a block device).'
@@ -14,11 +14,11 @@ export default class GroupCreate extends BaseCommand {
   }
   static args = {group: Args.string({description: 'Name of the new group.', required: true})}
 
-  async run(): Promise<GroupRecord> {
+  async run(): Promise<GroupCreateResult> {
     const {args, flags} = await this.parse(GroupCreate)
     const ctx = await this.context(flags['state-dir'])
     const record = await createGroup(ctx, {name: args.group, sourcePath: flags.source, extentSize: parseSize(flags['extent-size'], '--extent-size')})
     if (!this.jsonEnabled()) this.log(`Created group ${record.name}: source ${record.source.path} (${humanBytes(record.source.fingerprint.size)}), extent size ${humanBytes(record.extentSize)}`)
-    return record
+    return toGroupCreateResult(record)
   }
 }

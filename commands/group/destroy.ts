@@ -3,7 +3,7 @@ import {CorruptStateError} from '../../src/errors/errors.js'
 import {destroyDamagedGroup, destroyGroup} from '../../src/group/GroupAdmin.js'
 import {withGroup} from '../../src/group/GroupSession.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
-import {confirm} from '../../src/ui/confirm.js'
+import {type GroupDestroyResult, toGroupDestroyResult} from '../../src/ui/results/results.js'
 
 export default class GroupDestroy extends BaseCommand {
   static summary = "Destroy a clone group's state (never any volume data)."
@@ -18,7 +18,7 @@ export default class GroupDestroy extends BaseCommand {
   }
   static args = {group: Args.string({description: 'The group.', required: true})}
 
-  async run(): Promise<{group: string; clones: number}> {
+  async run(): Promise<GroupDestroyResult> {
     const {args, flags} = await this.parse(GroupDestroy)
     const ctx = await this.context(flags['state-dir'])
     const damaged = await ctx.store.load(args.group).then(
@@ -30,7 +30,7 @@ export default class GroupDestroy extends BaseCommand {
         return d
       },
     )
-    await confirm(`Destroy the state of group ${args.group}${damaged ? ' (its group.json is damaged)' : ''}?`, flags.yes || this.jsonEnabled())
+    await this.confirm(`Destroy the state of group ${args.group}${damaged ? ' (its group.json is damaged)' : ''}?`, flags.yes)
     const o = {force: flags.force, discardRestore: flags['discard-restore']}
     const session = {command: this.commandLine(), waitSeconds: waitSeconds(flags.wait)}
     // Under the lock, so a running operation is never pulled out from under it.
@@ -38,6 +38,6 @@ export default class GroupDestroy extends BaseCommand {
       ? await destroyDamagedGroup(ctx, args.group, {...o, ...session})
       : await withGroup(ctx, args.group, {...session, open: {writable: false, volumes: false}}, async () => destroyGroup(ctx, args.group, o))
     if (!this.jsonEnabled()) this.log(`Destroyed group ${args.group}${out.clones ? ` (${out.clones} clone volume(s) left untouched)` : ''}`)
-    return out
+    return toGroupDestroyResult(args.group, out)
   }
 }

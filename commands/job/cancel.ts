@@ -1,6 +1,7 @@
 import {Args} from '@oclif/core'
 import {type JobInfo, jobRequest} from '../../src/group/JobControl.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
+import {type JobResult, toJobResult} from '../../src/ui/results/results.js'
 import {describeJob} from '../../src/ui/tables.js'
 
 export default class JobCancel extends BaseCommand {
@@ -11,12 +12,12 @@ A protected restore cannot be abandoned half-way (the source is part restored), 
   static examples = ['<%= config.bin %> job cancel db1']
   static args = {group: Args.string({description: 'The group.', required: true})}
 
-  async run(): Promise<JobInfo> {
+  async run(): Promise<JobResult> {
     const {args, flags} = await this.parse(JobCancel)
     const ctx = await this.context(flags['state-dir'])
     const j = (await jobRequest(ctx, args.group, {op: 'cancel'})) as JobInfo
     if (!this.jsonEnabled())
       this.log(`Cancelled the ${describeJob(j)}; it stops at a safe point. ${j.kind === 'restore' ? `The restore stays recorded: resume it with \`clonectl restore ${j.group}\`.` : `Clone ${j.clone} is out-of-sync: \`clonectl clone sync ${j.group} ${j.clone}\` copies what is left.`}`)
-    return j
+    return toJobResult(j)
   }
 }

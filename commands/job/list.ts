@@ -1,6 +1,7 @@
 import {Args} from '@oclif/core'
-import {type JobInfo, listJobs} from '../../src/group/JobControl.js'
+import {listJobs} from '../../src/group/JobControl.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
+import {type JobResult, toJobResult} from '../../src/ui/results/results.js'
 import {renderJobs} from '../../src/ui/tables.js'
 
 export default class JobList extends BaseCommand {
@@ -9,11 +10,11 @@ export default class JobList extends BaseCommand {
   static examples = ['<%= config.bin %> job list', '<%= config.bin %> job list db1 --json']
   static args = {group: Args.string({description: 'One group (default: all).'})}
 
-  async run(): Promise<JobInfo[]> {
+  async run(): Promise<JobResult[]> {
     const {args, flags} = await this.parse(JobList)
     const ctx = await this.context(flags['state-dir'])
     const jobs = await listJobs(ctx, args.group)
     if (!this.jsonEnabled()) this.log(jobs.length === 0 ? `No sync or restore running${args.group ? ` in group ${args.group}` : ''}.` : renderJobs(jobs))
-    return jobs
+    return jobs.map(toJobResult)
   }
 }

@@ -1,6 +1,7 @@
 import {Args} from '@oclif/core'
 import {type JobInfo, jobRequest} from '../../src/group/JobControl.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
+import {type JobResult, toJobResult} from '../../src/ui/results/results.js'
 import {describeJob} from '../../src/ui/tables.js'
 
 export default class JobPause extends BaseCommand {
@@ -9,11 +10,11 @@ export default class JobPause extends BaseCommand {
   static examples = ['<%= config.bin %> job pause db1', '<%= config.bin %> job pause db1 --json']
   static args = {group: Args.string({description: 'The group.', required: true})}
 
-  async run(): Promise<JobInfo> {
+  async run(): Promise<JobResult> {
     const {args, flags} = await this.parse(JobPause)
     const ctx = await this.context(flags['state-dir'])
     const j = (await jobRequest(ctx, args.group, {op: 'pause'})) as JobInfo
     if (!this.jsonEnabled()) this.log(`Paused the ${describeJob(j)}.`)
-    return j
+    return toJobResult(j)
   }
 }

@@ -2,6 +2,7 @@ import {Args} from '@oclif/core'
 import {parseSize} from '../../src/group/GroupAdmin.js'
 import {type JobInfo, jobRequest} from '../../src/group/JobControl.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
+import {type JobResult, toJobResult} from '../../src/ui/results/results.js'
 import {describeJob} from '../../src/ui/tables.js'
 
 export default class JobRate extends BaseCommand {
@@ -12,12 +13,12 @@ export default class JobRate extends BaseCommand {
     rate: Args.string({description: 'Bytes per second (e.g. 50M), or 0 / unlimited.', required: true}),
   }
 
-  async run(): Promise<JobInfo> {
+  async run(): Promise<JobResult> {
     const {args, flags} = await this.parse(JobRate)
     const ctx = await this.context(flags['state-dir'])
     const rate = args.rate === 'unlimited' ? 0 : parseSize(args.rate, 'RATE')
     const j = (await jobRequest(ctx, args.group, {op: 'rate', rate})) as JobInfo
     if (!this.jsonEnabled()) this.log(`Re-rated the ${describeJob(j)}.`)
-    return j
+    return toJobResult(j)
   }
 }

@@ -1,6 +1,7 @@
 import {Args} from '@oclif/core'
 import {type JobInfo, jobRequest} from '../../src/group/JobControl.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
+import {type JobResult, toJobResult} from '../../src/ui/results/results.js'
 import {describeJob} from '../../src/ui/tables.js'
 
 export default class JobResume extends BaseCommand {
@@ -9,11 +10,11 @@ export default class JobResume extends BaseCommand {
   static examples = ['<%= config.bin %> job resume db1']
   static args = {group: Args.string({description: 'The group.', required: true})}
 
-  async run(): Promise<JobInfo> {
+  async run(): Promise<JobResult> {
     const {args, flags} = await this.parse(JobResume)
     const ctx = await this.context(flags['state-dir'])
     const j = (await jobRequest(ctx, args.group, {op: 'resume'})) as JobInfo
     if (!this.jsonEnabled()) this.log(`Resumed the ${describeJob(j)}.`)
-    return j
+    return toJobResult(j)
   }
 }

@@ -4,6 +4,7 @@ import {PersistentMap} from '../map/PersistentMap.js'
 import type {CloneState, GroupRecord} from '../store/GroupRecord.js'
 import {GroupLock} from '../store/GroupLock.js'
 import type {GroupContext} from './CloneGroup.js'
+import type {ProgressEvent} from './GroupOperations.js'
 import {extentCount, protectedMapFile} from './CloneGroup.js'
 
 export interface CloneStatus {
@@ -62,7 +63,7 @@ export interface GroupStatus {
   /** Who holds the group lock right now, if anyone. */
   lockedBy?: {pid: number; command: string; startedAt: string}
   /** When a `serve` owns the group: its export and the operation it runs, live. */
-  server?: {pid: number; nbdSocket?: string; tcpPort?: number; connections: number; operation?: unknown}
+  server?: {pid: number; nbdSocket?: string; tcpPort?: number; connections: number; payloadBytes: number; operation?: ProgressEvent}
 }
 
 function popcount(bits: ExtentBitmap, extentSize: number, volumeSize: number): {extents: number; bytes: number} {

@@ -4,6 +4,8 @@ import type {GroupContext} from '../group/CloneGroup.js'
 import {nodeFs} from '../io/NodeDurableFs.js'
 import {GroupStore} from '../store/GroupStore.js'
 import {ensureStateDir, resolveStateDir} from '../store/stateDir.js'
+import {confirm} from './confirm.js'
+import type {ErrorResult} from './results/results.js'
 import {colour, configureColour} from './terminal.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
@@ -54,18 +56,34 @@ export abstract class BaseCommand extends Command {
   protected async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<unknown> {
     if (isClonectlError(err)) {
       if (this.jsonEnabled()) {
-        process.stdout.write(`${JSON.stringify({status: err.exitCode, error: {code: err.code, name: err.name, message: err.message, fix: err.fix}}, null, 2)}\n`)
+        this.printJsonError({status: err.exitCode, error: {code: err.code, name: err.name, message: err.message, fix: err.fix}})
       } else {
         process.stderr.write(`${colour.error('Error:')} ${err.message}\n`)
         if (err.fix) process.stderr.write(`  ${err.fix}\n`)
       }
       this.exit(err.exitCode)
     }
-    // oclif's own errors (bad flags: exit 2) and exits pass through.
-    if (err.oclif?.exit !== undefined) throw err
     if (err.name === 'ExitError') throw err
+    // oclif's own errors (bad flags, missing arguments: exit 2) print themselves, except under
+    // --json, where stdout carries the error object as for every other failure.
+    if (err.oclif?.exit !== undefined) {
+      if (!this.jsonEnabled() || err.oclif.exit !== ExitCode.usage) throw err
+      const lines = err.message.split('\n').map((l) => l.trim()).filter((l) => l && !/^See more help with/.test(l))
+      this.printJsonError({status: ExitCode.usage, error: {code: 'USAGE', name: 'UsageError', message: lines.join(' '), fix: `see \`${this.config.bin} ${(this.id ?? '').replace(/:/g, ' ')} --help\``}})
+      this.exit(ExitCode.usage)
+    }
     process.stderr.write(`${colour.error('Error (a bug in clonectl):')} ${err.stack ?? err.message}\n  please report it with the command you ran\n`)
+    if (this.jsonEnabled()) this.printJsonError({status: ExitCode.bug, error: {code: 'BUG', name: err.name || 'Error', message: err.message || 'unknown error', fix: 'please report it with the command you ran (the stack is on stderr)'}})
     this.exit(ExitCode.bug)
+  }
+
+  /** Destructive commands confirm; under --json only --yes confirms (confirm.ts). */
+  protected async confirm(question: string, yes: boolean): Promise<void> {
+    await confirm(question, yes, this.jsonEnabled())
+  }
+
+  private printJsonError(e: ErrorResult): void {
+    process.stdout.write(`${JSON.stringify(e, null, 2)}\n`)
   }
 }
 

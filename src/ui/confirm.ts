@@ -1,12 +1,14 @@
 import {createInterface} from 'node:readline/promises'
-import {RefusedError} from '../errors/errors.js'
+import {RefusedError, UsageError} from '../errors/errors.js'
 
 /**
  * Destructive commands confirm on a terminal; scripts pass --yes. Without a terminal and
- * without --yes the command refuses rather than guess.
+ * without --yes the command refuses rather than guess. `json`: under --json there is no one
+ * to ask, and --json is about the output, not consent: it never stands for --yes (exit 2).
  */
-export async function confirm(question: string, yes: boolean): Promise<void> {
+export async function confirm(question: string, yes: boolean, json = false): Promise<void> {
   if (yes) return
+  if (json) throw new UsageError(`${question.replace(/\?.*$/, '')}: --json needs --yes (under --json there is no prompt, and consent is never assumed)`, 'add --yes to confirm')
   if (!process.stdin.isTTY || !process.stderr.isTTY)
     throw new RefusedError(`${question.replace(/\?$/, '')}: refused without confirmation (no terminal to ask on)`, 'pass --yes to confirm in a script')
   const rl = createInterface({input: process.stdin, output: process.stderr})

@@ -78,9 +78,12 @@ export class FileVolume implements Volume {
    * hosts' working set nor pays for a page-cache page per 4 KiB, and a hole reads as zeros
    * filled straight into the buffer (buffered copies spent their system CPU allocating and
    * freeing page-cache pages). What hosts read (unaligned buffers) stays buffered. Cleared
-   * when the file system refuses O_DIRECT (EINVAL).
+   * when the direct handle cannot be opened, or the file system refuses O_DIRECT (EINVAL).
    */
   readsDirect = true
+  /** Reads and writes that really went through O_DIRECT: what says the path was taken, not the intent. */
+  directReads = 0
+  directWrites = 0
 
   protected constructor(
     protected readonly fs: DurableFs,
@@ -179,6 +182,8 @@ export class FileVolume implements Volume {
       let f: DurableFile | null = null
       if (this.fs.openDirect && this.size >= ALIGN && !process.env.CLONECTL_NO_DIRECT) f = await this.fs.openDirect(this.path, {write: !this.readOnly}).catch(() => null)
       this.direct = f
+      // No direct handle (no O_DIRECT here, or it failed to open): every read is buffered.
+      if (!f) this.readsDirect = false
       return f
     })()
     return this.directOpening
@@ -195,7 +200,9 @@ export class FileVolume implements Volume {
     const d = await this.directFile()
     if (!d) return undefined
     try {
-      return await d.read(buf, position, buf.byteLength)
+      const n = await d.read(buf, position, buf.byteLength)
+      this.directReads++
+      return n
     } catch (error) {
       if (errnoOf(error) !== 'EINVAL') throw error
       // This file system refuses it after all: buffered from now on.
@@ -216,6 +223,7 @@ export class FileVolume implements Volume {
     if (!d) return false
     try {
       await d.write(data, position)
+      this.directWrites++
       return true
     } catch (error) {
       if (errnoOf(error) !== 'EINVAL') throw ioError(this.path, 'writing', error, position)

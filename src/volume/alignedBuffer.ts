@@ -18,6 +18,11 @@ export function alignedBuffer(size: number): Buffer {
   return Buffer.from(mem.buffer, 0, size)
 }
 
+/** True when `data` starts at a DIRECT_ALIGN boundary of memory (an alignedBuffer() slice there), as O_DIRECT asks. */
+export function alignedMemory(data: Uint8Array): boolean {
+  return data.byteOffset % DIRECT_ALIGN === 0 && aligned.has(data.buffer)
+}
+
 /** True when I/O of `data` at `position` meets O_DIRECT's alignment (and is at least minLength). */
 export function directAligned(position: number, data: Uint8Array, minLength = 0): boolean {
   return data.byteLength >= minLength && position % DIRECT_ALIGN === 0 && data.byteLength % DIRECT_ALIGN === 0 && data.byteOffset % DIRECT_ALIGN === 0 && aligned.has(data.buffer)

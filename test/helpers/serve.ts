@@ -366,20 +366,26 @@ export class NbdTestClient {
 }
 
 /** fio with the nbd engine; returns its parsed JSON and the total of errors it reports. */
-export async function fioNbd(uri: string, args: string[], timeoutMs = 120_000): Promise<{errors: number; iops: {read: number; write: number}; json: unknown; stderr: string; code: number | null}> {
+export async function fioNbd(
+  uri: string,
+  args: string[],
+  timeoutMs = 120_000,
+): Promise<{errors: number; iops: {read: number; write: number}; ioBytes: {read: number; write: number}; json: unknown; stderr: string; code: number | null}> {
   // cwd: fio leaves a *-verify.state file behind in it.
   const r = await run('fio', ['--name=clonectl', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args], {timeoutMs, cwd: tmpdir()})
-  let json: {jobs?: Array<{error: number; read: {iops: number}; write: {iops: number}}>} = {}
+  let json: {jobs?: Array<{error: number; read: {iops: number; io_bytes: number}; write: {iops: number; io_bytes: number}}>} = {}
   try {
     json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as typeof json
   } catch {
     // fio failed before its report; the exit code and stderr tell.
   }
   const jobs = json.jobs ?? []
-  const errors = jobs.reduce((n, j) => n + (j.error ?? 0), 0) + (r.code === 0 ? 0 : 1) + (/verify|bad magic|crc32c/i.test(r.stderr) ? 1 : 0)
+  // No report (fio died, or printed something else) is an error too, never a quiet pass.
+  const errors = jobs.reduce((n, j) => n + (j.error ?? 0), 0) + (r.code === 0 ? 0 : 1) + (/verify|bad magic|crc32c/i.test(r.stderr) ? 1 : 0) + (jobs.length === 0 ? 1 : 0)
   return {
     errors,
     iops: {read: jobs.reduce((n, j) => n + j.read.iops, 0), write: jobs.reduce((n, j) => n + j.write.iops, 0)},
+    ioBytes: {read: jobs.reduce((n, j) => n + j.read.io_bytes, 0), write: jobs.reduce((n, j) => n + j.write.io_bytes, 0)},
     json,
     stderr: r.stderr + r.stdout.slice(0, r.stdout.indexOf('{') >= 0 ? r.stdout.indexOf('{') : undefined),
     code: r.code,
@@ -397,5 +403,5 @@ export {sleep}
  * one is a broken setup to see, never a test to skip quietly.
  */
 export function needTool(reason: string | false | undefined): void {
-  if (reason) throw new Error(`missing tool: ${reason}; install it (.ci/run lists the packages: qemu-utils, libnbd-bin, nbdfuse, fio, nbdkit, e2fsprogs, fuse3, openssl)`)
+  if (reason) throw new Error(`missing tool: ${reason}; install it (.ci/run lists the packages: qemu-utils, libnbd-bin, nbdfuse, fio, nbdkit, e2fsprogs, fuse3, tmux, openssl, man-db)`)
 }

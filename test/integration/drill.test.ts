@@ -9,6 +9,7 @@ import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {Cli, cmp, has, sha256, tempDir} from '../helpers/cli.js'
+import {needTool} from '../helpers/serve.js'
 
 let dir: string
 let cli: Cli
@@ -41,7 +42,8 @@ describe('clonectl drill on scratch images', () => {
   })
 })
 
-describe('clonectl drill of a real group', {skip: has('mke2fs', '-V') && has('e2fsck', '-V') ? false : 'needs e2fsprogs (mke2fs, e2fsck)'}, () => {
+describe('clonectl drill of a real group', () => {
+  before(() => needTool(has('mke2fs', '-V') && has('e2fsck', '-V') ? false : 'e2fsprogs (mke2fs, e2fsck)'))
   test("with --target and --exec 'e2fsck -fn {}' it passes, the target equals the clone, and the source is untouched", async () => {
     const content = join(dir, 'content')
     await fsp.mkdir(join(content, 'db'), {recursive: true})

@@ -9,6 +9,7 @@ import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {Cli, cmp, MiB, pwrite, randomImage, tempDir} from '../helpers/cli.js'
+import {assertContract} from '../helpers/jsonContract.js'
 import {NbdTestClient, type Served, startServe} from '../helpers/serve.js'
 import {waitFor} from '../helpers/waitFor.js'
 
@@ -50,7 +51,9 @@ function startJob(kind: 'sync' | 'restore', group: string) {
 }
 
 async function jobs(group: string): Promise<Array<{kind: string; clone: string; state: string; rate?: number; runner: string; doneBytes: number}>> {
-  return cli.json(['job', 'list', group])
+  const l = await cli.json(['job', 'list', group])
+  assertContract('job:list', l)
+  return l
 }
 
 for (const where of ['foreground', 'serve'] as const)
@@ -71,24 +74,29 @@ for (const where of ['foreground', 'serve'] as const)
           assert.equal(j!.rate, 256 * 1024)
 
           const paused = await cli.json(['job', 'pause', s.group])
+          assertContract('job:pause', paused)
           assert.equal(paused.state, 'paused')
           const s1 = await waitFor(async () => {
             const st = await cli.status(s.group)
             return st.operation?.paused === true ? st : undefined
           }, 'status showing the job paused')
           assert.ok(s1.operation.remainingExtents > 0, 'paused before the end')
-          const s2 = await cli.status(s.group)
+          const all = await cli.json(['status', s.group])
+          assertContract('status', all)
+          const s2 = Array.isArray(all) ? all[0] : all
           assert.equal(s2.operation.paused, true)
           assert.equal(s2.operation.remainingExtents, s1.operation.remainingExtents, 'no progress while paused')
           assert.equal(s2.operation.percentDone, s1.operation.percentDone)
           assert.match((await cli.ok(['status', s.group])).stdout, /PAUSED .*rate 256\.0 KiB\/s/)
 
           const rerated = await cli.json(['job', 'rate', s.group, '4M'])
+          assertContract('job:rate', rerated)
           assert.equal(rerated.rate, 4 * MiB)
           assert.equal(rerated.state, 'paused', 're-rating does not resume')
           assert.equal((await cli.status(s.group)).operation.rate, 4 * MiB)
 
           const resumed = await cli.json(['job', 'resume', s.group])
+          assertContract('job:resume', resumed)
           assert.equal(resumed.state, 'running')
           const r = await bg.done
           assert.equal(r.code, 0, r.stderr)
@@ -109,6 +117,7 @@ for (const where of ['foreground', 'serve'] as const)
           const bg = startJob(kind, s.group)
           await waitFor(async () => (await jobs(s.group)).length === 1, `the ${kind} listed`)
           const c = await cli.json(['job', 'cancel', s.group])
+          assertContract('job:cancel', c)
           assert.equal(c.state, 'cancelled')
           const r = await bg.done
           assert.equal(r.code, 130, r.stderr)

@@ -6,6 +6,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {test} from 'node:test'
 import {fileURLToPath} from 'node:url'
+import {needTool} from '../helpers/serve.js'
 
 const bin = join(fileURLToPath(import.meta.url), '..', '..', '..', '..', 'bin', 'run.js')
 const hasTmux = spawnSync('sh', ['-c', 'command -v tmux']).status === 0
@@ -35,7 +36,8 @@ test('a sync piped to a file prints plain progress lines with no escape codes', 
   }
 })
 
-test('a long sync in a real terminal (tmux) shows a live progress bar', {skip: hasTmux ? false : 'tmux is not installed'}, async () => {
+test('a long sync in a real terminal (tmux) shows a live progress bar', async () => {
+  needTool(hasTmux ? false : 'tmux')
   const {dir, env} = scratch()
   const session = `clonectl-${process.pid}`
   try {

@@ -16,7 +16,7 @@ import {randomBytes} from 'node:crypto'
 import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
-import {KiB, MiB, type Served, clonectlOk, has, runOk, sameContent, startServe, tempDir} from '../helpers/serve.js'
+import {KiB, MiB, type Served, clonectlOk, has, needTool, runOk, sameContent, startServe, tempDir} from '../helpers/serve.js'
 
 const SIZE = 64 * MiB
 const missing = ['nbdinfo', 'qemu-io', 'qemu-img', 'nbdcopy'].filter((c) => !has(c, '--version'))
@@ -79,7 +79,8 @@ function expectedAllocation(data: Array<[number, number]>): Array<{offset: numbe
   return out
 }
 
-describe('serve answers block status', {skip: needClients}, () => {
+describe('serve answers block status', () => {
+  before(() => needTool(needClients))
   test('given serve g, nbdinfo --list shows the contexts: base:allocation and one delta per clone', async () => {
     const r = await runOk('nbdinfo', ['--list', '--json', served!.uri])
     const e = (JSON.parse(r.stdout) as {exports: Array<{contexts?: string[]}>}).exports[0]

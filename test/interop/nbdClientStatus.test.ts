@@ -41,7 +41,7 @@ import {
   encodeServerGreeting,
 } from '../../src/nbd/protocol.js'
 import {NbdVolume} from '../../src/volume/NbdVolume.js'
-import {KiB, MiB, has, nbdUri, sleep, socketLive, tempDir} from '../helpers/serve.js'
+import {KiB, MiB, has, nbdUri, needTool, sleep, socketLive, tempDir} from '../helpers/serve.js'
 
 const needQemuNbd = has('qemu-nbd', '--version') ? false : 'qemu-nbd (qemu-utils) is not installed'
 let dir: string
@@ -92,7 +92,8 @@ class MemBackend implements ExportBackend {
   async flush(): Promise<void> {}
 }
 
-describe('against qemu-nbd', {skip: needQemuNbd}, () => {
+describe('against qemu-nbd', () => {
+  before(() => needTool(needQemuNbd))
   test('given a sparse file, extents() finds exactly its data runs and reads return its bytes', async () => {
     const size = 16 * MiB
     const path = join(dir, 'sparse.img')

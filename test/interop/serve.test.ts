@@ -163,17 +163,24 @@ describe('clonectl serve with real clients', () => {
     await runOk('qemu-io', ['-f', 'raw', served!.uri, '-c', 'read -P 0x41 9M 1M'])
   })
 
-  test('fio randrw --verify=crc32c while c2 is fractured and synced from another shell: no errors', async () => {
+  test('fio randrw --verify=crc32c while c2 is fractured and synced from another shell: fio goes on writing after the fracture, ends cleanly, and its data verifies', async () => {
     assert.equal((await clone('c2')).state, 'synchronized')
     const fio = fioNbd(served!.uri, ['--rw=randrw', '--bs=4k', '--iodepth=16', `--size=${SIZE}`, '--verify=crc32c', '--verify_fatal=1', '--randseed=1'])
     // fio's jobs are connected (it first connects once to read the size, then once per job).
     await waitFor('fio to connect', async () => (((await statusJson(state, 'g')) as {server?: {connections: number}}).server?.connections ?? 0) > 0 || undefined)
     await clonectlOk(state, ['clone', 'fracture', 'g', 'c2'])
-    // Host writes land in c2's delta map while it is fractured.
-    await waitFor('host writes to mark the fractured c2', async () => ((await clone('c2')).dirtyExtents > 0 ? true : undefined))
+    // fio keeps writing after the fracture: only its writes can mark c2's delta map, and more
+    // extents than the 16 writes it may have had in flight when the fracture took place means
+    // it issued new ones afterwards (a fio that died at the fracture never gets there).
+    await waitFor('fio\'s writes after the fracture to mark c2', async () => ((await clone('c2')).dirtyExtents > 32 ? true : undefined))
     await clonectlOk(state, ['clone', 'sync', 'g', 'c2'])
     const r = await fio
+    assert.equal(r.code, 0, `fio exit status; ${r.stderr}`)
     assert.equal(r.errors, 0, r.stderr)
+    assert.ok(r.ioBytes.read + r.ioBytes.write >= SIZE, `fio did all its I/O (${r.ioBytes.read} read + ${r.ioBytes.write} written of ${SIZE})`)
+    // What fio wrote across the fracture and the sync reads back as written.
+    const again = await fioNbd(served!.uri, ['--rw=randrw', '--bs=4k', '--iodepth=16', `--size=${SIZE}`, '--verify=crc32c', '--verify_fatal=1', '--randseed=1', '--verify_only'])
+    assert.equal(again.errors, 0, again.stderr)
     // Whatever fio did, the synced clone is equal once fractured.
     await clonectlOk(state, ['clone', 'fracture', 'g', 'c2'])
     assert.ok(await sameContent(src, c2()), 'c2 == source')

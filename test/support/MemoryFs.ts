@@ -42,6 +42,7 @@
  * gives the state just before that op.
  */
 import {posix} from 'node:path'
+import {alignedMemory, DIRECT_ALIGN} from '../../src/volume/alignedBuffer.js'
 import {landing, type CrashChoice, type PendingOp, tornLength} from './CrashState.js'
 import type {DurableFile, DurableFs, FileStat, OpenOptions} from '../../src/io/DurableFs.js'
 
@@ -264,6 +265,9 @@ export class MemoryFs implements DurableFs {
   private ops = 0
   private allocated = 0
   private pendingCache?: {seq: number; total: number; list: ReadonlyArray<{ino: number; op: FileOp | NameOp}>}
+  /** Reads and writes done through openDirect handles: a test asserts the O_DIRECT path was taken. */
+  directReads = 0
+  directWrites = 0
 
   constructor(opts: MemoryFsOptions = {}) {
     const sector = opts.sectorSize ?? 512
@@ -443,6 +447,22 @@ export class MemoryFs implements DurableFs {
     }
     node.opens++
     return new MemoryFile(this, p, node, Boolean(o.write))
+  }
+
+  /**
+   * O_DIRECT, as Linux checks it: a second handle on an existing file whose every read and
+   * write must be aligned (offset, length and memory to DIRECT_ALIGN) or fails with EINVAL,
+   * so code that takes the direct path with a misaligned request fails here as on a real
+   * disk. Its data is the file's, like the page cache's after the kernel writes it back, and
+   * a write through it is pending until a datasync of any handle on the file, like any write.
+   */
+  async openDirect(path: string, o: {write: boolean} = {write: true}): Promise<DurableFile> {
+    const p = norm(path)
+    if (this.dirs.has(p)) throw fsError('EISDIR', 'open', p)
+    const node = this.lookup(p)
+    if (!node) throw fsError('ENOENT', 'open', p)
+    node.opens++
+    return new MemoryFile(this, p, node, o.write, true)
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -721,10 +741,19 @@ class MemoryFile implements DurableFile {
     readonly path: string,
     private readonly node: Inode,
     private readonly writable: boolean,
+    private readonly direct = false,
   ) {}
 
   private live(syscall: string): void {
     if (this.closed) throw fsError('EBADF', syscall, this.path)
+  }
+
+  /** O_DIRECT's rule: offset, length and memory aligned, else EINVAL (and nothing is done). */
+  private aligned(syscall: string, buf: Uint8Array, position: number, length: number): void {
+    if (!this.direct) return
+    if (position % DIRECT_ALIGN !== 0 || length % DIRECT_ALIGN !== 0 || !alignedMemory(buf)) throw fsError('EINVAL', syscall, this.path)
+    if (syscall === 'read') this.fs.directReads++
+    else this.fs.directWrites++
   }
 
   async read(buf: Uint8Array, position: number, length = buf.byteLength): Promise<number> {
@@ -732,6 +761,7 @@ class MemoryFile implements DurableFile {
     checkPosition(position, 'read', this.path)
     if (!Number.isSafeInteger(length) || length < 0 || length > buf.byteLength)
       throw new RangeError(`read of ${length} bytes into a ${buf.byteLength}-byte buffer (${this.path})`)
+    this.aligned('read', buf, position, length)
     const c = this.node.vol
     const n = Math.max(0, Math.min(length, c.size - position))
     if (n > 0) buf.set(c.buf.subarray(position, position + n), 0)
@@ -742,6 +772,7 @@ class MemoryFile implements DurableFile {
     this.live('write')
     if (!this.writable) throw fsError('EBADF', 'write', this.path)
     checkPosition(position, 'write', this.path)
+    this.aligned('write', buf, position, buf.byteLength)
     await this.fs.fileWrite(this.path, this.node, buf, position)
   }
 

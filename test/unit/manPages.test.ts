@@ -6,6 +6,7 @@ import {test} from 'node:test'
 import {fileURLToPath} from 'node:url'
 import {ExitCode} from '../../src/errors/errors.js'
 import {ownCommands} from '../../src/ui/manPages.js'
+import {needTool} from '../helpers/serve.js'
 
 // dist/test/unit → repository root
 const root = join(fileURLToPath(import.meta.url), '..', '..', '..', '..')
@@ -40,7 +41,8 @@ test('clonectl(1) lists every command and every exit code', () => {
   for (const code of Object.values(ExitCode)) assert.ok(text.includes(`.B ${code}\n`), `clonectl.1 lacks exit code ${code}`)
 })
 
-test('the man pages render cleanly with man -l', {skip: existsSync('/usr/bin/man') ? false : 'man is not installed'}, () => {
+test('the man pages render cleanly with man -l', () => {
+  needTool(existsSync('/usr/bin/man') ? false : 'man (man-db)')
   for (const c of [{id: 'clonectl'}, ...commands.map((x) => ({id: `clonectl-${x.id.replace(/:/g, '-')}`}))]) {
     const r = spawnSync('man', ['--warnings', '-l', join(root, 'man', `${c.id}.1`)], {env: {...process.env, MANWIDTH: '80', MAN_KEEP_STDERR: '1'}, encoding: 'utf8'})
     assert.equal(r.status, 0, r.stderr)

@@ -8,6 +8,7 @@ import {describe, test} from 'node:test'
 import {writeFileAtomic} from '../../src/io/atomicWrite.js'
 import {type CrashChoice, enumerateCrashStates, type FsOp, MemoryFs} from '../support/MemoryFs.js'
 import {mulberry32} from '../../src/io/prng.js'
+import {alignedBuffer} from '../../src/volume/alignedBuffer.js'
 
 const OLD = Buffer.alloc(8192, 0x11)
 const NEW = Buffer.alloc(8192, 0x22)
@@ -663,6 +664,49 @@ function refSnapshot(s: {tables: Map<string, Map<string, number>>; content: Map<
     for (const n of [...s.tables.get(d)!.keys()].sort()) out.push(`${d}/${n}=${(s.content.get(s.tables.get(d)!.get(n)!) ?? Buffer.alloc(0)).toString('hex')}`)
   return out
 }
+
+describe('MemoryFs: O_DIRECT (openDirect)', () => {
+  test('given a direct handle, when offset, length or memory is not 4 KiB-aligned, then EINVAL as from Linux, nothing written and nothing counted', async () => {
+    const fs = await withFiles()
+    const d = await fs.openDirect('/d/a', {write: true})
+    const buf = alignedBuffer(8192)
+    const cases: Array<[string, () => Promise<unknown>]> = [
+      ['read at an unaligned offset', () => d.read(buf.subarray(0, 4096), 512)],
+      ['read of an unaligned length', () => d.read(buf, 0, 4095)],
+      ['read into unaligned memory', () => d.read(buf.subarray(512, 512 + 4096), 0)],
+      ['read into a plain Buffer', () => d.read(Buffer.alloc(4096), 0)],
+      ['write at an unaligned offset', () => d.write(buf.subarray(0, 4096), 100)],
+      ['write of an unaligned length', () => d.write(buf.subarray(0, 1000), 0)],
+      ['write from unaligned memory', () => d.write(buf.subarray(4096 - 512, 8192 - 512), 0)],
+      ['write from a plain Buffer', () => d.write(Buffer.alloc(4096, 0x33), 0)],
+    ]
+    for (const [what, io] of cases) await assert.rejects(io(), (e: unknown) => code(e) === 'EINVAL', what)
+    assert.ok(fs.contentOf('/d/a').equals(OLD), 'nothing was written')
+    assert.equal(fs.directReads + fs.directWrites, 0)
+    await d.close()
+  })
+
+  test('given aligned I/O through a direct handle, then it reads what the ordinary handle wrote, its writes are pending until a datasync of any handle on the file, and it is counted', async () => {
+    const fs = await withFiles()
+    const f = await fs.open('/d/a', {write: true})
+    const d = await fs.openDirect('/d/a')
+    await f.write(Buffer.alloc(4096, 0x44), 4096)
+    const buf = alignedBuffer(8192)
+    assert.equal(await d.read(buf, 0), 8192)
+    assert.ok(buf.subarray(0, 4096).equals(OLD.subarray(0, 4096)) && buf.subarray(4096).every((b) => b === 0x44), 'a direct read sees the unflushed buffered write')
+    buf.fill(0x55)
+    await d.write(buf.subarray(0, 4096), 0)
+    assert.ok(fs.crash({kind: 'durable'}).contentOf('/d/a').subarray(0, 4096).equals(OLD.subarray(0, 4096)), 'not durable before a datasync')
+    await f.datasync()
+    assert.ok(fs.crash({kind: 'durable'}).contentOf('/d/a').subarray(0, 4096).every((b) => b === 0x55), 'durable after the datasync of the other handle')
+    assert.equal(fs.directReads, 1)
+    assert.equal(fs.directWrites, 1)
+    await assert.rejects(fs.openDirect('/d/missing'), (e: unknown) => code(e) === 'ENOENT')
+    const ro = await fs.openDirect('/d/b', {write: false})
+    await assert.rejects(ro.write(buf.subarray(0, 4096), 0), (e: unknown) => code(e) === 'EBADF')
+    await Promise.all([f.close(), d.close(), ro.close()])
+  })
+})
 
 describe('MemoryFs against a naive reference', () => {
   test('given random creates, writes, truncates, syncs, renames and unlinks, then the volatile state and every crash state match a replay of the op log', async () => {

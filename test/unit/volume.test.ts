@@ -269,8 +269,35 @@ describe('FileVolume.createSparse', () => {
       // Unaligned ranges and plain buffers take the ordinary path.
       assert.ok((await ro.read(3 * MiB + 1, 1000)).equals(data.subarray(1, 1001)))
       assert.ok((await ro.read(3 * MiB, 64 * 1024, Buffer.alloc(64 * 1024))).equals(data.subarray(0, 64 * 1024)))
+      // What was done, not what was meant: readsDirect is the intent, these count O_DIRECT reads.
+      assert.equal(dense.directReads, 1, 'the dense read went through O_DIRECT')
+      assert.equal(ro.directReads, 5, 'the four 2 MiB reads and the 128 KiB one went through O_DIRECT; the unaligned and plain-buffer ones did not')
+      assert.equal(ro.readsDirect, true)
     } finally {
       await Promise.all([dense.close(), ro.close(), rw.close()])
+    }
+  })
+
+  test('given a file system whose O_DIRECT open fails; then bulk reads are buffered, still see every byte, and say so (readsDirect false, no direct reads)', async () => {
+    const data = randomBytes(1 * MiB)
+    const p = await fileWith(data)
+    let tried = 0
+    const noDirect: DurableFs = Object.assign(Object.create(nodeFs) as DurableFs, {
+      openDirect: async (): Promise<DurableFile> => {
+        tried++
+        throw Object.assign(new Error('EINVAL: invalid argument, open'), {code: 'EINVAL'})
+      },
+    })
+    const v = await FileVolume.open(noDirect, p, {write: false})
+    try {
+      assert.ok((await v.read(0, MiB, alignedBuffer(MiB))).equals(data))
+      assert.equal(tried, 1, 'the O_DIRECT open was tried')
+      assert.equal(v.directReads, 0)
+      assert.equal(v.readsDirect, false, 'and the volume no longer claims to read direct')
+      assert.ok((await v.read(MiB / 2, 256 * 1024, alignedBuffer(256 * 1024))).equals(data.subarray(MiB / 2, MiB / 2 + 256 * 1024)))
+      assert.equal(tried, 1, 'not retried for every read')
+    } finally {
+      await v.close()
     }
   })
 
