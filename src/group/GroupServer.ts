@@ -315,7 +315,7 @@ export class GroupServer {
           const left = m.damagedPages.filter((p) => m.bits.anySet(p * EXTENTS_PER_PAGE, Math.min(m.bits.count, (p + 1) * EXTENTS_PER_PAGE)))
           if (left.length > 0) Object.assign(c, {damagedMapPages: left, mapDamage: damage})
         }
-        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, payloadBytes: this.nbd.budget.used + this.nbd.budget.reserveUsed, operation: this.bg ? this.bg.progress() : undefined}}
+        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, payloadBytes: this.nbd.budget.used + this.nbd.budget.reserveUsed, memoryHandBacks: this.nbd.handBacks, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {
         const {done} = await this.startSync(req)
