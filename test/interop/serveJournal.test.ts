@@ -11,6 +11,10 @@
  * is SIGKILLed mid-restore and started again, then it logs that it took over the stale lock
  * (group named), that it resumes the restore from c1 with what is left, progress by 10 %
  * steps, and that it finished. Every line names the group and the clone.
+ *
+ * Given group f with clone r synchronized on an nbdkit export whose writes fail (EIO) once a
+ * trigger file exists (nbdkit's error filter), when a host writes through serve, then serve
+ * logs that it fractured clone r of group f after the failed mirrored write.
  */
 import assert from 'node:assert/strict'
 import {randomBytes} from 'node:crypto'
@@ -19,7 +23,8 @@ import {connect} from 'node:net'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {waitFor} from '../helpers/waitFor.js'
-import {MiB, NbdTestClient, type Served, clonectl, clonectlOk, startServe, tempDir} from '../helpers/serve.js'
+import {spawn} from 'node:child_process'
+import {MiB, NbdTestClient, type Served, clonectl, clonectlOk, has, needTool, socketLive, startServe, tempDir} from '../helpers/serve.js'
 
 let dir: string
 let state: string
@@ -35,13 +40,16 @@ before(async () => {
   await clonectlOk(state, ['clone', 'sync', 'j', 'c1'])
 })
 
+const children: Array<ReturnType<typeof spawn>> = []
+
 after(async () => {
+  for (const c of children) c.kill('SIGKILL')
   for (const s of serving) await s.stop('SIGKILL')
   await fsp.rm(dir, {recursive: true, force: true})
 })
 
-async function serve(extra: string[]): Promise<Served> {
-  const s = await startServe(state, 'j', extra)
+async function serve(extra: string[], group = 'j'): Promise<Served> {
+  const s = await startServe(state, group, extra)
   serving.push(s)
   return s
 }
@@ -116,5 +124,29 @@ describe('serve tells the journal about its jobs', () => {
     assert.ok(deciles.every((d, i) => d > 0 && d < 10 && (i === 0 || d > deciles[i - 1])), `one line per 10 % step, going up: ${steps.join(', ')} %`)
     assert.equal((await s.stop()).code, 0)
     assert.ok(await clonectlOk(state, ['status', 'j']))
+  })
+})
+
+describe('serve tells the journal when it fractures a clone', () => {
+  test('given clone r synchronized on an export whose writes start failing, when a host writes, then serve logs that it fractured r of group f', async () => {
+    needTool(!has('nbdkit', '--version') && 'nbdkit')
+    const src = join(dir, 'f-src.img')
+    const remote = join(dir, 'f-remote.img')
+    const sock = join(dir, 'f-nbdkit.sock')
+    const trigger = join(dir, 'f-fail-writes')
+    await fsp.writeFile(src, randomBytes(4 * MiB))
+    await fsp.writeFile(remote, Buffer.alloc(4 * MiB))
+    const kit = spawn('nbdkit', ['-f', '--exit-with-parent', '-U', sock, '-e', 'c', '--filter=error', 'file', remote, 'error-pwrite=EIO', 'error-pwrite-rate=100%', `error-pwrite-file=${trigger}`], {stdio: 'ignore'})
+    children.push(kit)
+    await waitFor(async () => (await socketLive(sock)) || undefined, 'nbdkit to listen')
+    await clonectlOk(state, ['group', 'create', 'f', '--source', src])
+    await clonectlOk(state, ['clone', 'add', 'f', 'r', '--path', `nbd+unix:///c?socket=${sock}`])
+    const s = await serve([], 'f')
+    await fsp.writeFile(trigger, '')
+    const host = await NbdTestClient.connect(s.socket)
+    await host.write(0, randomBytes(64 * 1024))
+    await line(s, /^group f: clone r fractured: a mirrored write failed: .+ \(host writes go on; `clonectl clone sync f r` brings it back\)$/m, 'the fracture line')
+    await host.disconnect()
+    assert.equal((await s.stop()).code, 0)
   })
 })
