@@ -78,7 +78,9 @@ function tcpAccepts(port: number): Promise<boolean> {
 describe('serve --listen keeps the unix socket, and says where it serves', () => {
   test('given --listen without --socket, then both the unix socket and TCP serve, and the start line names both', async () => {
     const s = await serve(['--listen', '127.0.0.1:0'])
-    const m = await line(s, /^serving group j on nbd\+unix:\/\/\/\?socket=(\S+) and nbd:\/\/127\.0\.0\.1:(\d+)\/$/m, 'the start line')
+    // startServe returned once the start line was out.
+    const m = /^serving group j on nbd\+unix:\/\/\/\?socket=(\S+) and nbd:\/\/127\.0\.0\.1:(\d+)\/$/m.exec(s.stderr())
+    assert.ok(m, `the start line names the unix socket and TCP: ${s.stderr()}`)
     assert.equal(m[1], s.socket)
     const c = await NbdTestClient.connect(s.socket)
     assert.equal(c.size, 16 * MiB)
@@ -89,7 +91,8 @@ describe('serve --listen keeps the unix socket, and says where it serves', () =>
 
   test('given --listen --tcp-only, then no unix socket and the line names TCP only; --tcp-only without --listen is a usage error', async () => {
     const s = await serve(['--listen', '127.0.0.1:0', '--tcp-only'])
-    const m = await line(s, /^serving group j on nbd:\/\/127\.0\.0\.1:(\d+)\/$/m, 'the start line')
+    const m = /^serving group j on nbd:\/\/127\.0\.0\.1:(\d+)\/$/m.exec(s.stderr())
+    assert.ok(m, `the start line names TCP only: ${s.stderr()}`)
     await assert.rejects(fsp.lstat(s.socket), {code: 'ENOENT'})
     assert.ok(await tcpAccepts(Number(m[1])))
     assert.equal((await s.stop()).code, 0)
