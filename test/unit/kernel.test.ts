@@ -49,6 +49,12 @@ describe('koffi loads on this machine', () => {
   test('kernel() binds lseek, fallocate and ioctl', () => {
     assert.ok(kernel(), 'koffi 3 loads on Node 20 here; the tests below need it')
   })
+
+  test('kernel() binds glibc malloc_trim (serve hands memory back with it), and calling it answers whether it freed anything', () => {
+    const trim = kernel()?.mallocTrim
+    assert.ok(trim, 'glibc has malloc_trim')
+    assert.equal(typeof trim(), 'boolean')
+  })
 })
 
 describe('extents(): a sparse file by SEEK_DATA / SEEK_HOLE', () => {
