@@ -36,6 +36,17 @@ export interface HandBack {
   trimmed: boolean | undefined
 }
 
+/**
+ * A full GC now; false when gc() cannot be had. For a burst's buffers just dropped (a
+ * connection closed holding many): freed now, before the bytes they held are handed out
+ * again, so garbage and its replacement are not resident together.
+ */
+export function collectGarbage(): boolean {
+  const gc = gcFunction()
+  gc?.()
+  return gc !== null
+}
+
 /** A full GC, then (once V8 has freed what it collected) malloc_trim(0). */
 export async function handBackMemory(): Promise<HandBack> {
   const gc = gcFunction()

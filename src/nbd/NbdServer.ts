@@ -53,7 +53,7 @@ import {lstat, rm} from 'node:fs/promises'
 import {connect, createServer, type Server, type Socket} from 'node:net'
 import {createServer as createTlsServer, type TLSSocket, type TlsOptions} from 'node:tls'
 import {RefusedError, errnoOf} from '../errors/errors.js'
-import {handBackMemory} from '../io/handBackMemory.js'
+import {collectGarbage, handBackMemory} from '../io/handBackMemory.js'
 import {listenPrivate} from '../io/privateSocket.js'
 import {ByteQueue} from './ByteQueue.js'
 import {PayloadBudget, type Grant} from './PayloadBudget.js'
@@ -155,6 +155,8 @@ const MAX_OPTIONS = 1024
 const INLINE_DATA_MAX = 16 * 1024
 /** How long a graceful close waits for the client to take the last replies. */
 const END_GRACE_MS = 10_000
+/** A dead connection's payload of this many bytes goes back to the budget after a GC (giveAfterGc). */
+const GC_ON_CLOSE_BYTES = 16 * 1024 * 1024
 const EMPTY = Buffer.alloc(0)
 const IHAVEOPT_HI = Number(IHAVEOPT >> 32n)
 const IHAVEOPT_LO = Number(IHAVEOPT & 0xffffffffn)
@@ -429,7 +431,8 @@ class Connection {
   /** Give back what the request holds (idempotent). */
   private release(r: Req): void {
     if (r.held === 0) return
-    this.srv.budget.give(r.held, r.grant)
+    if (this.phase === 'dead' && r.held >= GC_ON_CLOSE_BYTES) this.srv.giveAfterGc(r.held, r.grant)
+    else this.srv.budget.give(r.held, r.grant)
     this.held -= r.held
     r.held = 0
   }
@@ -1012,6 +1015,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   /** Times memory was handed back after a burst (status reports it). */
   handBacks = 0
   private handBackTimer?: NodeJS.Timeout
+  private afterGc: Array<[number, Grant]> = []
   private readonly servers: Server[] = []
   private readonly conns = new Set<Connection>()
   private nextId = 0
@@ -1047,6 +1051,23 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
    * has drained and stayed empty for handBackIdleMs, drop the pool's buffers and hand the
    * memory back. Every drain pushes the time back, so steady I/O never pays for it.
    */
+  /**
+   * Bytes of a dead connection's large payload, given back after a GC at the next turn: they
+   * are garbage but resident until a GC, and waiting connections would take them again at
+   * once, garbage and replacement resident together (measured: 12 READ attackers dropped
+   * took RSS from 321 to 458 MiB).
+   */
+  giveAfterGc(n: number, g: Grant): void {
+    this.afterGc.push([n, g])
+    if (this.afterGc.length > 1) return
+    setImmediate(() => {
+      collectGarbage()
+      const gives = this.afterGc
+      this.afterGc = []
+      for (const [k, grant] of gives) this.budget.give(k, grant)
+    })
+  }
+
   private armHandBack(): void {
     if (this.budget.burst <= this.payloads.maxKeptBytes) return
     if (this.handBackTimer) {
