@@ -95,6 +95,8 @@ describe('serve --listen keeps the unix socket, and says where it serves', () =>
     assert.ok(m, `the start line names TCP only: ${s.stderr()}`)
     await assert.rejects(fsp.lstat(s.socket), {code: 'ENOENT'})
     assert.ok(await tcpAccepts(Number(m[1])))
+    const st = await clonectlOk(state, ['status', 'j'])
+    assert.match(st.stdout, new RegExp(`served by pid ${s.proc.pid} on TCP port ${m[1]}, `), 'status says where, without "and" before nothing')
     assert.equal((await s.stop()).code, 0)
     const bad = await clonectl(state, ['serve', 'j', '--tcp-only'])
     assert.equal(bad.code, 2, bad.stderr)
