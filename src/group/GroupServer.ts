@@ -246,7 +246,7 @@ export class GroupServer {
     }
     // Hosts are served meanwhile: wait for a vanished remote clone for as long as it takes.
     session.remoteWaitMs = Number.POSITIVE_INFINITY
-    session.onRemoteWait = (error, retryInMs) => this.opts.log?.(`restore paused: ${error.message}; retrying in ${(retryInMs / 1000).toFixed(1)} s (host reads of extents not yet restored get EIO meanwhile)`)
+    session.onRemoteWait = (error, retryInMs) => this.log(`restore paused (from clone ${session.member.name}): ${error.message}; retrying in ${(retryInMs / 1000).toFixed(1)} s (host reads of extents not yet restored get EIO meanwhile)`)
     const clone = session.member.name
     const what = `restore from clone ${clone}`
     const progress = (): ProgressEvent => this.progressOf('restore', clone, session.progress)
