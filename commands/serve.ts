@@ -25,7 +25,8 @@ A TCP listener that authenticates no client (no TLS, TLS not required, or certif
   static enableJsonFlag = false
   static flags = {
     socket: Flags.string({summary: 'Unix socket path for NBD (default: nbd.sock in the group directory).', helpValue: 'PATH'}),
-    listen: Flags.string({summary: 'Also (or instead) listen on TCP at HOST:PORT.', helpValue: 'HOST:PORT'}),
+    listen: Flags.string({summary: 'Also listen on TCP at HOST:PORT (the unix socket stays; --tcp-only drops it).', helpValue: 'HOST:PORT'}),
+    'tcp-only': Flags.boolean({summary: 'With --listen: serve NBD on TCP only, no unix socket (the control socket stays).', dependsOn: ['listen'], exclusive: ['socket']}),
     'read-only': Flags.boolean({summary: 'Refuse host writes (EPERM).'}),
     'max-buffer': Flags.string({summary: 'READ/WRITE payload bytes held across all connections (default 256M); past it, clients wait (their sockets are not read).', helpValue: 'BYTES'}),
     'max-connections': Flags.integer({summary: 'NBD connections open at once (default 64); more are closed at once and logged.', min: 1, helpValue: 'N'}),
@@ -57,6 +58,7 @@ A TCP listener that authenticates no client (no TLS, TLS not required, or certif
       command: this.commandLine(),
       socket: flags.socket,
       listen,
+      tcpOnly: flags['tcp-only'],
       readOnly: flags['read-only'],
       tls: tls && {options: tls.options, required},
       rate: flags.rate ? parseSize(flags.rate, '--rate') : undefined,

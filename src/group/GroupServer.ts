@@ -20,13 +20,21 @@ import {groupStatus} from './GroupStatus.js'
 import {controlJob, type JobHandle, jobInfo, withLiveJob} from './JobControl.js'
 import {drillCopy} from './Drill.js'
 import {verifyClone} from './Verify.js'
+import {humanBytes, humanDuration} from '../ui/format.js'
+
+/** A background job's progress goes to the journal at every 10 % step, and at least this often. */
+const JOURNAL_EVERY_MS = 60_000
+/** How often a running job's progress is looked at for the journal. */
+const JOURNAL_POLL_MS = 1000
 
 export interface ServeOptions {
   command: string
   /** Unix socket path for NBD (default: nbd.sock in the group directory). */
   socket?: string
-  /** TCP address, only when the user names one. */
+  /** TCP address, only when the user names one; the unix socket stays unless `tcpOnly`. */
   listen?: {host: string; port: number}
+  /** With `listen`: serve NBD on TCP only, no unix socket (the control socket stays). */
+  tcpOnly?: boolean
   readOnly?: boolean
   /** NBD_OPT_STARTTLS on every NBD listener (options from loadServerTls); `required` refuses plaintext clients. */
   tls?: NbdServerOptions['tls']
@@ -53,6 +61,12 @@ async function reopenVolume(g: CloneGroup, old: Volume, rec: {path: string; fing
   const next = await open()
   await old.close()
   return next
+}
+
+/** The group's recorded restore is protected (the default). */
+function isProtectedOp(g: CloneGroup): boolean {
+  const op = g.record.operation
+  return !(op?.kind === 'restore' && op.protected === false)
 }
 
 /**
@@ -103,12 +117,13 @@ export class GroupServer {
       const g = await CloneGroup.open(ctx, name, {writable: true, readOnlyClones})
       await recoverStale(g)
       await g.beginSession(opts.command)
-      const host = new HostIO(g, {readOnly: opts.readOnly, onMirrorFailure: (c, err) => opts.log?.(`clone ${c} fractured: a mirrored write failed: ${err.message}`)})
+      const host = new HostIO(g, {readOnly: opts.readOnly, onMirrorFailure: (c, err) => opts.log?.(`group ${name}: clone ${c} fractured: a mirrored write failed: ${err.message} (host writes go on; \`clonectl clone sync ${name} ${c}\` brings it back)`)})
       server = new GroupServer(ctx, g, host, lock, opts)
       const dir = ctx.store.groupDir(name)
       await server.control.listen(join(dir, controlSocketName))
       if (opts.listen) server.tcpPort = await server.nbd.listenTcp(opts.listen.host, opts.listen.port)
-      if (!opts.listen || opts.socket) {
+      if (opts.tcpOnly && !opts.listen) throw new UsageError('serving NBD on TCP only needs a TCP address', 'pass --listen HOST:PORT, or leave out --tcp-only')
+      if (!opts.tcpOnly) {
         server.nbdSocket = opts.socket ?? join(dir, 'nbd.sock')
         await server.nbd.listenUnix(server.nbdSocket)
       }
@@ -144,9 +159,22 @@ export class GroupServer {
     this.busy()
     const started = await ForwardSync.start(this.g, {clone: req.clone, full: req.full, rate: req.rate, command: `${this.opts.command} (sync)`, gate: this.host.gate})
     if (!(started instanceof ForwardSync)) return {done: Promise.resolve(started)}
-    const done = started.run().finally(() => {
+    const what = `sync of clone ${req.clone}`
+    const endJournal = this.journalProgress(what, () => this.progressOf('sync', req.clone, started.progress))
+    const done = started.run().then(
+      (r) => {
+        this.log(r.completed ? `${what} finished: ${humanBytes(r.copiedBytes)} copied` : `${what} stopped, ${this.percent(this.progressOf('sync', req.clone, started.progress))} done; \`clonectl clone sync ${this.g.name} ${req.clone}\` goes on from there`)
+        return r
+      },
+      (error: unknown) => {
+        this.log(`${what} failed: ${(error as Error).message}`)
+        throw error
+      },
+    ).finally(() => {
+      endJournal()
       this.bg = undefined
     })
+    this.log(`${what} started`)
     this.bg = {
       kind: 'sync',
       clone: req.clone,
@@ -213,8 +241,17 @@ export class GroupServer {
     }
     // Hosts are served meanwhile: wait for a vanished remote clone for as long as it takes.
     session.remoteWaitMs = Number.POSITIVE_INFINITY
-    session.onRemoteWait = (error, retryInMs) => this.opts.log?.(`restore paused: ${error.message}; retrying in ${(retryInMs / 1000).toFixed(1)} s (host reads of extents not yet restored get EIO meanwhile)`)
+    session.onRemoteWait = (error, retryInMs) => this.log(`restore paused (from clone ${session.member.name}): ${error.message}; retrying in ${(retryInMs / 1000).toFixed(1)} s (host reads of extents not yet restored get EIO meanwhile)`)
     const clone = session.member.name
+    const what = `restore from clone ${clone}`
+    const progress = (): ProgressEvent => this.progressOf('restore', clone, session.progress)
+    if (op?.kind === 'restore') {
+      const p = progress()
+      // What its last checkpoint recorded as still to copy (copies since then are done again).
+      this.log(`resuming the interrupted ${what}: ${humanBytes(p.totalBytes - p.doneBytes)} left to copy (hosts are served meanwhile)`)
+    } else this.log(`${what} started${isProtectedOp(g) ? '' : ' (unprotected)'}`)
+    const endJournal = this.journalProgress(what, progress)
+    const t0 = Date.now()
     const done = (async () => {
       try {
         const complete = await session.run()
@@ -222,6 +259,7 @@ export class GroupServer {
           // Progress durable; host I/O keeps going through the session's COD meanwhile.
           await g.checkpoint()
           if (this.stopping) await session.suspend()
+          this.log(`${what} stopped, ${this.percent(progress())} done; it resumes when \`clonectl restore ${g.name}\` runs or serve starts again`)
           return session.summary(false)
         }
         await host.gate.exclusive(async () => {
@@ -231,8 +269,14 @@ export class GroupServer {
           const m = g.member(clone)
           if (m.volume?.readOnly) m.volume = await reopenVolume(g, m.volume, m.record.volume, true)
         })
-        return session.summary(true)
+        const sum = session.summary(true)
+        this.log(`${what} finished: the source now holds the clone's data (${humanBytes(sum.copiedBytes)} copied in ${humanDuration(Date.now() - t0)})`)
+        return sum
+      } catch (error) {
+        this.log(`${what} failed: ${(error as Error).message}`)
+        throw error
       } finally {
+        endJournal()
         this.bg = undefined
       }
     })()
@@ -248,6 +292,39 @@ export class GroupServer {
       progress: () => this.progressOf('restore', clone, session.progress, {codCopies: session.cod.copies, paused: session.engine.isPaused, rate: session.limiter.rate}),
     }
     return {done}
+  }
+
+  /** One journal line (stderr under systemd), naming the group. */
+  private log(message: string): void {
+    this.opts.log?.(`group ${this.g.name}: ${message}`)
+  }
+
+  private percent(p: ProgressEvent): string {
+    return `${p.totalBytes > 0 ? Math.floor((p.doneBytes / p.totalBytes) * 100) : 100} %`
+  }
+
+  /**
+   * Progress of a background job in the journal: a line at every 10 % step it passes, and at
+   * least every JOURNAL_EVERY_MS. Returns the function that ends it.
+   */
+  private journalProgress(what: string, progress: () => ProgressEvent): () => void {
+    let step = Math.floor((progress().doneBytes / Math.max(1, progress().totalBytes)) * 10)
+    let last = Date.now()
+    let lastDone = progress().doneBytes
+    const t = setInterval(() => {
+      const p = progress()
+      const now = Date.now()
+      const s = Math.floor((p.doneBytes / Math.max(1, p.totalBytes)) * 10)
+      if (s <= step && now - last < JOURNAL_EVERY_MS) return
+      if (p.doneBytes >= p.totalBytes) return // the finish line says it
+      const rate = ((p.doneBytes - lastDone) / Math.max(1, now - last)) * 1000
+      this.log(`${what}: ${this.percent(p)} (${humanBytes(p.doneBytes)} of ${humanBytes(p.totalBytes)}), ${humanBytes(Math.max(0, rate))}/s${this.bg?.paused() ? ', paused' : ''}`)
+      step = s
+      last = now
+      lastDone = p.doneBytes
+    }, JOURNAL_POLL_MS)
+    t.unref()
+    return () => clearInterval(t)
   }
 
   /** RefusedError naming every attached NBD client, when there is one. */
@@ -321,7 +398,7 @@ export class GroupServer {
         if (this.bg) withLiveJob(s, jobInfo(g.name, this.bg, 'serve'))
         // A restore recorded with nothing copying for it (cancelled with `job cancel`) waits for `restore GROUP`.
         else if (s.operation) s.operation.state = 'interrupted'
-        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, payloadBytes: this.nbd.budget.used + this.nbd.budget.reserveUsed, operation: this.bg ? this.bg.progress() : undefined}}
+        return {...s, server: {pid: process.pid, nbdSocket: this.nbdSocket, tcpPort: this.tcpPort, connections: this.nbd.connections, payloadBytes: this.nbd.budget.used + this.nbd.budget.reserveUsed, memoryHandBacks: this.nbd.handBacks, operation: this.bg ? this.bg.progress() : undefined}}
       }
       case 'sync': {
         const {done} = await this.startSync(req)

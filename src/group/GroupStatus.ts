@@ -63,7 +63,7 @@ export interface GroupStatus {
   /** Who holds the group lock right now, if anyone. */
   lockedBy?: {pid: number; command: string; startedAt: string}
   /** When a `serve` owns the group: its export and the operation it runs, live. */
-  server?: {pid: number; nbdSocket?: string; tcpPort?: number; connections: number; payloadBytes: number; operation?: ProgressEvent}
+  server?: {pid: number; nbdSocket?: string; tcpPort?: number; connections: number; payloadBytes: number; memoryHandBacks: number; operation?: ProgressEvent}
 }
 
 function popcount(bits: ExtentBitmap, extentSize: number, volumeSize: number): {extents: number; bytes: number} {

@@ -23,6 +23,10 @@ export class PayloadBudget {
   reserveUsed = 0
   /** Highest `used + reserveUsed` seen. */
   peak = 0
+  /** Highest `used + reserveUsed` since the caller last reset it (the size of the last burst). */
+  burst = 0
+  /** Called when the last held byte is given back. */
+  onDrained?: () => void
   private waiters: Array<() => void> = []
 
   constructor(
@@ -43,6 +47,7 @@ export class PayloadBudget {
     if (g === 'main') this.used += n
     else this.reserveUsed += n
     this.peak = Math.max(this.peak, this.used + this.reserveUsed)
+    this.burst = Math.max(this.burst, this.used + this.reserveUsed)
     return g
   }
 
@@ -50,6 +55,7 @@ export class PayloadBudget {
   give(n: number, g: Grant): void {
     if (g === 'main') this.used -= n
     else this.reserveUsed -= n
+    if (this.used === 0 && this.reserveUsed === 0) this.onDrained?.()
     if (this.waiters.length === 0) return
     const w = this.waiters
     this.waiters = []

@@ -15,7 +15,7 @@ export class PayloadPool {
 
   constructor(
     private readonly keep = 32,
-    private readonly maxKeptBytes = 64 * 1024 * 1024,
+    readonly maxKeptBytes = 64 * 1024 * 1024,
   ) {}
 
   /** A buffer of exactly n bytes (a view of a pooled class-sized one). */
@@ -35,6 +35,12 @@ export class PayloadPool {
     list.push(ab)
     this.kept += ab.byteLength
     this.free.set(ab.byteLength, list)
+  }
+
+  /** Drop every kept buffer (the server hands memory back after a burst). */
+  clear(): void {
+    this.free.clear()
+    this.kept = 0
   }
 
   static classOf(n: number): number {

@@ -27,7 +27,7 @@ export function renderGroupStatus(s: GroupStatus): string {
     )
   }
   if (s.server) {
-    lines.push(`  served by pid ${s.server.pid}${s.server.nbdSocket ? ` on nbd+unix:///?socket=${s.server.nbdSocket}` : ''}${s.server.tcpPort ? ` and TCP port ${s.server.tcpPort}` : ''}, ${s.server.connections} connection(s)`)
+    lines.push(`  served by pid ${s.server.pid}${s.server.nbdSocket ? ` on nbd+unix:///?socket=${s.server.nbdSocket}` : ''}${s.server.tcpPort ? ` ${s.server.nbdSocket ? 'and' : 'on'} TCP port ${s.server.tcpPort}` : ''}, ${s.server.connections} connection(s)`)
   } else if (!s.operation && s.lockedBy) {
     lines.push(`  in use by pid ${s.lockedBy.pid} (${s.lockedBy.command}) since ${s.lockedBy.startedAt}`)
   }

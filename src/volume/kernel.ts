@@ -10,6 +10,8 @@
  * - fallocate(ZERO_RANGE): zeros without writing them, blocks kept allocated.
  * - ioctl(BLKZEROOUT): a block device zeroes a range itself (offload, else the kernel writes).
  * - ioctl(BLKDISCARD): only where the caller has checked that discarded blocks read as zeros.
+ * - malloc_trim(0): glibc hands the free pages inside its heaps back to the kernel (serve
+ *   after a burst of payloads: freed 64 KiB socket chunks leave holes that glibc keeps).
  *
  * lseek runs synchronously (it is a lookup in the extent tree, microseconds). The zeroing
  * calls can take long (BLKZEROOUT may write gigabytes), so they run on koffi's worker threads
@@ -78,6 +80,8 @@ export interface Kernel {
   blkZeroOut(fd: number, offset: number, length: number): Promise<void>
   /** ioctl(BLKDISCARD) on a block device: only where discarded blocks read as zeros. */
   blkDiscard(fd: number, offset: number, length: number): Promise<void>
+  /** glibc's malloc_trim(0): true when memory was handed back; undefined where libc has no malloc_trim. */
+  mallocTrim?: () => boolean
 }
 
 type Fn = ((...args: unknown[]) => unknown) & {async: (...args: unknown[]) => void}
@@ -138,6 +142,13 @@ function bind(k: Koffi): Kernel {
   const fallocate = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
   const ioctl = libc.func('int ioctl(int fd, unsigned long request, _Inout_ uint64_t *range)')
   const big = (v: unknown): number => Number(v)
+  const mallocTrim = ((): Fn | undefined => {
+    try {
+      return libc.func('int malloc_trim(size_t pad)')
+    } catch {
+      return undefined // a libc without it: its malloc hands memory back as it sees fit
+    }
+  })()
 
   /**
    * Run `fn` on a worker thread; on -1, once more here to read errno. At most ASYNC_MAX at
@@ -174,5 +185,6 @@ function bind(k: Koffi): Kernel {
     zeroRange: (fd, offset, length) => idempotent('fallocate(ZERO_RANGE)', fallocate, [fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length]),
     blkZeroOut: (fd, offset, length) => idempotent('ioctl(BLKZEROOUT)', ioctl, [fd, BLKZEROOUT, [offset, length]]),
     blkDiscard: (fd, offset, length) => idempotent('ioctl(BLKDISCARD)', ioctl, [fd, BLKDISCARD, [offset, length]]),
+    mallocTrim: mallocTrim && (() => big(mallocTrim(0)) === 1),
   }
 }

@@ -486,7 +486,7 @@ describe('clonectl serve with TLS', () => {
     const s = await startCliServe(state, ['g', '--listen', '[::]:0', '--tls-cert', creds.serverCert, '--tls-key', creds.serverKey, '--tls-required', '--allow-unauthenticated'])
     try {
       assert.match(s.stderr(), /Warning:.*--listen \[::\]:0 authenticates no client \(TLS without --tls-ca checks no client certificate.*any client that reaches the port can read and overwrite the source/)
-      assert.match(s.stderr(), /on nbds:\/\/\[::\]:\d+\/ /)
+      assert.match(s.stderr(), / and nbds:\/\/\[::\]:\d+\/ /, 'after the unix socket, which --listen keeps')
     } finally {
       assert.equal(await stopCli(s.proc), 0)
     }

@@ -14,6 +14,7 @@ import {after, afterEach, before, describe, test} from 'node:test'
 import {MemoryFs} from '../support/MemoryFs.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {FileVolume} from '../../src/volume/FileVolume.js'
+import {handBackMemory} from '../../src/io/handBackMemory.js'
 import {kernel, resetKernelForTest, setKernelWarning} from '../../src/volume/kernel.js'
 
 const KiB = 1024
@@ -48,6 +49,18 @@ const blocks = async (p: string): Promise<number> => (await fsp.stat(p)).blocks
 describe('koffi loads on this machine', () => {
   test('kernel() binds lseek, fallocate and ioctl', () => {
     assert.ok(kernel(), 'koffi 3 loads on Node 20 here; the tests below need it')
+  })
+
+  test('kernel() binds glibc malloc_trim (serve hands memory back with it), and calling it answers whether it freed anything', () => {
+    const trim = kernel()?.mallocTrim
+    assert.ok(trim, 'glibc has malloc_trim')
+    assert.equal(typeof trim(), 'boolean')
+  })
+
+  test('given koffi, handBackMemory runs a GC and malloc_trim', async () => {
+    const r = await handBackMemory()
+    assert.equal(r.collected, true)
+    assert.equal(typeof r.trimmed, 'boolean')
   })
 })
 
@@ -146,6 +159,20 @@ describe('trim() and writeZeroes(): zeros that keep holes', () => {
 })
 
 describe('without koffi: one warning, and what Node alone can do', () => {
+  test('given koffi cannot load, serve still hands memory back as far as Node can: a GC, no malloc_trim, the one warning', async () => {
+    process.env.CLONECTL_NO_KOFFI = '1'
+    resetKernelForTest()
+    const warnings: string[] = []
+    const old = setKernelWarning((m) => warnings.push(m))
+    try {
+      assert.deepEqual(await handBackMemory(), {collected: true, trimmed: undefined})
+      assert.equal(warnings.length, 1)
+      assert.match(warnings[0], /koffi could not load/)
+    } finally {
+      setKernelWarning(old)
+    }
+  })
+
   test('given koffi cannot load, extents is one data run, trim writes zeros, and the warning names koffi once', async () => {
     process.env.CLONECTL_NO_KOFFI = '1'
     resetKernelForTest()

@@ -39,4 +39,20 @@ describe('PayloadBudget (payload bytes across connections)', () => {
     assert.equal(b.reserveUsed, 7 * MiB)
     assert.equal(b.used, 64 * MiB)
   })
+
+  test('given bytes held in both parts, then onDrained runs once the last byte is given back (not before), and burst keeps the high-water mark until reset', () => {
+    const b = new PayloadBudget(64 * MiB, 8 * MiB, 1 * MiB)
+    let drained = 0
+    b.onDrained = () => drained++
+    assert.equal(b.take(64 * MiB, 0), 'main')
+    assert.equal(b.take(1 * MiB, 0), 'reserve')
+    b.give(64 * MiB, 'main')
+    assert.equal(drained, 0, 'the reserve still holds bytes')
+    b.give(1 * MiB, 'reserve')
+    assert.equal(drained, 1)
+    assert.equal(b.burst, 65 * MiB)
+    b.burst = 0
+    assert.equal(b.take(2 * MiB, 0), 'main')
+    assert.equal(b.burst, 2 * MiB)
+  })
 })

@@ -29,6 +29,16 @@ describe('PayloadPool (WRITE payload buffers)', () => {
     assert.equal(again.filter((x) => [b, c, ...extra].some((y) => y.buffer === x.buffer)).length, 2, 'only two were kept')
   })
 
+  test('given kept buffers, then clear() drops them all: the next get() makes a new one', () => {
+    const pool = new PayloadPool()
+    const a = pool.get(1 << 20)
+    pool.put(a)
+    assert.equal(pool.kept, 1 << 20)
+    pool.clear()
+    assert.equal(pool.kept, 0)
+    assert.notEqual(pool.get(1 << 20).buffer, a.buffer)
+  })
+
   test('given a burst of 32 MiB writes, then at most 64 MiB of free buffers stay kept afterwards', () => {
     const pool = new PayloadPool()
     const burst = Array.from({length: 8}, () => pool.get(32 << 20))

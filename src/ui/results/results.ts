@@ -150,6 +150,8 @@ export interface ServerResult {
   connections: number
   /** READ/WRITE payload bytes held right now, across all connections (--max-buffer). */
   payloadBytes: number
+  /** How often serve has handed payload memory back to the system after a burst. */
+  memoryHandBacks: number
   operation?: ProgressResult
 }
 
@@ -339,6 +341,7 @@ function toServer(s: NonNullable<GroupStatus['server']>): ServerResult {
     tcpPort: s.tcpPort,
     connections: s.connections,
     payloadBytes: s.payloadBytes,
+    memoryHandBacks: s.memoryHandBacks,
     operation: s.operation && toProgress(s.operation),
   }
 }

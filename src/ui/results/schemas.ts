@@ -83,7 +83,7 @@ const groupStatus = object(
       {protected: boolean, totalExtents: count, hostWrittenExtents: count, paused: boolean, rate: {type: 'number', exclusiveMinimum: 0}},
     ),
     lockedBy: object({pid: count, command: string, startedAt: string}),
-    server: object({pid: count, connections: count, payloadBytes: count}, {nbdSocket: nonEmpty, tcpPort: count, operation: progress}),
+    server: object({pid: count, connections: count, payloadBytes: count, memoryHandBacks: count}, {nbdSocket: nonEmpty, tcpPort: count, operation: progress}),
   },
 )
 
