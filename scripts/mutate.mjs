@@ -78,9 +78,9 @@ const MUTATIONS = [
   {
     name: 'checkpoint-d-before-p',
     what: 'the checkpointer commits the delta maps before P',
-    file: 'src/engine/Checkpointer.ts',
-    find: /for \(let i = 0; i < maps\.length; i\+\+\) \{\n(\s*)if \(abandoned\.has\(maps\[i\]\)\) continue/,
-    replace: 'for (let i = maps.length - 1; i >= 0; i--) {\n$1if (abandoned.has(maps[i])) continue',
+    file: 'src/engine/GroupMaps.ts',
+    find: /^([ \t]*)if \(p\) await p\.map\.commitCheckpoint\(p\.ticket\)\n([\s\S]*?)(^[ \t]*for \(const d of ds\) await d\.map\.commitCheckpoint\(d\.ticket\)\n)/m,
+    replace: '$3$2$1if (p) await p.map.commitCheckpoint(p.ticket)\n',
     equivalent:
       'HostIO sets D[c][e] durably before every host write to e and that set withdraws any pending clear of D[c][e], so no durable D[c] clear can uncover a host write that only P would cover (see the comment in Checkpointer.once)',
   },
@@ -94,9 +94,9 @@ const MUTATIONS = [
   {
     name: 'checkpoint-commit-not-awaited',
     what: 'the checkpointer does not await the map commits',
-    file: 'src/engine/Checkpointer.ts',
-    find: /await (maps\[i\]\.commitCheckpoint\(tickets\[i\]\))/,
-    replace: 'void $1',
+    file: 'src/engine/GroupMaps.ts',
+    find: /await (p\.map\.commitCheckpoint\(p\.ticket\))\n([\s\S]*?)await (d\.map\.commitCheckpoint\(d\.ticket\))/,
+    replace: 'void $1\n$2void $3',
   },
   {
     name: 'restore-read-passes-overwrite',
