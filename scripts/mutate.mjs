@@ -78,9 +78,9 @@ const MUTATIONS = [
   {
     name: 'checkpoint-d-before-p',
     what: 'the checkpointer commits the delta maps before P',
-    file: 'src/engine/GroupMaps.ts',
-    find: /^([ \t]*)if \(p\) await p\.map\.commitCheckpoint\(p\.ticket\)\n([\s\S]*?)(^[ \t]*for \(const d of ds\) await d\.map\.commitCheckpoint\(d\.ticket\)\n)/m,
-    replace: '$3$2$1if (p) await p.map.commitCheckpoint(p.ticket)\n',
+    file: 'src/engine/Checkpointer.ts',
+    find: /^([ \t]*)(if \(p && !abandoned\.has\(p\)\) await p\.commitCheckpoint\(tickets\[0\]\)\n)([\s\S]*?\n\1\}\n)/m,
+    replace: '$3$1$2',
     equivalent:
       'HostIO sets D[c][e] durably before every host write to e and that set withdraws any pending clear of D[c][e], so no durable D[c] clear can uncover a host write that only P would cover (see the comment in Checkpointer.once)',
   },
@@ -94,9 +94,9 @@ const MUTATIONS = [
   {
     name: 'checkpoint-commit-not-awaited',
     what: 'the checkpointer does not await the map commits',
-    file: 'src/engine/GroupMaps.ts',
-    find: /await (p\.map\.commitCheckpoint\(p\.ticket\))\n([\s\S]*?)await (d\.map\.commitCheckpoint\(d\.ticket\))/,
-    replace: 'void $1\n$2void $3',
+    file: 'src/engine/Checkpointer.ts',
+    find: /await (p\.commitCheckpoint\(tickets\[0\]\))([\s\S]*?)await (ds\[i\]\.commitCheckpoint\(tickets\[first \+ i\]\))/,
+    replace: 'void $1$2void $3',
   },
   {
     name: 'restore-read-passes-overwrite',

@@ -2,7 +2,7 @@ import {CorruptStateError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {MemoryFs} from '../io/MemoryFs.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import {type CheckpointTicket, PersistentMap} from '../map/PersistentMap.js'
+import {PersistentMap} from '../map/PersistentMap.js'
 import {type DeltaMap, ProtectedRestoreMap} from './ProtectedRestoreMap.js'
 
 export type {DeltaMap} from './ProtectedRestoreMap.js'
@@ -24,27 +24,11 @@ export interface MapPaths {
   mapPath(group: string, fileName: string): string
 }
 
-/** A map with the ticket a checkpoint took from it. */
-export interface Ticketed<M extends PersistentMap> {
-  map: M
-  ticket: CheckpointTicket
-}
-
-/**
- * Commit a checkpoint's tickets: P first, awaited, then the delta maps. INV-1 for the restore
- * clone c (recipe 3): a clear of D[c][e] never becomes durable before the P[e] that replaces
- * it. Typed, so P cannot end up anywhere but first. Waits for every commit.
- */
-export async function commitMaps(p: Ticketed<ProtectedRestoreMap> | null, ds: Array<Ticketed<DeltaMap>>): Promise<void> {
-  if (p) await p.map.commitCheckpoint(p.ticket)
-  // eslint-disable-next-line no-await-in-loop
-  for (const d of ds) await d.map.commitCheckpoint(d.ticket)
-}
-
 /**
  * The one owner of a group's map files: creates, opens (writable or read-only) and deletes
  * the clones' delta maps D[k] and the protected restore map P, and holds the P of the restore
- * in progress. Nothing else names a map file.
+ * in progress. Nothing else names a map file. The order of their commits is the
+ * Checkpointer's (P, awaited, before any D: INV-1).
  */
 export class GroupMaps {
   /** P while a protected restore runs, set by the restore once it is recorded; committed first. */

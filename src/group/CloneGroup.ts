@@ -567,8 +567,19 @@ export class CloneGroup implements EngineGroup {
    * state file system): the group then stays as group.json says, so status (live under
    * serve) and the next request agree with it. Does not wait.
    */
-  snapshotForUndo(members: CloneMember[] = [...this.members.values()]): () => void {
-    const undo = snapshotStates(this.record, members.map((m) => m.record))
+  snapshotForUndo(): () => void {
+    return this.snapshotMembersForUndo([...this.members.values()], true)
+  }
+
+  /**
+   * The states, reasons and fracture times of `members` (and the operation, with
+   * `operation`), to put back in memory when the save of their moves failed. Does not wait.
+   */
+  snapshotMembersForUndo(members: CloneMember[], operation = false): () => void {
+    const undo = snapshotStates(
+      members.map((m) => m.record),
+      operation ? this.record : undefined,
+    )
     return () => {
       undo()
       for (const m of members) m.afterMove(m.state)

@@ -192,7 +192,7 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
   }
   const now = new Date().toISOString()
   const flushing: Array<Promise<void>> = []
-  const undo = g.snapshotForUndo(members.filter((m) => m.state === 'synchronized'))
+  const undo = g.snapshotMembersForUndo(members.filter((m) => m.state === 'synchronized'))
   for (const m of members) {
     if (m.state !== 'synchronized') continue
     // Under the host gate: no mirrored write in flight, so every write-intent bit is equal data.

@@ -103,19 +103,22 @@ export function dropOperation(group: GroupRecord): void {
 }
 
 /**
- * What a start changes in the records (the operation, every clone's state, reason and
- * fracture time); the returned function puts it back. Not a move: it undoes moves whose
- * save failed, so memory agrees with group.json again. Does not wait.
+ * What a start changes in the records (every given clone's state, reason and fracture time,
+ * and the group's operation when `group` is given); the returned function puts it back. Not
+ * a move: it undoes moves whose save failed, so memory agrees with group.json again. Does
+ * not wait.
  */
-export function snapshotStates(group: GroupRecord, clones: CloneRecord[]): () => void {
-  const operation = group.operation
-  const saved = clones.map((c) => ({c, state: c.state, stateReason: c.stateReason, lastFractureAt: c.lastFractureAt, lastSyncAt: c.lastSyncAt}))
+export function snapshotStates(clones: CloneRecord[], group?: GroupRecord): () => void {
+  const operation = group?.operation
+  const saved = clones.map((c) => ({c, state: c.state, stateReason: c.stateReason, lastFractureAt: c.lastFractureAt}))
   return () => {
-    if (operation) group.operation = operation
-    else delete group.operation
+    if (group) {
+      if (operation) group.operation = operation
+      else delete group.operation
+    }
     for (const s of saved) {
       s.c.state = s.state
-      for (const k of ['stateReason', 'lastFractureAt', 'lastSyncAt'] as const) {
+      for (const k of ['stateReason', 'lastFractureAt'] as const) {
         if (s[k] === undefined) delete s.c[k]
         else s.c[k] = s[k]
       }

@@ -116,14 +116,23 @@ describe('the clone state machine', () => {
     }
   })
 
-  test('snapshotStates puts back the states, reasons, times and operation of a start whose save failed', () => {
+  test('snapshotStates puts back the states, reasons, fracture times and operation of a start whose save failed', () => {
     const {group, clone} = records('fractured', false)
     const before = structuredClone({group, clone})
-    const undo = snapshotStates(group, [clone])
+    const undo = snapshotStates([clone], group)
     applyCloneEvent(group, clone, 'restore-start', {operation: {...operation('r'), kind: 'restore'}})
     assert.equal(clone.state, 'restoring')
     undo()
     assert.deepEqual({group, clone}, before)
+    // Without the group, the operation is left alone (a fracture does not own it).
+    const r = records('synchronized', false)
+    const undoFracture = snapshotStates([r.clone])
+    applyCloneEvent(r.group, r.clone, 'fracture')
+    r.group.operation = operation('other')
+    undoFracture()
+    assert.equal(r.clone.state, 'synchronized')
+    assert.equal(r.clone.lastFractureAt, '2026-01-01T00:00:00.000Z')
+    assert.equal(r.group.operation?.id, 'other')
   })
 })
 

@@ -1,6 +1,6 @@
 /**
  * One owner of a group's maps (issue 17 items 1 and 3): GroupMaps creates, opens (writable or
- * read-only) and deletes D[k] and P; commitMaps commits P, awaited, before any delta map
+ * read-only) and deletes D[k] and P; a checkpoint commits P, awaited, before any delta map
  * (recipe 3 / INV-1 for the restore clone); and the engines reach the group only through
  * their port (no file in src/engine imports src/group).
  */
@@ -10,7 +10,8 @@ import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {describe, test} from 'node:test'
 import {CorruptStateError} from '../../src/errors/errors.js'
-import {commitMaps, GroupMaps, mapFileName, protectedMapFile} from '../../src/engine/GroupMaps.js'
+import {Checkpointer} from '../../src/engine/Checkpointer.js'
+import {GroupMaps, mapFileName, protectedMapFile} from '../../src/engine/GroupMaps.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
 import {type FsOp, MemoryFs} from '../../src/io/MemoryFs.js'
 
@@ -83,7 +84,7 @@ describe('GroupMaps', () => {
   })
 })
 
-describe('commitMaps: P first, awaited, then the delta maps', () => {
+describe('a checkpoint commits P first, awaited, then the delta maps', () => {
   test('given a P bit staged and a delta clear pending, when a checkpoint commits them, then no delta write is issued before P is durable', async () => {
     const {fs, maps} = setup()
     const all = new ExtentBitmap(EXTENTS)
@@ -94,8 +95,7 @@ describe('commitMaps: P first, awaited, then the delta maps', () => {
     P.setVolatile(3, 4)
     P.stage(3, 4)
     D.clear(3, 4)
-    const tp = P.beginCheckpoint()
-    const td = D.beginCheckpoint()
+    const checkpointer = new Checkpointer(() => ({p: P, ds: [D]}))
 
     const order: string[] = []
     let holdP: (() => void) | undefined
@@ -115,7 +115,7 @@ describe('commitMaps: P first, awaited, then the delta maps', () => {
         await pHeld
       }
     }
-    const commit = commitMaps({map: P, ticket: tp}, [{map: D, ticket: td}])
+    const commit = checkpointer.checkpoint()
     await pStarted
     // Let every ready continuation run: D must not move while P's datasync is held.
     await new Promise<void>((resolve) => setImmediate(resolve))
