@@ -1,5 +1,5 @@
 import {NotFoundError, RefusedError, StateError, UsageError} from '../errors/errors.js'
-import {dropOperation} from '../store/cloneStates.js'
+import {dropOperation, NEW_CLONE} from '../store/cloneStates.js'
 import type {CloneRecord, GroupRecord} from '../store/GroupRecord.js'
 import type {DamagedGroup, VolumeUse} from '../store/GroupStore.js'
 import type {Volume} from '../volume/Volume.js'
@@ -139,8 +139,7 @@ async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], 
     const record: CloneRecord = {
       name: o.clone,
       volume: {path: o.path, fingerprint: await vol.fingerprint()},
-      state: 'out-of-sync',
-      stateReason: 'never synchronized',
+      ...NEW_CLONE,
       mapFile: mapFileName(o.clone),
       createdAt: now,
       trusted: true,

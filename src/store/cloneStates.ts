@@ -10,6 +10,9 @@
 import {InvalidTransitionError} from '../errors/errors.js'
 import type {CloneRecord, CloneState, GroupRecord, OperationRecord} from './GroupRecord.js'
 
+/** A clone when it is added: every extent to copy, not a copy until its first sync. */
+export const NEW_CLONE: {readonly state: CloneState; readonly stateReason: string} = {state: 'out-of-sync', stateReason: 'never synchronized'}
+
 export type CloneEvent =
   /** A forward sync (source → clone) is recorded. */
   | 'sync-start'

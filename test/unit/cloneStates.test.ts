@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import {readFileSync} from 'node:fs'
 import {describe, test} from 'node:test'
 import {ExitCode, InvalidTransitionError} from '../../src/errors/errors.js'
-import {applyCloneEvent, CLONE_EVENTS, type CloneEvent, nextCloneState, snapshotStates, TRANSITIONS} from '../../src/store/cloneStates.js'
+import {applyCloneEvent, CLONE_EVENTS, type CloneEvent, NEW_CLONE, nextCloneState, snapshotStates, TRANSITIONS} from '../../src/store/cloneStates.js'
 import {CLONE_STATES, type CloneRecord, type CloneState, type GroupRecord, type OperationRecord} from '../../src/store/GroupRecord.js'
 import {buildGroup, fillPattern, openGroup} from '../helpers/memGroup.js'
 
@@ -110,8 +110,9 @@ describe('the clone state machine', () => {
     assert.ok(para, 'README has its "Clone states:" paragraph')
     const documented = new Set([...para.matchAll(/`([a-z-]+)`/g)].map((m) => m[1]).filter((s) => s !== '--force' && !s.startsWith('--')))
     assert.deepEqual([...documented].sort(), [...CLONE_STATES].sort())
+    assert.ok(CLONE_STATES.includes(NEW_CLONE.state))
     for (const s of CLONE_STATES) {
-      assert.ok(validMoves.some((m) => m.to === s && m.from !== s), `no move reaches ${s}`)
+      assert.ok(s === NEW_CLONE.state || validMoves.some((m) => m.to === s && m.from !== s), `no move reaches ${s}`)
       assert.ok(validMoves.some((m) => m.from === s && m.to !== s), `no move leaves ${s}`)
     }
   })
