@@ -79,8 +79,8 @@ const MUTATIONS = [
     name: 'checkpoint-d-before-p',
     what: 'the checkpointer commits the delta maps before P',
     file: 'src/engine/Checkpointer.ts',
-    find: /for \(let i = 0; i < maps\.length; i\+\+\) \{\n(\s*)if \(abandoned\.has\(maps\[i\]\)\) continue/,
-    replace: 'for (let i = maps.length - 1; i >= 0; i--) {\n$1if (abandoned.has(maps[i])) continue',
+    find: /^([ \t]*)(if \(p && !abandoned\.has\(p\)\) await p\.commitCheckpoint\(tickets\[0\]\)\n)([\s\S]*?\n\1\}\n)/m,
+    replace: '$3$1$2',
     equivalent:
       'HostIO sets D[c][e] durably before every host write to e and that set withdraws any pending clear of D[c][e], so no durable D[c] clear can uncover a host write that only P would cover (see the comment in Checkpointer.once)',
   },
@@ -95,8 +95,8 @@ const MUTATIONS = [
     name: 'checkpoint-commit-not-awaited',
     what: 'the checkpointer does not await the map commits',
     file: 'src/engine/Checkpointer.ts',
-    find: /await (maps\[i\]\.commitCheckpoint\(tickets\[i\]\))/,
-    replace: 'void $1',
+    find: /await (p\.commitCheckpoint\(tickets\[0\]\))([\s\S]*?)await (ds\[i\]\.commitCheckpoint\(tickets\[first \+ i\]\))/,
+    replace: 'void $1$2void $3',
   },
   {
     name: 'restore-read-passes-overwrite',

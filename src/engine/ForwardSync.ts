@@ -1,6 +1,7 @@
+import {randomUUID} from 'node:crypto'
 import {StateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import {CloneGroup, type CloneMember} from '../group/CloneGroup.js'
+import type {EngineGroup, EngineMember} from './EngineGroup.js'
 import type {HostGate} from './HostGate.js'
 import {CloneFlushError} from './Checkpointer.js'
 import {RateLimiter} from './RateLimiter.js'
@@ -54,8 +55,8 @@ export class ForwardSync {
   private readonly collisionsBefore: number
 
   private constructor(
-    readonly g: CloneGroup,
-    readonly member: CloneMember,
+    readonly g: EngineGroup,
+    readonly member: EngineMember,
     readonly operationId: string,
     readonly compared: boolean,
     rate?: number,
@@ -88,7 +89,7 @@ export class ForwardSync {
    * Prepare a sync: refuse during a restore, fall back to compare-and-copy when the map cannot
    * be trusted or --full is given (D[k] all set, durably), record the operation. Waits.
    */
-  static async start(g: CloneGroup, opts: ForwardSyncOptions): Promise<ForwardSync | SyncSummary> {
+  static async start(g: EngineGroup, opts: ForwardSyncOptions): Promise<ForwardSync | SyncSummary> {
     const startedAt = performance.now()
     const op = g.record.operation
     if (op?.kind === 'restore')
@@ -110,13 +111,12 @@ export class ForwardSync {
       all.setAll()
       await m.map.replaceAll(all)
     }
-    const id = CloneGroup.newOperationId()
+    const id = randomUUID()
     // Recorded with no host write in flight (under the gate when serving), so a failed save
     // (EMFILE, ENOSPC, a full state file system) is undone exactly: not started, in memory either.
     const record = async (): Promise<void> => {
       const undo = g.snapshotForUndo()
-      g.record.operation = {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.dirtyCount(), compare}
-      m.setState('synchronizing')
+      m.apply('sync-start', {operation: {id, kind: 'sync', clone: m.name, startedAt: new Date().toISOString(), command: opts.command, pid: process.pid, totalExtents: m.dirtyCount(), compare}})
       await g.save().catch((error: unknown) => {
         undo()
         throw error
@@ -162,11 +162,9 @@ export class ForwardSync {
         completed = await exclusive(async () => {
           if (m.dirtyCount() > 0) return false
           await this.checkpoint()
-          m.setState('synchronized')
-          m.record.lastSyncAt = new Date().toISOString()
+          m.apply('sync-done')
           m.record.trusted = true
           delete m.record.untrustedReason
-          delete g.record.operation
           await g.refreshFingerprints()
           await g.save()
           return true
@@ -184,8 +182,7 @@ export class ForwardSync {
           failure ??= error
         })
         const why = failure instanceof Error ? failure.message : failure === undefined ? undefined : String(failure)
-        m.setState('out-of-sync', this.engine.stopped && !why ? 'the sync was interrupted' : `the sync stopped: ${why ?? 'unknown error'}`)
-        delete g.record.operation
+        m.apply('sync-stop', {reason: this.engine.stopped && !why ? 'the sync was interrupted' : `the sync stopped: ${why ?? 'unknown error'}`})
         // The record is saved whatever else failed: never a sync left recorded as running.
         await g.refreshFingerprints().catch((error: unknown) => {
           failure ??= error

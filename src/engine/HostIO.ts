@@ -1,5 +1,5 @@
 import {VolumeIoError} from '../errors/errors.js'
-import type {CloneGroup, CloneMember} from '../group/CloneGroup.js'
+import type {EngineGroup, EngineMember} from './EngineGroup.js'
 import type {Volume} from '../volume/Volume.js'
 import {CloneFlushError} from './Checkpointer.js'
 import {extentRange} from './extents.js'
@@ -43,7 +43,7 @@ export class HostIO {
   readonly intentRegion: number
 
   constructor(
-    readonly g: CloneGroup,
+    readonly g: EngineGroup,
     opts: {readOnly?: boolean; onMirrorFailure?: (clone: string, err: Error) => void; intentRegionBytes?: number} = {},
   ) {
     this.readOnly = opts.readOnly ?? false
@@ -125,7 +125,7 @@ export class HostIO {
     const blocked = g.collisions.writeStartWhenFree(s, e)
     if (blocked) await blocked
     // Clones this write goes to, with the extents it made write-intent there.
-    const mirrored: Array<{m: CloneMember; marked?: number[]}> = []
+    const mirrored: Array<{m: EngineMember; marked?: number[]}> = []
     let ok = false
     // Extents whose pre-restore data this write replaces without a copy first (reads wait for it).
     let overwriting: number[] | undefined
@@ -192,7 +192,7 @@ export class HostIO {
    * is fractured; a synchronizing one is left to its sync, which copies the extent again
    * (or stops on the clone's error itself).
    */
-  private async mirror(m: CloneMember, apply: (v: Volume) => Promise<void>): Promise<boolean> {
+  private async mirror(m: EngineMember, apply: (v: Volume) => Promise<void>): Promise<boolean> {
     try {
       await apply(m.vol)
       this.g.noteWritten(m.vol)
@@ -200,8 +200,7 @@ export class HostIO {
     } catch (error) {
       const err = error instanceof Error ? error : new Error(String(error))
       if (m.state !== 'synchronized') return false
-      m.setState('fractured', `a mirrored write failed: ${err.message}`)
-      m.record.lastFractureAt = new Date().toISOString()
+      m.apply('fracture', {reason: `a mirrored write failed: ${err.message}`})
       this.onMirrorFailure?.(m.name, err)
       void this.g.save().catch(() => undefined)
       return false

@@ -1,14 +1,24 @@
 import {CorruptStateError, RemoteError, StateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import {EXTENTS_PER_PAGE, type PersistentMap} from '../map/PersistentMap.js'
+import {randomUUID} from 'node:crypto'
+import {EXTENTS_PER_PAGE} from '../map/PersistentMap.js'
+import type {OperationRecord} from '../store/GroupRecord.js'
 import {stateWriteError} from '../store/stateDir.js'
-import {CloneGroup, protectedMapFile, restoreWhichFix, type CloneMember} from '../group/CloneGroup.js'
 import {CodEngine} from './CodEngine.js'
 import {CodQueue} from './CodQueue.js'
+import type {EngineGroup, EngineMember} from './EngineGroup.js'
+import {protectedMapFile} from './GroupMaps.js'
 import {coversWhole} from './extents.js'
-import {ProtectedRestoreMap} from './ProtectedRestoreMap.js'
+import type {ProtectedRestoreMap} from './ProtectedRestoreMap.js'
 import {RateLimiter} from './RateLimiter.js'
 import {SyncEngine, type SyncProgress} from './SyncEngine.js'
+
+/** The fix for a restore with no clone named: the command with this group's real clones. */
+export function restoreWhichFix(group: string, clones: string[]): string {
+  if (clones.length === 0) return `group ${group} has no clone to restore from; add one first (\`clonectl clone add ${group} CLONE --path PATH\`)`
+  if (clones.length === 1) return `name the clone to restore from: \`clonectl restore ${group} ${clones[0]}\``
+  return `name the clone to restore from: \`clonectl restore ${group} CLONE\`, CLONE one of ${clones.join(', ')}`
+}
 
 export interface RestoreOptions {
   clone: string
@@ -66,9 +76,9 @@ export class RestoreSession {
   private readonly overwriting = new Map<number, number>()
 
   private constructor(
-    readonly g: CloneGroup,
-    readonly member: CloneMember,
-    readonly P: PersistentMap | undefined,
+    readonly g: EngineGroup,
+    readonly member: EngineMember,
+    readonly P: ProtectedRestoreMap | undefined,
     readonly operationId: string,
     readonly isProtected: boolean,
     readonly resumed: boolean,
@@ -125,7 +135,7 @@ export class RestoreSession {
    * durable before the first copy: other clones fractured and their maps widened, an empty P
    * created, the operation recorded. Run inside the host gate (no host write in flight).
    */
-  static async start(g: CloneGroup, opts: RestoreOptions): Promise<RestoreSession> {
+  static async start(g: EngineGroup, opts: RestoreOptions): Promise<RestoreSession> {
     if (g.record.operation)
       throw new StateError(
         `group ${g.name} has an interrupted ${g.record.operation.kind} of clone ${g.record.operation.clone}`,
@@ -158,10 +168,7 @@ export class RestoreSession {
     const now = new Date().toISOString()
     for (const m of g.members.values()) {
       if (m === c) continue
-      if (m.state === 'synchronized') {
-        m.setState('fractured')
-        m.record.lastFractureAt = now
-      }
+      if (m.state === 'synchronized') m.apply('fracture', {at: now})
     }
     // Pending clears must be durable-safe before maps are rewritten whole.
     await g.checkpoint()
@@ -177,16 +184,15 @@ export class RestoreSession {
       widened.or(c.map.bits)
       if (!widened.equals(m.map.bits)) await m.map.replaceAll(widened)
     }
-    const operationId = CloneGroup.newOperationId()
-    let P: PersistentMap | undefined
-    const pPath = g.ctx.store.mapPath(g.name, protectedMapFile)
+    const operationId = randomUUID()
+    let P: ProtectedRestoreMap | undefined
     if (opts.protected) {
-      P = await ProtectedRestoreMap.create(g.ctx.fs, pPath, {extentSize: g.extentSize, volumeSize: g.volumeSize, extentCount: g.extentCount}, operationId).catch((error: unknown) => {
+      P = await g.maps.createP(operationId).catch((error: unknown) => {
         undo()
-        throw stateWriteError(g.ctx.store.stateDir, pPath, error)
+        throw stateWriteError(g.ctx.store.stateDir, g.maps.path(protectedMapFile), error)
       })
     }
-    g.record.operation = {
+    const operation: OperationRecord = {
       id: operationId,
       kind: 'restore',
       clone: c.name,
@@ -197,18 +203,17 @@ export class RestoreSession {
       totalExtents: c.map.bits.countSet(),
       compare,
     }
-    c.setState(opts.protected ? 'restoring' : 'reverse-syncing')
+    c.apply(opts.protected ? 'restore-start' : 'reverse-sync-start', {operation})
     try {
       await g.save()
     } catch (error) {
       // Not recorded (a full state file system): not started, in memory either; P without
       // a recorded restore is a leftover, removed now rather than at the next open.
       undo()
-      await P?.close().catch(() => undefined)
-      if (P) await g.ctx.fs.unlink(pPath).catch(() => undefined)
+      if (P) await g.maps.deleteP(P).catch(() => undefined)
       throw error
     }
-    g.protectedMap = P
+    g.maps.p = P
     return new RestoreSession(g, c, P, operationId, opts.protected, false, compare, opts.rate, opts.tuning)
   }
 
@@ -216,17 +221,16 @@ export class RestoreSession {
    * Resume the restore recorded in group.json: load D[c] and P from disk and go on. A bit
    * still set in D[c] for an extent already copied is harmless: P decides (DESIGN §4).
    */
-  static async resume(g: CloneGroup, opts: {rate?: number; forceLostP?: boolean; tuning?: RestoreTuning}): Promise<RestoreSession> {
+  static async resume(g: EngineGroup, opts: {rate?: number; forceLostP?: boolean; tuning?: RestoreTuning}): Promise<RestoreSession> {
     const op = g.record.operation
     if (!op || op.kind !== 'restore') throw new StateError(`group ${g.name} has no interrupted restore`, restoreWhichFix(g.name, [...g.members.keys()]))
     const c = g.member(op.clone)
     // The restore stays recorded: resumed once the clone is back.
     c.requireAvailable()
-    let P: PersistentMap | undefined
+    let P: ProtectedRestoreMap | undefined
     if (op.protected) {
-      const path = g.ctx.store.mapPath(g.name, protectedMapFile)
       try {
-        P = await ProtectedRestoreMap.open(g.ctx.fs, path, {extentSize: g.extentSize, volumeSize: g.volumeSize}, op.id)
+        P = await g.maps.openP(op.id)
       } catch (error) {
         if (!opts.forceLostP)
           throw error instanceof CorruptStateError
@@ -235,12 +239,12 @@ export class RestoreSession {
                 `without P, host writes made during the restore cannot be told apart: \`clonectl restore ${g.name} --force\` resumes, copying from the clone again every extent whose P bit is lost (host writes made to those extents during the restore are overwritten)`,
               )
             : error
-        P = await RestoreSession.recoverP(g, c, path, op.id, error)
+        P = await RestoreSession.recoverP(g, c, op.id, error)
       }
     }
     op.pid = process.pid
     await g.save()
-    g.protectedMap = P
+    g.maps.p = P
     return new RestoreSession(g, c, P, op.id, op.protected ?? true, true, op.compare ?? false, opts.rate, opts.tuning)
   }
 
@@ -251,11 +255,10 @@ export class RestoreSession {
    * then those pages are rewritten; only host writes to those extents are overwritten. A
    * P that cannot be opened at all is replaced by an empty one and every extent is copied.
    */
-  private static async recoverP(g: CloneGroup, c: CloneMember, path: string, operationId: string, cause: unknown): Promise<PersistentMap> {
-    const geometry = {extentSize: g.extentSize, volumeSize: g.volumeSize}
-    let P: PersistentMap | undefined
+  private static async recoverP(g: EngineGroup, c: EngineMember, operationId: string, cause: unknown): Promise<ProtectedRestoreMap> {
+    let P: ProtectedRestoreMap | undefined
     try {
-      P = await ProtectedRestoreMap.open(g.ctx.fs, path, geometry, operationId, {damaged: 'clear'})
+      P = await g.maps.openP(operationId, {damaged: 'clear'})
     } catch {
       // Not only pages: the whole map is lost.
     }
@@ -270,7 +273,7 @@ export class RestoreSession {
     }
     await P?.close()
     g.ctx.warn?.(`protected restore map lost (${(cause as Error).message}); copying every extent from clone ${c.name} again`)
-    P = await ProtectedRestoreMap.create(g.ctx.fs, path, {...geometry, extentCount: g.extentCount}, operationId)
+    P = await g.maps.createP(operationId)
     const all = new ExtentBitmap(g.extentCount)
     all.setAll()
     await c.map.replaceAll(all)
@@ -423,25 +426,20 @@ export class RestoreSession {
     if (P) {
       // D[c] ∧ ¬P is empty now, and every host write set both, so D[c] = P: make it exact.
       await c.map.replaceAll(P.bits.clone())
-      c.setState('fractured')
+      c.apply('restore-done')
       // Compared whole, D[c] is exact again.
       c.record.trusted = true
       delete c.record.untrustedReason
     } else {
-      c.setState('synchronized')
+      c.apply('reverse-sync-done')
       c.record.trusted = true
       delete c.record.untrustedReason
-      c.record.lastSyncAt = new Date().toISOString()
     }
-    delete g.record.operation
     await g.refreshFingerprints()
     await g.save()
     this.finished = true
-    g.protectedMap = undefined
-    if (P) {
-      await P.close()
-      await g.ctx.fs.unlink(P.path)
-    }
+    g.maps.p = undefined
+    if (P) await g.maps.deleteP(P)
     this.queue.wake()
   }
 

@@ -132,6 +132,16 @@ export class RemoteError extends ClonectlError {
 }
 export type RemoteErrorReason = 'connect' | 'timeout' | 'handshake' | 'tls' | 'lost' | 'reply' | 'protocol' | 'closed' | 'read-only'
 
+/**
+ * A clone state change that the state machine's table does not allow (src/store/cloneStates.ts):
+ * a bug in clonectl, never the user's doing, so it exits as one; nothing was changed.
+ */
+export class InvalidTransitionError extends ClonectlError {
+  constructor(message: string) {
+    super('INVALID_TRANSITION', 'bug', message, 'nothing was changed; report this as a bug in clonectl, with the command and `clonectl status --json`')
+  }
+}
+
 export function isClonectlError(e: unknown): e is ClonectlError {
   return e instanceof ClonectlError
 }

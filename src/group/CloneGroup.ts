@@ -1,8 +1,8 @@
-import {randomUUID} from 'node:crypto'
 import type {DurableFs} from '../io/DurableFs.js'
 import {ClonectlError, CorruptStateError, NotFoundError, RefusedError, StateError, UsageError, VolumeIoError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import {PersistentMap} from '../map/PersistentMap.js'
+import type {PersistentMap} from '../map/PersistentMap.js'
+import {applyCloneEvent, type CloneEvent, type MoveOptions, snapshotStates} from '../store/cloneStates.js'
 import type {CloneRecord, CloneState, GroupRecord} from '../store/GroupRecord.js'
 import type {GroupStore} from '../store/GroupStore.js'
 import {findVolumeConflicts, type RecordedUse} from '../volume/identity.js'
@@ -10,6 +10,9 @@ import {openVolume} from '../volume/openVolume.js'
 import type {Fingerprint, Volume} from '../volume/Volume.js'
 import {Checkpointer} from '../engine/Checkpointer.js'
 import {CollisionDetector} from '../engine/CollisionDetector.js'
+import type {EngineGroup, EngineMember} from '../engine/EngineGroup.js'
+import {type DeltaMap, extentCount, GroupMaps} from '../engine/GroupMaps.js'
+import type {ProtectedRestoreMap} from '../engine/ProtectedRestoreMap.js'
 import {Scoreboard} from '../engine/Scoreboard.js'
 import {fingerprintsDiffer} from './fingerprint.js'
 
@@ -21,8 +24,11 @@ export interface GroupContext {
   warn?: (message: string) => void
 }
 
+export {extentCount, mapFileName, protectedMapFile} from '../engine/GroupMaps.js'
+export {restoreWhichFix} from '../engine/Restore.js'
+
 /** One clone of an open group: its record, volume (when opened) and delta map D[k]. */
-export class CloneMember {
+export class CloneMember implements EngineMember {
   /** Mirrored writes in flight per extent (write-intent bits clear only when it reaches 0). */
   readonly mirrorInflight = new Map<number, number>()
   /**
@@ -55,9 +61,11 @@ export class CloneMember {
   }
 
   constructor(
+    /** The group's record, where the state machine records operations. */
+    private readonly group: GroupRecord,
     public record: CloneRecord,
     public volume: Volume | undefined,
-    public map: PersistentMap,
+    public map: DeltaMap,
   ) {}
 
   get name(): string {
@@ -68,16 +76,23 @@ export class CloneMember {
     return this.record.state
   }
 
-  setState(state: CloneState, reason?: string): void {
+  /**
+   * Move this clone's state (src/store/cloneStates.ts: the table of valid moves, the
+   * operation record and times updated with it); an invalid move is refused before anything
+   * changes. The caller saves. Needs the group's record for the operation.
+   */
+  apply(event: CloneEvent, opts?: MoveOptions): void {
+    this.afterMove(applyCloneEvent(this.group, this.record, event, opts))
+  }
+
+  /** The in-memory side of a state change (a move, or an undone one). */
+  afterMove(state: CloneState): void {
     // No longer mirrored: its write-intent bits become plain delta bits (a stale set bit
     // costs a copy, never data).
     if (state !== 'synchronized' && state !== 'synchronizing') {
       this.intent = undefined
       this.touched = undefined
     }
-    this.record.state = state
-    if (reason) this.record.stateReason = reason
-    else delete this.record.stateReason
   }
 
   /** D[k][e] set for a reason other than write-intent: the clone may miss data there. */
@@ -202,46 +217,10 @@ function groupVolumeUses(r: GroupRecord): RecordedUse[] {
   return [{group: r.name, clone: '(source)', path: r.source.path}, ...r.clones.map((c) => ({group: r.name, clone: c.name, path: c.volume.path}))]
 }
 
-/** A clone's delta map, checked against the group (a CorruptStateError when it does not fit). */
-async function openDeltaMap(ctx: GroupContext, record: GroupRecord, c: CloneRecord): Promise<PersistentMap> {
-  const volumeSize = record.source.fingerprint.size
-  const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(record.name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize})
-  const count = extentCount(volumeSize, record.extentSize)
-  if (map.header.extentCount !== count) {
-    await map.close()
-    throw new CorruptStateError(`map file ${map.path} has ${map.header.extentCount} extents, expected ${count}`)
-  }
-  return map
+/** The owner of a group's map files, for its record (open or not: `status` opens read-only through it). */
+export function groupMaps(ctx: GroupContext, record: GroupRecord): GroupMaps {
+  return new GroupMaps(ctx.fs, ctx.store, record.name, {extentSize: record.extentSize, volumeSize: record.source.fingerprint.size})
 }
-
-/**
- * A map with every extent set, held in memory, standing in for a damaged one until a
- * writable open writes it to disk (a read-only open never rewrites state).
- */
-function allSetStandIn(record: GroupRecord, c: CloneRecord): PersistentMap {
-  const volumeSize = record.source.fingerprint.size
-  const count = extentCount(volumeSize, record.extentSize)
-  const bits = new ExtentBitmap(count)
-  bits.setAll()
-  return PersistentMap.inMemory(`/${c.mapFile}`, {kind: 'delta', extentSize: record.extentSize, volumeSize, extentCount: count, operationId: ''}, bits)
-}
-
-/** The fix for a restore with no clone named: the command with this group's real clones. */
-export function restoreWhichFix(group: string, clones: string[]): string {
-  if (clones.length === 0) return `group ${group} has no clone to restore from; add one first (\`clonectl clone add ${group} CLONE --path PATH\`)`
-  if (clones.length === 1) return `name the clone to restore from: \`clonectl restore ${group} ${clones[0]}\``
-  return `name the clone to restore from: \`clonectl restore ${group} CLONE\`, CLONE one of ${clones.join(', ')}`
-}
-
-export function extentCount(volumeSize: number, extentSize: number): number {
-  return Math.ceil(volumeSize / extentSize)
-}
-
-export function mapFileName(clone: string): string {
-  return `clone-${clone}.map`
-}
-
-export const protectedMapFile = 'restore.pmap'
 
 export interface OpenOptions {
   /** Open volumes for writing (every mutating command). */
@@ -257,25 +236,27 @@ export interface OpenOptions {
  * shared by the engines (scoreboard, collision detector, checkpointer). The caller holds the
  * group lock for as long as it is open writable.
  */
-export class CloneGroup {
+export class CloneGroup implements EngineGroup {
   readonly scoreboard = new Scoreboard()
   readonly collisions = new CollisionDetector()
   readonly checkpointer: Checkpointer
-  /** The protected restore map while a protected restore runs (set by the restore). */
-  protectedMap?: PersistentMap
+  /** The group's map files: D[k] of every clone, and P while a protected restore runs. */
+  readonly maps: GroupMaps
   /** Volumes whose fingerprint differed from group.json at open (changed behind our back). */
   readonly changedOutside = new Set<string>()
   private closed = false
 
   private constructor(
     readonly ctx: GroupContext,
-    public record: GroupRecord,
+    readonly record: GroupRecord,
     public source: Volume | undefined,
     readonly members: Map<string, CloneMember>,
     readonly writable: boolean,
+    maps?: GroupMaps,
   ) {
+    this.maps = maps ?? groupMaps(ctx, record)
     this.checkpointer = new Checkpointer(
-      () => [...(this.protectedMap ? [this.protectedMap] : []), ...[...this.members.values()].map((m) => m.map)],
+      () => ({p: this.maps.p ?? null, ds: [...this.members.values()].map((m) => m.map)}),
       (v, error) => this.cloneFlushFailed(v, error),
     )
   }
@@ -291,8 +272,7 @@ export class CloneGroup {
     if (!m || m.state === 'restoring' || m.state === 'reverse-syncing') return undefined
     if (m.state === 'synchronized') {
       const why = `a flush of the clone failed: ${error instanceof Error ? error.message : String(error)}`
-      m.setState('fractured', why)
-      m.record.lastFractureAt = new Date().toISOString()
+      m.apply('fracture', {reason: why})
       this.ctx.warn?.(`clone ${m.name} fractured: ${why}`)
       void this.save().catch(() => undefined)
     }
@@ -301,6 +281,11 @@ export class CloneGroup {
 
   get name(): string {
     return this.record.name
+  }
+
+  /** The protected restore map while a protected restore runs (set by the restore). */
+  get protectedMap(): ProtectedRestoreMap | undefined {
+    return this.maps.p
   }
 
   get extentSize(): number {
@@ -340,21 +325,22 @@ export class CloneGroup {
     const withVolumes = opts.volumes ?? true
     const opened: Volume[] = []
     const damaged = new Map<string, CorruptStateError>()
+    const maps = groupMaps(ctx, record)
     try {
       for (const c of record.clones) {
-        let map: PersistentMap
+        let map: DeltaMap
         try {
-          map = await openDeltaMap(ctx, record, c)
+              map = await maps.openDelta(c.mapFile)
         } catch (error) {
           // One clone's damaged map must not take the group down: that clone alone starts
           // over with every extent marked (the safe value of a delta map).
           if (!(error instanceof CorruptStateError)) throw error
           damaged.set(c.name, error)
-          map = allSetStandIn(record, c)
+              map = await maps.deltaStandIn(c.mapFile)
         }
         const damage = map.damageReport()
         if (damage) ctx.warn?.(`clone ${c.name}: ${damage}`)
-        members.set(c.name, new CloneMember(c, undefined, map))
+        members.set(c.name, new CloneMember(record, c, undefined, map))
       }
       let source: Volume | undefined
       if (withVolumes) {
@@ -389,7 +375,7 @@ export class CloneGroup {
           opened.push(m.volume)
         }
       }
-      const g = new CloneGroup(ctx, record, source, members, opts.writable)
+      const g = new CloneGroup(ctx, record, source, members, opts.writable, maps)
       for (const [clone, error] of damaged) g.noteDamagedMap(g.member(clone), error)
       if (withVolumes) await g.checkFingerprints()
       if (opts.writable) await g.fractureUnavailable()
@@ -416,7 +402,7 @@ export class CloneGroup {
   private noteDamagedMap(m: CloneMember, error: CorruptStateError): void {
     const reason = `map damaged: ${error.message}; every extent is marked to copy: run \`clonectl clone sync ${this.name} ${m.name}\``
     m.mapDamaged = reason
-    m.setState(m.state === 'synchronized' || m.state === 'synchronizing' ? 'out-of-sync' : m.state, reason)
+    m.apply('map-damaged', {reason})
     this.ctx.warn?.(`clone ${m.name} of group ${this.name}: ${reason}`)
   }
 
@@ -429,8 +415,7 @@ export class CloneGroup {
     await this.save()
     for (const m of this.members.values()) {
       if (!m.mapDamaged) continue
-      const path = this.ctx.store.mapPath(this.name, m.record.mapFile)
-      const map = await PersistentMap.create(this.ctx.fs, path, {...m.map.header}, m.map.bits)
+      const map = await this.maps.rewriteDelta(m.record.mapFile, m.map)
       await m.map.close()
       m.map = map
     }
@@ -447,8 +432,7 @@ export class CloneGroup {
       if (!m.unavailable) continue
       this.ctx.warn?.(`${m.unavailable.message}${m.state === 'synchronized' ? '; fractured: host writes are recorded in its map until it is back' : ''}`)
       if (m.state !== 'synchronized') continue
-      m.setState('fractured', `its volume was unavailable (${m.unavailableCause ?? m.unavailable.message})`)
-      m.record.lastFractureAt = new Date().toISOString()
+      m.apply('fracture', {reason: `its volume was unavailable (${m.unavailableCause ?? m.unavailable.message})`})
       changed = true
     }
     if (changed) await this.save()
@@ -549,8 +533,7 @@ export class CloneGroup {
     const mirrored = m.state === 'synchronized'
     this.ctx.warn?.(`${m.unavailable.message}${mirrored ? '; fractured: host writes are recorded in its map until it is back' : ''}`)
     if (!mirrored) return
-    m.setState('fractured', `its volume became unavailable (${error.message})`)
-    m.record.lastFractureAt = new Date().toISOString()
+    m.apply('fracture', {reason: `its volume became unavailable (${error.message})`})
   }
 
   private saving: Promise<void> = Promise.resolve()
@@ -575,16 +558,21 @@ export class CloneGroup {
    * serve) and the next request agree with it. Does not wait.
    */
   snapshotForUndo(): () => void {
-    const operation = this.record.operation
-    const clones = [...this.members.values()].map((m) => ({m, state: m.record.state, stateReason: m.record.stateReason, lastFractureAt: m.record.lastFractureAt}))
+    return this.snapshotMembersForUndo([...this.members.values()], true)
+  }
+
+  /**
+   * The states, reasons and fracture times of `members` (and the operation, with
+   * `operation`), to put back in memory when the save of their moves failed. Does not wait.
+   */
+  snapshotMembersForUndo(members: CloneMember[], operation = false): () => void {
+    const undo = snapshotStates(
+      members.map((m) => m.record),
+      operation ? this.record : undefined,
+    )
     return () => {
-      if (operation) this.record.operation = operation
-      else delete this.record.operation
-      for (const c of clones) {
-        c.m.setState(c.state, c.stateReason)
-        if (c.lastFractureAt === undefined) delete c.m.record.lastFractureAt
-        else c.m.record.lastFractureAt = c.lastFractureAt
-      }
+      undo()
+      for (const m of members) m.afterMove(m.state)
     }
   }
 
@@ -604,22 +592,12 @@ export class CloneGroup {
     return this.checkpointer.checkpoint()
   }
 
-  /** A fresh operation id. */
-  static newOperationId(): string {
-    return randomUUID()
-  }
-
   /** Add a clone member with a fresh map (all bits set: the first sync is full). */
   async addMember(record: CloneRecord, volume: Volume | undefined, initial: 'all' | 'none'): Promise<CloneMember> {
     const bits = new ExtentBitmap(this.extentCount)
     if (initial === 'all') bits.setAll()
-    const map = await PersistentMap.create(
-      this.ctx.fs,
-      this.ctx.store.mapPath(this.name, record.mapFile),
-      {kind: 'delta', extentSize: this.extentSize, volumeSize: this.volumeSize, extentCount: this.extentCount, operationId: ''},
-      bits,
-    )
-    const m = new CloneMember(record, volume, map)
+    const map = await this.maps.createDelta(record.mapFile, bits)
+    const m = new CloneMember(this.record, record, volume, map)
     this.members.set(record.name, m)
     return m
   }
@@ -647,7 +625,7 @@ export class CloneGroup {
         if (m.volume) all.push(m.volume.close())
         all.push(m.map.close())
       }
-      if (this.protectedMap) all.push(this.protectedMap.close())
+      if (this.maps.p) all.push(this.maps.p.close())
       await Promise.allSettled(all)
     }
   }

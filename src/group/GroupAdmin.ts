@@ -1,4 +1,5 @@
 import {NotFoundError, RefusedError, StateError, UsageError} from '../errors/errors.js'
+import {dropOperation, NEW_CLONE} from '../store/cloneStates.js'
 import type {CloneRecord, GroupRecord} from '../store/GroupRecord.js'
 import type {DamagedGroup, VolumeUse} from '../store/GroupStore.js'
 import type {Volume} from '../volume/Volume.js'
@@ -8,7 +9,8 @@ import {FileVolume} from '../volume/FileVolume.js'
 import {checkCloneCandidate, checkCloneSize} from '../volume/identity.js'
 import {isNbdUri, openVolume} from '../volume/openVolume.js'
 import {RemoteVolume} from '../volume/RemoteVolume.js'
-import {CloneGroup, type GroupContext, mapFileName, protectedMapFile} from './CloneGroup.js'
+import {GroupMaps} from '../engine/GroupMaps.js'
+import {CloneGroup, type GroupContext, mapFileName} from './CloneGroup.js'
 
 export const MIN_EXTENT = 4096
 export const MAX_EXTENT = 64 * 1024 * 1024
@@ -136,15 +138,13 @@ async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], 
     const record: CloneRecord = {
       name: o.clone,
       volume: {path: o.path, fingerprint: await vol.fingerprint()},
-      state: 'out-of-sync',
-      stateReason: 'never synchronized',
+      ...NEW_CLONE,
       mapFile: mapFileName(o.clone),
       createdAt: now,
       trusted: true,
     }
-    const mapPath = ctx.store.mapPath(g.name, record.mapFile)
     const m = await g.addMember(record, vol, 'all').catch((error: unknown) => {
-      throw stateWriteError(ctx.store.stateDir, mapPath, error)
+      throw stateWriteError(ctx.store.stateDir, g.maps.path(record.mapFile), error)
     })
     try {
       await g.save()
@@ -152,8 +152,7 @@ async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], 
       // Not recorded (a full state file system, EMFILE): no effect; nothing of the clone stays, in
       // memory or on disk (a serve keeps no clone that group.json does not list).
       g.members.delete(o.clone)
-      await m.map.close().catch(() => undefined)
-      await ctx.fs.unlink(mapPath).catch(() => undefined)
+      await g.maps.deleteDelta(m.map).catch(() => undefined)
       throw error
     }
     return record
@@ -191,19 +190,12 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
   }
   const now = new Date().toISOString()
   const flushing: Array<Promise<void>> = []
-  const undo: Array<() => void> = []
+  const undo = g.snapshotMembersForUndo(members.filter((m) => m.state === 'synchronized'))
   for (const m of members) {
     if (m.state !== 'synchronized') continue
-    const before = {reason: m.record.stateReason, at: m.record.lastFractureAt}
-    undo.push(() => {
-      m.setState('synchronized', before.reason)
-      if (before.at) m.record.lastFractureAt = before.at
-      else delete m.record.lastFractureAt
-    })
     // Under the host gate: no mirrored write in flight, so every write-intent bit is equal data.
     m.sweepIntent(0, true)
-    m.setState('fractured')
-    m.record.lastFractureAt = now
+    m.apply('fracture', {at: now})
     flushing.push(m.vol.flush())
     out.push({clone: m.name, state: 'fractured', alreadyFractured: false, fracturedAt: now})
   }
@@ -215,7 +207,7 @@ export async function fractureClones(g: CloneGroup, names: string[]): Promise<Fr
     // The caller holds the host gate (serve) or is alone (offline): no host write came in
     // since the states changed, so the clones are still exact mirrors. Undone, the fracture
     // has had no effect, and the error says so; never a clone fractured in memory only.
-    for (const u of undo) u()
+    undo()
     throw error
   }
   return out
@@ -238,8 +230,7 @@ export async function removeClone(g: CloneGroup, name: string): Promise<{clone: 
   }
   await m.volume?.close()
   m.volume = undefined
-  await m.map.close()
-  await g.ctx.fs.unlink(m.map.path)
+  await g.maps.deleteDelta(m.map)
   return {clone: name, path: m.record.volume.path}
 }
 
@@ -283,7 +274,7 @@ export async function destroyDamagedGroup(ctx: GroupContext, name: string, o: De
     onCompromised: () => undefined,
   })
   try {
-    if (!o.discardRestore && (await ctx.fs.exists(ctx.store.mapPath(name, protectedMapFile)))) throw interruptedRestoreError(name, 'named in its damaged group.json', 'a protected restore map (P)')
+    if (!o.discardRestore && (await GroupMaps.hasP(ctx.fs, ctx.store, name))) throw interruptedRestoreError(name, 'named in its damaged group.json', 'a protected restore map (P)')
     await ctx.store.destroy(name)
   } finally {
     await lock.release().catch(() => undefined)
@@ -308,14 +299,11 @@ export async function recoverStale(g: CloneGroup): Promise<void> {
   const op = g.record.operation
   if (op?.kind === 'sync') {
     const m = g.members.get(op.clone)
-    if (m) m.setState('out-of-sync', 'the sync was interrupted')
-    delete g.record.operation
+    if (m) m.apply('sync-stop', {reason: 'the sync was interrupted'})
+    else dropOperation(g.record)
     await g.save()
   }
-  if (!g.record.operation) {
-    const p = g.ctx.store.mapPath(g.name, protectedMapFile)
-    if (await g.ctx.fs.exists(p)) await g.ctx.fs.unlink(p)
-  }
+  if (!g.record.operation) await g.maps.removeLeftoverP()
 }
 
 /** A URI that reaches a group's own `serve` export is that group's source under another name. */

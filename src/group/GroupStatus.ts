@@ -1,11 +1,10 @@
 import {CorruptStateError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import {PersistentMap} from '../map/PersistentMap.js'
 import type {CloneState, GroupRecord} from '../store/GroupRecord.js'
 import {GroupLock} from '../store/GroupLock.js'
 import type {GroupContext} from './CloneGroup.js'
 import type {ProgressEvent} from './GroupOperations.js'
-import {extentCount, protectedMapFile} from './CloneGroup.js'
+import {extentCount, groupMaps} from './CloneGroup.js'
 
 export interface CloneStatus {
   name: string
@@ -84,15 +83,16 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
   const count = extentCount(size, record.extentSize)
   const holder = await GroupLock.inspect(ctx.store.groupDir(name))
   const clones: CloneStatus[] = []
-  const maps = new Map<string, ExtentBitmap>()
+  const bitsOf = new Map<string, ExtentBitmap>()
+  // Read-only: status holds no lock, so it repairs and converts nothing (the next command that opens the group does).
+  const maps = groupMaps(ctx, record)
   for (const c of record.clones) {
     let bits: ExtentBitmap
     let damaged: string | undefined
     let damage: string | undefined
     let damagedPages: number[] = []
     try {
-      // Read-only: status holds no lock, so it repairs and converts nothing (the next command that opens the group does).
-      const map = await PersistentMap.open(ctx.fs, ctx.store.mapPath(name, c.mapFile), {kind: 'delta', extentSize: record.extentSize, volumeSize: size}, {readOnly: true})
+      const map = await maps.openDeltaReadOnly(c.mapFile)
       bits = map.bits.clone()
       damage = map.damageReport()
       damagedPages = [...map.damagedPages]
@@ -105,7 +105,7 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
       bits = new ExtentBitmap(count)
       bits.setAll()
     }
-    maps.set(c.name, bits)
+    bitsOf.set(c.name, bits)
     const dirty = popcount(bits, record.extentSize, size)
     const interruptedSync = record.operation?.kind === 'sync' && record.operation.clone === c.name && !holder
     const mirrored = c.state === 'synchronized' || c.state === 'synchronizing'
@@ -126,17 +126,12 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
   let operation: OperationStatus | undefined
   const op = record.operation
   if (op) {
-    let remaining = maps.get(op.clone)?.countSet() ?? 0
+    let remaining = bitsOf.get(op.clone)?.countSet() ?? 0
     let hostWritten: number | undefined
     if (op.kind === 'restore' && op.protected) {
       try {
-        const P = await PersistentMap.open(
-          ctx.fs,
-          ctx.store.mapPath(name, protectedMapFile),
-          {kind: 'protected', extentSize: record.extentSize, volumeSize: size, operationId: op.id},
-          {readOnly: true},
-        )
-        const d = maps.get(op.clone)
+        const P = await maps.openPReadOnly(op.id)
+        const d = bitsOf.get(op.clone)
         if (d) {
           const left = d.clone()
           left.andNot(P.bits)

@@ -55,7 +55,7 @@ export async function verifyClone(
     await D.replaceAll(exact)
     m.record.trusted = true
     delete m.record.untrustedReason
-    if (m.state === 'synchronized' && !exact.isEmpty()) m.setState('out-of-sync', 'verify found differences')
+    if (m.state === 'synchronized' && !exact.isEmpty()) m.apply('verify-differs', {reason: 'verify found differences'})
     // D[k] is exact now. A change found at open left every other map untrusted in this same
     // record, so the fingerprints may be refreshed in the same save: no knowledge is lost.
     await g.refreshFingerprints()

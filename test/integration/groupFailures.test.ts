@@ -157,7 +157,7 @@ describe('status from serve', () => {
     const server = await GroupServer.start(ctx, 'ss', {command: 'test serve'})
     try {
       // What a mirror failure does when group.json cannot be written (EMFILE): memory only.
-      server.g.member('c1').setState('fractured', 'a mirrored write failed: EMFILE')
+      server.g.member('c1').apply('fracture', {reason: 'a mirrored write failed: EMFILE'})
       const st = (await server.handle({op: 'status'}, () => undefined, new AbortController().signal)) as GroupStatus
       assert.equal(st.clones[0]!.state, 'fractured')
       assert.match(st.clones[0]!.stateReason ?? '', /EMFILE/)
