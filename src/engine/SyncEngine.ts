@@ -1,5 +1,6 @@
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {alignedBuffer} from '../volume/alignedBuffer.js'
+import {zeroExtents} from '../volume/holes.js'
 import type {Volume} from '../volume/Volume.js'
 import type {CollisionDetector} from './CollisionDetector.js'
 import type {RateLimiter} from './RateLimiter.js'
@@ -507,28 +508,6 @@ export class SyncEngine {
   }
 
   /**
-   * The claimed extents of window [start, end) that `vol`'s allocation says read as zeros
-   * whole (holes, zero runs: Volume.extents), marked 1 in the result; undefined when none.
-   * A volume that cannot tell says data, so nothing is marked. Waits (lseek, or an NBD
-   * block status round trip).
-   */
-  private async zeroByAllocation(vol: Volume, start: number, end: number, pos: number, len: number, mine: (e: number) => boolean): Promise<Uint8Array | undefined> {
-    if (vol === this.o.from && pos + len <= this.dataUntil) return undefined
-    let out: Uint8Array | undefined
-    for (const r of await vol.extents(pos, len)) {
-      if (r.kind === 'data') continue
-      const a = r.offset - pos
-      const b = a + r.length
-      for (let e = start + Math.ceil(a / this.o.extentSize); e < end; e++) {
-        const [x, y] = this.slice(e, start, len)
-        if (y > b) break
-        if (x >= a && mine(e)) (out ??= new Uint8Array(end - start))[e - start] = 1
-      }
-    }
-    return out
-  }
-
-  /**
    * Make the destination read as zeros over the extents marked in `holes` (holes on the
    * source), writing only where it does not already: nothing where it is known zero and this
    * run has not written it, nothing over its own holes and zero runs; elsewhere a punch (files,
@@ -584,7 +563,9 @@ export class SyncEngine {
     try {
       // Extents the source's allocation says read as zeros (holes) are neither read nor
       // copied: the destination is only made to read as zeros where it does not already.
-      const holes = await this.zeroByAllocation(o.from, start, end, pos, len, mine)
+      // Below dataUntil the source was data when last looked at: no lookup (stale is safe).
+      const allocZero = pos + len <= this.dataUntil ? undefined : await zeroExtents(o.from, pos, len, o.extentSize)
+      const holes = allocZero?.some((z, i) => z === 1 && mine(start + i)) ? allocZero.map((z, i) => (z === 1 && mine(start + i) ? 1 : 0)) : undefined
       let zeroed = 0
       if (holes) {
         zeroed = await this.zeroHoles(start, end, pos, len, holes)

@@ -15,9 +15,14 @@ import {randomBytes} from 'node:crypto'
 import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
+import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {Scoreboard} from '../../src/engine/Scoreboard.js'
 import {SyncEngine} from '../../src/engine/SyncEngine.js'
+import {CloneGroup} from '../../src/group/CloneGroup.js'
+import {addClone, createGroup, fractureClones} from '../../src/group/GroupAdmin.js'
+import {verifyClone} from '../../src/group/Verify.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
+import {GroupStore} from '../../src/store/GroupStore.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
 import {FileVolume} from '../../src/volume/FileVolume.js'
 import {kernel} from '../../src/volume/kernel.js'
@@ -214,5 +219,58 @@ describe('sync skips holes on both sides (real sparse files)', {skip: kernel() ?
       }
     }
     assert.ok(cmp(src, clone).same, 'byte-identical')
+  })
+
+  test('given a synchronized sparse clone, when it is verified, then holes on both sides are equal without a read, and a difference under a hole on one side is still found', async () => {
+    const size = 1 * GiB
+    const src = join(dir, 'verify-src.img')
+    const clone = join(dir, 'verify-clone.img')
+    const writes = scattered(size, 4)
+    await sparseImage(src, size, writes)
+    const state = join(dir, 'verify-state')
+    await fsp.mkdir(join(state, 'groups'), {recursive: true, mode: 0o700})
+    await fsp.chmod(state, 0o700)
+    const ctx = {fs: nodeFs, store: new GroupStore(nodeFs, state, {creationLock: false})}
+    await createGroup(ctx, {name: 'v', sourcePath: src, extentSize: X})
+    let g = await CloneGroup.open(ctx, 'v', {writable: true})
+    try {
+      await addClone(g, {clone: 'c', path: clone, create: true})
+      const sync = await ForwardSync.start(g, {clone: 'c', command: 'test'})
+      if (sync instanceof ForwardSync) await sync.run()
+      await fractureClones(g, ['c'])
+    } finally {
+      await g.close()
+    }
+    // Counted at the file volumes themselves: every read verify makes, on either side.
+    const read = FileVolume.prototype.read
+    let readBytes = 0
+    FileVolume.prototype.read = async function (this: FileVolume, position: number, length: number, into?: Buffer) {
+      readBytes += length
+      return read.call(this, position, length, into)
+    }
+    try {
+      g = await CloneGroup.open(ctx, 'v', {writable: false})
+      try {
+        const r = await verifyClone(g, 'c')
+        assert.deepEqual(r.violations, [])
+        assert.equal(r.markedDifferent + r.markedEqual, 0)
+        assert.equal(readBytes, 2 * 4 * MiB, 'only the data extents are read, on both sides')
+      } finally {
+        await g.close()
+      }
+      // A difference where the source has a hole and the clone data (written behind clonectl's back).
+      const fh = await fsp.open(clone, 'r+')
+      await fh.write(Buffer.alloc(X, 7), 0, X, 300 * MiB)
+      await fh.close()
+      g = await CloneGroup.open(ctx, 'v', {writable: false})
+      try {
+        const r = await verifyClone(g, 'c')
+        assert.deepEqual(r.violations, [(300 * MiB) / X], 'the planted extent is found')
+      } finally {
+        await g.close()
+      }
+    } finally {
+      FileVolume.prototype.read = read
+    }
   })
 })
