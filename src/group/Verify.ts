@@ -1,6 +1,6 @@
 import {VerifyMismatchError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import {zeroExtents} from '../volume/holes.js'
+import {readForCompare} from '../volume/holes.js'
 import type {CloneGroup} from './CloneGroup.js'
 
 export interface VerifyReport {
@@ -41,29 +41,11 @@ export async function verifyClone(
     const len = Math.min(end * g.extentSize, g.volumeSize) - pos
     // A hole (or zero run) on both sides is equal without reading either (issue 16).
     // eslint-disable-next-line no-await-in-loop
-    const [za, zb] = await Promise.all([zeroExtents(g.src, pos, len, g.extentSize), zeroExtents(m.vol, pos, len, g.extentSize)])
-    const equalByHoles = (e: number): boolean => za?.[e - start] === 1 && zb?.[e - start] === 1
-    const a = Buffer.alloc(len)
-    const b = Buffer.alloc(len)
-    const reads: Array<Promise<unknown>> = []
-    for (let e = start; e < end; ) {
-      if (equalByHoles(e)) {
-        e++
-        continue
-      }
-      let f = e + 1
-      while (f < end && !equalByHoles(f)) f++
-      const off = (e - start) * g.extentSize
-      const n = Math.min(f * g.extentSize, g.volumeSize) - pos - off
-      reads.push(g.src.read(pos + off, n, a.subarray(off, off + n)), m.vol.read(pos + off, n, b.subarray(off, off + n)))
-      e = f
-    }
-    // eslint-disable-next-line no-await-in-loop
-    await Promise.all(reads)
+    const {a, b, bothZero} = await readForCompare(g.src, m.vol, pos, len, g.extentSize)
     for (let e = start; e < end; e++) {
       const off = (e - start) * g.extentSize
       const n = Math.min(g.extentSize, len - off)
-      const differs = !equalByHoles(e) && a.compare(b, off, off + n, off, off + n) !== 0
+      const differs = !bothZero(e - start) && a.compare(b, off, off + n, off, off + n) !== 0
       if (differs) exact.set(e)
       if (differs && !D.bits.get(e)) violations.push(e)
       else if (!differs && D.bits.get(e)) markedEqual++

@@ -19,6 +19,7 @@ import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {Scoreboard} from '../../src/engine/Scoreboard.js'
 import {SyncEngine} from '../../src/engine/SyncEngine.js'
 import {CloneGroup} from '../../src/group/CloneGroup.js'
+import {groupDrill} from '../../src/group/Drill.js'
 import {addClone, createGroup, fractureClones} from '../../src/group/GroupAdmin.js'
 import {verifyClone} from '../../src/group/Verify.js'
 import {nodeFs} from '../../src/io/NodeDurableFs.js'
@@ -272,5 +273,43 @@ describe('sync skips holes on both sides (real sparse files)', {skip: kernel() ?
     } finally {
       FileVolume.prototype.read = read
     }
+  })
+
+  test('given a fractured sparse clone, when a group drill copies it to a scratch target and checks it, then only its data is read and the target is as sparse', async () => {
+    const size = 1 * GiB
+    const src = join(dir, 'drill-src.img')
+    const clone = join(dir, 'drill-clone.img')
+    const target = join(dir, 'drill-target.img')
+    await sparseImage(src, size, scattered(size, 4))
+    const state = join(dir, 'drill-state')
+    await fsp.mkdir(join(state, 'groups'), {recursive: true, mode: 0o700})
+    await fsp.chmod(state, 0o700)
+    const ctx = {fs: nodeFs, store: new GroupStore(nodeFs, state, {creationLock: false})}
+    await createGroup(ctx, {name: 'd', sourcePath: src, extentSize: X})
+    const g = await CloneGroup.open(ctx, 'd', {writable: true})
+    try {
+      await addClone(g, {clone: 'c', path: clone, create: true})
+      const sync = await ForwardSync.start(g, {clone: 'c', command: 'test'})
+      if (sync instanceof ForwardSync) await sync.run()
+      await fractureClones(g, ['c'])
+    } finally {
+      await g.close()
+    }
+    const read = FileVolume.prototype.read
+    let readBytes = 0
+    FileVolume.prototype.read = async function (this: FileVolume, position: number, length: number, into?: Buffer) {
+      readBytes += length
+      return read.call(this, position, length, into)
+    }
+    try {
+      const r = await groupDrill(ctx, {group: 'd', clone: 'c', target, command: 'test'})
+      assert.ok(r.ok, JSON.stringify(r.checks))
+      assert.equal(r.bytesCopied, 4 * MiB)
+      assert.equal(readBytes, 3 * 4 * MiB, 'the clone\'s data once to copy, then it and the target\'s once to compare')
+    } finally {
+      FileVolume.prototype.read = read
+    }
+    assert.ok(cmp(clone, target).same, 'byte-identical')
+    assert.ok((await allocated(target)) <= (await allocated(clone)), 'the target is as sparse as the clone')
   })
 })
