@@ -116,6 +116,8 @@ export class SyncEngine {
     // A destination known to read as zero may skip zero chunks, but only where this run
     // has not written already (a re-copy after a collision must write its zeros).
     if (o.to.knownZero) this.written = new ExtentBitmap(o.map.bits.count)
+    // A source that cannot tell holes is all data: no lookups (nor the awaits they cost).
+    if (o.from.tellsHoles?.() === false) this.dataUntil = Number.POSITIVE_INFINITY
     const total = this.remaining()
     this.progress = {remainingExtents: total, totalExtents: total, copiedBytes: 0, skippedBytes: 0, zeroedBytes: 0, readBytes: 0}
   }
@@ -185,11 +187,15 @@ export class SyncEngine {
         let start = this.nextCandidate(cursor)
         if (start < 0) break
         // A long hole on both sides is cleared as a range, with nothing claimed, read or written.
-        // eslint-disable-next-line no-await-in-loop
-        const swept = await this.sweepHoles(start, perChunk)
-        if (swept !== undefined) {
-          cursor = swept
-          continue
+        // Looked for only past the data known (no await otherwise: the engine's interleaving
+        // with host I/O stays as it was on volumes without holes).
+        if (start * o.extentSize >= this.dataUntil) {
+          // eslint-disable-next-line no-await-in-loop
+          const swept = await this.sweepHoles(start, perChunk)
+          if (swept !== undefined) {
+            cursor = swept
+            continue
+          }
         }
         const rate = o.limiter?.rate
         // Under --rate a chunk is at most a tenth of a second's worth (at least one extent),
@@ -301,6 +307,7 @@ export class SyncEngine {
         const w = this.written.runs(start, end).next()
         if (!w.done) end = w.value[0]
       } else {
+        if (o.to.tellsHoles?.() === false) return undefined
         const dest = (await o.to.extents(pos, this.byteLen(start, end)))[0]
         if (dest === undefined || dest.kind === 'data') return undefined
         end = Math.min(end, endOf(dest.offset + dest.length))
@@ -525,7 +532,8 @@ export class SyncEngine {
     const writes: Array<Promise<void>> = []
     for (const [a, b] of this.runs(start, end, len, need)) {
       // eslint-disable-next-line no-await-in-loop -- one lookup per run of holes, usually one
-      for (const r of await to.extents(pos + a, b - a)) {
+      const dest = to.tellsHoles?.() === false ? [{offset: pos + a, length: b - a, kind: 'data'}] : await to.extents(pos + a, b - a)
+      for (const r of dest) {
         if (r.kind !== 'data') continue
         writes.push(to.writeZeroes(r.offset, r.length, {punch}))
         zeroed += r.length
