@@ -11,6 +11,7 @@
  * tests check work done, not time.
  */
 import assert from 'node:assert/strict'
+import {execFileSync, spawnSync} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
@@ -26,6 +27,7 @@ import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {ExtentBitmap} from '../../src/map/ExtentBitmap.js'
 import {FileVolume} from '../../src/volume/FileVolume.js'
+import {openVolume} from '../../src/volume/openVolume.js'
 import {kernel} from '../../src/volume/kernel.js'
 import type {Fingerprint, Volume, VolumeExtent} from '../../src/volume/Volume.js'
 import {allocated, cmp, GiB, MiB, sparseImage, tempDir} from '../helpers/cli.js'
@@ -311,5 +313,34 @@ describe('sync skips holes on both sides (real sparse files)', {skip: kernel() ?
     }
     assert.ok(cmp(clone, target).same, 'byte-identical')
     assert.ok((await allocated(target)) <= (await allocated(clone)), 'the target is as sparse as the clone')
+  })
+
+  const needLoop = process.getuid?.() === 0 && spawnSync('losetup', ['--version'], {stdio: 'ignore'}).status === 0 ? false : 'needs root and losetup'
+  test('given a block-device clone full of data and a sparse source, when it syncs, then the holes are zeroed by the device (BLKZEROOUT), not written as zeros', {skip: needLoop}, async () => {
+    const size = 64 * MiB
+    const src = join(dir, 'blk-src.img')
+    const backing = join(dir, 'blk-backing.img')
+    const writes = scattered(size, 8)
+    await sparseImage(src, size, writes)
+    await fsp.writeFile(backing, randomBytes(size))
+    const dev = execFileSync('losetup', ['-f', '--show', backing], {encoding: 'utf8'}).trim()
+    try {
+      const from = await open(src, false)
+      const to = new CountingVolume(await openVolume(nodeFs, dev, {write: true}))
+      assert.equal(to.kind, 'block')
+      try {
+        const engine = await copyAll(from, to)
+        assert.equal(from.readBytes, 8 * MiB, 'holes on the source are not read')
+        assert.equal(to.writtenBytes, 8 * MiB, 'only data is written')
+        assert.equal(to.zeroedBytes, size - 8 * MiB, 'the rest is zeroed by the device')
+        assert.equal(engine.progress.zeroedBytes, size - 8 * MiB)
+      } finally {
+        await from.close()
+        await to.close()
+      }
+      assert.ok(cmp(src, dev).same, 'byte-identical')
+    } finally {
+      execFileSync('losetup', ['-d', dev])
+    }
   })
 })
