@@ -8,6 +8,12 @@
  * that started before the copy and is still running counts as much as one that starts
  * during it, because the copy may have read the extent before that write landed.
  */
+export interface RangeWatch {
+  readonly start: number
+  readonly end: number
+  hit: boolean
+}
+
 export class CollisionDetector {
   private readonly writing = new Map<number, number>()
   private readonly watching = new Map<number, boolean>()
@@ -16,7 +22,30 @@ export class CollisionDetector {
    * the copy; `drained` is resolved once the writes in flight end.
    */
   private readonly blocked = new Map<number, {drained?: () => void; free: Promise<void>; release: () => void}>()
+  /** Ranges watched whole by the sync engine's hole sweep (SyncEngine.sweepHoles): a few at most. */
+  private readonly ranges = new Set<RangeWatch>()
   collisions = 0
+
+  /**
+   * Watch extents [start, end) without claiming them one by one: `hit` becomes true when a
+   * host write to any of them is in flight now or begins before endWatch(). For the hole
+   * sweep, which looks at a long range, then clears its bits in one tick only if no write
+   * came. Does not wait.
+   */
+  watchRange(start: number, end: number): RangeWatch {
+    const w: RangeWatch = {start, end, hit: false}
+    for (const e of this.writing.keys())
+      if (e >= start && e < end) {
+        w.hit = true
+        break
+      }
+    this.ranges.add(w)
+    return w
+  }
+
+  endWatch(w: RangeWatch): void {
+    this.ranges.delete(w)
+  }
 
   /**
    * A host write to [start, end) begins: registered at once (writeStart) unless an extent of
@@ -34,6 +63,7 @@ export class CollisionDetector {
 
   /** A host write to extents [start, end) begins. Call before its first map or data I/O. */
   writeStart(start: number, end: number): void {
+    for (const w of this.ranges) if (start < w.end && end > w.start) w.hit = true
     for (let e = start; e < end; e++) {
       this.writing.set(e, (this.writing.get(e) ?? 0) + 1)
       if (this.watching.has(e)) this.watching.set(e, true)

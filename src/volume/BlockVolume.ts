@@ -86,6 +86,11 @@ export class BlockVolume extends FileVolume {
     return length === 0 ? [] : [{offset: position, length, kind: 'data'}]
   }
 
+  /** A block device has no holes to tell. */
+  override tellsHoles(): boolean {
+    return false
+  }
+
   protected override async zeroByKernel(k: Kernel, fd: number, position: number, length: number, punch: boolean): Promise<boolean> {
     this.zeroing ??= sysfsZeroing(this.majorMinor)
     const lim = await this.zeroing

@@ -324,6 +324,11 @@ export class FileVolume implements Volume {
     }
   }
 
+  /** Whether extents() can find holes here: a real file descriptor and the kernel calls. */
+  tellsHoles(): boolean {
+    return this.file.fd !== undefined && kernel() !== undefined
+  }
+
   /** fdatasync: every write that completed before the call is durable when it resolves. Waits. */
   async flush(): Promise<void> {
     try {

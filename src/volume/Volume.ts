@@ -68,6 +68,11 @@ export interface Volume {
    * `data` run. Waits.
    */
   extents(position: number, length: number): Promise<VolumeExtent[]>
+  /**
+   * False when extents() can only ever answer data (an image without the kernel calls, a
+   * block device): a copy then asks for no holes at all. Absent means it may tell. Does not wait.
+   */
+  tellsHoles?(): boolean
   /** Make every completed write durable (fdatasync). */
   flush(): Promise<void>
   /** The volume's current fingerprint. */
