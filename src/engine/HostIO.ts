@@ -120,7 +120,7 @@ export class HostIO {
     if (length === 0) return
     const {g} = this
     const [s, e] = extentRange(offset, length, g.extentSize)
-    await this.gate.enter()
+    if (!this.gate.tryEnter()) await this.gate.enter()
     // Registered with the collision detector at once, unless an extent is being copied
     // write-blocking (it collided before): then after that copy.
     const blocked = g.collisions.writeStartWhenFree(s, e)
@@ -136,6 +136,7 @@ export class HostIO {
       // Recipe 1: D[k] durable before the write that makes source and clone k differ. For a
       // mirrored clone that is the write-intent bit: set ahead of both writes, cleared lazily
       // (CloneMember.sweepIntent) once both completed and the extent went quiet.
+      // Only the commits to wait for: a bit already durable needs none (the usual case).
       const marks: Array<Promise<void>> = []
       const busy = (x: number): boolean => g.scoreboard.has(x)
       for (const m of g.members.values()) {
@@ -145,13 +146,15 @@ export class HostIO {
           const mir = m.beginMirror(s, e, busy, this.intentRegion)
           if (mir) {
             mirrored.push({m, marked: mir.marked})
-            marks.push(m.map.setDurable(mir.durable[0], mir.durable[1]))
+            const w = m.map.setDurableOrDone(mir.durable[0], mir.durable[1])
+            if (w) marks.push(w)
             continue
           }
         } else if (m.state === 'reverse-syncing') mirrored.push({m})
-        marks.push(m.map.setDurable(s, e))
+        const w = m.map.setDurableOrDone(s, e)
+        if (w) marks.push(w)
       }
-      await Promise.all(marks)
+      if (marks.length > 0) await Promise.all(marks)
       const ops: Array<Promise<boolean>> = [apply(g.src).then(() => {
         g.noteWritten(g.src)
         return true

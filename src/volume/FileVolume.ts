@@ -238,7 +238,8 @@ export class FileVolume implements Volume {
   async write(position: number, data: Uint8Array): Promise<void> {
     this.writable()
     this.range(position, data.byteLength, 'write')
-    if (await this.writeDirect(position, data)) return
+    // Checked here first: a host write (small, unaligned memory) skips an await.
+    if (this.knownZero && directAligned(position, data, DIRECT_MIN) && (await this.writeDirect(position, data))) return
     try {
       await this.file.write(data, position)
     } catch (error) {

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
+import {HostGate} from '../../src/engine/HostGate.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {CloneGroup} from '../../src/group/CloneGroup.js'
 import {addClone, fractureClones} from '../../src/group/GroupAdmin.js'
@@ -202,5 +203,47 @@ describe('write-intent bits of a mirrored clone', () => {
     const after = await CloneGroup.open(m.ctx, 'g', {writable: false, volumes: false})
     assert.deepEqual(setBits(after.member('c').map.bits), [3])
     await after.close()
+  })
+})
+
+describe('HostGate.tryEnter (the host write path enters without an await)', () => {
+  test('given an open gate, then a writer enters at once and an exclusive step waits for it to leave; while the step runs, tryEnter refuses and enter() waits for the step', async () => {
+    const gate = new HostGate()
+    assert.equal(gate.tryEnter(), true)
+    assert.equal(gate.inflight, 1)
+    let stepRan = false
+    let inStep = -1
+    let refusedInStep: boolean | undefined
+    let release!: () => void
+    const stepHeld = new Promise<void>((r) => {
+      release = r
+    })
+    const step = gate.exclusive(async () => {
+      stepRan = true
+      inStep = gate.inflight
+      refusedInStep = !gate.tryEnter()
+      await stepHeld
+    })
+    for (let i = 0; i < 10; i++) await Promise.resolve()
+    assert.equal(stepRan, false, 'the step waits for the writer that entered')
+    gate.leave()
+    // A writer arriving now waits at the gate until the step ends.
+    let entered = false
+    const late = gate.enter().then(() => {
+      entered = true
+    })
+    while (!stepRan) await Promise.resolve()
+    assert.equal(inStep, 0)
+    assert.equal(refusedInStep, true, 'no writer enters while the step runs')
+    for (let i = 0; i < 10; i++) await Promise.resolve()
+    assert.equal(entered, false)
+    release()
+    await step
+    await late
+    assert.equal(entered, true)
+    assert.equal(gate.inflight, 1)
+    gate.leave()
+    assert.equal(gate.tryEnter(), true, 'open again')
+    gate.leave()
   })
 })
