@@ -39,13 +39,16 @@ class NodeFile implements DurableFile {
     return done
   }
 
-  async write(buf: Uint8Array, position: number): Promise<void> {
-    let done = 0
+  writeNow(buf: Uint8Array, position: number): boolean {
     const n = buf.byteLength
-    if (!this.direct && n <= SYNC_WRITE_MAX && n % PAGE === 0 && position % PAGE === 0) {
-      while (done < n) done += writeSync(this.fh.fd, buf, done, n - done, position + done)
-      return
-    }
+    if (this.direct || n > SYNC_WRITE_MAX || n % PAGE !== 0 || position % PAGE !== 0) return false
+    for (let done = 0; done < n; ) done += writeSync(this.fh.fd, buf, done, n - done, position + done)
+    return true
+  }
+
+  async write(buf: Uint8Array, position: number): Promise<void> {
+    if (this.writeNow(buf, position)) return
+    let done = 0
     while (done < buf.byteLength) {
       // eslint-disable-next-line no-await-in-loop
       const {bytesWritten} = await this.fh.write(buf, done, buf.byteLength - done, position + done)

@@ -180,6 +180,29 @@ describe('NodeDurableFs: small page-aligned writes skip the thread pool', () => 
     assert.deepEqual(got.subarray(128 * 1024), b)
   })
 
+  test('FileVolume.writeNow: an aligned 4 KiB write is done at once; unaligned, or possibly O_DIRECT, it declines; past the end or read-only, VolumeIoError', async () => {
+    const p = await fileWith(Buffer.alloc(256 * 1024))
+    const v = await FileVolume.open(nodeFs, p, {write: true})
+    const a = randomBytes(4096)
+    try {
+      assert.equal(v.writeNow(12288, a), true)
+      assert.deepEqual(await v.read(12288, 4096), a, 'read after write sees it')
+      assert.equal(v.writeNow(100, randomBytes(4096)), false, 'unaligned')
+      v.knownZero = true
+      assert.equal(v.writeNow(0, alignedBuffer(64 * 1024)), false, 'a fresh image may take it through O_DIRECT')
+      assert.throws(() => v.writeNow(256 * 1024, a), (e: Error) => e instanceof VolumeIoError && e.message.includes('past the end'))
+    } finally {
+      await v.close()
+    }
+    const ro = await FileVolume.open(nodeFs, p, {write: false})
+    try {
+      assert.throws(() => ro.writeNow(0, a), VolumeIoError)
+    } finally {
+      await ro.close()
+    }
+    assert.deepEqual((await fsp.readFile(p)).subarray(12288, 12288 + 4096), a)
+  })
+
   test('given a device that is full (/dev/full); when a small aligned write fails, then it rejects with its errno (never throws)', async () => {
     const f = await nodeFs.open('/dev/full', {write: true})
     try {
