@@ -88,8 +88,8 @@ const MUTATIONS = [
     name: 'map-fastpath-no-wait',
     what: "PersistentMap.setDurable's fast path does not wait for the commit in flight",
     file: 'src/map/PersistentMap.ts',
-    find: /\?\s*this\.inflight\s*:\s*Promise\.resolve\(\)/,
-    replace: '? Promise.resolve() : Promise.resolve()',
+    find: /\?\s*this\.inflight\s*:\s*undefined/,
+    replace: '? undefined : undefined',
   },
   {
     name: 'checkpoint-commit-not-awaited',

@@ -9,6 +9,13 @@ export class HostGate {
   private drained?: () => void
   private closed?: Promise<void>
 
+  /** A host write enters at once unless an exclusive step runs (then false: call enter()). Does not wait. */
+  tryEnter(): boolean {
+    if (this.closed) return false
+    this.active++
+    return true
+  }
+
   /** A host write enters; waits only while an exclusive step runs. */
   async enter(): Promise<void> {
     while (this.closed) {

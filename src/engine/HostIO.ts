@@ -78,7 +78,9 @@ export class HostIO {
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.mutate(offset, data.length, fua, (v) => v.write(offset, data))
+    // Synchronously where the volume can (a small page-aligned write to the page cache): a
+    // mirrored write is then one pwrite per volume and no promise at all.
+    return this.mutate(offset, data.length, fua, (v) => (v.writeNow?.(offset, data) ? undefined : v.write(offset, data)))
   }
 
   /**
@@ -114,18 +116,19 @@ export class HostIO {
     await this.flush()
   }
 
-  private async mutate(offset: number, length: number, fua: boolean, apply: (v: Volume) => Promise<void>): Promise<void> {
+  /** `apply` makes the change on one volume: undefined when it was done synchronously. */
+  private async mutate(offset: number, length: number, fua: boolean, apply: Apply): Promise<void> {
     this.check(offset, length, true)
     if (length === 0) return
     const {g} = this
     const [s, e] = extentRange(offset, length, g.extentSize)
-    await this.gate.enter()
+    if (!this.gate.tryEnter()) await this.gate.enter()
     // Registered with the collision detector at once, unless an extent is being copied
     // write-blocking (it collided before): then after that copy.
     const blocked = g.collisions.writeStartWhenFree(s, e)
     if (blocked) await blocked
     // Clones this write goes to, with the extents it made write-intent there.
-    const mirrored: Array<{m: EngineMember; marked?: number[]}> = []
+    const mirrored: Array<{m: EngineMember; marked?: number[]; missed?: boolean}> = []
     let ok = false
     // Extents whose pre-restore data this write replaces without a copy first (reads wait for it).
     let overwriting: number[] | undefined
@@ -135,6 +138,7 @@ export class HostIO {
       // Recipe 1: D[k] durable before the write that makes source and clone k differ. For a
       // mirrored clone that is the write-intent bit: set ahead of both writes, cleared lazily
       // (CloneMember.sweepIntent) once both completed and the extent went quiet.
+      // Only the commits to wait for: a bit already durable needs none (the usual case).
       const marks: Array<Promise<void>> = []
       const busy = (x: number): boolean => g.scoreboard.has(x)
       for (const m of g.members.values()) {
@@ -144,29 +148,52 @@ export class HostIO {
           const mir = m.beginMirror(s, e, busy, this.intentRegion)
           if (mir) {
             mirrored.push({m, marked: mir.marked})
-            marks.push(m.map.setDurable(mir.durable[0], mir.durable[1]))
+            const w = m.map.setDurableOrDone(mir.durable[0], mir.durable[1])
+            if (w) marks.push(w)
             continue
           }
         } else if (m.state === 'reverse-syncing') mirrored.push({m})
-        marks.push(m.map.setDurable(s, e))
+        const w = m.map.setDurableOrDone(s, e)
+        if (w) marks.push(w)
       }
-      await Promise.all(marks)
-      const ops: Array<Promise<boolean>> = [apply(g.src).then(() => {
-        g.noteWritten(g.src)
-        return true
-      })]
-      for (const {m} of mirrored) ops.push(this.mirror(m, apply))
+      if (marks.length > 0) await Promise.all(marks)
+      // The source and every mirrored clone are written at once; those done synchronously
+      // add nothing to wait for. Only the source's failure fails the host write.
+      const pending: Array<Promise<void>> = []
+      let srcFailed: {error: unknown} | undefined
+      try {
+        const w = apply(g.src)
+        if (w)
+          pending.push(
+            w.then(
+              () => g.noteWritten(g.src),
+              (error: unknown) => {
+                srcFailed ??= {error}
+              },
+            ),
+          )
+        else g.noteWritten(g.src)
+      } catch (error) {
+        srcFailed = {error}
+      }
+      for (const x of mirrored) {
+        const w = this.mirror(x.m, apply)
+        if (w === false) x.missed = true
+        else if (w !== true)
+          pending.push(
+            w.then((ok) => {
+              if (!ok) x.missed = true
+            }),
+          )
+      }
       this.mirroredWrites += mirrored.length
       // Every copy settles before this write counts as done or failed: the finally below
       // ends write-intent, and the caller may reuse the data buffer.
-      const settled = await Promise.allSettled(ops)
-      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-      if (failed) throw failed.reason
-      for (let i = 1; i < settled.length; i++) {
-        const r = settled[i]
-        const x = mirrored[i - 1]
+      if (pending.length > 0) await Promise.all(pending)
+      if (srcFailed) throw srcFailed.error
+      for (const x of mirrored) {
         // The clone missed this write: its extents there are no longer write-intent.
-        if (r.status === 'fulfilled' && !r.value && x.marked) {
+        if (x.missed && x.marked) {
           x.m.endMirror(x.marked, false)
           x.marked = undefined
         }
@@ -192,18 +219,36 @@ export class HostIO {
    * is fractured; a synchronizing one is left to its sync, which copies the extent again
    * (or stops on the clone's error itself).
    */
-  private async mirror(m: EngineMember, apply: (v: Volume) => Promise<void>): Promise<boolean> {
+  private mirror(m: EngineMember, apply: Apply): boolean | Promise<boolean> {
+    let w: Promise<void> | undefined
     try {
-      await apply(m.vol)
+      w = apply(m.vol)
+    } catch (error) {
+      return this.mirrorFailed(m, error)
+    }
+    if (!w) {
       this.g.noteWritten(m.vol)
       return true
-    } catch (error) {
-      const err = error instanceof Error ? error : new Error(String(error))
-      if (m.state !== 'synchronized') return false
-      m.apply('fracture', {reason: `a mirrored write failed: ${err.message}`})
-      this.onMirrorFailure?.(m.name, err)
-      void this.g.save().catch(() => undefined)
-      return false
     }
+    return w.then(
+      () => {
+        this.g.noteWritten(m.vol)
+        return true
+      },
+      (error: unknown) => this.mirrorFailed(m, error),
+    )
+  }
+
+  /** A mirrored write to m failed (see mirror()): false, the clone missed the write. */
+  private mirrorFailed(m: EngineMember, error: unknown): boolean {
+    const err = error instanceof Error ? error : new Error(String(error))
+    if (m.state !== 'synchronized') return false
+    m.apply('fracture', {reason: `a mirrored write failed: ${err.message}`})
+    this.onMirrorFailure?.(m.name, err)
+    void this.g.save().catch(() => undefined)
+    return false
   }
 }
+
+/** A host request's change to one volume: undefined when it was done synchronously. */
+type Apply = (v: Volume) => Promise<void> | undefined

@@ -29,6 +29,12 @@ export interface DurableFile {
   read(buf: Uint8Array, position: number, length?: number): Promise<number>
   /** Positional write of the whole buffer. Not durable until datasync(). */
   write(buf: Uint8Array, position: number): Promise<void>
+  /**
+   * write(), done synchronously when that is cheap (NodeDurableFs: a small page-aligned write
+   * into the page cache): true when done, false when the caller must call write(). Throws the
+   * write's error. Absent: always write().
+   */
+  writeNow?(buf: Uint8Array, position: number): boolean
   /** fdatasync: every write to this file that completed before the call is durable when it resolves. */
   datasync(): Promise<void>
   /** Current size in bytes (for a block device, use the volume's size instead). */

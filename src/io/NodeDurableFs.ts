@@ -1,9 +1,28 @@
-import {constants} from 'node:fs'
+import {constants, writeSync} from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import type {DurableFile, DurableFs, FileStat, LinkStat, OpenOptions} from './DurableFs.js'
 
+/**
+ * Writes at most this long, page-aligned, through a buffered (not O_DIRECT) handle are done
+ * with a synchronous pwrite on the calling thread: they only copy into the page cache (no
+ * read of a partial page first), which costs a few µs, while a round trip through libuv's
+ * thread pool costs a queue lock, a worker wake-up and a completion wake-up (~15-25 µs of
+ * CPU and ~3 context switches). A mirrored host write pays that once per volume. Measured
+ * through serve, 4K randwrite QD16 (perf, CPU per host write): no clone 21 → 15 µs, one
+ * synchronized clone 31 → 19 µs, three 69 → 33 µs; context switches per write 4-13 → < 0.5.
+ * The event loop can block only where the kernel throttles a writer (dirty page limits),
+ * which throttles the thread pool's writers just as much; O_DIRECT handles (real device
+ * I/O) and bulk copies stay on the pool.
+ */
+export const SYNC_WRITE_MAX = 64 * 1024
+const PAGE = 4096
+
 class NodeFile implements DurableFile {
-  constructor(readonly path: string, private readonly fh: fsp.FileHandle) {}
+  constructor(
+    readonly path: string,
+    private readonly fh: fsp.FileHandle,
+    private readonly direct = false,
+  ) {}
 
   get fd(): number {
     return this.fh.fd
@@ -20,7 +39,15 @@ class NodeFile implements DurableFile {
     return done
   }
 
+  writeNow(buf: Uint8Array, position: number): boolean {
+    const n = buf.byteLength
+    if (this.direct || n > SYNC_WRITE_MAX || n % PAGE !== 0 || position % PAGE !== 0) return false
+    for (let done = 0; done < n; ) done += writeSync(this.fh.fd, buf, done, n - done, position + done)
+    return true
+  }
+
   async write(buf: Uint8Array, position: number): Promise<void> {
+    if (this.writeNow(buf, position)) return
     let done = 0
     while (done < buf.byteLength) {
       const {bytesWritten} = await this.fh.write(buf, done, buf.byteLength - done, position + done)
@@ -61,7 +88,7 @@ export class NodeDurableFs implements DurableFs {
     const direct = (constants as Record<string, number | undefined>).O_DIRECT
     if (!direct) throw Object.assign(new Error(`O_DIRECT is not available on ${process.platform}`), {code: 'EINVAL'})
     const fh = await fsp.open(path, (opts.write ? constants.O_RDWR : constants.O_RDONLY) | direct)
-    return new NodeFile(path, fh)
+    return new NodeFile(path, fh, true)
   }
 
   async rename(from: string, to: string): Promise<void> {

@@ -679,6 +679,14 @@ export class PersistentMap {
    * issue the write it guards.
    */
   setDurable(start: number, end: number): Promise<void> {
+    return this.setDurableOrDone(start, end) ?? Promise.resolve()
+  }
+
+  /**
+   * setDurable, but undefined instead of a resolved promise when every bit was already
+   * durable: the host write path (one call per clone per write) then skips an await.
+   */
+  setDurableOrDone(start: number, end: number): Promise<void> | undefined {
     try {
       this.bits.setRange(start, end)
     } catch (error) {
@@ -687,11 +695,11 @@ export class PersistentMap {
     if (this.failure) return Promise.reject(this.failure)
     if (this.closing) return Promise.reject(this.closedError())
     if (this.readOnly) return Promise.reject(this.readOnlyError())
-    if (start === end) return Promise.resolve()
+    if (start === end) return undefined
     this.noteSet(start, end)
     if (this.replacing === 0 && this.durable.allSet(start, end)) {
       // In the image; on disk too, unless the commit in flight set some of them.
-      return this.unsynced.anySet(start, end) ? this.inflight : Promise.resolve()
+      return this.unsynced.anySet(start, end) ? this.inflight : undefined
     }
     if (this.batch) {
       this.batch.ranges.push([start, end])

@@ -238,10 +238,23 @@ export class FileVolume implements Volume {
    * flush() (an O_DIRECT write too: fdatasync commits its allocation and the device cache).
    * Waits.
    */
+  writeNow(position: number, data: Uint8Array): boolean {
+    this.writable()
+    this.range(position, data.byteLength, 'write')
+    // May go through O_DIRECT (writeDirect): never synchronously.
+    if ((this.knownZero && directAligned(position, data, DIRECT_MIN)) || !this.file.writeNow) return false
+    try {
+      return this.file.writeNow(data, position)
+    } catch (error) {
+      throw ioError(this.path, 'writing', error, position)
+    }
+  }
+
   async write(position: number, data: Uint8Array): Promise<void> {
     this.writable()
     this.range(position, data.byteLength, 'write')
-    if (await this.writeDirect(position, data)) return
+    // Checked here first: a host write (small, unaligned memory) skips an await.
+    if (this.knownZero && directAligned(position, data, DIRECT_MIN) && (await this.writeDirect(position, data))) return
     try {
       await this.file.write(data, position)
     } catch (error) {

@@ -50,6 +50,12 @@ export interface Volume {
   /** Write the whole buffer at `position`. Not durable until flush(). */
   write(position: number, data: Uint8Array): Promise<void>
   /**
+   * write(), done synchronously when the volume can do it cheaply (a small page-aligned write
+   * into the page cache): true when done, false when the caller must call write(). Throws
+   * what write() would reject with. Absent: always write().
+   */
+  writeNow?(position: number, data: Uint8Array): boolean
+  /**
    * Make [position, position+length) read as zeros. Keeps the range allocated (fallocate
    * ZERO_RANGE, BLKZEROOUT, else zeros written) unless `punch`: then its blocks may be freed
    * (a hole, a discard that guarantees zeros), as NBD WRITE_ZEROES without NO_HOLE allows.

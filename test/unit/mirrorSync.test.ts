@@ -7,10 +7,13 @@
 import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
-import {HostIO} from '../../src/engine/HostIO.js'
+import {HostGate} from '../../src/engine/HostGate.js'
+import {HostIO, HostIoError} from '../../src/engine/HostIO.js'
 import {CloneGroup} from '../../src/group/CloneGroup.js'
 import {addClone, fractureClones} from '../../src/group/GroupAdmin.js'
+import {VolumeIoError} from '../../src/errors/errors.js'
 import {mulberry32} from '../../src/io/prng.js'
+import type {Volume} from '../../src/volume/Volume.js'
 import {buildGroup, clonePath, fillPattern, openGroup, SRC, setBits} from '../helpers/memGroup.js'
 
 const X = 4096
@@ -198,5 +201,125 @@ describe('write-intent bits of a mirrored clone', () => {
     const after = await CloneGroup.open(m.ctx, 'g', {writable: false, volumes: false})
     assert.deepEqual(setBits(after.member('c').map.bits), [3])
     await after.close()
+  })
+})
+
+describe('HostGate.tryEnter (the host write path enters without an await)', () => {
+  test('given an open gate, then a writer enters at once and an exclusive step waits for it to leave; while the step runs, tryEnter refuses and enter() waits for the step', async () => {
+    const gate = new HostGate()
+    assert.equal(gate.tryEnter(), true)
+    assert.equal(gate.inflight, 1)
+    let stepRan = false
+    let inStep = -1
+    let refusedInStep: boolean | undefined
+    let release!: () => void
+    const stepHeld = new Promise<void>((r) => {
+      release = r
+    })
+    const step = gate.exclusive(async () => {
+      stepRan = true
+      inStep = gate.inflight
+      refusedInStep = !gate.tryEnter()
+      await stepHeld
+    })
+    for (let i = 0; i < 10; i++) await Promise.resolve()
+    assert.equal(stepRan, false, 'the step waits for the writer that entered')
+    gate.leave()
+    // A writer arriving now waits at the gate until the step ends.
+    let entered = false
+    const late = gate.enter().then(() => {
+      entered = true
+    })
+    while (!stepRan) await Promise.resolve()
+    assert.equal(inStep, 0)
+    assert.equal(refusedInStep, true, 'no writer enters while the step runs')
+    for (let i = 0; i < 10; i++) await Promise.resolve()
+    assert.equal(entered, false)
+    release()
+    await step
+    await late
+    assert.equal(entered, true)
+    assert.equal(gate.inflight, 1)
+    gate.leave()
+    assert.equal(gate.tryEnter(), true, 'open again')
+    gate.leave()
+  })
+})
+
+describe('a mirrored host write done synchronously (Volume.writeNow)', () => {
+  /** Give a volume a writeNow that records (and, with `fail`, throws) instead of writing. */
+  function withWriteNow(v: Volume, fail?: () => boolean): {now: Array<[number, number]>; asyncWrites: number; vol: Volume} {
+    const rec = {now: [] as Array<[number, number]>, asyncWrites: 0, vol: v}
+    rec.vol = new Proxy(v, {
+      get: (t, key: keyof Volume) => {
+        if (key === 'writeNow')
+          return (pos: number, data: Uint8Array): boolean => {
+            if (fail?.()) throw new VolumeIoError(`I/O error writing ${t.path} at offset ${pos}`, 'EIO')
+            rec.now.push([pos, data.byteLength])
+            return true
+          }
+        if (key === 'write')
+          return (pos: number, data: Uint8Array): Promise<void> => {
+            rec.asyncWrites++
+            return t.write(pos, data)
+          }
+        const x = t[key]
+        return typeof x === 'function' ? (x as (...a: unknown[]) => unknown).bind(t) : x
+      },
+    })
+    return rec
+  }
+
+  test('given a source and a synchronized clone that can write synchronously, when a host writes, then each volume is written once by writeNow and none by write()', async () => {
+    const m = await buildGroup({extents: 8, source: fillPattern(8, X, (e) => e + 1), clones: ['c'], mirrored: ['c']})
+    const g = await openGroup(m)
+    const src = withWriteNow(g.src)
+    g.source = src.vol
+    const c = withWriteNow(g.member('c').vol)
+    g.member('c').volume = c.vol
+    const host = new HostIO(g)
+    await host.write(2 * X, Buffer.alloc(X, 0x22), false)
+    assert.deepEqual(src.now, [[2 * X, X]])
+    assert.deepEqual(c.now, [[2 * X, X]])
+    assert.equal(src.asyncWrites + c.asyncWrites, 0)
+    assert.equal(host.mirroredWrites, 1)
+    assert.equal(g.member('c').state, 'synchronized')
+    assert.ok(g.member('c').map.get(2), 'write-intent set ahead (recipe 1)')
+    await g.close({save: false})
+  })
+
+  test('given a clone whose synchronous write throws, then the host write succeeds and the clone is fractured with its bit set; given the source\'s throws, then the host write fails EIO and the clone was still written', async () => {
+    const m = await buildGroup({extents: 8, source: fillPattern(8, X, (e) => e + 1), clones: ['c'], mirrored: ['c']})
+    const g = await openGroup(m)
+    let srcFails = false
+    let cloneFails = true
+    const src = withWriteNow(g.src, () => srcFails)
+    g.source = src.vol
+    const c = withWriteNow(g.member('c').vol, () => cloneFails)
+    g.member('c').volume = c.vol
+    const failures: string[] = []
+    const host = new HostIO(g, {onMirrorFailure: (clone) => failures.push(clone)})
+    await host.write(3 * X, Buffer.alloc(X, 0x33), false)
+    assert.deepEqual(src.now, [[3 * X, X]])
+    assert.equal(g.member('c').state, 'fractured')
+    assert.deepEqual(failures, ['c'])
+    assert.ok(g.member('c').map.get(3), 'the missed write stays recorded in D')
+    assert.equal(g.member('c').needsCopy(3), true, 'not write-intent: a copy is due')
+
+    const m2 = await buildGroup({extents: 8, source: fillPattern(8, X, (e) => e + 1), clones: ['c'], mirrored: ['c']})
+    const g2 = await openGroup(m2)
+    srcFails = true
+    cloneFails = false
+    const src2 = withWriteNow(g2.src, () => srcFails)
+    g2.source = src2.vol
+    const c2 = withWriteNow(g2.member('c').vol, () => cloneFails)
+    g2.member('c').volume = c2.vol
+    const host2 = new HostIO(g2)
+    await assert.rejects(host2.write(4 * X, Buffer.alloc(X, 0x44), false), (e: Error) => e instanceof HostIoError && e.errno === 'EIO' && e.message.includes(`offset ${4 * X}`))
+    assert.deepEqual(c2.now, [[4 * X, X]], 'the clone was written as before (writes are issued together)')
+    assert.equal(g2.member('c').state, 'synchronized')
+    assert.equal(g2.member('c').needsCopy(4), true, 'source and clone may differ there: no longer write-intent, a copy is due')
+    await g.close({save: false})
+    await g2.close({save: false})
   })
 })

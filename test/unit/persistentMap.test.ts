@@ -428,6 +428,31 @@ describe('PersistentMap: what survives a reopen', () => {
     await m.close()
   })
 
+  test('setDurableOrDone: nothing to wait for (undefined) only once the bits are on disk; while their commit is in flight, that commit', async () => {
+    const p = fresh()
+    const probe = new ProbeFs(nodeFs)
+    const m = await PersistentMap.create(probe, p, header)
+    const release = probe.holdSyncs()
+    const w = m.setDurableOrDone(200, 202)
+    assert.ok(w, 'bits not yet on disk: a commit to wait for')
+    assert.ok(m.get(200) && m.get(201), 'set in memory at once')
+    assert.equal(await settled(w), false, 'not resolved while the datasync is held')
+    // Recipe 1: a second write to the same extents must not overtake the first's set ahead.
+    const again = m.setDurableOrDone(201, 202)
+    assert.ok(again, 'set in the image, not yet synced: waits for that commit')
+    assert.equal(await settled(again), false)
+    release()
+    await Promise.all([w, again])
+    assert.equal(m.setDurableOrDone(200, 202), undefined, 'durable: nothing to wait for')
+    assert.equal(m.setDurableOrDone(5, 5), undefined, 'an empty range')
+    assert.equal(probe.syncsOf(p), 1)
+    m.clear(200, 201)
+    const cleared = m.setDurableOrDone(200, 201)
+    assert.equal(cleared, undefined, 'cleared in memory only (not checkpointed): still set on disk')
+    await m.close()
+    await assert.rejects(m.setDurableOrDone(300, 301)!, 'closed: a rejection, never undefined')
+  })
+
   test('clear without a checkpoint is not on disk; with beginCheckpoint + commitCheckpoint it is', async () => {
     const p = fresh()
     const m = await PersistentMap.create(nodeFs, p, header)

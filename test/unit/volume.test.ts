@@ -133,6 +133,90 @@ describe('FileVolume: reads, writes, zeros, flush and fingerprint', () => {
   })
 })
 
+describe('NodeDurableFs: small page-aligned writes skip the thread pool', () => {
+  /** Whether `p` settles while only microtasks run (no event-loop turn, so no thread-pool completion). */
+  async function settlesWithoutLoop(p: Promise<unknown>): Promise<boolean> {
+    let settled = false
+    p.then(
+      () => (settled = true),
+      () => (settled = true),
+    )
+    for (let i = 0; i < 20 && !settled; i++) await Promise.resolve()
+    const early = settled
+    await p.catch(() => undefined)
+    return early
+  }
+
+  test('given a buffered file; when 4 KiB and 64 KiB aligned writes are made, then each is done before the event loop turns, and the file holds them', async () => {
+    const p = await fileWith(Buffer.alloc(256 * 1024))
+    const f = await nodeFs.open(p, {write: true})
+    const a = randomBytes(4096)
+    const b = randomBytes(64 * 1024)
+    try {
+      assert.equal(await settlesWithoutLoop(f.write(a, 8192)), true, '4 KiB at 8192')
+      assert.equal(await settlesWithoutLoop(f.write(b, 65536)), true, '64 KiB at 65536')
+    } finally {
+      await f.close()
+    }
+    const got = await fsp.readFile(p)
+    assert.deepEqual(got.subarray(8192, 8192 + 4096), a)
+    assert.deepEqual(got.subarray(65536, 65536 + b.length), b)
+    assert.equal(got.subarray(0, 8192).every((x) => x === 0), true, 'nothing else changed')
+  })
+
+  test('given an unaligned or a larger write; then it still goes through the pool and lands whole', async () => {
+    const p = await fileWith(Buffer.alloc(256 * 1024))
+    const f = await nodeFs.open(p, {write: true})
+    const a = randomBytes(5000)
+    const b = randomBytes(128 * 1024)
+    try {
+      assert.equal(await settlesWithoutLoop(f.write(a, 100)), false, 'unaligned: may need a read of the page, never on the event loop')
+      assert.equal(await settlesWithoutLoop(f.write(b, 128 * 1024)), false, 'larger than 64 KiB')
+    } finally {
+      await f.close()
+    }
+    const got = await fsp.readFile(p)
+    assert.deepEqual(got.subarray(100, 5100), a)
+    assert.deepEqual(got.subarray(128 * 1024), b)
+  })
+
+  test('FileVolume.writeNow: an aligned 4 KiB write is done at once; unaligned, or possibly O_DIRECT, it declines; past the end or read-only, VolumeIoError', async () => {
+    const p = await fileWith(Buffer.alloc(256 * 1024))
+    const v = await FileVolume.open(nodeFs, p, {write: true})
+    const a = randomBytes(4096)
+    try {
+      assert.equal(v.writeNow(12288, a), true)
+      assert.deepEqual(await v.read(12288, 4096), a, 'read after write sees it')
+      assert.equal(v.writeNow(100, randomBytes(4096)), false, 'unaligned')
+      v.knownZero = true
+      assert.equal(v.writeNow(0, alignedBuffer(64 * 1024)), false, 'a fresh image may take it through O_DIRECT')
+      assert.throws(() => v.writeNow(256 * 1024, a), (e: Error) => e instanceof VolumeIoError && e.message.includes('past the end'))
+    } finally {
+      await v.close()
+    }
+    const ro = await FileVolume.open(nodeFs, p, {write: false})
+    try {
+      assert.throws(() => ro.writeNow(0, a), VolumeIoError)
+    } finally {
+      await ro.close()
+    }
+    assert.deepEqual((await fsp.readFile(p)).subarray(12288, 12288 + 4096), a)
+  })
+
+  test('given a device that is full (/dev/full); when a small aligned write fails, then it rejects with its errno (never throws)', async () => {
+    const f = await nodeFs.open('/dev/full', {write: true})
+    try {
+      let p: Promise<void> | undefined
+      assert.doesNotThrow(() => {
+        p = f.write(Buffer.alloc(4096), 0)
+      })
+      await assert.rejects(p!, (e: NodeJS.ErrnoException) => e.code === 'ENOSPC')
+    } finally {
+      await f.close()
+    }
+  })
+})
+
 describe('FileVolume: refusals and errors', () => {
   test('given a 4096-byte volume; when I/O reaches past its end, then VolumeIoError names the path, offset and size, and the file does not grow', async () => {
     const p = await fileWith(Buffer.alloc(4096, 7))
