@@ -18,6 +18,8 @@ import GroupDestroy from './group/destroy.js'
 import GroupList from './group/list.js'
 
 export {execute} from '@oclif/core'
+// package.json oclif.hooks.command_not_found: a mistyped command exits 2 naming the nearest one.
+export {notFoundHook as NOT_FOUND_HOOK} from '../src/ui/notFound.js'
 
 export const COMMANDS = {
   'clone:add': CloneAdd,
