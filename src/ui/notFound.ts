@@ -10,26 +10,32 @@ import {colour} from './terminal.js'
  */
 export const notFoundHook: Hook<'command_not_found'> = async function (opts) {
   const ids = opts.config.commands.filter((c) => !c.hidden).map((c) => c.id)
-  const typed = opts.id.split(':').join(' ')
+  // With spaces between topic and command, oclif's id runs on into the arguments
+  // (`clone ad x` is "clone:ad:x"): name only as many words as the nearest command has.
   const nearest = closest(opts.id, ids)
+  const typed = opts.id
+    .split(':')
+    .slice(0, nearest ? nearest.split(':').length : undefined)
+    .join(' ')
   process.stderr.write(`${colour.error('Error:')} ${typed} is not a clonectl command\n`)
   process.stderr.write(`  ${nearest ? `did you mean \`clonectl ${nearest.split(':').join(' ')}\`? ` : ''}run \`clonectl help\` for the list of commands\n`)
   this.exit(ExitCode.usage)
 }
 
-/** The id nearest to `id` by edit distance, or undefined when none is close. Pure. */
+/** The id nearest to `id` (its first words, as many as the id's) by edit distance, or undefined when none is close. Pure. */
 export function closest(id: string, ids: string[]): string | undefined {
   let best: string | undefined
   let bestD = Number.POSITIVE_INFINITY
+  const words = id.split(':')
   for (const c of ids) {
-    const d = editDistance(id, c)
+    const d = editDistance(words.slice(0, c.split(':').length).join(':'), c)
     if (d < bestD) {
       best = c
       bestD = d
     }
   }
   // Half the word or more changed is no longer a typo of it.
-  return best !== undefined && bestD <= Math.max(2, Math.floor(id.length / 2)) ? best : undefined
+  return best !== undefined && bestD <= Math.max(2, Math.floor(best.length / 2)) ? best : undefined
 }
 
 function editDistance(a: string, b: string): number {
