@@ -1,0 +1,70 @@
+/**
+ * The rough edges a new user hits (issue 18 item 7, issue 17 item 8), through the real CLI:
+ * a status row that fits the terminal, a missing clone volume shown as such, a drill that
+ * names its target, a --wait that says what it waits for, bash completion.
+ */
+import assert from 'node:assert/strict'
+import * as fsp from 'node:fs/promises'
+import {join} from 'node:path'
+import {after, before, describe, test} from 'node:test'
+import {Cli, MiB, randomImage, tempDir} from '../helpers/cli.js'
+
+let dir: string
+let cli: Cli
+
+before(async () => {
+  dir = await tempDir('rough')
+  cli = new Cli(join(dir, 'state'))
+})
+after(async () => {
+  await fsp.rm(dir, {recursive: true, force: true})
+})
+
+async function group(name: string, clones: string[]): Promise<{src: string; path: (c: string) => string}> {
+  const src = join(dir, `${name}-src.img`)
+  // Long names, as real paths are: they made a status row some 200 columns wide.
+  const path = (c: string): string => join(dir, `${name}-a-rather-long-directory-name-for-the-clone-${c}.img`)
+  await randomImage(src, 2 * MiB, name.length)
+  await cli.ok(['group', 'create', name, '--source', src, '--extent-size', '64K'])
+  for (const c of clones) await cli.ok(['clone', 'add', name, c, '--path', path(c), '--create'])
+  return {src, path}
+}
+
+describe('status', () => {
+  test('a clone whose volume is gone is shown unavailable with the reason, not as synchronized', async () => {
+    const {path} = await group('gone', ['c1', 'c2'])
+    await fsp.rm(path('c1'))
+    const s = await cli.status('gone')
+    const c1 = s.clones.find((c: {name: string}) => c.name === 'c1')
+    assert.equal(c1.unavailable, `volume ${path('c1')} does not exist`)
+    assert.equal(s.clones.find((c: {name: string}) => c.name === 'c2').unavailable, undefined)
+    const r = await cli.ok(['status', 'gone'], 0, {env: {COLUMNS: '300'}})
+    const row = r.stdout.split('\n').find((l) => l.includes('│ c1'))!
+    assert.match(row, /unavailable \(volume .* does not exist; recorded as synchronized\)/)
+    assert.doesNotMatch(row, /│ synchronized/)
+  })
+
+  test('with COLUMNS=80 every line fits in 80 columns, and the reason is printed whole below the table', async () => {
+    const {path} = await group('narrow', ['c1', 'c2'])
+    await fsp.rm(path('c2'))
+    const r = await cli.ok(['status', 'narrow'], 0, {env: {COLUMNS: '80'}})
+    const table = r.stdout.split('\n').filter((l) => /^[│┌├└]/.test(l))
+    assert.ok(table.length > 0, r.stdout)
+    for (const l of table) assert.ok([...l].length <= 80, `${[...l].length} columns: ${l}`)
+    assert.ok(r.stdout.includes(`  c2: volume ${path('c2')} does not exist; recorded as synchronized`), r.stdout)
+    // The path is all there, cut across lines rather than truncated.
+    assert.doesNotMatch(r.stdout, /…/)
+  })
+})
+
+describe('drill', () => {
+  test('its errors call the target "drill target", not "clone"', async () => {
+    const {src} = await group('dt', ['c'])
+    await cli.ok(['clone', 'fracture', 'dt', 'c'])
+    const r = await cli.run(['drill', 'dt', 'c', '--target', src])
+    assert.equal(r.code, 5, r.stderr)
+    assert.match(r.stderr, new RegExp(`drill target ${src} is the source`))
+    assert.match(r.stderr, /name a different volume for the drill target/)
+    assert.doesNotMatch(r.stderr, /clone \//)
+  })
+})
