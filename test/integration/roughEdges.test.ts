@@ -4,6 +4,7 @@
  * names its target, a --wait that says what it waits for, bash completion.
  */
 import assert from 'node:assert/strict'
+import {spawnSync} from 'node:child_process'
 import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
@@ -66,5 +67,33 @@ describe('drill', () => {
     assert.match(r.stderr, new RegExp(`drill target ${src} is the source`))
     assert.match(r.stderr, /name a different volume for the drill target/)
     assert.doesNotMatch(r.stderr, /clone \//)
+  })
+})
+
+describe('bash completion', () => {
+  /** What bash completes after `words` (the last one being typed), with the function `clonectl autocomplete` installed. */
+  function complete(fn: string, words: string[]): string[] {
+    const script = 'source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _clonectl_autocomplete; printf "%s\\n" "${COMPREPLY[@]}"'
+    const r = spawnSync('bash', ['-c', script, 'complete', fn, 'clonectl', ...words], {encoding: 'utf8', env: {...process.env, CLONECTL_STATE_DIR: cli.stateDir}})
+    assert.equal(r.status, 0, r.stderr)
+    return r.stdout.split('\n').filter(Boolean).sort()
+  }
+
+  test('`clonectl autocomplete bash` installs a completion that lists each word once and completes group and clone names', async () => {
+    await group('compl', ['nightly', 'weekly'])
+    const cache = join(dir, 'cache')
+    const r = await cli.run(['autocomplete', 'bash'], {env: {XDG_CACHE_HOME: cache}})
+    assert.equal(r.code, 0, r.stderr)
+    const fn = join(cache, 'clonectl', 'autocomplete', 'functions', 'bash', 'clonectl.bash')
+    const top = complete(fn, [''])
+    assert.deepEqual(top, [...new Set(top)], `duplicates in ${top.join(' ')}`)
+    for (const w of ['clone', 'group', 'status', 'restore']) assert.ok(top.includes(w), `${w} in ${top.join(' ')}`)
+    assert.deepEqual(complete(fn, ['clone', '']), ['add', 'fracture', 'remove', 'sync'])
+    assert.ok(complete(fn, ['clone', 'sync', 'co']).includes('compl'))
+    assert.deepEqual(complete(fn, ['clone', 'sync', 'compl', '']), ['nightly', 'weekly'])
+    assert.deepEqual(complete(fn, ['restore', '--yes', 'compl', 'w']), ['weekly'])
+    assert.deepEqual(complete(fn, ['clone', 'sync', 'compl', 'nightly', '--ra']), ['--rate'])
+    // A new name is not completed with existing ones.
+    assert.deepEqual(complete(fn, ['group', 'create', '']), [])
   })
 })
