@@ -130,7 +130,9 @@ async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], 
   } else {
     await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used)
   }
-  const vol = await openVolume(ctx.fs, o.path, {write: true})
+  // Reaching a remote can take up to its connect timeout: say so when it is not quick.
+  const endWait = isNbdUri(o.path) ? ctx.waiting?.(`connecting to ${o.path}`, 1000) : undefined
+  const vol = await openVolume(ctx.fs, o.path, {write: true}).finally(() => endWait?.())
   try {
     if (vol instanceof RemoteVolume && vol.description !== undefined) await refuseOwnExport(ctx, g.name, o.path, vol.description)
     if (vol.readOnly) throw new RefusedError(`clone ${o.path} is read-only (its NBD server exports it read-only)`, 'export it writable (qemu-nbd without --read-only, nbdkit without -r), or choose another volume')

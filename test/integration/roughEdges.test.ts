@@ -97,3 +97,31 @@ describe('bash completion', () => {
     assert.deepEqual(complete(fn, ['group', 'create', '']), [])
   })
 })
+
+describe('--wait', () => {
+  test('a command waiting for a held lock says so on stderr (one line in a log), then fails naming the holder when time is up', async () => {
+    await group('waits', ['c'])
+    const holderFile = join(cli.stateDir, 'groups', 'waits', 'lock.holder.json')
+    const bg = cli.spawnBackground(['clone', 'sync', 'waits', 'c', '--full', '--rate', '256K'])
+    try {
+      await bg.until(async () => {
+        try {
+          return JSON.parse(await fsp.readFile(holderFile, 'utf8')).pid === bg.pid
+        } catch {
+          return false
+        }
+      }, 'the background sync to take the lock')
+      const r = await cli.run(['clone', 'fracture', 'waits', 'c', '--wait', '1'])
+      assert.equal(r.code, 4, r.stderr)
+      const lines = r.stderr.split('\n')
+      const notice = lines.findIndex((l) => l.startsWith(`clonectl: waiting for the lock of group waits, held by pid ${bg.pid}`))
+      assert.ok(notice >= 0, r.stderr)
+      assert.ok(notice < lines.findIndex((l) => l.startsWith('Error:')), 'the notice comes while waiting, before the error')
+      assert.equal(lines.filter((l) => l.includes('waiting for the lock')).length, 1, 'one line, not one per poll')
+      assert.doesNotMatch(r.stderr, /\u001B/, 'no spinner escape codes in a log')
+    } finally {
+      bg.kill('SIGKILL')
+      await bg.done
+    }
+  })
+})
