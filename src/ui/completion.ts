@@ -1,6 +1,6 @@
+import {writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import type {Hook} from '@oclif/core'
-import fse from 'fs-extra'
 
 /** What the bash completion needs of a command: its words, flags and positional arguments. */
 export interface CompletionCommand {
@@ -136,6 +136,6 @@ export function completionCommands(commands: Array<{id: string; hidden?: boolean
 export const completionHook: Hook<'postrun'> = async function (opts) {
   if (opts.Command?.id !== 'autocomplete' && opts.Command?.id !== 'autocomplete:create') return
   const file = join(opts.config.cacheDir, 'autocomplete', 'functions', 'bash', `${opts.config.bin}.bash`)
-  // A cache file the plugin rewrites at will: fs-extra's plain write, not DurableFs.
-  await fse.outputFile(file, bashCompletion(completionCommands(opts.config.commands)))
+  // A cache file the plugin has just written (its directory exists) and rewrites at will: a plain write, not DurableFs.
+  await writeFile(file, bashCompletion(completionCommands(opts.config.commands)))
 }
