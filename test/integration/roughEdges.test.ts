@@ -118,6 +118,7 @@ describe('--wait', () => {
       assert.ok(notice >= 0, r.stderr)
       assert.ok(notice < lines.findIndex((l) => l.startsWith('Error:')), 'the notice comes while waiting, before the error')
       assert.equal(lines.filter((l) => l.includes('waiting for the lock')).length, 1, 'one line, not one per poll')
+      // eslint-disable-next-line no-control-regex -- the escape character itself
       assert.doesNotMatch(r.stderr, /\u001B/, 'no spinner escape codes in a log')
     } finally {
       bg.kill('SIGKILL')
