@@ -1,4 +1,3 @@
-import ora from 'ora'
 import {stderrIsLive} from './terminal.js'
 
 /**
@@ -9,11 +8,18 @@ import {stderrIsLive} from './terminal.js'
  */
 export function showWait(what: string, opts: {afterMs?: number; out?: NodeJS.WriteStream} = {}): () => void {
   const out = opts.out ?? process.stderr
-  let stop = (): void => undefined
+  let ended = false
+  let stop = (): void => {
+    ended = true
+  }
   const begin = (): void => {
     if (stderrIsLive()) {
-      const spinner = ora({text: what, stream: out, discardStdin: false}).start()
-      stop = () => spinner.stop()
+      // Loaded on first use, not at every command's start-up (esbuild keeps this import lazy in the bundle).
+      void import('ora').then(({default: ora}) => {
+        if (ended) return
+        const spinner = ora({text: what, stream: out, discardStdin: false}).start()
+        stop = () => spinner.stop()
+      })
     } else out.write(`clonectl: ${what}…\n`)
   }
   if (!opts.afterMs) {
