@@ -23,6 +23,10 @@ import JobRate from './job/rate.js'
 import JobResume from './job/resume.js'
 
 export {execute} from '@oclif/core'
+// package.json oclif.hooks.command_not_found: a mistyped command exits 2 naming the nearest one.
+export {notFoundHook as NOT_FOUND_HOOK} from '../src/ui/notFound.js'
+// package.json oclif.hooks.postrun: `clonectl autocomplete` installs a bash completion that completes names.
+export {completionHook as COMPLETION_HOOK} from '../src/ui/completion.js'
 
 export const COMMANDS = {
   'clone:add': CloneAdd,

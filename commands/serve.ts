@@ -4,6 +4,7 @@ import {UsageError} from '../src/errors/errors.js'
 import {parseSize} from '../src/group/GroupAdmin.js'
 import {tcpNbdUri, unixNbdUri} from '../src/nbd/nbdUri.js'
 import {checkTcpListener, loadServerTls, tlsDirectory, type ServerTls, type ServerTlsFiles} from '../src/nbd/tls.js'
+import {showWait} from '../src/ui/wait.js'
 import {BaseCommand, rateFlag} from '../src/ui/BaseCommand.js'
 
 export default class Serve extends BaseCommand {
@@ -74,10 +75,13 @@ A TCP listener that authenticates no client (no TLS, TLS not required, or certif
     process.stderr.write(`serving group ${args.group}${server.nbdSocket ? ` on ${unixNbdUri(server.nbdSocket, secure)}` : ''}${server.tcpPort && listen ? ` ${server.nbdSocket ? 'and' : 'on'} ${tcpNbdUri(listen.host, server.tcpPort, secure)}` : ''}${tlsNote}\n`)
     await new Promise<void>((resolve) => {
       const stop = (sig: string): void => {
-        process.stderr.write(`${sig}: draining and stopping\n`)
+        const endWait = showWait(`${sig}: draining and stopping`)
         process.off('SIGINT', stop)
         process.off('SIGTERM', stop)
-        void server.stop().finally(resolve)
+        void server.stop().finally(() => {
+          endWait()
+          resolve()
+        })
       }
       process.on('SIGINT', stop)
       process.on('SIGTERM', stop)

@@ -1,6 +1,6 @@
 import {connect} from 'node:net'
 import {basename, dirname, join} from 'node:path'
-import {ClonectlError, type ExitCodeName, ExitCode, InterruptedError} from '../errors/errors.js'
+import {ClonectlError, type ExitCodeName, ExitCode, ServerStoppedError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {type ControlMessage, type ControlRequest, controlSocketName} from './protocol.js'
 
@@ -48,13 +48,15 @@ export function controlRequest<T>(socketPath: string, req: ControlRequest, opts:
         else if (m.ok) finish(() => resolve(m.value as T))
         else {
           const e = m.error
-          finish(() => reject(new RemoteClonectlError(e.code, e.exitCode, e.message, e.fix)))
+          // The server was interrupted (it is stopping), not this command: exit 12, never 130.
+          if (e.code === 'INTERRUPTED') finish(() => reject(new ServerStoppedError(e.message, e.fix)))
+          else finish(() => reject(new RemoteClonectlError(e.code, e.exitCode, e.message, e.fix)))
         }
       }
     })
     // The server stopped (SIGTERM, a crash) while working for us: what it did is durable and
-    // an interrupted restore stays recorded, so this is an interruption, not a bug.
-    s.on('close', () => finish(() => reject(new InterruptedError('the clonectl serve process owning this group stopped before it answered', `check \`clonectl status ${basename(dirname(socketPath))}\`, then run the command again (an interrupted restore resumes when serve starts again)`))))
+    // an interrupted restore stays recorded, so this is not a bug; nor a signal to us (not 130).
+    s.on('close', () => finish(() => reject(new ServerStoppedError('the clonectl serve process owning this group stopped before it answered', `check \`clonectl status ${basename(dirname(socketPath))}\`, then run the command again (an interrupted restore resumes when serve starts again)`))))
   })
 }
 

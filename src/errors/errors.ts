@@ -18,9 +18,32 @@ export const ExitCode = {
   verifyMismatch: 9,
   drillFailed: 10,
   remote: 11,
+  serverStopped: 12,
   interrupted: 130,
 } as const
 export type ExitCodeName = keyof typeof ExitCode
+
+/**
+ * The one table of exit statuses: README "Exit codes" (between its exit-codes markers) and
+ * the EXIT STATUS of every man page are generated from it at build time (src/ui/manPages.ts),
+ * and test/integration/exitCodes.test.ts provokes each row for real.
+ */
+export const exitCodeMeanings: Record<ExitCodeName, string> = {
+  ok: 'Success (also when the end state already held: "already synchronized", "already fractured").',
+  bug: 'An internal error (a bug): reported with its stack; also INVALID_TRANSITION, a clone state change the state machine does not allow (refused before anything changed).',
+  usage: 'Bad command line: an unknown command (with the nearest one suggested) or flag, a missing argument, a bad size or name, a path that is a directory or another non-volume where a volume is expected.',
+  notFound: 'No such group, clone or volume.',
+  lockHeld: 'The group is locked by another clonectl (its pid, command and start time are named); use --wait.',
+  refused: 'Refused as unsafe: the clone is the source under another name, is used by a group (checked at every open: both uses named), is smaller than the source, is busy or mounted (or a file under a busy loop device); or not confirmed.',
+  badState: 'Not allowed in the current state: restoring from an out-of-sync or untrusted clone without --force, an interrupted restore pending, fracturing a clone that is not synchronized.',
+  corrupt: 'Persistent state cannot be trusted: a map file or group.json is corrupt, truncated or mismatched, a page of the protected restore map P is damaged, or the state directory or something in it is another user\'s, writable by group or others, or a symlink (named, with the fix).',
+  io: 'A volume read, write or open failed (ENOSPC, EIO, EACCES, an immutable file), or the state directory\'s file system is full or failing (named).',
+  verifyMismatch: 'verify found extents that differ while their delta bit is clear.',
+  drillFailed: 'A recovery drill failed one of its checks.',
+  remote: 'A remote (NBD) clone failed: unreachable, TLS or handshake refused, connection lost, a request timed out or was answered with an error.',
+  serverStopped: 'The clonectl serve process that owns the group, and ran the request, stopped before it finished (killed, or stopping); what it did is durable and an interrupted restore stays recorded.',
+  interrupted: 'This command was interrupted by SIGINT or SIGTERM, or its job was cancelled with `clonectl job cancel`; it stopped at a safe point (run it again to go on).',
+}
 
 export class ClonectlError extends Error {
   /** Stable machine-readable code, e.g. "LOCK_HELD". */
@@ -111,6 +134,16 @@ export class DrillFailedError extends ClonectlError {
 export class InterruptedError extends ClonectlError {
   constructor(message: string, fix?: string) {
     super('INTERRUPTED', 'interrupted', message, fix)
+  }
+}
+
+/**
+ * The `serve` process that owns the group stopped (a crash, kill -9, SIGTERM to serve) while
+ * it ran this command's request. Not 130: this command got no signal.
+ */
+export class ServerStoppedError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('SERVER_STOPPED', 'serverStopped', message, fix)
   }
 }
 

@@ -22,6 +22,8 @@ export interface GroupContext {
   store: GroupStore
   /** Diagnostics for stderr (warnings such as "changed outside clonectl"). */
   warn?: (message: string) => void
+  /** An indeterminate wait begins (a held lock, a slow remote): the UI shows it; returns what ends it. */
+  waiting?: (what: string, afterMs?: number) => () => void
 }
 
 export {extentCount, mapFileName, protectedMapFile} from '../engine/GroupMaps.js'

@@ -351,7 +351,7 @@ export async function drillCopy(g: CloneGroup, o: DrillCopyOptions): Promise<Dri
     throw new StateError(`clone ${m.name} is ${m.state}, not a point-in-time copy to drill`, 'sync and fracture it first, or pass --force')
   const used = await ctx.store.allClonePaths()
   const exists = await ctx.fs.exists(o.target)
-  if (exists) await checkCloneCandidate(ctx.fs, g.record.source.path, o.target, used)
+  if (exists) await checkCloneCandidate(ctx.fs, g.record.source.path, o.target, used, 'drill target')
   else await FileVolume.createSparse(ctx.fs, o.target, g.volumeSize)
   const target = await openVolume(ctx.fs, o.target, {write: true})
   try {

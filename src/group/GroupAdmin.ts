@@ -44,7 +44,10 @@ export async function createGroup(ctx: GroupContext, o: CreateGroupOptions): Pro
   if (await ctx.store.exists(o.name)) throw new RefusedError(`clone group ${o.name} already exists`, `pick another name, or see it with \`clonectl status ${o.name}\``)
   // Hosts reach the source through clonectl (serve), so it must be local; clones may be remote.
   if (isNbdUri(o.sourcePath)) throw new UsageError(`the source ${o.sourcePath} is an NBD URI; a group's source must be a local image file or block device`, `name a local source; NBD URIs are for clones (\`clonectl clone add ${o.name} CLONE --path nbd://…\` once the group exists)`)
-  const src = await openVolume(ctx.fs, o.sourcePath, {write: false})
+  const src = await openVolume(ctx.fs, o.sourcePath, {write: false}).catch((error: unknown) => {
+    if (error instanceof NotFoundError) throw new NotFoundError(`source ${o.sourcePath} does not exist`, 'check the --source path: a group\'s source is an existing image file or block device')
+    throw error
+  })
   try {
     if (src.size === 0) throw new RefusedError(`source ${o.sourcePath} is empty (0 bytes)`)
     // One volume joins a group at a time across all groups: a racing create or add cannot also find it unused.
@@ -128,7 +131,9 @@ async function addChecked(g: CloneGroup, o: AddCloneOptions, used: VolumeUse[], 
   } else {
     await checkCloneCandidate(ctx.fs, g.record.source.path, o.path, used)
   }
-  const vol = await openVolume(ctx.fs, o.path, {write: true})
+  // Reaching a remote can take up to its connect timeout: say so when it is not quick.
+  const endWait = isNbdUri(o.path) ? ctx.waiting?.(`connecting to ${o.path}`, 1000) : undefined
+  const vol = await openVolume(ctx.fs, o.path, {write: true}).finally(() => endWait?.())
   try {
     if (vol instanceof RemoteVolume && vol.description !== undefined) await refuseOwnExport(ctx, g.name, o.path, vol.description)
     if (vol.readOnly) throw new RefusedError(`clone ${o.path} is read-only (its NBD server exports it read-only)`, 'export it writable (qemu-nbd without --read-only, nbdkit without -r), or choose another volume')

@@ -35,6 +35,7 @@ export async function withGroup<T>(ctx: GroupContext, name: string, opts: Sessio
       compromised = err
       opts.abort?.abort(err)
     },
+    onWait: ctx.waiting,
     onStaleTakeover: (holder) => ctx.warn?.(`took over the lock of group ${name} left by pid ${holder.pid} (${holder.command}), which is no longer running`),
   })
   try {

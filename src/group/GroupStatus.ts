@@ -1,7 +1,8 @@
-import {CorruptStateError} from '../errors/errors.js'
+import {CorruptStateError, errnoOf} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import type {CloneState, GroupRecord} from '../store/GroupRecord.js'
 import {GroupLock} from '../store/GroupLock.js'
+import {isNbdUri} from '../volume/openVolume.js'
 import type {GroupContext} from './CloneGroup.js'
 import type {ProgressEvent} from './GroupOperations.js'
 import {extentCount, groupMaps} from './CloneGroup.js'
@@ -26,6 +27,12 @@ export interface CloneStatus {
   mapDamage?: string
   lastSyncAt?: string
   lastFractureAt?: string
+  /**
+   * Why its volume cannot be used now (missing, unreadable, not a volume), when it cannot:
+   * the recorded state is then history, not a copy one can count on. Local volumes only;
+   * a remote's reachability is not probed by status.
+   */
+  unavailable?: string
 }
 
 export interface OperationStatus {
@@ -71,6 +78,19 @@ function popcount(bits: ExtentBitmap, extentSize: number, volumeSize: number): {
   const last = bits.count - 1
   if (last >= 0 && bits.get(last)) bytes -= bits.count * extentSize - volumeSize
   return {extents, bytes}
+}
+
+/** Why a local volume cannot be opened now, from a stat (status opens no volume), or undefined. */
+async function volumeProblem(ctx: GroupContext, path: string): Promise<string | undefined> {
+  if (isNbdUri(path)) return undefined
+  try {
+    const st = await ctx.fs.stat(path)
+    return st.isFile || st.isBlockDevice ? undefined : `volume ${path} is neither an image file nor a block device`
+  } catch (error) {
+    const errno = errnoOf(error)
+    if (errno === 'ENOENT' || errno === 'ENOTDIR') return `volume ${path} does not exist`
+    return `volume ${path} cannot be examined (${errno ?? String(error)})`
+  }
 }
 
 /**
@@ -121,6 +141,7 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
       ...(damage ? {damagedMapPages: damagedPages, mapDamage: damage} : {}),
       lastSyncAt: c.lastSyncAt,
       lastFractureAt: c.lastFractureAt,
+      ...(await volumeProblem(ctx, c.volume.path).then((why) => (why ? {unavailable: why} : {}))),
     })
   }
   let operation: OperationStatus | undefined

@@ -98,6 +98,8 @@ export interface AcquireOptions {
   onCompromised: (err: Error) => void
   /** Called once the lock of a holder that is gone has been taken over. */
   onStaleTakeover?: (holder: HolderInfo) => void
+  /** Told when a wait for a held lock begins (so the user is not left in silence); returns what ends the notice. */
+  onWait?: (what: string) => () => void
 }
 
 function alive(pid: number): boolean {
@@ -273,15 +275,21 @@ export class GroupLock {
     if (!(wait >= 0)) throw new RangeError(`waitSeconds must be ≥ 0 or Infinity, got ${wait}`)
     const started = Date.now()
     const deadline = started + wait * 1000
-    for (;;) {
-      const got = await GroupLock.attempt(o)
-      if (got instanceof GroupLock) return got
-      const now = Date.now()
-      if (now >= deadline) {
-        const waited = wait > 0 ? `; waited ${Math.round((now - started) / 1000)} s` : ''
-        throw new LockHeldError(`group ${o.group} is locked by ${describeHolder(got.holder)}${waited}`)
+    let endNotice: (() => void) | undefined
+    try {
+      for (;;) {
+        const got = await GroupLock.attempt(o)
+        if (got instanceof GroupLock) return got
+        const now = Date.now()
+        if (now >= deadline) {
+          const waited = wait > 0 ? `; waited ${Math.round((now - started) / 1000)} s` : ''
+          throw new LockHeldError(`group ${o.group} is locked by ${describeHolder(got.holder)}${waited}`)
+        }
+        endNotice ??= o.onWait?.(`waiting for the lock of group ${o.group}, held by ${describeHolder(got.holder)}${Number.isFinite(wait) ? ` (up to ${wait} s)` : ''}`)
+        await sleep(Math.min(POLL_MS, deadline - now))
       }
-      await sleep(Math.min(POLL_MS, deadline - now))
+    } finally {
+      endNotice?.()
     }
   }
 

@@ -7,6 +7,7 @@ import {ensureStateDir, resolveStateDir} from '../store/stateDir.js'
 import {confirm} from './confirm.js'
 import type {ErrorResult} from './results/results.js'
 import {colour, configureColour} from './terminal.js'
+import {showWait} from './wait.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 
@@ -36,7 +37,7 @@ export abstract class BaseCommand extends Command {
   protected async context(stateDirFlag: string | undefined, opts: {create?: boolean} = {}): Promise<GroupContext> {
     this.stateDir = resolveStateDir(stateDirFlag)
     if (opts.create ?? true) await ensureStateDir(nodeFs, this.stateDir)
-    return {fs: nodeFs, store: new GroupStore(nodeFs, this.stateDir), warn: (m) => this.warnLine(m)}
+    return {fs: nodeFs, store: new GroupStore(nodeFs, this.stateDir), warn: (m) => this.warnLine(m), waiting: (what, afterMs) => showWait(what, {afterMs})}
   }
 
   /** A diagnostic line on stderr (never stdout: stdout carries results). */

@@ -11,6 +11,9 @@ export class ProgressRenderer {
   private lastPlain = 0
   private samples: Array<{t: number; done: number}> = []
   private drawn = false
+  /** Plain output: when the first update came, and the last line not yet printed. */
+  private firstAt?: number
+  private pending?: string
 
   constructor(
     private readonly plainEveryMs = 5000,
@@ -39,14 +42,25 @@ export class ProgressRenderer {
       const bar = '█'.repeat(fill) + '░'.repeat(width - fill)
       this.out.write(`\r\u001B[2K${what} ${bar} ${pct.toFixed(1).padStart(5)}%${speed}${extra}`)
       this.drawn = true
-    } else if (now - this.lastPlain >= this.plainEveryMs) {
-      this.lastPlain = now
-      this.out.write(`${what}: ${pct.toFixed(1)}% ${humanBytes(p.doneBytes)}/${humanBytes(p.totalBytes)}${speed}${extra}\n`)
+    } else {
+      // A log gets no line for a job done within a second (its result line says it all),
+      // then one per interval, and at the end the last state (see done()).
+      this.firstAt ??= now
+      const line = `${what}: ${pct.toFixed(1)}% ${humanBytes(p.doneBytes)}/${humanBytes(p.totalBytes)}${speed}${extra}\n`
+      if (now - this.firstAt >= Math.min(1000, this.plainEveryMs) && now - this.lastPlain >= this.plainEveryMs) {
+        this.lastPlain = now
+        this.drawn = true
+        this.pending = undefined
+        this.out.write(line)
+      } else this.pending = line
     }
   }
 
+  /** The job ended: clear the bar; in a log, end with where it got to ("100.0%") if not printed yet. */
   done(): void {
     if (this.live && this.drawn) this.out.write('\r\u001B[2K')
+    if (!this.live && this.drawn && this.pending) this.out.write(this.pending)
+    this.pending = undefined
     this.drawn = false
   }
 }

@@ -4,9 +4,10 @@
  * Run by `npm run build` after `oclif manifest`. nbdinfo(1)-style sections: NAME, SYNOPSIS,
  * DESCRIPTION, OPTIONS, EXIT STATUS, EXAMPLES, FILES, SEE ALSO.
  */
-import {mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync} from 'node:fs'
+import {readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
-import {ExitCode} from '../errors/errors.js'
+import fse from 'fs-extra'
+import {ExitCode, type ExitCodeName, exitCodeMeanings} from '../errors/errors.js'
 
 interface ManifestFlag {
   name: string
@@ -37,21 +38,25 @@ interface ManifestCommand {
   pluginType?: string
 }
 
-export const exitStatusText: Array<[number, string]> = [
-  [ExitCode.ok, 'Success (also when the end state already held: "already synchronized", "already fractured").'],
-  [ExitCode.bug, 'An internal error (a bug): reported with its stack.'],
-  [ExitCode.usage, 'Bad command line: unknown flag, missing argument, bad size or name.'],
-  [ExitCode.notFound, 'No such group, clone or volume.'],
-  [ExitCode.lockHeld, 'The group is locked by another clonectl (its pid, command and start time are named); use --wait.'],
-  [ExitCode.refused, 'Refused as unsafe: the clone is the source under another name, is used by a group, is smaller than the source, is busy or mounted; or not confirmed.'],
-  [ExitCode.badState, 'Not allowed in the current state: restoring from an out-of-sync or untrusted clone without --force, an interrupted restore pending, fracturing a clone that is not synchronized.'],
-  [ExitCode.corrupt, 'Persistent state cannot be trusted: a map file or group.json is corrupt, truncated or mismatched (the file is named, with the fix).'],
-  [ExitCode.io, 'A volume read or write failed (ENOSPC, EIO); nothing acknowledged was lost.'],
-  [ExitCode.verifyMismatch, 'verify found extents that differ while their delta bit is clear.'],
-  [ExitCode.drillFailed, 'A recovery drill failed one of its checks.'],
-  [ExitCode.remote, 'A remote (NBD) clone failed: unreachable, TLS or handshake refused, connection lost, a request timed out or was answered with an error.'],
-  [ExitCode.interrupted, 'Interrupted by SIGINT or SIGTERM; stopped at a safe point (run the command again to go on).'],
-]
+/** The exit statuses, in order, from the one table in src/errors/errors.ts. */
+export const exitStatusText: Array<[number, string]> = (Object.keys(ExitCode) as ExitCodeName[]).map((k) => [ExitCode[k], exitCodeMeanings[k]])
+
+const README_START = '<!-- exit-codes -->'
+const README_STOP = '<!-- exit-codes-stop -->'
+
+/** README's exit-code table, between its markers, as Markdown (generated: edit errors.ts). */
+export function readmeExitTable(): string {
+  const rows = exitStatusText.map(([code, text]) => `| ${code} | ${text.replace(/\|/g, '\\|')} |`)
+  return [README_START, '<!-- generated from src/errors/errors.ts by `npm run build`: edit it there -->', '| code | meaning |', '|---|---|', ...rows, README_STOP].join('\n')
+}
+
+/** README with its exit-code table replaced; the text unchanged when it has no markers. */
+export function withReadmeExitTable(readme: string): string {
+  const a = readme.indexOf(README_START)
+  const b = readme.indexOf(README_STOP)
+  if (a < 0 || b < a) return readme
+  return readme.slice(0, a) + readmeExitTable() + readme.slice(b + README_STOP.length)
+}
 
 function esc(text: string): string {
   return (
@@ -167,11 +172,16 @@ function main(): void {
   const root = process.argv[2] ?? '.'
   const manifest = JSON.parse(readFileSync(join(root, 'oclif.manifest.json'), 'utf8')) as {version: string; commands: Record<string, ManifestCommand>}
   const dir = join(root, 'man')
-  mkdirSync(dir, {recursive: true})
-  for (const f of readdirSync(dir)) if (f.endsWith('.1')) rmSync(join(dir, f))
+  // Build output, not state: fs-extra's plain writes (durable writes are DurableFs's alone).
+  // Emptied first, so a removed command leaves no page behind.
+  fse.emptyDirSync(dir)
   const cmds = ownCommands(manifest)
-  writeFileSync(join(dir, 'clonectl.1'), renderMainPage(cmds, manifest.version))
-  for (const c of cmds) writeFileSync(join(dir, `clonectl-${c.id.replace(/:/g, '-')}.1`), renderCommandPage(c, manifest.version))
+  fse.outputFileSync(join(dir, 'clonectl.1'), renderMainPage(cmds, manifest.version))
+  for (const c of cmds) fse.outputFileSync(join(dir, `clonectl-${c.id.replace(/:/g, '-')}.1`), renderCommandPage(c, manifest.version))
+  const readme = join(root, 'README.md')
+  const text = readFileSync(readme, 'utf8')
+  const updated = withReadmeExitTable(text)
+  if (updated !== text) writeFileSync(readme, updated)
   process.stderr.write(`wrote ${cmds.length + 1} man pages to ${dir}\n`)
 }
 

@@ -5,8 +5,46 @@ import type {DamagedGroupReport} from '../store/GroupStore.js'
 import {humanAge, humanBytes} from './format.js'
 import {colour, stdoutIsLive} from './terminal.js'
 
-function table(head: string[]): Table.Table {
-  return new Table({head, style: {head: stdoutIsLive() ? ['cyan'] : [], border: stdoutIsLive() ? ['grey'] : []}})
+function table(head: string[], colWidths?: number[]): Table.Table {
+  return new Table({head, style: {head: stdoutIsLive() ? ['cyan'] : [], border: stdoutIsLive() ? ['grey'] : []}, ...(colWidths ? {colWidths, wordWrap: true} : {})})
+}
+
+/** The width to fit: the terminal's, else $COLUMNS, else none (a pipe gets whole lines). */
+export function outputColumns(): number | undefined {
+  const n = process.stdout.columns || Number(process.env.COLUMNS)
+  return Number.isFinite(n) && n > 0 ? n : undefined
+}
+
+// eslint-disable-next-line no-control-regex -- ANSI colour sequences take no columns
+const visible = (s: string): number => Math.max(0, ...s.replace(/\u001B\[[0-9;]*m/g, '').split('\n').map((l) => [...l].length))
+
+/**
+ * Column widths (padding included) that fit `width`, narrowing the `shrinkable` columns to
+ * their minimum (widest first; their text wraps); undefined when the table fits as it is.
+ */
+export function fitColumns(head: string[], rows: string[][], width: number | undefined, shrinkable: Record<number, number>): number[] | undefined {
+  if (width === undefined) return undefined
+  const w = head.map((h, i) => Math.max(visible(h), ...rows.map((r) => visible(r[i] ?? ''))) + 2)
+  let over = w.reduce((a, b) => a + b, 0) + w.length + 1 - width
+  if (over <= 0) return undefined
+  while (over > 0) {
+    const i = Object.keys(shrinkable)
+      .map(Number)
+      .filter((k) => w[k]! > shrinkable[k]! + 2)
+      .sort((x, y) => w[y]! - w[x]!)[0]
+    if (i === undefined) break
+    w[i]!--
+    over--
+  }
+  return w
+}
+
+/** Cut text with no spaces to wrap on (a path) into lines of `n` characters. */
+function hardWrap(text: string, n: number): string {
+  const chars = [...text]
+  const out: string[] = []
+  for (let i = 0; i < chars.length; i += n) out.push(chars.slice(i, i + n).join(''))
+  return out.join('\n')
 }
 
 /** A group whose state cannot be read or trusted: the file, the reason, the fix. */
@@ -35,18 +73,40 @@ export function renderGroupStatus(s: GroupStatus): string {
     lines.push('  no clones (add one with `clonectl clone add`)')
     return lines.join('\n')
   }
-  const t = table(['clone', 'state', 'dirty', 'in sync', 'last sync', 'last fracture', 'path'])
-  for (const c of s.clones)
-    t.push([
+  const head = ['clone', 'state', 'dirty', 'in sync', 'last sync', 'last fracture', 'path']
+  // A clone whose volume is gone is no copy to count on, whatever its record says.
+  const reasonOf = (c: (typeof s.clones)[number]): string | undefined => (c.unavailable ? `${c.unavailable}; recorded as ${c.state}` : c.stateReason)
+  const row = (c: (typeof s.clones)[number], withReason: boolean): string[] => {
+    const reason = reasonOf(c)
+    return [
       c.name,
-      colour.state(c.state) + (c.stateReason ? colour.dim(` (${c.stateReason})`) : '') + (c.trusted ? '' : ' [map untrusted]') + (c.damagedMapPages ? ` [map damaged: ${c.damagedMapPages.length} page(s) taken as dirty]` : ''),
+      colour.state(c.unavailable ? 'unavailable' : c.state) +
+        (reason ? (withReason ? colour.dim(` (${reason})`) : ' (see below)') : '') +
+        (c.trusted ? '' : ' [map untrusted]') +
+        (c.damagedMapPages ? ` [map damaged: ${c.damagedMapPages.length} page(s) taken as dirty]` : ''),
       `${c.dirtyExtents} ext / ${humanBytes(c.dirtyBytes)}`,
       `${c.inSyncPercent.toFixed(1)}%`,
       humanAge(c.lastSyncAt),
       humanAge(c.lastFractureAt),
       c.path,
-    ])
+    ]
+  }
+  // Fit the terminal: reasons move below the table, then the columns that can wrap do (a
+  // path is cut anywhere: it has no spaces).
+  const width = outputColumns()
+  const shrink = {1: 13, 2: 7, 4: 6, 5: 8, 6: 10}
+  let rows = s.clones.map((c) => row(c, true))
+  let widths = fitColumns(head, rows, width, shrink)
+  const footnotes = widths !== undefined
+  if (footnotes) {
+    rows = s.clones.map((c) => row(c, false))
+    widths = fitColumns(head, rows, width, shrink)
+  }
+  if (widths) for (const r of rows) r[6] = hardWrap(r[6]!, widths[6]! - 2)
+  const t = table(head, widths)
+  for (const r of rows) t.push(r)
   lines.push(t.toString())
+  if (footnotes) for (const c of s.clones) if (reasonOf(c)) lines.push(`  ${c.name}: ${reasonOf(c)}`)
   for (const c of s.clones) if (c.mapDamage) lines.push(`  ${c.name}: ${c.mapDamage}`)
   return lines.join('\n')
 }

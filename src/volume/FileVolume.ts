@@ -54,7 +54,9 @@ export function ioError(path: string, what: string, error: unknown, offset?: num
   if (errno === undefined || !/^E[A-Z0-9]+$/.test(errno)) return error instanceof Error ? error : new Error(String(error))
   const known = ERRNO[errno]
   const at = offset === undefined ? '' : ` at offset ${offset}`
-  return new VolumeIoError(`${known?.reason ?? `error ${errno}`} ${what} ${path}${at}`, errno, known?.fix)
+  // Permissions do not stop root: EPERM then means a file attribute (chattr +i or +a).
+  const fix = errno === 'EPERM' && process.getuid?.() === 0 ? `check its attributes (lsattr ${path}): clear an immutable or append-only flag with chattr -i (or -a), or name another volume` : known?.fix
+  return new VolumeIoError(`${known?.reason ?? `error ${errno}`} ${what} ${path}${at}`, errno, fix)
 }
 
 /**

@@ -15,7 +15,7 @@
  * source file, a partition of the source disk) is refused too. Those spans are "weak": two
  * files on one file system do not overlap merely because they share a device.
  */
-import {ClonectlError, NotFoundError, RefusedError, errnoOf} from '../errors/errors.js'
+import {ClonectlError, NotFoundError, RefusedError, UsageError, errnoOf} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {devPathOf, isBlockDeviceNumber, loopBackingFile, loopOffset, majorMinor, partitionOf, sysfsSize} from './blockDevice.js'
 import {ioError} from './FileVolume.js'
@@ -180,15 +180,16 @@ function why(a: VolumeIdentity, b: VolumeIdentity, r: Relation): string {
  * already uses (as its source or a clone). Messages name both paths. A missing clone or
  * source → NotFoundError naming it. Waits.
  */
-export async function checkCloneCandidate(fs: DurableFs, sourcePath: string, clonePath: string, usedPaths: Array<{group: string; clone: string; path: string}>): Promise<void> {
+export async function checkCloneCandidate(fs: DurableFs, sourcePath: string, clonePath: string, usedPaths: Array<{group: string; clone: string; path: string}>, role: 'clone' | 'drill target' = 'clone'): Promise<void> {
   let clone: VolumeIdentity
   try {
     clone = await resolveIdentity(fs, clonePath)
   } catch (error) {
-    if (error instanceof NotFoundError) throw new NotFoundError(`clone ${clonePath} does not exist`, error.fix)
+    if (error instanceof NotFoundError) throw new NotFoundError(`${role} ${clonePath} does not exist`, error.fix)
     throw error
   }
-  if (clone.kind === 'other') throw new RefusedError(`clone ${clonePath} is neither a regular file nor a block device`, 'name an image file or a block device for the clone')
+  // A bad path on the command line, as for the source (openVolume): exit 2, not 5.
+  if (clone.kind === 'other') throw new UsageError(`${role} ${clonePath} is ${(await isDirectory(fs, clonePath)) ? 'a directory' : 'neither a regular file nor a block device'}, not a volume`, `name an image file or a block device for the ${role}`)
   let source: VolumeIdentity
   try {
     source = await resolveIdentity(fs, sourcePath)
@@ -199,8 +200,8 @@ export async function checkCloneCandidate(fs: DurableFs, sourcePath: string, clo
   const r = relation(source, clone)
   if (r)
     throw new RefusedError(
-      `clone ${clonePath} ${r.rel === 'same' ? 'is the source' : 'overlaps the source'} ${sourcePath}${r.rel === 'same' ? ' under another name' : ''} (${why(source, clone, r)})`,
-      'name a different volume for the clone',
+      `${role} ${clonePath} ${r.rel === 'same' ? 'is the source' : 'overlaps the source'} ${sourcePath}${r.rel === 'same' ? ' under another name' : ''} (${why(source, clone, r)})`,
+      `name a different volume for the ${role}`,
     )
   for (const u of usedPaths) {
     // One at a time: a handful of groups.
@@ -211,10 +212,18 @@ export async function checkCloneCandidate(fs: DurableFs, sourcePath: string, clo
     const ru = other && relation(other, clone)
     if (ru)
       throw new RefusedError(
-        `clone ${clonePath} ${ru.rel === 'same' ? 'is already used by' : 'overlaps a volume of'} group ${u.group} (${u.clone === '(source)' ? 'as its source' : `as clone ${u.clone}`}, ${u.path}${ru.rel === 'overlap' && other ? `: ${why(other, clone, ru)}` : ''})`,
+        `${role} ${clonePath} ${ru.rel === 'same' ? 'is already used by' : 'overlaps a volume of'} group ${u.group} (${u.clone === '(source)' ? 'as its source' : `as clone ${u.clone}`}, ${u.path}${ru.rel === 'overlap' && other ? `: ${why(other, clone, ru)}` : ''})`,
         'a volume belongs to one group only; name a different volume',
       )
   }
+}
+
+/** FileStat has no isDirectory; a directory is what readdir accepts. */
+async function isDirectory(fs: DurableFs, path: string): Promise<boolean> {
+  return fs.readdir(path).then(
+    () => true,
+    () => false,
+  )
 }
 
 /** Refuse a clone smaller than the source, naming both sizes in bytes. Does not wait. */

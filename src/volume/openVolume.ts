@@ -36,7 +36,7 @@ export async function openVolume(fs: DurableFs, path: string, opts: OpenVolumeOp
     st = await fs.stat(path)
   } catch (error) {
     const errno = errnoOf(error)
-    if (errno === 'ENOENT' || errno === 'ENOTDIR') throw new NotFoundError(`volume ${path} does not exist`, 'check the path (pass --create to `clone add` to make a new sparse image)')
+    if (errno === 'ENOENT' || errno === 'ENOTDIR') throw new NotFoundError(`volume ${path} does not exist`, 'check the path')
     throw ioError(path, 'opening', error)
   }
   if (st.isBlockDevice) return BlockVolume.openDevice(fs, path, st.rdev, opts)

@@ -5,7 +5,7 @@ import {join} from 'node:path'
 import {test} from 'node:test'
 import {fileURLToPath} from 'node:url'
 import {ExitCode} from '../../src/errors/errors.js'
-import {ownCommands} from '../../src/ui/manPages.js'
+import {exitStatusText, ownCommands, readmeExitTable} from '../../src/ui/manPages.js'
 import {needTool} from '../helpers/serve.js'
 
 // dist/test/unit → repository root
@@ -66,4 +66,13 @@ test('given the generated man pages, then groff reads them without a warning (no
     const r = spawnSync('groff', ['-man', '-Tutf8', '-ww', '-z', join(root, 'man', f)], {encoding: 'utf8'})
     if (r.error === undefined) assert.equal(r.stderr, '', `groff warns about ${f}`)
   }
+})
+
+test('README "Exit codes" is the table generated from src/errors/errors.ts, one row per exit code', () => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8')
+  assert.ok(readme.includes(readmeExitTable()), 'README.md\'s exit-code table is stale: run npm run build')
+  assert.deepEqual(
+    exitStatusText.map(([code]) => code),
+    Object.values(ExitCode),
+  )
 })

@@ -45,3 +45,39 @@ describe('progress rate', () => {
     assert.match(lines[1], / 0\.0 MB\/s {2}ETA \?/)
   })
 })
+
+describe('plain progress in a log (issue 18.7)', () => {
+  afterEach(() => mock.timers.reset())
+
+  function logRenderer(): {r: ProgressRenderer; lines: string[]} {
+    process.env.NO_COLOR = '1'
+    const lines: string[] = []
+    const out = {write: (s: string) => lines.push(s)} as unknown as NodeJS.WriteStream
+    return {r: new ProgressRenderer(5000, out), lines}
+  }
+
+  test('given a job done within a second, then it prints no progress line at all (not a lone "26.0%")', () => {
+    mock.timers.enable({apis: ['Date'], now: 1_000_000})
+    const {r, lines} = logRenderer()
+    r.update(event(26 * MB))
+    mock.timers.tick(400)
+    r.update(event(100 * MB))
+    r.done()
+    assert.deepEqual(lines, [])
+  })
+
+  test('given a longer job, then the log ends with its final 100.0% line, printed once', () => {
+    mock.timers.enable({apis: ['Date'], now: 1_000_000})
+    const {r, lines} = logRenderer()
+    r.update(event(10 * MB))
+    mock.timers.tick(1500)
+    r.update(event(26 * MB))
+    mock.timers.tick(1500)
+    r.update(event(100 * MB))
+    r.done()
+    r.done()
+    assert.equal(lines.length, 2, lines.join(''))
+    assert.match(lines[0]!, /sync g\/k: 26\.0% /)
+    assert.match(lines[1]!, /sync g\/k: 100\.0% /)
+  })
+})

@@ -499,9 +499,9 @@ describe('identity: is the clone the source under another name?', () => {
     await rejectsWith(resolveIdentity(nodeFs, missing), NotFoundError, missing)
   })
 
-  test('given a directory as the clone; then refused', async () => {
+  test('given a directory as the clone; then a bad path (exit 2, as for a source), named as a directory', async () => {
     const src = await fileWith(Buffer.alloc(4096))
-    await rejectsWith(checkCloneCandidate(nodeFs, src, dir, []), RefusedError, dir)
+    await rejectsWith(checkCloneCandidate(nodeFs, src, dir, []), UsageError, dir, 'is a directory')
   })
 
   test('given identities of loop devices and partitions; then overlap decides, not names', () => {

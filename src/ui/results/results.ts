@@ -111,6 +111,8 @@ export interface CloneStatusResult {
   mapDamage?: string
   lastSyncAt?: string
   lastFractureAt?: string
+  /** Why its volume cannot be used now (missing, unreadable, not a volume); the recorded state is then history. */
+  unavailable?: string
 }
 
 export interface OperationStatusResult {
@@ -299,6 +301,7 @@ function toCloneStatus(c: CloneStatus): CloneStatusResult {
     mapDamage: c.mapDamage,
     lastSyncAt: c.lastSyncAt,
     lastFractureAt: c.lastFractureAt,
+    unavailable: c.unavailable,
   }
 }
 

@@ -64,7 +64,7 @@ const groupStatus = object(
     clones: array(
       object(
         {name: nonEmpty, path: nonEmpty, state: cloneState, dirtyExtents: count, dirtyBytes: count, inSyncPercent: {type: 'number', minimum: 0, maximum: 100}, trusted: boolean},
-        {stateReason: string, damagedMapPages: array(count), mapDamage: string, lastSyncAt: time, lastFractureAt: time},
+        {stateReason: string, damagedMapPages: array(count), mapDamage: string, lastSyncAt: time, lastFractureAt: time, unavailable: string},
       ),
     ),
   },
