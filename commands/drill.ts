@@ -11,11 +11,12 @@ export default class Drill extends BaseCommand {
   static description = `With no arguments: scratch images in a temporary directory (removed unless --keep), a source with real content (ext4 made with mke2fs -d where e2fsprogs exists), a clone synced and fractured, the source damaged, a protected restore while an in-process host workload reads and writes, then verification. Exit status 10 when any check fails.
 
 With GROUP CLONE --target PATH: restores the clone into PATH (never the group's source), checks PATH against the clone, and runs --exec with {} replaced by PATH (e.g. 'e2fsck -fn {}'). This is what a nightly CI drill calls. While \`clonectl serve\` owns the group, serve does the copy and the check between host requests (the clone must then be fractured: exit 6 for one serve mirrors writes to), and --exec runs here; the report is the same.`
-  static examples = ['<%= config.bin %> drill', '<%= config.bin %> drill --json', "<%= config.bin %> drill db1 nightly --target /scratch/db1-drill.img --exec 'e2fsck -fn {}'"]
+  static examples = ['<%= config.bin %> drill', '<%= config.bin %> drill --json', "<%= config.bin %> drill db1 nightly --target /scratch/db1-drill.img --exec 'e2fsck -fn {}' --yes"]
   static flags = {
     target: Flags.string({summary: 'Scratch volume to restore a real clone into (created sparse if missing; never a volume of any group).', helpValue: 'PATH'}),
     exec: Flags.string({summary: 'Command to check the restored target; {} is replaced by its path.', helpValue: 'CMD'}),
     keep: Flags.boolean({summary: 'Keep the scratch directory of a self-contained drill.'}),
+    yes: Flags.boolean({char: 'y', summary: 'Overwrite an existing --target without asking (a nightly drill reusing its target).'}),
     size: Flags.string({summary: 'Size of the scratch source (self-contained drill): at least 16M, in whole MiB.', default: '64M', helpValue: 'SIZE'}),
     force: Flags.boolean({summary: 'Drill a clone that is not a point-in-time copy (out-of-sync).'}),
     wait: waitFlag,
@@ -32,7 +33,7 @@ With GROUP CLONE --target PATH: restores the clone into PATH (never the group's 
     if (args.group) {
       if (!args.clone || !flags.target) throw new UsageError('a drill of a real group needs GROUP CLONE --target PATH', "e.g. clonectl drill db1 nightly --target /scratch/db1.img --exec 'e2fsck -fn {}'")
       const ctx = await this.context(flags['state-dir'])
-      report = await groupDrill(ctx, {group: args.group, clone: args.clone, target: flags.target, exec: flags.exec, command: this.commandLine(), waitSeconds: waitSeconds(flags.wait), force: flags.force, log})
+      report = await groupDrill(ctx, {group: args.group, clone: args.clone, target: flags.target, exec: flags.exec, command: this.commandLine(), waitSeconds: waitSeconds(flags.wait), force: flags.force, log, confirmOverwrite: (t) => this.confirm(`Overwrite the existing drill target ${t}?`, flags.yes)})
     } else {
       const {parseSize} = await import('../src/group/GroupAdmin.js')
       report = await scratchDrill({keep: flags.keep, sizeBytes: parseSize(flags.size, '--size'), log})

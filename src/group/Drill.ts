@@ -305,6 +305,8 @@ export interface GroupDrillOptions {
   waitSeconds?: number
   force?: boolean
   log?: (m: string) => void
+  /** Asked before an existing target is overwritten (it may be a file someone needs); throws to refuse. */
+  confirmOverwrite?: (target: string) => Promise<void>
 }
 
 /**
@@ -316,9 +318,15 @@ export interface GroupDrillOptions {
  * Same report both ways. Waits.
  */
 export async function groupDrill(ctx: GroupContext, o: GroupDrillOptions): Promise<DrillReport> {
-  await ctx.store.load(o.group) // NotFoundError before anything else
+  const record = await ctx.store.load(o.group) // NotFoundError before anything else
   // serve runs elsewhere (systemd: cwd /): it is told the target's absolute path.
   const req = {op: 'drill' as const, clone: o.clone, target: resolve(o.target), force: o.force}
+  if (await ctx.fs.exists(req.target)) {
+    // An existing target is overwritten whole: first the checks that name why it can never be
+    // one (a volume of a group), then consent (last night's target, or a file someone needs?).
+    await checkCloneCandidate(ctx.fs, record.source.path, req.target, await ctx.store.allClonePaths(), 'drill target')
+    await o.confirmOverwrite?.(req.target)
+  }
   const sock = await findServer(ctx.fs, ctx.store.groupDir(o.group))
   const report = sock
     ? await controlRequest<DrillReport>(sock, req, {onLog: (m) => o.log?.(m)})

@@ -73,6 +73,22 @@ describe('clonectl drill of a real group', () => {
     assert.equal(await sha256(src), before)
   })
 
+  test('given an existing file as the target, when drill runs without --yes (no terminal, or --json), then it is refused and the file is untouched; with --yes it is overwritten', async () => {
+    const target = join(dir, 'someones-file.img')
+    const data = Buffer.alloc(32 * 1024 * 1024, 0x42)
+    await fsp.writeFile(target, data)
+    const r = await cli.run(['drill', 'db', 'nightly', '--target', target])
+    assert.equal(r.code, 5, r.stderr)
+    assert.match(r.stderr, new RegExp(`Overwrite the existing drill target ${target}: refused without confirmation`))
+    assert.match(r.stderr, /--yes/)
+    const j = await cli.json(['drill', 'db', 'nightly', '--target', target], 2)
+    assert.match(j.error.message, /--json needs --yes/)
+    assert.ok((await fsp.readFile(target)).equals(data), 'the existing file is untouched')
+    const ok = await cli.json(['drill', 'db', 'nightly', '--target', target, '--yes'])
+    assert.equal(ok.ok, true, JSON.stringify(ok.checks))
+    assert.ok(cmp(target, join(dir, 'ext4-clone.img')).same, 'with --yes the target is the clone')
+  })
+
   test('a target that is the source (or any volume of a group) is refused with exit status 5', async () => {
     const src = join(dir, 'ext4-src.img')
     const r = await cli.run(['drill', 'db', 'nightly', '--target', src])
