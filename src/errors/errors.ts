@@ -138,6 +138,16 @@ export class InterruptedError extends ClonectlError {
 }
 
 /**
+ * The job was cancelled by `clonectl job cancel` from another shell: an operator's interrupt
+ * (exit 130, like SIGINT), told apart from a serve that stops under a request (12).
+ */
+export class JobCancelledError extends ClonectlError {
+  constructor(message: string, fix?: string) {
+    super('JOB_CANCELLED', 'interrupted', message, fix)
+  }
+}
+
+/**
  * The `serve` process that owns the group stopped (a crash, kill -9, SIGTERM to serve) while
  * it ran this command's request. Not 130: this command got no signal.
  */

@@ -1,4 +1,4 @@
-import {ClonectlError, InterruptedError, RemoteError, StateError, UsageError} from '../errors/errors.js'
+import {ClonectlError, InterruptedError, JobCancelledError, RemoteError, StateError, UsageError} from '../errors/errors.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
 import type {SyncProgress} from '../engine/SyncEngine.js'
@@ -106,7 +106,7 @@ async function runForwardSync(g: CloneGroup, o: SyncCloneOptions, signal: AbortS
     job = {kind: 'sync', clone: o.clone, done: running, pause: () => started.engine.pause(), resume: () => started.engine.resume(), paused: () => started.engine.isPaused, setRate: (r) => started.limiter.setRate(r), stop: () => started.stop(), progress}
     const summary = await running
     if (!summary.completed && job.cancelled)
-      throw new InterruptedError(`sync of clone ${o.clone} was cancelled by \`clonectl job cancel ${group}\`; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
+      throw new JobCancelledError(`sync of clone ${o.clone} was cancelled by \`clonectl job cancel ${group}\`; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
     if (!summary.completed && signal.aborted)
       throw new InterruptedError(`sync of clone ${o.clone} was interrupted; the clone is out-of-sync and its map intact`, `run \`clonectl clone sync ${group} ${o.clone}\` to copy only what is left`)
     return summary
@@ -193,7 +193,7 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
         // A cancelled protected restore cannot be abandoned half-way: it stays recorded, as an interrupted one.
         await session.suspend()
         if (job.cancelled)
-          throw new InterruptedError(`restore of group ${group} from clone ${clone} was cancelled by \`clonectl job cancel ${group}\` with ${session.remaining()} extents left; it stays recorded and nothing is lost`, `run \`clonectl restore ${group}\` to resume it`)
+          throw new JobCancelledError(`restore of group ${group} from clone ${clone} was cancelled by \`clonectl job cancel ${group}\` with ${session.remaining()} extents left; it stays recorded and nothing is lost`, `run \`clonectl restore ${group}\` to resume it`)
         throw new InterruptedError(`restore of group ${group} from clone ${clone} was interrupted with ${session.remaining()} extents left; nothing is lost`, `run \`clonectl restore ${group}\` to resume it`)
       } catch (error) {
         if (!(error instanceof RemoteError)) throw error
@@ -257,7 +257,7 @@ export async function status(ctx: GroupContext, group: string): Promise<GroupSta
   // which may be behind what the server does (a clone it no longer mirrors).
   const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch((error: unknown) => {
     // A server stopping, gone or unreachable mid-request has saved, or is saving, what it did.
-    if (!(error instanceof ClonectlError) || error.code === 'INTERRUPTED') return undefined
+    if (!(error instanceof ClonectlError) || error.code === 'INTERRUPTED' || error.code === 'SERVER_STOPPED') return undefined
     throw error
   })
   if (served) return served.value

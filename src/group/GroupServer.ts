@@ -2,7 +2,7 @@ import {join} from 'node:path'
 import {ControlServer} from '../control/ControlServer.js'
 import type {ControlMessage, ControlRequest} from '../control/protocol.js'
 import {controlSocketName} from '../control/protocol.js'
-import {InterruptedError, RefusedError, StateError, UsageError} from '../errors/errors.js'
+import {InterruptedError, JobCancelledError, RefusedError, StateError, UsageError} from '../errors/errors.js'
 import {EXTENTS_PER_PAGE} from '../map/PersistentMap.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
 import {HostIO} from '../engine/HostIO.js'
@@ -350,7 +350,7 @@ export class GroupServer {
     try {
       const out = await done
       if (bg?.cancelled)
-        throw new InterruptedError(
+        throw new JobCancelledError(
           bg.kind === 'restore'
             ? `restore of group ${this.g.name} from clone ${bg.clone} was cancelled by \`clonectl job cancel ${this.g.name}\`; it stays recorded, hosts keep being served, and nothing is lost`
             : `sync of clone ${bg.clone} was cancelled by \`clonectl job cancel ${this.g.name}\`; the clone is out-of-sync and its map intact`,
