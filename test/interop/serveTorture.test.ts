@@ -29,7 +29,7 @@ const BLOCK = 4096
  */
 const HOT = 8 * MiB
 const HOT_FIRST = (SIZE - HOT) / BLOCK
-const RATE = 8 * MiB
+const RATE = 4 * MiB
 const KILLS = 20
 const MAGIC = 0x7e57b10c
 
