@@ -48,4 +48,10 @@ export default defineConfig(
       globals: {process: 'readonly', console: 'readonly', URL: 'readonly', globalThis: 'readonly', Buffer: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly'},
     },
   },
+  {
+    // CommonJS: the command entry (bin/package.json makes bin/run.js one) and the bundle's entry.
+    files: ['bin/**/*.js', '**/*.cjs'],
+    languageOptions: {sourceType: 'commonjs', globals: {require: 'readonly', module: 'writable', __dirname: 'readonly', __filename: 'readonly'}},
+    rules: {'@typescript-eslint/no-require-imports': 'off'},
+  },
 )

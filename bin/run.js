@@ -1,14 +1,18 @@
 #!/usr/bin/env node
-import {readFileSync, writeFileSync} from 'node:fs'
-import {createRequire, Module} from 'node:module'
-import {dirname} from 'node:path'
-import {fileURLToPath} from 'node:url'
-import {setFlagsFromString} from 'node:v8'
-import vm from 'node:vm'
+// CommonJS (bin/package.json says so): an ES module entry would start Node's ESM loader and
+// build facades of every builtin it imports, a cost every command paid at start.
+'use strict'
+const {readFileSync, writeFileSync} = require('node:fs')
+const Module = require('node:module')
+const {dirname, join} = require('node:path')
+const vm = require('node:vm')
 
 // Copies and host I/O run on libuv's thread pool; its default 4 threads cap the reads and
 // writes in flight (a restore of scattered extents waits on them). Set before any I/O.
 process.env.UV_THREADPOOL_SIZE ??= '16'
+// oclif checks the Node version with semver on every start; npm checks package.json's
+// engines when the package is installed, and the bundle targets Node 20.
+process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
 // `serve`: atomic, not incremental, old-space GC. It receives host data in 64 KiB socket
 // chunks, each a new ArrayBuffer; their external memory started incremental marking cycles
 // over and over, and sequential I/O through `serve` spent much of its time in GC (figures in
@@ -16,13 +20,18 @@ process.env.UV_THREADPOOL_SIZE ??= '16'
 // their buffers are pooled, so it gained nothing there and raised their peak RSS. Set before
 // anything is allocated. (V8 then rejects the code cache below, made without the flag: serve
 // compiles, once, at its start.)
-if (process.argv[2] === 'serve') setFlagsFromString('--no-incremental-marking')
+// (node:v8 is required here only: loading it costs other commands time at start.)
+if (process.argv[2] === 'serve') require('node:v8').setFlagsFromString('--no-incremental-marking')
 
 // The whole CLI is one bundle (scripts/bundle.mjs). Load it as Node's require would, but
 // through vm.Script so V8's code cache made at build time spares compiling it.
-const file = fileURLToPath(new URL('../dist/clonectl.cjs', import.meta.url))
-const cli = load(file)
-await cli.execute({dir: import.meta.url})
+const root = join(__dirname, '..')
+const cli = load(join(root, 'dist', 'clonectl.cjs'))
+cli.execute({dir: root}).catch((error) => {
+  // execute() handles a command's errors itself; this is only for a failure of oclif's own.
+  process.stderr.write(`${error instanceof Error ? error.stack : String(error)}\n`)
+  process.exitCode = 1
+})
 
 function load(path) {
   // The bundle's libraries import() their ESM plugins through this (see scripts/bundle.mjs).
@@ -39,7 +48,7 @@ function load(path) {
   m.paths = Module._nodeModulePaths(dirname(path))
   // Before it runs: oclif imports the same file for its commands, and must get this module.
   Module._cache[path] = m
-  script.runInThisContext().call(m.exports, m.exports, createRequire(path), m, path, dirname(path))
+  script.runInThisContext().call(m.exports, m.exports, Module.createRequire(path), m, path, dirname(path))
   m.loaded = true
   const out = process.env.CLONECTL_WRITE_CODE_CACHE
   if (out) process.once('exit', () => writeFileSync(out, script.createCachedData()))

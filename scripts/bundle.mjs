@@ -14,7 +14,7 @@
 import {build} from 'esbuild'
 import {execFileSync} from 'node:child_process'
 import {mkdtempSync, rmSync} from 'node:fs'
-import {readFile} from 'node:fs/promises'
+import {readFile, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -24,7 +24,7 @@ const out = join(root, 'dist', 'clonectl.cjs')
 
 async function bundle() {
   await build({
-    entryPoints: [join(root, 'dist', 'commands', 'index.js')],
+    entryPoints: [join(root, 'scripts', 'bundleEntry.cjs')],
     outfile: out,
     bundle: true,
     platform: 'node',
@@ -41,26 +41,80 @@ async function bundle() {
     // src/volume/kernel.ts reads import.meta.url only where no require exists (unbundled ES
     // modules); in this CommonJS bundle it takes require, so import.meta being empty is fine.
     logOverride: {'empty-import-meta': 'silent'},
-    plugins: [dynamicImportThroughLoader],
+    plugins: [dynamicImportThroughLoader, wslUtilsOnDemand, debugOnDemand],
   })
 }
 
 /**
  * Node 20 loses a vm.Script's dynamic-import callback when the script comes from a code
  * cache (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING), and oclif import()s its ESM plugins (help,
- * not-found, autocomplete). So the libraries' import() calls go through a function that
- * bin/run.js, a real ES module, defines. Our own code's import()s are bundled by esbuild and
- * never reach Node's loader.
+ * not-found, autocomplete). So the libraries' import() calls of a computed path go through a
+ * function that bin/run.js, a file Node loaded itself, defines. An import() of a plain package
+ * name (oclif's `import('wsl-utils')`, run at every start) is left to esbuild, which bundles
+ * it: going through Node's ESM loader for it cost every command its resolution and loading.
+ * Our own code's import()s are bundled too and never reach Node's loader.
  */
 const dynamicImportThroughLoader = {
   name: 'dynamic-import-through-loader',
   setup(b) {
     b.onLoad({filter: /[\\/]node_modules[\\/].*\.js$/}, async (args) => {
       const text = await readFile(args.path, 'utf8')
-      if (!/(^|[^.\w$])import\(/.test(text)) return undefined
-      return {contents: text.replace(/(^|[^.\w$])import\(/g, '$1globalThis.__clonectlImport('), loader: 'js'}
+      const computed = /(^|[^.\w$])import\((?!\s*['"])/g
+      if (!computed.test(text)) return undefined
+      return {contents: text.replace(computed, '$1globalThis.__clonectlImport('), loader: 'js'}
     })
   },
+}
+
+/**
+ * oclif asks `(await import('wsl-utils')).isWsl` at every start (Config.load → getPlatform);
+ * wsl-utils pulls in child_process and PowerShell helpers to answer it. is-wsl alone answers
+ * the question; the rest (powerShellPath, for a Windows shell) is loaded only if asked.
+ */
+const wslUtilsOnDemand = {
+  name: 'wsl-utils-on-demand',
+  setup(b) {
+    b.onResolve({filter: /^wsl-utils$/}, (args) => (args.pluginData === 'real' ? undefined : {path: 'wsl-utils', namespace: 'wsl-on-demand'}))
+    b.onLoad({filter: /.*/, namespace: 'wsl-on-demand'}, () => ({
+      contents: "export {default as isWsl} from 'is-wsl'\nexport const powerShellPath = async () => (await globalThis.__clonectlImport('wsl-utils')).powerShellPath()\n",
+      resolveDir: root,
+      loader: 'js',
+    }))
+  },
+}
+
+/**
+ * oclif makes a `debug` logger at load time; the debug package brings supports-color, tty and
+ * util's formatters with it. With DEBUG unset every namespace is off, so a silent logger does;
+ * with DEBUG set (`DEBUG=oclif:* clonectl ...`) the real package is loaded, as before.
+ */
+const debugOnDemand = {
+  name: 'debug-on-demand',
+  setup(b) {
+    b.onResolve({filter: /^debug$/}, () => ({path: 'debug', namespace: 'debug-on-demand'}))
+    b.onLoad({filter: /.*/, namespace: 'debug-on-demand'}, () => ({
+      contents: `if (process.env.DEBUG) module.exports = require('debug/src/index.js')
+else {
+  const off = (namespace) => Object.assign(() => {}, {enabled: false, namespace, log() {}, destroy: () => true, extend: (sub, delimiter = ':') => off(namespace + delimiter + sub)})
+  module.exports = Object.assign(off, {default: off, enable() {}, disable: () => '', enabled: () => false})
+}
+`,
+      resolveDir: root,
+      loader: 'js',
+    }))
+  },
+}
+
+/**
+ * V8 keeps a script that is all ASCII as a one-byte string: reading it is a copy, where one
+ * character beyond ASCII (a raw CSI in a minified regular expression) makes Node decode the
+ * whole file into a two-byte string at every start. Escape them; in string and regular
+ * expression literals, the only places they occur, \uXXXX means the same character.
+ */
+async function asciiOnly() {
+  const text = await readFile(out, 'utf8')
+  const ascii = text.replace(/[^\t-~]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  if (ascii !== text) await writeFile(out, ascii)
 }
 
 /** One run of a light command, so what every command needs at start (oclif's config and parser, the state directory) is compiled and cached too. */
@@ -77,4 +131,7 @@ async function codeCache() {
 }
 
 if (process.argv.includes('--code-cache')) await codeCache()
-else await bundle()
+else {
+  await bundle()
+  await asciiOnly()
+}

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
+import {createRequire} from 'node:module'
 import {readdirSync} from 'node:fs'
 import {join} from 'node:path'
 import {test} from 'node:test'
@@ -19,6 +20,12 @@ test('given the commands/ directory, then every command file is registered in co
   }
   walk(join(root, 'commands'), [])
   assert.deepEqual(Object.keys(COMMANDS).sort(), ids.sort())
+})
+
+test('given the bundle entry, then it lists the same commands as commands/index.ts, each loaded on demand', () => {
+  const entry = createRequire(import.meta.url)(join(root, 'scripts', 'bundleEntry.cjs')) as {COMMANDS: Record<string, unknown>}
+  assert.deepEqual(Object.keys(entry.COMMANDS).sort(), Object.keys(COMMANDS).sort())
+  for (const id of Object.keys(COMMANDS)) assert.equal(typeof Object.getOwnPropertyDescriptor(entry.COMMANDS, id)?.get, 'function', `${id} is a getter`)
 })
 
 test('given a build, when a command starts, then it runs from the bundle with its code cache accepted', () => {
