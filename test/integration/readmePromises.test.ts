@@ -12,7 +12,11 @@
  *   sync finishes it. The source is untouched.
  * - drill: "removes its scratch directory on every failure unless --keep is given"; --size
  *   "in whole MiB".
- * - serve: "SIGTERM/SIGINT stop accepting, drain, flush, persist and exit 0".
+ * - serve: "SIGTERM/SIGINT stop accepting, drain, flush, persist and exit 0"; "--read-only
+ *   Refuse host writes (EPERM)".
+ * - a damaged group: "`status GROUP` on it exits 7. `group create` and `clone add` warn that
+ *   its volumes cannot be checked and go on. `group destroy GROUP --force` removes a damaged
+ *   group's state (never its volumes); a left-over P file still needs `--discard-restore`."
  */
 import assert from 'node:assert/strict'
 import {execFileSync, spawnSync} from 'node:child_process'
@@ -20,7 +24,7 @@ import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
 import {Cli, cmp, isRoot, MiB, pwrite, randomImage, sha256, tempDir} from '../helpers/cli.js'
-import {startServe} from '../helpers/serve.js'
+import {NbdTestClient, startServe} from '../helpers/serve.js'
 
 let dir: string
 let cli: Cli
@@ -177,5 +181,59 @@ describe('serve stops cleanly on SIGINT as on SIGTERM', () => {
     assert.equal(s.server, undefined)
     assert.equal(s.clones[0].state, 'synchronized')
     await cli.ok(['clone', 'fracture', 'sint', 'c'])
+  })
+})
+
+describe('serve --read-only', () => {
+  test('given serve --read-only, when a host writes, then the write fails with EPERM and the source is unchanged; reads work', async () => {
+    const {src} = await group('ro')
+    const before = await snapshot(src)
+    const served = await startServe(cli.stateDir, 'ro', ['--read-only'])
+    const client = await NbdTestClient.connect(served.socket)
+    try {
+      await assert.rejects(client.write(0, Buffer.alloc(4096, 0xee)), (e: {nbdError?: number}) => e.nbdError === 1, 'EPERM')
+      const want = (await fsp.readFile(src)).subarray(0, 4096)
+      assert.ok((await client.read(0, 4096)).equals(want))
+    } finally {
+      await client.disconnect()
+      await served.stop()
+    }
+    assert.equal((await snapshot(src)).sha, before.sha, 'the source is unchanged')
+  })
+})
+
+describe('a damaged group.json', () => {
+  test('given a group whose group.json is damaged, then status GROUP exits 7 naming it, clone add elsewhere warns and goes on; with a protected restore left (P), destroy --force is refused until --discard-restore, and no volume is touched', async () => {
+    const {src, path} = await group('dam')
+    await cli.ok(['clone', 'add', 'dam', 'c', '--path', path('c'), '--create'])
+    await cli.ok(['clone', 'fracture', 'dam', 'c'])
+    await pwrite(src, 0, Buffer.alloc(2 * MiB, 0x11))
+    const bg = cli.spawnBackground(['restore', 'dam', 'c', '--yes', '--rate', '256K'])
+    await bg.until(async () => (await cli.status('dam')).operation?.kind === 'restore', 'the restore is recorded')
+    bg.kill('SIGKILL')
+    await bg.done
+    const groupDir = join(cli.stateDir, 'groups', 'dam')
+    assert.ok((await fsp.readdir(groupDir)).includes('restore.pmap'), 'P is there')
+    const file = join(groupDir, 'group.json')
+    await fsp.writeFile(file, '{"formatVersion": 1, "name": ')
+    const vols = [src, path('c')]
+    const before = await Promise.all(vols.map(snapshot))
+
+    const st = await cli.run(['status', 'dam'])
+    assert.equal(st.code, 7, st.stderr)
+    assert.match(st.stderr, new RegExp(file))
+
+    const other = await group('dam2')
+    const added = await cli.ok(['clone', 'add', 'dam2', 'c', '--path', other.path('c'), '--create'])
+    assert.match(added.stderr, /group dam is damaged .*its volumes cannot be checked/)
+
+    const refused = await cli.run(['group', 'destroy', 'dam', '--force', '--yes'])
+    assert.equal(refused.code, 6, refused.stderr)
+    assert.match(refused.stderr, /partly restored/)
+    assert.match(refused.stderr, /--discard-restore/)
+    assert.ok((await fsp.readdir(groupDir)).includes('restore.pmap'), 'refused: P is kept')
+    await cli.ok(['group', 'destroy', 'dam', '--force', '--discard-restore', '--yes'])
+    await assert.rejects(fsp.access(groupDir), 'its state is gone')
+    assert.deepEqual(await Promise.all(vols.map(snapshot)), before, 'no volume was touched')
   })
 })
