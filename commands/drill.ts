@@ -8,7 +8,7 @@ import {renderRows} from '../src/ui/tables.js'
 
 export default class Drill extends BaseCommand {
   static summary = 'Run a recovery drill: a self-contained one on scratch images, or a rehearsal of restoring a real clone into a scratch target.'
-  static description = `With no arguments: scratch images in a temporary directory (removed unless --keep), a source with real content (ext4 made with mke2fs -d where e2fsprogs exists), a clone synced and fractured, the source damaged, a protected restore while an in-process host workload reads and writes, then verification. Exit status 10 when any check fails.
+  static description = `With no arguments: scratch images in a temporary directory (removed unless --keep), a source with real content (ext4 made with mke2fs -d where e2fsprogs exists), a clone synced and fractured, the source damaged, a protected restore while an in-process host workload reads and writes, then verification. Exit status 10 when any check fails (under --json the error object then carries the drill's report as \`result\`).
 
 With GROUP CLONE --target PATH: restores the clone into PATH (never the group's source), checks PATH against the clone, and runs --exec with {} replaced by PATH (e.g. 'e2fsck -fn {}'). This is what a nightly CI drill calls. While \`clonectl serve\` owns the group, serve does the copy and the check between host requests (the clone must then be fractured: exit 6 for one serve mirrors writes to), and --exec runs here; the report is the same.`
   static examples = ['<%= config.bin %> drill', '<%= config.bin %> drill --json', "<%= config.bin %> drill db1 nightly --target /scratch/db1-drill.img --exec 'e2fsck -fn {}' --yes"]
@@ -52,7 +52,9 @@ With GROUP CLONE --target PATH: restores the clone into PATH (never the group's 
       this.log(renderRows(['drill', report.ok ? 'PASSED' : 'FAILED'], rows))
       if (report.kept && report.dir) this.log(`scratch files kept in ${report.dir}`)
     }
+    const result = toDrillResult(report)
+    if (!report.ok) this.failedResult = result
     assertDrill(report)
-    return toDrillResult(report)
+    return result
   }
 }

@@ -422,7 +422,9 @@ async function execCheck(exec: string, target: string): Promise<DrillCheck> {
 export function assertDrill(r: DrillReport): void {
   if (!r.ok) {
     const bad = r.checks.filter((c) => !c.ok)
-    throw new DrillFailedError(`recovery drill failed: ${bad.map((c) => `${c.name} (${c.detail})`).join('; ')}`, 'keep the scratch files with --keep and inspect them, or report it')
+    // --keep is the self-contained drill's; a group drill leaves its --target as the restore made it.
+    const fix = r.kind === 'scratch' ? 'keep the scratch files with --keep and inspect them, or report it' : 'the target is left as the restore made it: inspect it, or run the failed check on it by hand'
+    throw new DrillFailedError(`recovery drill failed: ${bad.map((c) => `${c.name} (${c.detail})`).join('; ')}`, fix)
   }
 }
 

@@ -26,6 +26,8 @@ export abstract class BaseCommand extends Command {
   }
 
   protected stateDir = ''
+  /** Printed with the error object under --json when the command fails after producing it (a failed drill's report). */
+  protected failedResult?: ErrorResult['result']
 
   public async init(): Promise<void> {
     configureColour()
@@ -57,7 +59,7 @@ export abstract class BaseCommand extends Command {
   protected async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<unknown> {
     if (isClonectlError(err)) {
       if (this.jsonEnabled()) {
-        this.printJsonError({status: err.exitCode, error: {code: err.code, name: err.name, message: err.message, fix: err.fix}})
+        this.printJsonError({status: err.exitCode, error: {code: err.code, name: err.name, message: err.message, fix: err.fix}, result: this.failedResult})
       } else {
         process.stderr.write(`${colour.error('Error:')} ${err.message}\n`)
         if (err.fix) process.stderr.write(`  ${err.fix}\n`)

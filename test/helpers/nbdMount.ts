@@ -17,17 +17,25 @@ export interface Mounted {
   detach: () => Promise<void>
 }
 
+export interface MountOptions {
+  /** Extra options for mount(8), e.g. ['-o', 'discard']. */
+  mountOptions?: string[]
+  /** nbdfuse -r and losetup -r: nothing can write the export through this mount. */
+  readOnly?: boolean
+}
+
 /**
  * Mount the ext4 file system on export `uri` at `dir`/NAME-mnt. The caller must call
  * detach() (also when a test fails). Waits.
  */
-export async function mountExport(dir: string, uri: string, name: string, mountOptions: string[] = []): Promise<Mounted> {
+export async function mountExport(dir: string, uri: string, name: string, opts: MountOptions = {}): Promise<Mounted> {
+  const ro = opts.readOnly ? ['-r'] : []
   const fuseDir = join(dir, `${name}-fuse`)
   const mnt = join(dir, `${name}-mnt`)
   const pidFile = join(dir, `${name}.pid`)
   await fsp.mkdir(fuseDir, {recursive: true})
   await fsp.mkdir(mnt, {recursive: true})
-  const fuse = spawn('nbdfuse', ['-P', pidFile, fuseDir, uri], {stdio: ['ignore', 'ignore', 'pipe']})
+  const fuse = spawn('nbdfuse', [...ro, '-P', pidFile, fuseDir, uri], {stdio: ['ignore', 'ignore', 'pipe']})
   let fuseErr = ''
   fuse.stderr.on('data', (b: Buffer) => (fuseErr += b.toString()))
   const fuseExit = new Promise<void>((r) => fuse.on('exit', () => r()))
@@ -46,9 +54,9 @@ export async function mountExport(dir: string, uri: string, name: string, mountO
       return existsSync(pidFile)
     }, `nbdfuse to serve ${uri}`, 10_000)
     await fsp.rm(pidFile)
-    const loop = (await runOk('losetup', ['-f', '--show', join(fuseDir, 'nbd')])).stdout.trim()
+    const loop = (await runOk('losetup', [...ro, '-f', '--show', join(fuseDir, 'nbd')])).stdout.trim()
     steps.push(() => runOk('losetup', ['-d', loop]))
-    await runOk('mount', ['-t', 'ext4', ...mountOptions, loop, mnt])
+    await runOk('mount', ['-t', 'ext4', ...(opts.mountOptions ?? []), loop, mnt])
     steps.push(() => runOk('umount', [mnt]))
     return {mnt, loop, detach}
   } catch (error) {

@@ -172,3 +172,43 @@ describe('a restore paused under serve', () => {
     }
   })
 })
+
+describe('job commands with nothing to act on, and a paused foreground job', () => {
+  test('given no job running, then job pause, resume, rate and cancel each exit 6 naming the group; given a running job, job resume succeeds and changes nothing', async () => {
+    const s = await setup('idle')
+    for (const args of [['pause'], ['resume'], ['rate', '1M'], ['cancel']]) {
+      const r = await cli.run(['job', args[0]!, s.group, ...args.slice(1)])
+      assert.equal(r.code, 6, `job ${args.join(' ')}: ${r.stderr}`)
+      assert.match(r.stderr, new RegExp(`group ${s.group} has no sync or restore running to ${args[0]}`))
+    }
+    const bg = startJob('sync', s.group)
+    try {
+      await waitFor(async () => (await jobs(s.group))[0]?.state === 'running', 'the sync listed as running')
+      const resumed = await cli.json(['job', 'resume', s.group])
+      assertContract('job:resume', resumed)
+      assert.equal(resumed.state, 'running', 'resuming a running job leaves it running')
+      assert.equal(resumed.rate, 256 * 1024, 'and its rate as it was')
+    } finally {
+      await cli.run(['job', 'rate', s.group, '0'])
+    }
+    const r = await bg.done
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(cmp(s.source, s.clone).same)
+  })
+
+  test('given a foreground sync paused with job pause, when Ctrl-C (SIGINT) reaches it, then it stops (exit 130), the clone out-of-sync with its map intact, and the next sync finishes it', async () => {
+    const s = await setup('ctrlc')
+    const bg = startJob('sync', s.group)
+    await waitFor(async () => (await jobs(s.group))[0]?.state === 'running', 'the sync listed as running')
+    assert.equal((await cli.json(['job', 'pause', s.group])).state, 'paused')
+    bg.kill('SIGINT')
+    const r = await bg.done
+    assert.equal(r.code, 130, `exit ${r.code} signal ${r.signal}: ${r.stderr}`)
+    const st = await cli.status(s.group)
+    assert.equal(st.operation, undefined)
+    assert.equal(st.clones[0].state, 'out-of-sync')
+    assert.ok(st.clones[0].dirtyExtents > 0, 'what is left is still marked')
+    await cli.ok(['clone', 'sync', s.group, 'c1'])
+    assert.ok(cmp(s.source, s.clone).same)
+  })
+})

@@ -204,6 +204,43 @@ describe('failures under --json print the error object', () => {
     j = assertJsonError(await cli.run(['clone', 'sync', 'err', 'c', '--wait=soon', '--json']), 2, 'USAGE')
     assert.match(j.error.message, /--wait/)
   })
+
+  test('a mistyped command with --json, before or after it: the error object naming the nearest command, exit 2, nothing on stderr but what the error says', async () => {
+    for (const args of [
+      ['stauts', '--json'],
+      ['--json', 'stauts'],
+      ['--json', 'clone', 'ad', 'g', 'c'],
+    ]) {
+      const r = await cli.run(args)
+      const j = assertJsonError(r, 2, 'USAGE')
+      assert.match(j.error.message, /^(stauts|clone ad) is not a clonectl command$/, args.join(' '))
+      assert.match(j.error.fix ?? '', /did you mean `clonectl (status|clone add)`\?/, args.join(' '))
+      assert.equal(r.stderr, '', `${args.join(' ')}: the error is on stdout only`)
+    }
+    // A known command after --json is that command, not a typo of it.
+    const st = await cli.ok(['--json', 'status'])
+    assertContract('status', st.json)
+  })
+
+  test('a drill that fails a check: the error object (exit 10) carries its report, with the check that failed', async () => {
+    const {path} = await group('dfail')
+    await cli.ok(['clone', 'add', 'dfail', 'c', '--path', path('c'), '--create'])
+    await cli.ok(['clone', 'fracture', 'dfail', 'c'])
+    const r = await cli.run(['drill', 'dfail', 'c', '--target', path('target'), '--exec', 'echo checked {} >&2; exit 3', '--json'])
+    const j = assertJsonError(r, 10, 'DRILL_FAILED') as ReturnType<typeof assertJsonError> & {result?: {ok: boolean; kind: string; checks: Array<{name: string; ok: boolean; detail: string}>}}
+    assert.match(j.error.message, /exec: echo checked/)
+    assert.ok(j.result, 'the report is in the error object')
+    assert.equal(j.result.ok, false)
+    assert.equal(j.result.kind, 'group')
+    const failed = j.result.checks.filter((c) => !c.ok)
+    assert.equal(failed.length, 1, JSON.stringify(j.result.checks))
+    assert.match(failed[0]!.name, /^exec: echo checked/)
+    assert.match(failed[0]!.detail, /^exit 3: checked /)
+    assert.ok(j.result.checks.some((c) => c.ok && c.name === 'target equals the clone'), 'the checks that passed are reported too')
+    // A failure with no report of its own has no result.
+    const nf = assertJsonError(await cli.run(['drill', 'dfail', 'nope', '--target', path('t2'), '--json']), 3, 'NOT_FOUND') as {result?: unknown}
+    assert.equal(nf.result, undefined)
+  })
 })
 
 describe('--json never stands for --yes', () => {

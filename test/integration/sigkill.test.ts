@@ -80,25 +80,29 @@ describe('SIGKILL and SIGINT during clone sync', () => {
     assert.equal(s.operation, undefined)
   })
 
-  test('SIGINT during a sync: exit 130, the clone out-of-sync with its map intact, the next sync finishes it', async () => {
-    const src = join(dir, 'int-src.img')
-    const clone = join(dir, 'int-c.img')
+  for (const [sig, g] of [
+    ['SIGINT', 'int'],
+    ['SIGTERM', 'term'],
+  ] as const)
+    test(`${sig} during a sync: exit 130, the clone out-of-sync with its map intact, the next sync finishes it`, async () => {
+    const src = join(dir, `${g}-src.img`)
+    const clone = join(dir, `${g}-c.img`)
     await randomImage(src, 64 * MiB, 22)
-    await cli.ok(['group', 'create', 'int', '--source', src])
-    await cli.ok(['clone', 'add', 'int', 'c', '--path', clone, '--create', '--no-sync'])
-    const bg = cli.spawnBackground(['clone', 'sync', 'int', 'c', '--rate', '20M'])
-    await killDuringOperation(bg, 'int', 'sync', 'SIGINT', randomMs(200, 1500))
+    await cli.ok(['group', 'create', g, '--source', src])
+    await cli.ok(['clone', 'add', g, 'c', '--path', clone, '--create', '--no-sync'])
+    const bg = cli.spawnBackground(['clone', 'sync', g, 'c', '--rate', '20M'])
+    await killDuringOperation(bg, g, 'sync', sig, randomMs(200, 1500))
     const r = await bg.done
     assert.equal(r.code, 130, `exit ${r.code} signal ${r.signal}; stderr: ${r.stderr}`)
     assert.match(r.stderr, /interrupted/)
-    assert.match(r.stderr, /clone sync int c/, 'says how to go on')
-    const s = await cli.status('int')
+    assert.match(r.stderr, new RegExp(`clone sync ${g} c`), 'says how to go on')
+    const s = await cli.status(g)
     assert.equal(s.clones[0].state, 'out-of-sync')
     assert.equal(s.operation, undefined, 'a clean stop leaves no operation behind')
     assert.equal(s.lockedBy, undefined, 'and no lock')
     const left = s.clones[0].dirtyExtents
     assert.ok(left > 0 && left < 1024, `map intact with progress: ${left} of 1024 left`)
-    const out = await cli.json(['clone', 'sync', 'int', 'c'])
+    const out = await cli.json(['clone', 'sync', g, 'c'])
     assert.equal(out.totalExtents, left)
     assert.ok(cmp(src, clone).same)
   })

@@ -18,13 +18,14 @@
  * and FUSE mount is undone.
  */
 import assert from 'node:assert/strict'
-import {spawn} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import {existsSync} from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, test} from 'node:test'
-import {MiB, NbdTestClient, type Served, clonectl, clonectlOk, has, isRoot, run, runOk, sha256File, sleep, startServe, statusJson, tempDir} from '../helpers/serve.js'
+import {type MountOptions, type Mounted, mountExport} from '../helpers/nbdMount.js'
+import {MiB, NbdTestClient, type Served, clonectl, clonectlOk, has, isRoot, run, runOk, sha256File, startServe, statusJson, tempDir} from '../helpers/serve.js'
+import {waitFor} from '../helpers/waitFor.js'
 
 const SIZE = 64 * MiB
 const tools = ['nbdfuse', 'fusermount3', 'losetup', 'mount', 'mke2fs', 'e2fsck'].filter((t) => !has(t, '--version') && !has(t, '-V'))
@@ -37,42 +38,11 @@ let cl: string
 let served: Served | undefined
 const cleanups: Array<() => Promise<unknown>> = []
 
-/** nbdfuse + losetup + mount of the export; detach() undoes all three, in order. */
-async function attach(uri: string, name: string): Promise<{mnt: string; detach: () => Promise<void>}> {
-  const fuseDir = join(dir, `${name}-fuse`)
-  const mnt = join(dir, `${name}-mnt`)
-  const pidFile = join(dir, `${name}.pid`)
-  await fsp.mkdir(fuseDir, {recursive: true})
-  await fsp.mkdir(mnt, {recursive: true})
-  const fuse = spawn('nbdfuse', ['-P', pidFile, fuseDir, uri], {stdio: ['ignore', 'ignore', 'pipe']})
-  let fuseErr = ''
-  fuse.stderr.on('data', (b: Buffer) => (fuseErr += b.toString()))
-  const fuseExit = new Promise<void>((r) => fuse.on('exit', () => r()))
-  const steps: Array<() => Promise<unknown>> = [
-    async () => {
-      await run('fusermount3', ['-u', fuseDir])
-      await Promise.race([fuseExit, sleep(5000)])
-    },
-  ]
-  const detach = async (): Promise<void> => {
-    for (const s of steps.splice(0).reverse()) await s().catch(() => undefined)
-  }
-  cleanups.push(detach)
-  try {
-    for (let i = 0; !existsSync(pidFile); i++) {
-      if (i > 500 || fuse.exitCode !== null) throw new Error(`nbdfuse did not start: ${fuseErr}`)
-      await sleep(10)
-    }
-    await fsp.rm(pidFile)
-    const loop = (await runOk('losetup', ['-f', '--show', join(fuseDir, 'nbd')])).stdout.trim()
-    steps.push(() => runOk('losetup', ['-d', loop]))
-    await runOk('mount', ['-t', 'ext4', loop, mnt])
-    steps.push(() => runOk('umount', [mnt]))
-    return {mnt, detach}
-  } catch (error) {
-    await detach()
-    throw error
-  }
+/** The export mounted (test/helpers/nbdMount.ts); detached in after() too if a test fails first. */
+async function attach(uri: string, name: string, opts: MountOptions = {}): Promise<Mounted> {
+  const m = await mountExport(dir, uri, name, opts)
+  cleanups.push(m.detach)
+  return m
 }
 
 before(async () => {
@@ -139,10 +109,7 @@ describe('ext4 on a served source: protected restore while mounted', () => {
     const idle = await NbdTestClient.connect(served!.socket)
     // About 30 MiB changed, at 3 MiB/s: about 10 s, long enough to use the file system during it.
     const restore = clonectl(state, ['restore', 'e', 'c', '--yes', '--rate', '3M', '--disconnect-clients'], {timeoutMs: 180_000})
-    for (let i = 0; !(await statusJson(state, 'e')).operation; i++) {
-      assert.ok(i < 400, 'the restore did not start')
-      await sleep(25)
-    }
+    await waitFor(async () => (await statusJson(state, 'e')).operation, 'the restore to start', 60_000, 25)
     assert.ok(idle.closed, 'the idle client was disconnected before the switch')
     // The host attaches again once the restore has started (a cache from before would be stale).
     const m = await attach(served!.uri, 'b')
@@ -177,32 +144,16 @@ describe('ext4 on a served source: protected restore while mounted', () => {
     assert.equal(fsck.code, 0, fsck.stdout + fsck.stderr)
     // Check the files through the export once more (serve again, read-only).
     served = await startServe(state, 'e', ['--read-only'])
-    const fuseDir = join(dir, 'c-fuse')
-    const mnt = join(dir, 'c-mnt')
-    await fsp.mkdir(fuseDir, {recursive: true})
-    await fsp.mkdir(mnt, {recursive: true})
-    const fuse = spawn('nbdfuse', ['-r', '-P', join(dir, 'c.pid'), fuseDir, served.uri], {stdio: 'ignore'})
+    const m = await attach(served.uri, 'c', {readOnly: true, mountOptions: ['-o', 'ro,noload']})
     try {
-      while (!existsSync(join(dir, 'c.pid'))) await sleep(10)
-      const loop = (await runOk('losetup', ['-r', '-f', '--show', join(fuseDir, 'nbd')])).stdout.trim()
-      try {
-        await runOk('mount', ['-t', 'ext4', '-o', 'ro,noload', loop, mnt])
-        try {
-          assert.equal(await fsp.readFile(join(mnt, 'small.txt'), 'utf8'), smallV1)
-          assert.ok((await fsp.readFile(join(mnt, 'big.bin'))).equals(bigV1))
-          assert.equal(await fsp.readFile(join(mnt, 'sub', 'keep.txt'), 'utf8'), 'kept\nappended during the restore\n')
-          assert.ok((await fsp.readFile(join(mnt, 'during.bin'))).equals(duringRestore))
-          assert.equal(await fsp.readFile(join(mnt, 'newdir', 'n.txt'), 'utf8'), 'new during the restore\n')
-          assert.equal(existsSync(join(mnt, 'after-fracture.txt')), false)
-        } finally {
-          await runOk('umount', [mnt])
-        }
-      } finally {
-        await runOk('losetup', ['-d', loop])
-      }
+      assert.equal(await fsp.readFile(join(m.mnt, 'small.txt'), 'utf8'), smallV1)
+      assert.ok((await fsp.readFile(join(m.mnt, 'big.bin'))).equals(bigV1))
+      assert.equal(await fsp.readFile(join(m.mnt, 'sub', 'keep.txt'), 'utf8'), 'kept\nappended during the restore\n')
+      assert.ok((await fsp.readFile(join(m.mnt, 'during.bin'))).equals(duringRestore))
+      assert.equal(await fsp.readFile(join(m.mnt, 'newdir', 'n.txt'), 'utf8'), 'new during the restore\n')
+      assert.equal(existsSync(join(m.mnt, 'after-fracture.txt')), false)
     } finally {
-      await run('fusermount3', ['-u', fuseDir])
-      await new Promise((r) => (fuse.exitCode !== null ? r(undefined) : fuse.on('exit', r)))
+      await m.detach()
     }
     const exit2 = await served.stop('SIGTERM')
     served = undefined

@@ -217,6 +217,8 @@ export interface DrillResult {
 export interface ErrorResult {
   status: number
   error: {code: string; name: string; message: string; fix?: string}
+  /** A failure's own result: the report of a drill that failed a check (exit 10). */
+  result?: DrillResult
 }
 
 function volume(v: VolumeRecord): VolumeResult {
