@@ -106,6 +106,8 @@ export class SyncEngine {
   private readonly written?: ExtentBitmap
   /** Extents whose last copy collided with a host write: the next copy is write-blocking. */
   private readonly collided = new Set<number>()
+  /** Chunks are copied by Volume.copyFrom (see copyInKernel) until it says it cannot. */
+  private copiesInKernel: boolean
   /** The source was data up to this byte when last looked at (no hole lookup below it). */
   private dataUntil = 0
   readonly progress: SyncProgress
@@ -116,6 +118,7 @@ export class SyncEngine {
     // A destination known to read as zero may skip zero chunks, but only where this run
     // has not written already (a re-copy after a collision must write its zeros).
     if (o.to.knownZero) this.written = new ExtentBitmap(o.map.bits.count)
+    this.copiesInKernel = Boolean(o.to.knownZero && !o.compare && o.to.copyFrom)
     // A source that cannot tell holes is all data: no lookups (nor the awaits they cost).
     if (o.from.tellsHoles?.() === false) this.dataUntil = Number.POSITIVE_INFINITY
     const total = this.remaining()
@@ -547,6 +550,41 @@ export class SyncEngine {
     return zeroed
   }
 
+  /** A chunk's bytes written (or zeroed) are done: note the write and count them. */
+  private finishCopy(claimedBytes: number, written: number, zeroed: number): void {
+    if (written > 0 || zeroed > 0) this.o.onWrite?.()
+    this.sinceWriteback += written
+    this.progress.copiedBytes += written
+    // Zeroed ranges were neither read nor copied: they count as skipped (zeros).
+    this.progress.skippedBytes += claimedBytes - written
+    this.progress.zeroedBytes += zeroed
+  }
+
+  /**
+   * Copy the runs of window [start, end) for which mine(e) is true inside the kernel
+   * (Volume.copyFrom: copy_file_range between image files), all at once; resolves to the
+   * bytes copied, or undefined when the volumes cannot (nothing is then assumed copied: the caller reads and writes, and this
+   * engine does not ask again). Only into a fresh image (knownZero), never comparing: there
+   * nothing is to be read back, and a host's working set is not in that file's page cache.
+   * Waits.
+   */
+  private async copyInKernel(start: number, end: number, pos: number, len: number, mine: (e: number) => boolean): Promise<number | undefined> {
+    const {from, to} = this.o
+    const runs = [...this.runs(start, end, len, mine)]
+    const done = await Promise.allSettled(runs.map(([a, b]) => to.copyFrom!(from, pos + a, b - a)))
+    const failed = done.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed) throw failed.reason
+    if (done.some((r) => r.status === 'fulfilled' && !r.value)) {
+      this.copiesInKernel = false
+      return undefined
+    }
+    let copied = 0
+    for (const [a, b] of runs) copied += b - a
+    this.progress.readBytes += copied
+    for (let e = start; e < end; e++) if (mine(e)) this.written?.set(e)
+    return copied
+  }
+
   /**
    * Copy window [start, end): read and write only the extents this engine claimed
    * (claimed[e - start] = 1), the whole window in one read when it claimed all of it; the
@@ -585,73 +623,72 @@ export class SyncEngine {
       }
       const mineData = holes ? (e: number): boolean => claimed[e - start] === 1 : mine
       const whole = !holes && claimedCount === end - start
-      let data: Buffer
-      if (whole) {
-        data = await o.from.read(pos, len, buf)
-        this.progress.readBytes += len
-      } else data = await this.readClaimed(start, end, pos, len, buf, mineData)
-      let written: number
-      if (o.compare) {
-        // Compare-and-copy: write only the runs of extents that differ.
-        other = this.buffer()
-        // Only the extents compared are read (not a hole of the source: left alone above).
-        const old = whole ? await o.to.read(pos, len, other) : await this.readClaimed(start, end, pos, len, other, mineData, o.to)
-        written = await this.writeRuns(start, end, pos, len, data, (e) => {
-          if (!mineData(e)) return false
-          const [a, b] = this.slice(e, start, len)
-          return data.compare(old, a, b, a, b) !== 0
-        })
-      } else {
-        // Sparse: an all-zero extent is not written where the destination already reads as
-        // zero (never written by this run on a known-zero image, or read back as zero).
-        const zero = (e: number): boolean => {
-          const [a, b] = this.slice(e, start, len)
-          return this.isZero(data, a, b)
-        }
-        let zeros: boolean[] | undefined
-        for (let e = start; e < end; e++)
-          if (mineData(e) && zero(e)) {
-            zeros ??= new Array<boolean>(end - start).fill(false)
-            zeros[e - start] = true
-          }
-        if (!zeros && whole) {
-          await o.to.write(pos, data)
-          written = len
-        } else if (!zeros) {
-          written = await this.writeRuns(start, end, pos, len, data, mineData)
+      const copied = this.copiesInKernel ? await this.copyInKernel(start, end, pos, len, mineData) : undefined
+      if (copied !== undefined) this.finishCopy(claimedBytes, copied, zeroed)
+      else {
+        let data: Buffer
+        if (whole) {
+          data = await o.from.read(pos, len, buf)
+          this.progress.readBytes += len
+        } else data = await this.readClaimed(start, end, pos, len, buf, mineData)
+        let written: number
+        if (o.compare) {
+          // Compare-and-copy: write only the runs of extents that differ.
+          other = this.buffer()
+          // Only the extents compared are read (not a hole of the source: left alone above).
+          const old = whole ? await o.to.read(pos, len, other) : await this.readClaimed(start, end, pos, len, other, mineData, o.to)
+          written = await this.writeRuns(start, end, pos, len, data, (e) => {
+            if (!mineData(e)) return false
+            const [a, b] = this.slice(e, start, len)
+            return data.compare(old, a, b, a, b) !== 0
+          })
         } else {
-          const z = zeros
-          let destZero: (e: number) => boolean
-          if (!this.written && o.to.kind === 'nbd') {
-            // A remote: reading it back costs a network round trip per chunk; NBD
-            // WRITE_ZEROES is cheap and keeps the remote sparse, so zero runs go as that
-            // (and then read as zero: the data runs are written below).
-            for (const [a, b] of this.runs(start, end, len, (e) => z[e - start])) {
-              await o.to.writeZeroes(pos + a, b - a)
-            }
-            o.onWrite?.()
-            destZero = () => true
-          } else if (this.written) {
-            const w = this.written
-            destZero = (e) => !w.get(e)
-          } else {
-            other = this.buffer()
-            const old = await o.to.read(pos, len, other)
-            destZero = (e) => {
-              const [a, b] = this.slice(e, start, len)
-              return this.isZero(old, a, b)
-            }
+          // Sparse: an all-zero extent is not written where the destination already reads as
+          // zero (never written by this run on a known-zero image, or read back as zero).
+          const zero = (e: number): boolean => {
+            const [a, b] = this.slice(e, start, len)
+            return this.isZero(data, a, b)
           }
-          written = await this.writeRuns(start, end, pos, len, data, (e) => mineData(e) && !(z[e - start] && destZero(e)))
+          let zeros: boolean[] | undefined
+          for (let e = start; e < end; e++)
+            if (mineData(e) && zero(e)) {
+              zeros ??= new Array<boolean>(end - start).fill(false)
+              zeros[e - start] = true
+            }
+          if (!zeros && whole) {
+            await o.to.write(pos, data)
+            written = len
+          } else if (!zeros) {
+            written = await this.writeRuns(start, end, pos, len, data, mineData)
+          } else {
+            const z = zeros
+            let destZero: (e: number) => boolean
+            if (!this.written && o.to.kind === 'nbd') {
+              // A remote: reading it back costs a network round trip per chunk; NBD
+              // WRITE_ZEROES is cheap and keeps the remote sparse, so zero runs go as that
+              // (and then read as zero: the data runs are written below).
+              for (const [a, b] of this.runs(start, end, len, (e) => z[e - start])) {
+                await o.to.writeZeroes(pos + a, b - a)
+              }
+              o.onWrite?.()
+              destZero = () => true
+            } else if (this.written) {
+              const w = this.written
+              destZero = (e) => !w.get(e)
+            } else {
+              other = this.buffer()
+              const old = await o.to.read(pos, len, other)
+              destZero = (e) => {
+                const [a, b] = this.slice(e, start, len)
+                return this.isZero(old, a, b)
+              }
+            }
+            written = await this.writeRuns(start, end, pos, len, data, (e) => mineData(e) && !(z[e - start] && destZero(e)))
+          }
+          if (this.written) for (let e = start; e < end; e++) if (mineData(e)) this.written.set(e)
         }
-        if (this.written) for (let e = start; e < end; e++) if (mineData(e)) this.written.set(e)
+        this.finishCopy(claimedBytes, written, zeroed)
       }
-      if (written > 0 || zeroed > 0) o.onWrite?.()
-      this.sinceWriteback += written
-      this.progress.copiedBytes += written
-      // Zeroed ranges were neither read nor copied: they count as skipped (zeros).
-      this.progress.skippedBytes += claimedBytes - written
-      this.progress.zeroedBytes += zeroed
       ok = true
     } finally {
       this.release(buf)

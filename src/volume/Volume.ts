@@ -79,6 +79,13 @@ export interface Volume {
    * block device): a copy then asks for no holes at all. Absent means it may tell. Does not wait.
    */
   tellsHoles?(): boolean
+  /**
+   * Copy [position, position+length) of `from` to the same place here without passing it
+   * through this process (copy_file_range between two image files). False, having done
+   * nothing, where it cannot (another kind of volume, the kernel refused): read and write.
+   * Like write(), not durable until flush(). Absent: always read and write. Waits.
+   */
+  copyFrom?(from: Volume, position: number, length: number): Promise<boolean>
   /** Make every completed write durable (fdatasync). */
   flush(): Promise<void>
   /** The volume's current fingerprint. */
