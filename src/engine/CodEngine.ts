@@ -43,6 +43,8 @@ export class CodEngine {
   private running = 0
   copies = 0
   copiedBytes = 0
+  /** Of copiedBytes, those of holes of the clone: made to read as zeros, not read. */
+  zeroedBytes = 0
 
   constructor(private readonly o: CodEngineOptions) {}
 
@@ -73,6 +75,7 @@ export class CodEngine {
       let collided = true
       try {
         if (await readsZero(o.from, pos, len)) {
+          this.zeroedBytes += len
           // A hole (or zero run) of the clone is not read: the source is made to read as
           // zeros there, punched (a block device: zeroed), unless it already does by its own
           // allocation. Either way the next checkpoint flushes the source before this

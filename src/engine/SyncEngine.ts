@@ -1,7 +1,7 @@
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {alignedBuffer} from '../volume/alignedBuffer.js'
 import {zeroExtents} from '../volume/holes.js'
-import type {Volume} from '../volume/Volume.js'
+import type {Volume, VolumeExtent} from '../volume/Volume.js'
 import type {CollisionDetector} from './CollisionDetector.js'
 import type {RateLimiter} from './RateLimiter.js'
 import type {Scoreboard} from './Scoreboard.js'
@@ -78,6 +78,11 @@ const MiB = 1024 * 1024
 /** The longest range one hole sweep looks at (a lookup lists every data run in it). */
 const SWEEP_BYTES = 4 * 1024 * MiB
 
+/** The first extent run of [pos, pos+len) of vol, not listing the rest where the volume can. Waits. */
+async function firstExtent(vol: Volume, pos: number, len: number): Promise<VolumeExtent | undefined> {
+  return vol.firstExtent ? vol.firstExtent(pos, len) : (await vol.extents(pos, len))[0]
+}
+
 /**
  * Wait for every promise (none is left running against a buffer about to be reused), then
  * throw the first failure, if any.
@@ -86,6 +91,8 @@ async function allOrFirstError(ps: Array<Promise<unknown>>): Promise<void> {
   const failed = (await Promise.allSettled(ps)).find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
 }
+/** Chunks in flight per `parallel` while copies run inside the kernel (no buffer each). */
+const KERNEL_FANOUT = 4
 /** A window crosses at most this many extents that need no copy (read, not written). */
 const WINDOW_GAP = 8
 
@@ -183,7 +190,10 @@ export class SyncEngine {
   /** Copy until nothing is left or stop(). Resolves true when complete. */
   async run(): Promise<boolean> {
     const {o} = this
-    const parallel = o.parallel ?? 4
+    // Copies inside the kernel hold no buffer here: more of them in flight (scattered small
+    // windows of a sparse source would otherwise leave the disk's queue shallow). Asked each
+    // time: the engine falls back to buffers when the kernel refuses.
+    const parallel = (): number => (o.parallel ?? 4) * (this.copiesInKernel ? KERNEL_FANOUT : 1)
     const perChunk = Math.max(1, Math.floor((o.chunkBytes ?? 4 * MiB) / o.extentSize))
     const inflight = new Set<Promise<void>>()
     let sinceCheckpoint = 0
@@ -253,7 +263,7 @@ export class SyncEngine {
           .finally(() => inflight.delete(p))
         inflight.add(p)
         sinceCheckpoint += bytes
-        if (inflight.size >= parallel) {
+        if (inflight.size >= parallel()) {
           await Promise.race(inflight)
         }
         if (o.checkpoint && sinceCheckpoint > 0 && (sinceCheckpoint >= (o.checkpointBytes ?? 256 * MiB) || Date.now() - lastCheckpoint >= (o.checkpointMs ?? 1000))) {
@@ -301,7 +311,7 @@ export class SyncEngine {
     const endOf = (byte: number): number => (byte >= o.volumeSize ? count : Math.floor(byte / o.extentSize))
     const watch = o.collisions?.watchRange(start, endOf(pos + span) + 1)
     try {
-      const src = (await o.from.extents(pos, span))[0]
+      const src = await firstExtent(o.from, pos, span)
       if (src === undefined) return undefined
       if (src.kind === 'data') {
         // Stale only in the safe direction: a hole found later is just copied as data.
@@ -317,7 +327,7 @@ export class SyncEngine {
         if (!w.done) end = w.value[0]
       } else {
         if (o.to.tellsHoles?.() === false) return undefined
-        const dest = (await o.to.extents(pos, this.byteLen(start, end)))[0]
+        const dest = await firstExtent(o.to, pos, this.byteLen(start, end))
         if (dest === undefined || dest.kind === 'data') return undefined
         end = Math.min(end, endOf(dest.offset + dest.length))
         destHoles = true
@@ -609,7 +619,7 @@ export class SyncEngine {
       }
     let ok = false
     let other: Buffer | undefined
-    const buf = this.buffer()
+    let buf: Buffer | undefined
     try {
       // Extents the source's allocation says read as zeros (holes) are neither read nor
       // copied: the destination is only made to read as zeros where it does not already.
@@ -626,6 +636,7 @@ export class SyncEngine {
       const copied = this.copiesInKernel ? await this.copyInKernel(start, end, pos, len, mineData) : undefined
       if (copied !== undefined) this.finishCopy(claimedBytes, copied, zeroed)
       else {
+        buf = this.buffer()
         let data: Buffer
         if (whole) {
           data = await o.from.read(pos, len, buf)
@@ -691,7 +702,7 @@ export class SyncEngine {
       }
       ok = true
     } finally {
-      this.release(buf)
+      if (buf) this.release(buf)
       if (other) this.release(other)
       let cleared = 0
       for (let e = start; e < end; e++) {

@@ -376,6 +376,20 @@ export class FileVolume implements Volume {
     }
   }
 
+  /** The first run of extents(position, length), by at most two lseek calls. Waits. */
+  async firstExtent(position: number, length: number): Promise<VolumeExtent | undefined> {
+    this.range(position, length, 'read')
+    if (length === 0) return undefined
+    const seeks = this.seeks()
+    if (!seeks) return {offset: position, length, kind: 'data'}
+    try {
+      return seekExtents(seeks, position, position + length, 1)[0]
+    } catch (error) {
+      if (unsupported(error)) return {offset: position, length, kind: 'data'}
+      throw ioError(this.path, 'finding the holes of', error, position)
+    }
+  }
+
   /** Whether extents() can find holes here: a real file descriptor and the kernel calls (or a file that models holes). */
   tellsHoles(): boolean {
     return this.seeks() !== undefined
@@ -433,11 +447,14 @@ interface Seeks {
   seekHole(offset: number): number
 }
 
-/** The data and hole runs of [start, end) by lseek; a hole runs to `end` once no data follows. */
-export function seekExtents(k: Seeks, start: number, end: number): VolumeExtent[] {
+/**
+ * The data and hole runs of [start, end) by lseek, at most `max` of them (the first ones); a
+ * hole runs to `end` once no data follows.
+ */
+export function seekExtents(k: Seeks, start: number, end: number, max = Number.POSITIVE_INFINITY): VolumeExtent[] {
   const out: VolumeExtent[] = []
   let pos = start
-  while (pos < end) {
+  while (pos < end && out.length < max) {
     const d = k.seekData(pos)
     if (d < 0 || d >= end) {
       out.push({offset: pos, length: end - pos, kind: 'hole'})

@@ -75,6 +75,12 @@ export interface Volume {
    */
   extents(position: number, length: number): Promise<VolumeExtent[]>
   /**
+   * The first run of extents(position, length) (undefined for an empty range), found without
+   * listing the rest (a sweep over a long range asks only what starts it). Absent: extents()[0].
+   * Waits.
+   */
+  firstExtent?(position: number, length: number): Promise<VolumeExtent | undefined>
+  /**
    * False when extents() can only ever answer data (an image without the kernel calls, a
    * block device): a copy then asks for no holes at all. Absent means it may tell. Does not wait.
    */

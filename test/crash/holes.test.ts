@@ -55,6 +55,8 @@ interface Run {
   ops: number
   /** Punches issued on the source (restore) or the clone (trim). */
   punches: number
+  /** Bytes of the clone's holes that COD zeroed on the source (protected). */
+  codZeroed: number
   fs: MemoryFs
   states: Array<{fs: MemoryFs; label: string}>
 }
@@ -80,6 +82,7 @@ async function scenario(kind: Kind, seed: number, crashAt?: number): Promise<Run
   const states: Array<{fs: MemoryFs; label: string}> = []
   let halted = false
   let punches = 0
+  let codZeroed = 0
   const start = fs.opCount
   const punched = kind === 'protected' ? SRC : clonePath('k')
   fs.onOp = (op) => {
@@ -116,12 +119,13 @@ async function scenario(kind: Kind, seed: number, crashAt?: number): Promise<Run
         assert.ok(got.equals(sourceData.subarray(e * X, (e + 1) * X)), `INV-2: a host read of extent ${e} during the restore did not see the clone's data`)
       }
       await work
+      codZeroed = s.cod.zeroedBytes
     }
     await g.close()
   }
   await settle(body(), () => halted, `${kind} seed ${seed} crash at ${crashAt ?? '-'}`)
   fs.onOp = undefined
-  return {ops: fs.opCount - start, punches, fs, states}
+  return {ops: fs.opCount - start, punches, codZeroed, fs, states}
 }
 
 const differs = (a: Buffer, b: Buffer, e: number): boolean => a.compare(b, e * X, (e + 1) * X, e * X, (e + 1) * X) !== 0
@@ -194,8 +198,10 @@ describe('simulated power loss with holes (sparse sync, trim, restore)', () => {
   for (const kind of ['forward', 'trim', 'protected'] as const) {
     test(`${kind}: every crash state keeps INV-1${kind === 'protected' ? ', INV-2 and INV-3' : ''} and recovers`, async () => {
       let states = 0
+      let codZeroed = 0
       for (let seed = 1; seed <= SEEDS; seed++) {
-        const {ops, punches, fs} = await scenario(kind, seed)
+        const {ops, punches, fs, ...run} = await scenario(kind, seed)
+        codZeroed += run.codZeroed
         // The premise: the hole paths were taken (a punch where a hole replaces data; the
         // fresh clone written only where the source has data).
         if (kind !== 'forward') assert.ok(punches > 0, `${kind}: holes were punched (${punches})`)
@@ -211,6 +217,7 @@ describe('simulated power loss with holes (sparse sync, trim, restore)', () => {
         }
       }
       console.log(`${kind} (holes): ${states} crash states checked`)
+      if (kind === 'protected') assert.ok(codZeroed > 0, 'COD met holes of the clone (and zeroed them on the source)')
       assert.ok(states >= 200, `only ${states} crash states`)
     })
   }
