@@ -125,7 +125,7 @@ export class SyncEngine {
     // A destination known to read as zero may skip zero chunks, but only where this run
     // has not written already (a re-copy after a collision must write its zeros).
     if (o.to.knownZero) this.written = new ExtentBitmap(o.map.bits.count)
-    this.copiesInKernel = Boolean(o.to.knownZero && !o.compare && o.to.copyFrom)
+    this.copiesInKernel = Boolean(o.to.knownZero && !o.compare && o.to.copyFrom && o.to.canCopyFrom?.(o.from))
     // A source that cannot tell holes is all data: no lookups (nor the awaits they cost).
     if (o.from.tellsHoles?.() === false) this.dataUntil = Number.POSITIVE_INFINITY
     const total = this.remaining()

@@ -309,15 +309,12 @@ export class FileVolume implements Volume {
   async copyFrom(from: Volume, position: number, length: number): Promise<boolean> {
     this.writable()
     this.range(position, length, 'write')
-    if (this.copyRefused || this.kind !== 'file' || !(from instanceof FileVolume) || from.kind !== 'file') return false
-    from.range(position, length, 'read')
-    const inFd = from.file.fd
-    const outFd = this.file.fd
-    const k = inFd === undefined || outFd === undefined || process.env.CLONECTL_NO_COPY_RANGE ? undefined : kernel()
-    if (!k) return false
+    const c = this.kernelCopy(from)
+    if (!c) return false
+    c.from.range(position, length, 'read')
     let n: number
     try {
-      n = await k.copyFileRange(inFd!, position, outFd!, position, length)
+      n = await c.k.copyFileRange(c.inFd, position, c.outFd, position, length)
     } catch (error) {
       // Refused (another file system, a kernel without it): read and write from now on.
       if (!unsupported(error) && errnoOf(error) !== 'EXDEV' && errnoOf(error) !== 'EBADF') throw ioError(this.path, `copying ${from.path} to`, error, position)
@@ -328,6 +325,20 @@ export class FileVolume implements Volume {
     if (n < length)
       throw new VolumeIoError(`${from.path} ended at offset ${position + n}, inside its size of ${from.size} bytes when opened: was it truncated by another program?`, 'EIO', 'find what changed the volume; then verify or fully resync the group')
     return true
+  }
+
+  /** Whether copyFrom(from, ...) may copy in the kernel (it may still be refused the first time). Does not wait. */
+  canCopyFrom(from: Volume): boolean {
+    return this.kernelCopy(from) !== undefined
+  }
+
+  /** The kernel and both descriptors for copy_file_range from `from`, when two image files with fds may use it. */
+  private kernelCopy(from: Volume): {k: Kernel; from: FileVolume; inFd: number; outFd: number} | undefined {
+    if (this.copyRefused || this.readOnly || this.kind !== 'file' || !(from instanceof FileVolume) || from.kind !== 'file' || process.env.CLONECTL_NO_COPY_RANGE) return undefined
+    const inFd = from.file.fd
+    const outFd = this.file.fd
+    const k = inFd === undefined || outFd === undefined ? undefined : kernel()
+    return k && {k, from, inFd: inFd!, outFd: outFd!}
   }
 
   /** Which fallocate modes this file system refused (EOPNOTSUPP): not tried again. */

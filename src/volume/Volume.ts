@@ -92,6 +92,8 @@ export interface Volume {
    * Like write(), not durable until flush(). Absent: always read and write. Waits.
    */
   copyFrom?(from: Volume, position: number, length: number): Promise<boolean>
+  /** Whether copyFrom(from, ...) may copy without this process (false: it would only answer false). Does not wait. */
+  canCopyFrom?(from: Volume): boolean
   /** Make every completed write durable (fdatasync). */
   flush(): Promise<void>
   /** The volume's current fingerprint. */
