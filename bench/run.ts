@@ -5,7 +5,8 @@
  * host IOPS and restore progress during a protected restore. --quick shrinks everything so
  * the harness runs in CI in a few minutes (marks are printed, not enforced).
  */
-import {writeFileSync, readFileSync, existsSync, rmSync} from 'node:fs'
+import {closeSync, openSync, writeFileSync, readFileSync, existsSync, rmSync, writeSync} from 'node:fs'
+import {randomBytes} from 'node:crypto'
 import {cpus, totalmem, release, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {controlRequest} from '../src/control/ControlClient.js'
@@ -21,12 +22,12 @@ function arg(name: string): string | undefined {
 }
 /**
  * --only ROW[,ROW]: run only these rows (startup, full, incremental, incremental-16g, sparse,
- * restore, remote, first-read, fio, memory, mirror), e.g. to profile one. incremental and
+ * sparse-tib, restore, remote, first-read, fio, memory, mirror), e.g. to profile one. incremental and
  * restore run on the full row's clone, made untimed when full is not selected. The full,
  * unfiltered run writes BENCHMARKS.md; `--only ROWS --update` at full size replaces those rows
  * in it, marked re-measured with the date and commit.
  */
-const ROWS = ['startup', 'full', 'incremental', 'incremental-16g', 'sparse', 'restore', 'remote', 'first-read', 'fio', 'memory', 'mirror'] as const
+const ROWS = ['startup', 'full', 'incremental', 'incremental-16g', 'sparse', 'sparse-tib', 'restore', 'remote', 'first-read', 'fio', 'memory', 'mirror'] as const
 const only = arg('only')?.split(',')
 for (const r of only ?? []) if (!(ROWS as readonly string[]).includes(r)) throw new Error(`--only: unknown row ${r} (rows: ${ROWS.join(', ')})`)
 const want = (r: (typeof ROWS)[number]): boolean => !only || only.includes(r)
@@ -352,6 +353,61 @@ function sparse(): void {
     ratioText: `${vsNbd.toFixed(2)}× nbdcopy, ${vsDd.toFixed(1)}× dd, clone du ${du.toFixed(2)}× source`,
     mark: '≥ 1.0× nbdcopy, ≥ 1× dd, du ≤ 1×',
     pass: vsNbd >= 1 && vsDd >= 1 && du <= 1.0001,
+  })
+  rmSync(dir, {recursive: true, force: true})
+}
+
+/**
+ * Issue 16's "a 1 TiB source holding 1 GiB of data syncs within 2× the time of that 1 GiB
+ * alone" (16 GiB holding 128 MiB with --quick): the same random data, once as a dense image of
+ * its own size and once as 1 MiB pieces spread evenly over the large sparse image, each
+ * copied by `clone add --create` (the whole command; the syncs' own times beside), in random
+ * order each round. Mark: the large one's whole command within 2× the dense one's.
+ */
+function sparseTib(): void {
+  const size = quick ? 16 * GiB : 1024 * GiB
+  const data = quick ? 128 * MiB : GiB
+  const dir = freshDir(base, 'sparse-tib')
+  const big = join(dir, 'big.img')
+  const dense = join(dir, 'dense.img')
+  sh(`truncate -s ${size} ${big}`)
+  const pieces = data / MiB
+  const stride = size / pieces
+  const piece = Buffer.alloc(MiB)
+  const fb = openSync(big, 'r+')
+  const fd = openSync(dense, 'w')
+  try {
+    for (let i = 0; i < pieces; i++) {
+      randomBytes(MiB).copy(piece)
+      writeSync(fb, piece, 0, MiB, i * stride)
+      writeSync(fd, piece, 0, MiB, i * MiB)
+    }
+  } finally {
+    closeSync(fb)
+    closeSync(fd)
+  }
+  const own: Record<'big' | 'dense', number[]> = {big: [], dense: []}
+  const run = (which: 'big' | 'dense'): number => {
+    const t = timedOutput(`node ${bin} clone add ${which} c --path ${dir}/c-${which}.img --create --json --state-dir=${dir}/state`)
+    own[which].push(syncSeconds(t.stdout))
+    return t.seconds
+  }
+  const r = compare(RUNS, {big: () => run('big'), dense: () => run('dense')}, (w) => {
+    rmSync(join(dir, 'state'), {recursive: true, force: true})
+    rmSync(join(dir, `c-${w}.img`), {force: true})
+    clonectl(join(dir, 'state'), `group create ${w} --source ${w === 'big' ? big : dense}`)
+  })
+  show(`node ${bin} clone add big c --path c-big.img --create   # ${size / GiB} GiB holding ${data / MiB} MiB in 1 MiB pieces`, `node ${bin} clone add dense c --path c-dense.img --create   # the same ${data / MiB} MiB alone`)
+  const ratio = r.big.median / r.dense.median
+  const ownRatio = stats(own.big).median / stats(own.dense).median
+  record({
+    row: `sparse sync, ${size / GiB} GiB holding ${data / MiB} MiB (whole commands)`,
+    clonectl: `${fmt(r.big)}; the sync's own time ${fmt(stats(own.big), 's', 3)}`,
+    peer: `the ${data / MiB} MiB alone ${fmt(r.dense)}; its own time ${fmt(stats(own.dense), 's', 3)}`,
+    ratio,
+    ratioText: `${ratio.toFixed(2)}× the ${data / MiB} MiB alone (own times: ${ownRatio.toFixed(2)}×)`,
+    mark: '≤ 2×',
+    pass: ratio <= 2,
   })
   rmSync(dir, {recursive: true, force: true})
 }
@@ -832,6 +888,7 @@ async function main(): Promise<void> {
     }
     if (want('incremental-16g')) await incrementalLarge()
     if (want('sparse')) sparse()
+    if (want('sparse-tib')) sparseTib()
     if (want('remote')) await remoteRows()
   }
   if (want('first-read')) {

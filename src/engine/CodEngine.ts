@@ -25,6 +25,13 @@ export interface CodEngineOptions {
   onError?: (err: unknown) => void
 }
 
+/** [pos, pos+len) of `vol` reads as zeros by its allocation alone (holes, zero runs): no read needed. Waits. */
+async function readsZero(vol: Volume, pos: number, len: number): Promise<boolean> {
+  if (vol.tellsHoles?.() === false) return false
+  const runs = await vol.extents(pos, len)
+  return runs.length > 0 && runs.every((r) => r.kind !== 'data')
+}
+
 /**
  * The COD engine (DESIGN §1): copies, clone → source, the extents that waiting host requests
  * need, ahead of the sync engine. An extent already claimed in the scoreboard (by the sync
@@ -36,6 +43,8 @@ export class CodEngine {
   private running = 0
   copies = 0
   copiedBytes = 0
+  /** Of copiedBytes, those of holes of the clone: made to read as zeros, not read. */
+  zeroedBytes = 0
 
   constructor(private readonly o: CodEngineOptions) {}
 
@@ -65,8 +74,17 @@ export class CodEngine {
       o.collisions?.begin(e)
       let collided = true
       try {
-        const data = await o.from.read(pos, len)
-        await o.to.write(pos, data)
+        if (await readsZero(o.from, pos, len)) {
+          this.zeroedBytes += len
+          // A hole (or zero run) of the clone is not read: the source is made to read as
+          // zeros there, punched (a block device: zeroed), unless it already does by its own
+          // allocation. Either way the next checkpoint flushes the source before this
+          // extent's clear is durable (recipe 2): a hole found may be a punch not yet durable.
+          if (!(o.to.tellsHoles?.() !== false && (await readsZero(o.to, pos, len)))) await o.to.writeZeroes(pos, len, {punch: o.to.kind !== 'block'})
+        } else {
+          const data = await o.from.read(pos, len)
+          await o.to.write(pos, data)
+        }
         o.onWrite?.()
       } finally {
         collided = o.collisions?.end(e) ?? false

@@ -1,7 +1,7 @@
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import {alignedBuffer} from '../volume/alignedBuffer.js'
 import {zeroExtents} from '../volume/holes.js'
-import type {Volume} from '../volume/Volume.js'
+import type {Volume, VolumeExtent} from '../volume/Volume.js'
 import type {CollisionDetector} from './CollisionDetector.js'
 import type {RateLimiter} from './RateLimiter.js'
 import type {Scoreboard} from './Scoreboard.js'
@@ -78,6 +78,11 @@ const MiB = 1024 * 1024
 /** The longest range one hole sweep looks at (a lookup lists every data run in it). */
 const SWEEP_BYTES = 4 * 1024 * MiB
 
+/** The first extent run of [pos, pos+len) of vol, not listing the rest where the volume can. Waits. */
+async function firstExtent(vol: Volume, pos: number, len: number): Promise<VolumeExtent | undefined> {
+  return vol.firstExtent ? vol.firstExtent(pos, len) : (await vol.extents(pos, len))[0]
+}
+
 /**
  * Wait for every promise (none is left running against a buffer about to be reused), then
  * throw the first failure, if any.
@@ -86,6 +91,8 @@ async function allOrFirstError(ps: Array<Promise<unknown>>): Promise<void> {
   const failed = (await Promise.allSettled(ps)).find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
 }
+/** Chunks in flight per `parallel` while copies run inside the kernel (no buffer each). */
+const KERNEL_FANOUT = 4
 /** A window crosses at most this many extents that need no copy (read, not written). */
 const WINDOW_GAP = 8
 
@@ -106,6 +113,8 @@ export class SyncEngine {
   private readonly written?: ExtentBitmap
   /** Extents whose last copy collided with a host write: the next copy is write-blocking. */
   private readonly collided = new Set<number>()
+  /** Chunks are copied by Volume.copyFrom (see copyInKernel) until it says it cannot. */
+  private copiesInKernel: boolean
   /** The source was data up to this byte when last looked at (no hole lookup below it). */
   private dataUntil = 0
   readonly progress: SyncProgress
@@ -116,6 +125,7 @@ export class SyncEngine {
     // A destination known to read as zero may skip zero chunks, but only where this run
     // has not written already (a re-copy after a collision must write its zeros).
     if (o.to.knownZero) this.written = new ExtentBitmap(o.map.bits.count)
+    this.copiesInKernel = Boolean(o.to.knownZero && !o.compare && o.to.copyFrom && o.to.canCopyFrom?.(o.from))
     // A source that cannot tell holes is all data: no lookups (nor the awaits they cost).
     if (o.from.tellsHoles?.() === false) this.dataUntil = Number.POSITIVE_INFINITY
     const total = this.remaining()
@@ -180,7 +190,10 @@ export class SyncEngine {
   /** Copy until nothing is left or stop(). Resolves true when complete. */
   async run(): Promise<boolean> {
     const {o} = this
-    const parallel = o.parallel ?? 4
+    // Copies inside the kernel hold no buffer here: more of them in flight (scattered small
+    // windows of a sparse source would otherwise leave the disk's queue shallow). Asked each
+    // time: the engine falls back to buffers when the kernel refuses.
+    const parallel = (): number => (o.parallel ?? 4) * (this.copiesInKernel ? KERNEL_FANOUT : 1)
     const perChunk = Math.max(1, Math.floor((o.chunkBytes ?? 4 * MiB) / o.extentSize))
     const inflight = new Set<Promise<void>>()
     let sinceCheckpoint = 0
@@ -250,7 +263,7 @@ export class SyncEngine {
           .finally(() => inflight.delete(p))
         inflight.add(p)
         sinceCheckpoint += bytes
-        if (inflight.size >= parallel) {
+        if (inflight.size >= parallel()) {
           await Promise.race(inflight)
         }
         if (o.checkpoint && sinceCheckpoint > 0 && (sinceCheckpoint >= (o.checkpointBytes ?? 256 * MiB) || Date.now() - lastCheckpoint >= (o.checkpointMs ?? 1000))) {
@@ -298,7 +311,7 @@ export class SyncEngine {
     const endOf = (byte: number): number => (byte >= o.volumeSize ? count : Math.floor(byte / o.extentSize))
     const watch = o.collisions?.watchRange(start, endOf(pos + span) + 1)
     try {
-      const src = (await o.from.extents(pos, span))[0]
+      const src = await firstExtent(o.from, pos, span)
       if (src === undefined) return undefined
       if (src.kind === 'data') {
         // Stale only in the safe direction: a hole found later is just copied as data.
@@ -314,7 +327,7 @@ export class SyncEngine {
         if (!w.done) end = w.value[0]
       } else {
         if (o.to.tellsHoles?.() === false) return undefined
-        const dest = (await o.to.extents(pos, this.byteLen(start, end)))[0]
+        const dest = await firstExtent(o.to, pos, this.byteLen(start, end))
         if (dest === undefined || dest.kind === 'data') return undefined
         end = Math.min(end, endOf(dest.offset + dest.length))
         destHoles = true
@@ -547,6 +560,41 @@ export class SyncEngine {
     return zeroed
   }
 
+  /** A chunk's bytes written (or zeroed) are done: note the write and count them. */
+  private finishCopy(claimedBytes: number, written: number, zeroed: number): void {
+    if (written > 0 || zeroed > 0) this.o.onWrite?.()
+    this.sinceWriteback += written
+    this.progress.copiedBytes += written
+    // Zeroed ranges were neither read nor copied: they count as skipped (zeros).
+    this.progress.skippedBytes += claimedBytes - written
+    this.progress.zeroedBytes += zeroed
+  }
+
+  /**
+   * Copy the runs of window [start, end) for which mine(e) is true inside the kernel
+   * (Volume.copyFrom: copy_file_range between image files), all at once; resolves to the
+   * bytes copied, or undefined when the volumes cannot (nothing is then assumed copied: the caller reads and writes, and this
+   * engine does not ask again). Only into a fresh image (knownZero), never comparing: there
+   * nothing is to be read back, and a host's working set is not in that file's page cache.
+   * Waits.
+   */
+  private async copyInKernel(start: number, end: number, pos: number, len: number, mine: (e: number) => boolean): Promise<number | undefined> {
+    const {from, to} = this.o
+    const runs = [...this.runs(start, end, len, mine)]
+    const done = await Promise.allSettled(runs.map(([a, b]) => to.copyFrom!(from, pos + a, b - a)))
+    const failed = done.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed) throw failed.reason
+    if (done.some((r) => r.status === 'fulfilled' && !r.value)) {
+      this.copiesInKernel = false
+      return undefined
+    }
+    let copied = 0
+    for (const [a, b] of runs) copied += b - a
+    this.progress.readBytes += copied
+    for (let e = start; e < end; e++) if (mine(e)) this.written?.set(e)
+    return copied
+  }
+
   /**
    * Copy window [start, end): read and write only the extents this engine claimed
    * (claimed[e - start] = 1), the whole window in one read when it claimed all of it; the
@@ -571,7 +619,7 @@ export class SyncEngine {
       }
     let ok = false
     let other: Buffer | undefined
-    const buf = this.buffer()
+    let buf: Buffer | undefined
     try {
       // Extents the source's allocation says read as zeros (holes) are neither read nor
       // copied: the destination is only made to read as zeros where it does not already.
@@ -585,76 +633,76 @@ export class SyncEngine {
       }
       const mineData = holes ? (e: number): boolean => claimed[e - start] === 1 : mine
       const whole = !holes && claimedCount === end - start
-      let data: Buffer
-      if (whole) {
-        data = await o.from.read(pos, len, buf)
-        this.progress.readBytes += len
-      } else data = await this.readClaimed(start, end, pos, len, buf, mineData)
-      let written: number
-      if (o.compare) {
-        // Compare-and-copy: write only the runs of extents that differ.
-        other = this.buffer()
-        // Only the extents compared are read (not a hole of the source: left alone above).
-        const old = whole ? await o.to.read(pos, len, other) : await this.readClaimed(start, end, pos, len, other, mineData, o.to)
-        written = await this.writeRuns(start, end, pos, len, data, (e) => {
-          if (!mineData(e)) return false
-          const [a, b] = this.slice(e, start, len)
-          return data.compare(old, a, b, a, b) !== 0
-        })
-      } else {
-        // Sparse: an all-zero extent is not written where the destination already reads as
-        // zero (never written by this run on a known-zero image, or read back as zero).
-        const zero = (e: number): boolean => {
-          const [a, b] = this.slice(e, start, len)
-          return this.isZero(data, a, b)
-        }
-        let zeros: boolean[] | undefined
-        for (let e = start; e < end; e++)
-          if (mineData(e) && zero(e)) {
-            zeros ??= new Array<boolean>(end - start).fill(false)
-            zeros[e - start] = true
-          }
-        if (!zeros && whole) {
-          await o.to.write(pos, data)
-          written = len
-        } else if (!zeros) {
-          written = await this.writeRuns(start, end, pos, len, data, mineData)
+      const copied = this.copiesInKernel ? await this.copyInKernel(start, end, pos, len, mineData) : undefined
+      if (copied !== undefined) this.finishCopy(claimedBytes, copied, zeroed)
+      else {
+        buf = this.buffer()
+        let data: Buffer
+        if (whole) {
+          data = await o.from.read(pos, len, buf)
+          this.progress.readBytes += len
+        } else data = await this.readClaimed(start, end, pos, len, buf, mineData)
+        let written: number
+        if (o.compare) {
+          // Compare-and-copy: write only the runs of extents that differ.
+          other = this.buffer()
+          // Only the extents compared are read (not a hole of the source: left alone above).
+          const old = whole ? await o.to.read(pos, len, other) : await this.readClaimed(start, end, pos, len, other, mineData, o.to)
+          written = await this.writeRuns(start, end, pos, len, data, (e) => {
+            if (!mineData(e)) return false
+            const [a, b] = this.slice(e, start, len)
+            return data.compare(old, a, b, a, b) !== 0
+          })
         } else {
-          const z = zeros
-          let destZero: (e: number) => boolean
-          if (!this.written && o.to.kind === 'nbd') {
-            // A remote: reading it back costs a network round trip per chunk; NBD
-            // WRITE_ZEROES is cheap and keeps the remote sparse, so zero runs go as that
-            // (and then read as zero: the data runs are written below).
-            for (const [a, b] of this.runs(start, end, len, (e) => z[e - start])) {
-              await o.to.writeZeroes(pos + a, b - a)
-            }
-            o.onWrite?.()
-            destZero = () => true
-          } else if (this.written) {
-            const w = this.written
-            destZero = (e) => !w.get(e)
-          } else {
-            other = this.buffer()
-            const old = await o.to.read(pos, len, other)
-            destZero = (e) => {
-              const [a, b] = this.slice(e, start, len)
-              return this.isZero(old, a, b)
-            }
+          // Sparse: an all-zero extent is not written where the destination already reads as
+          // zero (never written by this run on a known-zero image, or read back as zero).
+          const zero = (e: number): boolean => {
+            const [a, b] = this.slice(e, start, len)
+            return this.isZero(data, a, b)
           }
-          written = await this.writeRuns(start, end, pos, len, data, (e) => mineData(e) && !(z[e - start] && destZero(e)))
+          let zeros: boolean[] | undefined
+          for (let e = start; e < end; e++)
+            if (mineData(e) && zero(e)) {
+              zeros ??= new Array<boolean>(end - start).fill(false)
+              zeros[e - start] = true
+            }
+          if (!zeros && whole) {
+            await o.to.write(pos, data)
+            written = len
+          } else if (!zeros) {
+            written = await this.writeRuns(start, end, pos, len, data, mineData)
+          } else {
+            const z = zeros
+            let destZero: (e: number) => boolean
+            if (!this.written && o.to.kind === 'nbd') {
+              // A remote: reading it back costs a network round trip per chunk; NBD
+              // WRITE_ZEROES is cheap and keeps the remote sparse, so zero runs go as that
+              // (and then read as zero: the data runs are written below).
+              for (const [a, b] of this.runs(start, end, len, (e) => z[e - start])) {
+                await o.to.writeZeroes(pos + a, b - a)
+              }
+              o.onWrite?.()
+              destZero = () => true
+            } else if (this.written) {
+              const w = this.written
+              destZero = (e) => !w.get(e)
+            } else {
+              other = this.buffer()
+              const old = await o.to.read(pos, len, other)
+              destZero = (e) => {
+                const [a, b] = this.slice(e, start, len)
+                return this.isZero(old, a, b)
+              }
+            }
+            written = await this.writeRuns(start, end, pos, len, data, (e) => mineData(e) && !(z[e - start] && destZero(e)))
+          }
+          if (this.written) for (let e = start; e < end; e++) if (mineData(e)) this.written.set(e)
         }
-        if (this.written) for (let e = start; e < end; e++) if (mineData(e)) this.written.set(e)
+        this.finishCopy(claimedBytes, written, zeroed)
       }
-      if (written > 0 || zeroed > 0) o.onWrite?.()
-      this.sinceWriteback += written
-      this.progress.copiedBytes += written
-      // Zeroed ranges were neither read nor copied: they count as skipped (zeros).
-      this.progress.skippedBytes += claimedBytes - written
-      this.progress.zeroedBytes += zeroed
       ok = true
     } finally {
-      this.release(buf)
+      if (buf) this.release(buf)
       if (other) this.release(other)
       let cleared = 0
       for (let e = start; e < end; e++) {

@@ -18,6 +18,16 @@ export interface OpenOptions {
   exclusive?: boolean
 }
 
+/** SEEK_DATA, SEEK_HOLE and PUNCH_HOLE on one file (kernel.ts's, for a file with no fd). */
+export interface FileHoles {
+  /** The first offset >= `offset` that holds data, or -1 when only a hole follows. */
+  seekData(offset: number): number
+  /** The first offset >= `offset` that starts a hole (the file's end counts as one). */
+  seekHole(offset: number): number
+  /** The range reads as zeros, its blocks freed, the size kept. Not durable until datasync(). */
+  punchHole(offset: number, length: number): Promise<void>
+}
+
 export interface DurableFile {
   readonly path: string
   /**
@@ -25,6 +35,12 @@ export interface DurableFile {
    * fallocate, block ioctls). Absent (MemoryFs): callers do what Node alone can.
    */
   readonly fd?: number
+  /**
+   * Optional: the file's holes, where a DurableFs models them without an OS file descriptor
+   * (MemoryFs with holes); with an fd the kernel calls are used instead. Absent, without an
+   * fd: the file reads as all data and zeros are written.
+   */
+  readonly holes?: FileHoles
   /** Positional read into buf[0..length); resolves to the bytes read (short only at end of file). */
   read(buf: Uint8Array, position: number, length?: number): Promise<number>
   /** Positional write of the whole buffer. Not durable until datasync(). */

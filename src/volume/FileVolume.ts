@@ -276,6 +276,10 @@ export class FileVolume implements Volume {
     if (length === 0) return
     const k = this.file.fd === undefined ? undefined : kernel()
     try {
+      if (opts.punch && this.file.holes && this.file.fd === undefined) {
+        await this.file.holes.punchHole(position, length)
+        return
+      }
       if (k && (await this.zeroByKernel(k, this.file.fd!, position, length, opts.punch ?? false))) return
     } catch (error) {
       throw ioError(this.path, 'zeroing', error, position)
@@ -290,6 +294,51 @@ export class FileVolume implements Volume {
         throw ioError(this.path, 'writing zeros to', error, position + off)
       }
     }
+  }
+
+  /** copy_file_range was refused here (EXDEV, EINVAL, EOPNOTSUPP...): not tried again. */
+  private copyRefused = false
+
+  /**
+   * Copy a range of another image file here inside the kernel (copy_file_range): no
+   * user-space buffer, no O_DIRECT. False where it cannot (not two image files, no kernel
+   * calls, refused): the caller then reads and writes the range (a refusal comes before any
+   * byte is copied; were some copied, they are written again, the same). Not durable until
+   * flush(). Waits.
+   */
+  async copyFrom(from: Volume, position: number, length: number): Promise<boolean> {
+    this.writable()
+    this.range(position, length, 'write')
+    const c = this.kernelCopy(from)
+    if (!c) return false
+    c.from.range(position, length, 'read')
+    let n: number
+    try {
+      n = await c.k.copyFileRange(c.inFd, position, c.outFd, position, length)
+    } catch (error) {
+      // Refused (another file system, a kernel without it): read and write from now on.
+      if (!unsupported(error) && errnoOf(error) !== 'EXDEV' && errnoOf(error) !== 'EBADF') throw ioError(this.path, `copying ${from.path} to`, error, position)
+      this.copyRefused = true
+      return false
+    }
+    // Short only when the source shrank behind clonectl's back (as read() says).
+    if (n < length)
+      throw new VolumeIoError(`${from.path} ended at offset ${position + n}, inside its size of ${from.size} bytes when opened: was it truncated by another program?`, 'EIO', 'find what changed the volume; then verify or fully resync the group')
+    return true
+  }
+
+  /** Whether copyFrom(from, ...) may copy in the kernel (it may still be refused the first time). Does not wait. */
+  canCopyFrom(from: Volume): boolean {
+    return this.kernelCopy(from) !== undefined
+  }
+
+  /** The kernel and both descriptors for copy_file_range from `from`, when two image files with fds may use it. */
+  private kernelCopy(from: Volume): {k: Kernel; from: FileVolume; inFd: number; outFd: number} | undefined {
+    if (this.copyRefused || this.readOnly || this.kind !== 'file' || !(from instanceof FileVolume) || from.kind !== 'file' || process.env.CLONECTL_NO_COPY_RANGE) return undefined
+    const inFd = from.file.fd
+    const outFd = this.file.fd
+    const k = inFd === undefined || outFd === undefined ? undefined : kernel()
+    return k && {k, from, inFd: inFd!, outFd: outFd!}
   }
 
   /** Which fallocate modes this file system refused (EOPNOTSUPP): not tried again. */
@@ -326,11 +375,10 @@ export class FileVolume implements Volume {
   async extents(position: number, length: number): Promise<VolumeExtent[]> {
     this.range(position, length, 'read')
     if (length === 0) return []
-    const fd = this.file.fd
-    const k = fd === undefined ? undefined : kernel()
-    if (!k) return [{offset: position, length, kind: 'data'}]
+    const seeks = this.seeks()
+    if (!seeks) return [{offset: position, length, kind: 'data'}]
     try {
-      return seekExtents(k, fd!, position, position + length)
+      return seekExtents(seeks, position, position + length)
     } catch (error) {
       // EINVAL: this file (a block device, some FUSE and network file systems) has no
       // SEEK_DATA: it cannot tell, so all data.
@@ -339,9 +387,31 @@ export class FileVolume implements Volume {
     }
   }
 
-  /** Whether extents() can find holes here: a real file descriptor and the kernel calls. */
+  /** The first run of extents(position, length), by at most two lseek calls. Waits. */
+  async firstExtent(position: number, length: number): Promise<VolumeExtent | undefined> {
+    this.range(position, length, 'read')
+    if (length === 0) return undefined
+    const seeks = this.seeks()
+    if (!seeks) return {offset: position, length, kind: 'data'}
+    try {
+      return seekExtents(seeks, position, position + length, 1)[0]
+    } catch (error) {
+      if (unsupported(error)) return {offset: position, length, kind: 'data'}
+      throw ioError(this.path, 'finding the holes of', error, position)
+    }
+  }
+
+  /** Whether extents() can find holes here: a real file descriptor and the kernel calls (or a file that models holes). */
   tellsHoles(): boolean {
-    return this.file.fd !== undefined && kernel() !== undefined
+    return this.seeks() !== undefined
+  }
+
+  /** SEEK_DATA and SEEK_HOLE on this file: the kernel's on an fd, else the file's own (MemoryFs), else none. */
+  private seeks(): Seeks | undefined {
+    const fd = this.file.fd
+    if (fd === undefined) return this.file.holes
+    const k = kernel()
+    return k && {seekData: (offset) => k.seekData(fd, offset), seekHole: (offset) => k.seekHole(fd, offset)}
   }
 
   /** fdatasync: every write that completed before the call is durable when it resolves. Waits. */
@@ -382,18 +452,27 @@ function unsupported(error: unknown): boolean {
   return ['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL'].includes(errnoOf(error) ?? '')
 }
 
-/** The data and hole runs of [start, end) by lseek; a hole runs to `end` once no data follows. */
-export function seekExtents(k: Kernel, fd: number, start: number, end: number): VolumeExtent[] {
+/** lseek(SEEK_DATA) and lseek(SEEK_HOLE) on one file. */
+interface Seeks {
+  seekData(offset: number): number
+  seekHole(offset: number): number
+}
+
+/**
+ * The data and hole runs of [start, end) by lseek, at most `max` of them (the first ones); a
+ * hole runs to `end` once no data follows.
+ */
+export function seekExtents(k: Seeks, start: number, end: number, max = Number.POSITIVE_INFINITY): VolumeExtent[] {
   const out: VolumeExtent[] = []
   let pos = start
-  while (pos < end) {
-    const d = k.seekData(fd, pos)
+  while (pos < end && out.length < max) {
+    const d = k.seekData(pos)
     if (d < 0 || d >= end) {
       out.push({offset: pos, length: end - pos, kind: 'hole'})
       break
     }
     if (d > pos) out.push({offset: pos, length: d - pos, kind: 'hole'})
-    const h = Math.min(k.seekHole(fd, d), end)
+    const h = Math.min(k.seekHole(d), end)
     // A file changed under us could answer h <= d: take the rest as data rather than loop.
     const stop = h > d ? h : end
     out.push({offset: d, length: stop - d, kind: 'data'})

@@ -75,10 +75,25 @@ export interface Volume {
    */
   extents(position: number, length: number): Promise<VolumeExtent[]>
   /**
+   * The first run of extents(position, length) (undefined for an empty range), found without
+   * listing the rest (a sweep over a long range asks only what starts it). Absent: extents()[0].
+   * Waits.
+   */
+  firstExtent?(position: number, length: number): Promise<VolumeExtent | undefined>
+  /**
    * False when extents() can only ever answer data (an image without the kernel calls, a
    * block device): a copy then asks for no holes at all. Absent means it may tell. Does not wait.
    */
   tellsHoles?(): boolean
+  /**
+   * Copy [position, position+length) of `from` to the same place here without passing it
+   * through this process (copy_file_range between two image files). False, having done
+   * nothing, where it cannot (another kind of volume, the kernel refused): read and write.
+   * Like write(), not durable until flush(). Absent: always read and write. Waits.
+   */
+  copyFrom?(from: Volume, position: number, length: number): Promise<boolean>
+  /** Whether copyFrom(from, ...) may copy without this process (false: it would only answer false). Does not wait. */
+  canCopyFrom?(from: Volume): boolean
   /** Make every completed write durable (fdatasync). */
   flush(): Promise<void>
   /** The volume's current fingerprint. */

@@ -10,6 +10,9 @@
  * - fallocate(ZERO_RANGE): zeros without writing them, blocks kept allocated.
  * - ioctl(BLKZEROOUT): a block device zeroes a range itself (offload, else the kernel writes).
  * - ioctl(BLKDISCARD): only where the caller has checked that discarded blocks read as zeros.
+ * - copy_file_range(2): file → file copies inside the kernel (no user-space buffer; a
+ *   reflink where the file system shares blocks). Refused with EXDEV, EINVAL, EOPNOTSUPP or
+ *   ENOSYS where it cannot: the caller then reads and writes.
  * - malloc_trim(0): glibc hands the free pages inside its heaps back to the kernel (serve
  *   after a burst of payloads: freed 64 KiB socket chunks leave holes that glibc keeps).
  *
@@ -80,6 +83,12 @@ export interface Kernel {
   blkZeroOut(fd: number, offset: number, length: number): Promise<void>
   /** ioctl(BLKDISCARD) on a block device: only where discarded blocks read as zeros. */
   blkDiscard(fd: number, offset: number, length: number): Promise<void>
+  /**
+   * copy_file_range(2) of [inOffset, +length) of fdIn to outOffset of fdOut, looping over
+   * short copies; resolves to the bytes copied (short only at fdIn's end). Runs on a worker
+   * thread. Rejects with a KernelError (EXDEV, EINVAL, EOPNOTSUPP... : use read and write).
+   */
+  copyFileRange(fdIn: number, inOffset: number, fdOut: number, outOffset: number, length: number): Promise<number>
   /** glibc's malloc_trim(0): true when memory was handed back; undefined where libc has no malloc_trim. */
   mallocTrim?: () => boolean
 }
@@ -141,6 +150,7 @@ function bind(k: Koffi): Kernel {
   const lseek = libc.func('int64_t lseek(int fd, int64_t offset, int whence)')
   const fallocate = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
   const ioctl = libc.func('int ioctl(int fd, unsigned long request, _Inout_ uint64_t *range)')
+  const copyRange = libc.func('int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)')
   const big = (v: unknown): number => Number(v)
   const mallocTrim = ((): Fn | undefined => {
     try {
@@ -170,6 +180,34 @@ function bind(k: Koffi): Kernel {
     throw new KernelError(name, k.errno())
   }
 
+  /** One copy_file_range call on a worker thread (queued like the zeroing calls). */
+  const copyOnce = async (fdIn: number, inOffset: number, fdOut: number, outOffset: number, length: number): Promise<number> => {
+    while (running >= ASYNC_MAX) await new Promise<void>((r) => waiting.push(r))
+    running++
+    let r: number
+    try {
+      r = big(await promisify<unknown>((cb: (e: unknown, v: unknown) => void) => copyRange.async(fdIn, [inOffset], fdOut, [outOffset], length, 0, cb))())
+    } finally {
+      running--
+      waiting.shift()?.()
+    }
+    if (r >= 0) return r
+    // errno is the worker's: once more here to learn it (a copy of the same bytes to the
+    // same place: idempotent; a refusal such as EXDEV is quick).
+    const again = big(copyRange(fdIn, [inOffset], fdOut, [outOffset], length, 0))
+    if (again >= 0) return again
+    throw new KernelError('copy_file_range', k.errno())
+  }
+  const copyFileRange = async (fdIn: number, inOffset: number, fdOut: number, outOffset: number, length: number): Promise<number> => {
+    let done = 0
+    while (done < length) {
+      const n = await copyOnce(fdIn, inOffset + done, fdOut, outOffset + done, length - done)
+      if (n === 0) break // fdIn's end
+      done += n
+    }
+    return done
+  }
+
   const seek = (fd: number, offset: number, whence: number, name: string): number => {
     const r = big(lseek(fd, offset, whence))
     if (r >= 0) return r
@@ -185,6 +223,7 @@ function bind(k: Koffi): Kernel {
     zeroRange: (fd, offset, length) => idempotent('fallocate(ZERO_RANGE)', fallocate, [fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length]),
     blkZeroOut: (fd, offset, length) => idempotent('ioctl(BLKZEROOUT)', ioctl, [fd, BLKZEROOUT, [offset, length]]),
     blkDiscard: (fd, offset, length) => idempotent('ioctl(BLKDISCARD)', ioctl, [fd, BLKDISCARD, [offset, length]]),
+    copyFileRange,
     mallocTrim: mallocTrim && (() => big(mallocTrim(0)) === 1),
   }
 }

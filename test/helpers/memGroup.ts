@@ -35,10 +35,13 @@ export function fillPattern(extents: number, extentSize: number, value: (e: numb
 /**
  * A group "g" whose source holds `source`, with clones synced and then fractured (all of
  * them, unless `mirrored` names some to leave synchronized). Everything is durable on return.
+ * With `holes`, the MemoryFs has holes: the source's zero 4 KiB blocks are holes, and so are
+ * the clones' extents the sync did not write.
  */
-export async function buildGroup(o: {extents: number; extentSize?: number; source: Buffer; clones: string[]; mirrored?: string[]}): Promise<MemGroup> {
+export async function buildGroup(o: {extents: number; extentSize?: number; source: Buffer; clones: string[]; mirrored?: string[]; holes?: boolean}): Promise<MemGroup> {
   const extentSize = o.extentSize ?? 4096
-  const fs = new MemoryFs()
+  // holes: files have holes (the source's zero blocks are holes, created images are sparse).
+  const fs = new MemoryFs({holes: o.holes})
   fs.seedDir('/state/groups')
   fs.seedDir('/vol')
   fs.seedFile(SRC, o.source)

@@ -173,6 +173,44 @@ describe('sync skips holes on both sides (real sparse files)', () => {
     assert.ok((await allocated(clone)) <= (await allocated(src)), `clone du ${await allocated(clone)} ≤ source du ${await allocated(src)}`)
   })
 
+  test('given a sparse source and a fresh image, when it syncs, then the data runs are copied inside the kernel (copy_file_range), the holes stay holes, and with CLONECTL_NO_COPY_RANGE the same copy is made through buffers', async () => {
+    const size = 256 * MiB
+    const src = join(dir, 'cfr-src.img')
+    const writes = scattered(size, 16)
+    await sparseImage(src, size, writes)
+    // Written back, as the clone will be (fdatasync): an ext4 extent-tree block is allocated
+    // only then, and du would otherwise compare a flushed clone with an unflushed source.
+    execFileSync('sync', [src])
+    for (const viaKernel of [true, false]) {
+      const clone = join(dir, `cfr-clone-${viaKernel}.img`)
+      await FileVolume.createSparse(nodeFs, clone, size)
+      if (!viaKernel) process.env.CLONECTL_NO_COPY_RANGE = '1'
+      const from = await FileVolume.open(nodeFs, src, {write: false})
+      const to = await FileVolume.open(nodeFs, clone, {write: true})
+      to.knownZero = true
+      const copyFrom = to.copyFrom.bind(to)
+      let inKernel = 0
+      to.copyFrom = async (f, position, length) => {
+        const done = await copyFrom(f, position, length)
+        if (done) inKernel += length
+        return done
+      }
+      try {
+        const engine = await copyAll(from, to)
+        assert.equal(inKernel, viaKernel ? 16 * MiB : 0, viaKernel ? 'every data run copied inside the kernel' : 'no kernel copy when disabled')
+        assert.equal(engine.progress.readBytes, 16 * MiB)
+        assert.equal(engine.progress.copiedBytes, 16 * MiB)
+        assert.deepEqual(await to.extents(0, size), await from.extents(0, size), 'the same data and holes')
+      } finally {
+        delete process.env.CLONECTL_NO_COPY_RANGE
+        await from.close()
+        await to.close()
+      }
+      assert.ok(cmp(src, clone).same, 'byte-identical')
+      assert.ok((await allocated(clone)) <= (await allocated(src)), `${viaKernel ? 'kernel' : 'buffers'}: clone du ${await allocated(clone)} ≤ source du ${await allocated(src)}`)
+    }
+  })
+
   test('given a clone full of data and a sparse source, when it syncs, then the holes are punched on the clone (not read, not written as zeros) and the two are identical', async () => {
     const size = 64 * MiB
     const src = join(dir, 'src.img')
@@ -295,10 +333,17 @@ describe('sync skips holes on both sides (real sparse files)', () => {
       await g.close()
     }
     const read = FileVolume.prototype.read
+    const copyFrom = FileVolume.prototype.copyFrom
     let readBytes = 0
     FileVolume.prototype.read = async function (this: FileVolume, position: number, length: number, into?: Buffer) {
       readBytes += length
       return read.call(this, position, length, into)
+    }
+    // The copy into the fresh target may run inside the kernel (copy_file_range): it reads too.
+    FileVolume.prototype.copyFrom = async function (this: FileVolume, from, position: number, length: number) {
+      const done = await copyFrom.call(this, from, position, length)
+      if (done) readBytes += length
+      return done
     }
     try {
       const r = await groupDrill(ctx, {group: 'd', clone: 'c', target, command: 'test'})
@@ -307,6 +352,7 @@ describe('sync skips holes on both sides (real sparse files)', () => {
       assert.equal(readBytes, 3 * 4 * MiB, 'the clone\'s data once to copy, then it and the target\'s once to compare')
     } finally {
       FileVolume.prototype.read = read
+      FileVolume.prototype.copyFrom = copyFrom
     }
     assert.ok(cmp(clone, target).same, 'byte-identical')
     assert.ok((await allocated(target)) <= (await allocated(clone)), 'the target is as sparse as the clone')

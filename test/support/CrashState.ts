@@ -36,7 +36,7 @@ export type CrashChoice = (
 export interface PendingOp {
   /** Position in the global order of pending ops: what choices' indices refer to. */
   index: number
-  kind: 'write' | 'truncate' | 'create' | 'unlink' | 'rename' | 'mkdir'
+  kind: 'write' | 'punch' | 'truncate' | 'create' | 'unlink' | 'rename' | 'mkdir'
   /** The file's path when the op was issued (for a rename, its old name). */
   path: string
   offset?: number

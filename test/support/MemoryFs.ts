@@ -36,6 +36,14 @@
  *   the end) are free, as on a file system with sparse files. A crash snapshot keeps each
  *   surviving file's allocation as it was in the live fs, clipped to its new size.
  *
+ * - holes (MemoryFsOptions.holes): files have holes, as a file system with SEEK_DATA and
+ *   PUNCH_HOLE has them: each handle offers DurableFile.holes (seekData, seekHole,
+ *   punchHole), byte-exact. A punch reads as zeros at once and is a pending op like a write
+ *   (a crash lands it or not; datasync makes it durable). After a crash a file's allocation
+ *   is the live one, plus every range a pending write, punch or truncate of it touched,
+ *   landed or not (reported as data: never a hole where a read could return data). A seeded
+ *   file is allocated where its content is not zero (4 KiB blocks, like cp --sparse=always).
+ *
  * onOp is awaited before each mutating op takes effect: a test can hold an op (await a
  * promise), or stop the run there (throw: the op does not happen). opCount counts the op
  * before the hook runs, so the hook sees its own op's number. crash() from inside the hook
@@ -44,14 +52,14 @@
 import {posix} from 'node:path'
 import {alignedMemory, DIRECT_ALIGN} from '../../src/volume/alignedBuffer.js'
 import {landing, type CrashChoice, type PendingOp, tornLength} from './CrashState.js'
-import type {DurableFile, DurableFs, FileStat, OpenOptions} from '../../src/io/DurableFs.js'
+import type {DurableFile, DurableFs, FileHoles, FileStat, OpenOptions} from '../../src/io/DurableFs.js'
 
 export {enumerateCrashStates, MAX_CRASH_STATES} from './CrashState.js'
 export type {CrashChoice, PendingOp, TearUnit, TornChoice} from './CrashState.js'
 
 /** A mutating operation, as onOp sees it before it takes effect. */
 export type FsOp = {
-  kind: 'write' | 'datasync' | 'rename' | 'fsyncDir' | 'unlink' | 'truncate' | 'create' | 'mkdir'
+  kind: 'write' | 'punch' | 'datasync' | 'rename' | 'fsyncDir' | 'unlink' | 'truncate' | 'create' | 'mkdir'
   path: string
   offset?: number
   length?: number
@@ -64,6 +72,8 @@ export interface MemoryFsOptions {
   sectorSize?: number
   /** Allocated bytes allowed in all files; a write past it fails with ENOSPC. Default: unlimited. */
   capacity?: number
+  /** Files have holes: handles offer DurableFile.holes (SEEK_DATA, SEEK_HOLE, PUNCH_HOLE). Default false. */
+  holes?: boolean
 }
 
 // ---------------------------------------------------------------------------------------
@@ -109,6 +119,15 @@ function truncateTo(c: Content, size: number): Content {
   return o
 }
 
+/** Zeros over [offset, offset+length) within the size (a punch keeps the size). */
+function zeroAt(c: Content, offset: number, length: number): Content {
+  const end = Math.min(offset + length, c.size)
+  if (end <= offset) return c
+  const o = owned(c, end)
+  o.buf.fill(0, offset, end)
+  return o
+}
+
 function shared(c: Content, holders: number): Content {
   c.refs += holders
   return c
@@ -145,6 +164,19 @@ function allocate(r: Ranges, s: number, e: number): Ranges {
   return out
 }
 
+/** `r` without [s, e). */
+function release(r: Ranges, s: number, e: number): Ranges {
+  const out: Ranges = []
+  for (const [a, b] of r) {
+    if (b <= s || a >= e) out.push([a, b])
+    else {
+      if (a < s) out.push([a, s])
+      if (b > e) out.push([e, b])
+    }
+  }
+  return out
+}
+
 function clip(r: Ranges, size: number): Ranges {
   const out: Ranges = []
   for (const [a, b] of r) if (a < size) out.push([a, Math.min(b, size)])
@@ -157,10 +189,20 @@ function allocatedBytes(r: Ranges): number {
   return n
 }
 
+/** The 4 KiB blocks of buf[0, size) that are not all zero, as ranges (a sparse copy of it). */
+function nonZeroBlocks(buf: Buffer, size: number): Ranges {
+  let r: Ranges = []
+  for (let a = 0; a < size; a += 4096) {
+    const b = Math.min(a + 4096, size)
+    if (buf.subarray(a, b).some((v) => v !== 0)) r = allocate(r, a, b)
+  }
+  return r
+}
+
 // ---------------------------------------------------------------------------------------
 // Inodes, directories and pending ops.
 
-type FileOp = {seq: number; path: string} & ({kind: 'write'; offset: number; data: Buffer} | {kind: 'truncate'; size: number})
+type FileOp = {seq: number; path: string} & ({kind: 'write'; offset: number; data: Buffer} | {kind: 'truncate'; size: number} | {kind: 'punch'; offset: number; length: number})
 
 /** `dir` is the directory whose fsyncDir makes the op durable (a rename's target's). */
 type NameOp = {seq: number; dir: string; ino: number} & (
@@ -181,7 +223,7 @@ interface Inode {
   links: number
   /** Open handles. */
   opens: number
-  /** Allocated byte ranges (with a capacity only). */
+  /** Allocated byte ranges (with a capacity or holes only). */
   alloc: Ranges
   /** Neither linked nor open: its bytes no longer count against the capacity. */
   released: boolean
@@ -197,6 +239,21 @@ interface Dir {
 }
 
 /** Apply a name op to name tables (volatile, durable, or a crash state's). A mkdir changes no file table. */
+/**
+ * A file's allocation after a crash, in a MemoryFs with holes: the live one plus every range
+ * a pending op touched (landed or not, it may hold data): data where unsure, never a hole
+ * where a read could find data.
+ */
+function uncertain(node: Inode): Ranges {
+  let r = node.alloc
+  for (const op of node.pending) {
+    if (op.kind === 'write') r = allocate(r, op.offset, op.offset + op.data.length)
+    else if (op.kind === 'punch') r = allocate(r, op.offset, op.offset + op.length)
+    else r = allocate(r, Math.min(op.size, node.vol.size), Math.max(node.dur.size, node.vol.size, op.size))
+  }
+  return r
+}
+
 function applyName(op: NameOp, table: (dir: string) => Map<string, number>): void {
   switch (op.kind) {
     case 'mkdir':
@@ -249,6 +306,10 @@ export class MemoryFs implements DurableFs {
   readonly sectorSize: number
   /** Allocated bytes allowed; undefined when unlimited. */
   readonly capacity: number | undefined
+  /** Files have holes (MemoryFsOptions.holes). */
+  readonly holes: boolean
+  /** Allocation is tracked: with a capacity, or holes. */
+  private readonly tracks: boolean
   /** Called (and awaited) before each mutating op takes effect; may hold it, or throw to stop it. */
   onOp?: (op: FsOp) => void | Promise<void>
 
@@ -276,6 +337,8 @@ export class MemoryFs implements DurableFs {
     if (opts.capacity !== undefined && !(opts.capacity >= 0)) throw new RangeError(`MemoryFs capacity must be a byte count, not ${opts.capacity}`)
     this.sectorSize = sector
     this.capacity = opts.capacity
+    this.holes = opts.holes ?? false
+    this.tracks = this.capacity !== undefined || this.holes
     this.dirs.set('/', {ino: 1, vol: new Map(), base: new Map(), durable: true})
   }
 
@@ -293,6 +356,7 @@ export class MemoryFs implements DurableFs {
   pendingOps(): PendingOp[] {
     return this.pendingList().map((p, index): PendingOp => {
       if ('data' in p.op) return {index, kind: 'write', path: p.op.path, offset: p.op.offset, length: p.op.data.length}
+      if (p.op.kind === 'punch') return {index, kind: 'punch', path: p.op.path, offset: p.op.offset, length: p.op.length}
       if ('size' in p.op) return {index, kind: 'truncate', path: p.op.path, length: p.op.size}
       if (p.op.kind === 'rename') return {index, kind: 'rename', path: posix.join(p.op.fromDir, p.op.from), to: posix.join(p.op.dir, p.op.to)}
       if (p.op.kind === 'mkdir') return {index, kind: 'mkdir', path: posix.join(p.op.dir, p.op.name)}
@@ -300,7 +364,7 @@ export class MemoryFs implements DurableFs {
     })
   }
 
-  /** Bytes allocated in linked or open files (tracked only with a capacity; 0 otherwise). */
+  /** Bytes allocated in linked or open files (tracked only with a capacity or holes; 0 otherwise). */
   get usedBytes(): number {
     return this.allocated
   }
@@ -323,9 +387,9 @@ export class MemoryFs implements DurableFs {
     const old = dir.vol.get(name)
     const c = new Content(Buffer.from(content), content.byteLength)
     const node = this.newInode(c)
-    if (this.capacity !== undefined && content.byteLength > 0) {
-      node.alloc = [[0, content.byteLength]]
-      this.allocated += content.byteLength
+    if (this.tracks && content.byteLength > 0) {
+      node.alloc = this.holes ? nonZeroBlocks(c.buf, content.byteLength) : [[0, content.byteLength]]
+      this.allocated += allocatedBytes(node.alloc)
     }
     dir.vol.set(name, node.ino)
     node.links = 1
@@ -386,6 +450,8 @@ export class MemoryFs implements DurableFs {
       if ('data' in p.op) {
         const data = i === tornIndex ? p.op.data.subarray(0, tornBytes) : p.op.data
         contents.set(p.ino, writeAt(contentFor(p.ino), p.op.offset, data))
+      } else if (p.op.kind === 'punch') {
+        contents.set(p.ino, zeroAt(contentFor(p.ino), p.op.offset, p.op.length))
       } else if ('size' in p.op) {
         contents.set(p.ino, truncateTo(contentFor(p.ino), p.op.size))
       } else {
@@ -402,7 +468,7 @@ export class MemoryFs implements DurableFs {
     const survives = (path: string): boolean => path === '/' || (made.has(path) && survives(posix.dirname(path)))
     for (const path of [...tables.keys()]) if (!survives(path)) tables.delete(path)
 
-    const out = new MemoryFs({sectorSize: this.sectorSize, capacity: this.capacity})
+    const out = new MemoryFs({sectorSize: this.sectorSize, capacity: this.capacity, holes: this.holes})
     out.nextIno = this.nextIno
     out.clock = this.clock
     out.dirs.clear()
@@ -416,7 +482,7 @@ export class MemoryFs implements DurableFs {
       const own = contents.get(ino)
       // vol and dur of the new inode share one content; an unchanged one is shared with this fs too.
       const c = own ? shared(own, 1) : shared(src.dur, 2)
-      const alloc = this.capacity === undefined ? [] : clip(src.alloc, c.size)
+      const alloc = !this.tracks ? [] : clip(this.holes ? uncertain(src) : src.alloc, c.size)
       out.inodes.set(ino, {ino, vol: c, dur: c, pending: [], mtime: src.mtime, links: n, opens: 0, alloc, released: false})
       out.allocated += allocatedBytes(alloc)
     }
@@ -577,9 +643,9 @@ export class MemoryFs implements DurableFs {
     await this.op({kind: 'write', path, offset, length: buf.byteLength})
     if (buf.byteLength === 0) return
     const end = offset + buf.byteLength
-    if (this.capacity !== undefined) {
+    if (this.tracks) {
       const more = unallocated(node.alloc, offset, end)
-      if (more > 0 && this.allocated + more > this.capacity) throw fsError('ENOSPC', 'write', path)
+      if (more > 0 && this.capacity !== undefined && this.allocated + more > this.capacity) throw fsError('ENOSPC', 'write', path)
       node.alloc = allocate(node.alloc, offset, end)
       this.allocated += more
     }
@@ -592,7 +658,7 @@ export class MemoryFs implements DurableFs {
   /** @internal */
   async fileTruncate(path: string, node: Inode, size: number): Promise<void> {
     await this.op({kind: 'truncate', path, length: size})
-    if (this.capacity !== undefined && size < node.vol.size) {
+    if (this.tracks && size < node.vol.size) {
       const before = allocatedBytes(node.alloc)
       node.alloc = clip(node.alloc, size)
       this.allocated -= before - allocatedBytes(node.alloc)
@@ -602,6 +668,34 @@ export class MemoryFs implements DurableFs {
     this.recordFile(node, {seq: 0, path, kind: 'truncate', size})
   }
 
+  /** @internal fallocate(PUNCH_HOLE | KEEP_SIZE): reads as zeros at once, blocks freed; pending until datasync. */
+  async filePunch(path: string, node: Inode, offset: number, length: number): Promise<void> {
+    await this.op({kind: 'punch', path, offset, length})
+    const end = Math.min(offset + length, node.vol.size)
+    if (end <= offset) return
+    const before = allocatedBytes(node.alloc)
+    node.alloc = release(node.alloc, offset, end)
+    this.allocated -= before - allocatedBytes(node.alloc)
+    node.vol = zeroAt(node.vol, offset, end - offset)
+    node.mtime = this.clock++
+    this.recordFile(node, {seq: 0, path, kind: 'punch', offset, length: end - offset})
+  }
+
+  /** @internal lseek(SEEK_DATA): the first allocated byte at or after offset, -1 when none (ENXIO). */
+  seekData(node: Inode, offset: number): number {
+    for (const [a, b] of node.alloc) if (b > offset) return Math.max(a, offset) < node.vol.size ? Math.max(a, offset) : -1
+    return -1
+  }
+
+  /** @internal lseek(SEEK_HOLE): the first byte at or after offset in a hole (the end of the file counts as one). */
+  seekHole(node: Inode, offset: number): number {
+    for (const [a, b] of node.alloc) {
+      if (a > offset) break
+      if (b > offset) return Math.min(b, node.vol.size)
+    }
+    return Math.min(offset, node.vol.size)
+  }
+
   /** @internal datasync: this file's ops that completed before the call become durable. */
   async fileSync(path: string, node: Inode): Promise<void> {
     const before = this.seq
@@ -609,7 +703,7 @@ export class MemoryFs implements DurableFs {
     let k = 0
     for (; k < node.pending.length && node.pending[k].seq < before; k++) {
       const p = node.pending[k]
-      node.dur = 'data' in p ? writeAt(node.dur, p.offset, p.data) : truncateTo(node.dur, p.size)
+      node.dur = 'data' in p ? writeAt(node.dur, p.offset, p.data) : p.kind === 'punch' ? zeroAt(node.dur, p.offset, p.length) : truncateTo(node.dur, p.size)
     }
     node.pending.splice(0, k)
     this.pendingTotal -= k
@@ -735,6 +829,7 @@ export class MemoryFs implements DurableFs {
 
 class MemoryFile implements DurableFile {
   private closed = false
+  readonly holes?: FileHoles
 
   constructor(
     private readonly fs: MemoryFs,
@@ -742,7 +837,26 @@ class MemoryFile implements DurableFile {
     private readonly node: Inode,
     private readonly writable: boolean,
     private readonly direct = false,
-  ) {}
+  ) {
+    if (fs.holes)
+      this.holes = {
+        seekData: (offset) => {
+          this.live('lseek')
+          return fs.seekData(node, offset)
+        },
+        seekHole: (offset) => {
+          this.live('lseek')
+          return fs.seekHole(node, offset)
+        },
+        punchHole: async (offset, length) => {
+          this.live('fallocate')
+          if (!this.writable) throw fsError('EBADF', 'fallocate', this.path)
+          checkPosition(offset, 'fallocate', this.path)
+          checkPosition(length, 'fallocate', this.path)
+          await fs.filePunch(this.path, node, offset, length)
+        },
+      }
+  }
 
   private live(syscall: string): void {
     if (this.closed) throw fsError('EBADF', syscall, this.path)

@@ -11,6 +11,8 @@
  */
 import assert from 'node:assert/strict'
 import {describe, test} from 'node:test'
+import {CodEngine} from '../../src/engine/CodEngine.js'
+import {CodQueue} from '../../src/engine/CodQueue.js'
 import {CollisionDetector} from '../../src/engine/CollisionDetector.js'
 import {Scoreboard} from '../../src/engine/Scoreboard.js'
 import {SyncEngine} from '../../src/engine/SyncEngine.js'
@@ -29,6 +31,7 @@ class HoleyVolume implements Volume {
   knownZero = false
   readBytes = 0
   writtenBytes = 0
+  zeroedBytes = 0
   /** When set, extents() computes its answer, then waits for this before it returns it. */
   hold?: {reached: () => void; promise: Promise<void>}
   constructor(
@@ -53,6 +56,7 @@ class HoleyVolume implements Volume {
   }
 
   async writeZeroes(position: number, length: number): Promise<void> {
+    this.zeroedBytes += length
     this.data.fill(0, position, position + length)
   }
 
@@ -155,5 +159,33 @@ describe('hole sweep', () => {
     assert.equal(await run, true)
     assert.ok(bits.isEmpty())
     assert.ok(to.data.equals(from.data), 'the clone equals the source')
+  })
+
+  test('given a protected restore, when a host read needs an extent that is a hole of the clone, then COD makes the source read as zeros there without reading the clone, and copies a data extent as data', async () => {
+    const count = 8
+    const clone = new HoleyVolume('clone', Buffer.alloc(count * X))
+    clone.data.fill(0x5a, 5 * X, 6 * X)
+    const source = new HoleyVolume('src', Buffer.alloc(count * X, 0xee))
+    const bits = allSet(count)
+    const scoreboard = new Scoreboard()
+    const needsCopy = (e: number): boolean => bits.get(e)
+    const queue = new CodQueue((e) => !needsCopy(e) && !scoreboard.has(e))
+    let failed: unknown
+    const cod = new CodEngine({queue, scoreboard, map: {bits, clear: (s, e) => bits.clearRange(s, e)}, from: clone, to: source, extentSize: X, volumeSize: count * X, needsCopy, onError: (e) => (failed = e)})
+    // When: host reads wait for extent 2 (a hole of the clone) and 5 (data).
+    const waiting = queue.waitFor([2, 5])
+    cod.kick()
+    await waiting
+    assert.equal(failed, undefined)
+    // Then: 2 reads as zeros on the source, 5 holds the clone's data; only 5 was read.
+    assert.ok(source.data.subarray(2 * X, 3 * X).every((b) => b === 0), 'the hole reads as zeros on the source')
+    assert.ok(source.data.subarray(5 * X, 6 * X).equals(clone.data.subarray(5 * X, 6 * X)), 'the data extent was copied')
+    assert.equal(clone.readBytes, X, 'the clone was read only at its data extent')
+    assert.equal(source.zeroedBytes, X, 'the hole was zeroed (punched) on the source, not written with data')
+    assert.equal(source.writtenBytes, X)
+    assert.deepEqual(
+      Array.from({length: count}, (_, e) => e).filter((e) => !bits.get(e)),
+      [2, 5],
+    )
   })
 })

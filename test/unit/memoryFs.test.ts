@@ -708,6 +708,55 @@ describe('MemoryFs: O_DIRECT (openDirect)', () => {
   })
 })
 
+describe('MemoryFs: holes (SEEK_DATA, SEEK_HOLE, PUNCH_HOLE)', () => {
+  const K = 4096
+  test('given a file with holes, then a seeded file is data only where it is not zero, and a grown file is a hole', async () => {
+    const fs = new MemoryFs({holes: true})
+    const content = Buffer.alloc(8 * K)
+    content.fill(7, 2 * K, 3 * K)
+    fs.seedFile('/a', content)
+    const f = await fs.open('/a', {write: true})
+    assert.equal(f.holes!.seekData(0), 2 * K)
+    assert.equal(f.holes!.seekHole(2 * K), 3 * K)
+    assert.equal(f.holes!.seekData(3 * K), -1)
+    await f.truncate(16 * K)
+    assert.equal(f.holes!.seekData(3 * K), -1, 'the grown part is a hole')
+    assert.equal(f.holes!.seekHole(12 * K), 12 * K)
+    await f.close()
+    const plain = await new MemoryFs().open('/c', {write: true, create: 'new'})
+    assert.equal(plain.holes, undefined, 'without the option, files have no holes to tell')
+  })
+
+  test('given a punch not yet synced, then it reads as zeros at once; a crash lands it or not, and reports data wherever the content may be data; after datasync it is durable', async () => {
+    const fs = new MemoryFs({holes: true})
+    fs.seedFile('/a', Buffer.alloc(4 * K, 9))
+    const f = await fs.open('/a', {write: true})
+    await f.holes!.punchHole(K, 2 * K)
+    assert.ok(fs.contentOf('/a').subarray(K, 3 * K).every((b) => b === 0), 'zeros at once')
+    assert.equal(f.holes!.seekHole(0), K)
+    assert.equal(f.holes!.seekData(K), 3 * K)
+    assert.deepEqual(
+      fs.pendingOps().map((o) => [o.kind, o.offset, o.length]),
+      [['punch', K, 2 * K]],
+    )
+    for (const choice of [{kind: 'durable'}, {kind: 'all'}] as CrashChoice[]) {
+      const c = fs.crash(choice)
+      const landed = choice.kind === 'all'
+      assert.ok(
+        c.contentOf('/a').subarray(K, 3 * K).every((b) => b === (landed ? 0 : 9)),
+        `${choice.kind}: the punch ${landed ? 'landed' : 'did not land'}`,
+      )
+      const g = await c.open('/a')
+      assert.equal(g.holes!.seekHole(0), 4 * K, `${choice.kind}: unsure ranges read as data after a crash`)
+      await g.close()
+    }
+    await f.datasync()
+    assert.equal(fs.pendingCount(), 0)
+    assert.ok(fs.crash().contentOf('/a').subarray(K, 3 * K).every((b) => b === 0), 'durable after datasync')
+    await f.close()
+  })
+})
+
 describe('MemoryFs against a naive reference', () => {
   test('given random creates, writes, truncates, syncs, renames and unlinks, then the volatile state and every crash state match a replay of the op log', async () => {
     let checked = 0
