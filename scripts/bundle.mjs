@@ -13,7 +13,7 @@
  */
 import {build} from 'esbuild'
 import {execFileSync} from 'node:child_process'
-import {mkdtempSync, rmSync} from 'node:fs'
+import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {readFile, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -117,16 +117,23 @@ async function asciiOnly() {
   if (ascii !== text) await writeFile(out, ascii)
 }
 
-/** One run of a light command, so what every command needs at start (oclif's config and parser, the state directory) is compiled and cached too. */
+/**
+ * The code cache is that of one `status` run over a group with a clone, so what every command
+ * needs at start (oclif's config and parser, the state directory) and what status shows (the
+ * group record, a delta map, the table) is compiled and cached, not only an empty list.
+ */
 async function codeCache() {
-  const state = mkdtempSync(join(tmpdir(), 'clonectl-cache-'))
+  const scratch = mkdtempSync(join(tmpdir(), 'clonectl-cache-'))
+  const state = join(scratch, 'state')
+  const run = (args, env = {}) =>
+    execFileSync(process.execPath, [join(root, 'bin', 'run.js'), ...args, '--state-dir', state], {env: {...process.env, ...env}, stdio: 'ignore'})
   try {
-    execFileSync(process.execPath, [join(root, 'bin', 'run.js'), 'status', '--state-dir', state], {
-      env: {...process.env, CLONECTL_WRITE_CODE_CACHE: `${out}.cache`},
-      stdio: 'ignore',
-    })
+    writeFileSync(join(scratch, 'source.img'), Buffer.alloc(4 * 1024 * 1024))
+    run(['group', 'create', 'g', '--source', join(scratch, 'source.img')])
+    run(['clone', 'add', 'g', 'c', '--path', join(scratch, 'clone.img'), '--create'])
+    run(['status'], {CLONECTL_WRITE_CODE_CACHE: `${out}.cache`})
   } finally {
-    rmSync(state, {recursive: true, force: true})
+    rmSync(scratch, {recursive: true, force: true})
   }
 }
 

@@ -272,16 +272,25 @@ export async function status(ctx: GroupContext, group: string): Promise<GroupSta
  * (its file and the reason) and never hides the others. Waits.
  */
 export async function statusAll(ctx: GroupContext): Promise<Array<GroupStatus | DamagedGroupReport>> {
-  const out: Array<GroupStatus | DamagedGroupReport> = []
-  for (const name of await ctx.store.list()) {
-    try {
-      out.push(await status(ctx, name))
-    } catch (error) {
-      const d = ctx.store.damage(name, error)
-      if (!d) throw error
-      ctx.warn?.(`group ${name} is damaged: ${d.reason}`)
-      out.push(damagedReport(d))
-    }
+  // Groups are independent and status only reads: asked eight at a time, their small reads
+  // overlap (a `status` of many groups does not pay each group's round trips in turn, nor
+  // open every group's files at once).
+  const names = await ctx.store.list()
+  const reports: Array<PromiseSettledResult<GroupStatus>> = new Array(names.length)
+  let next = 0
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < names.length; i = next++)
+      reports[i] = await status(ctx, names[i]).then(
+        (value) => ({status: 'fulfilled', value}),
+        (reason: unknown) => ({status: 'rejected', reason}),
+      )
   }
-  return out
+  await Promise.all(Array.from({length: Math.min(8, names.length)}, worker))
+  return reports.map((r, i) => {
+    if (r.status === 'fulfilled') return r.value
+    const d = ctx.store.damage(names[i], r.reason)
+    if (!d) throw r.reason
+    ctx.warn?.(`group ${names[i]} is damaged: ${d.reason}`)
+    return damagedReport(d)
+  })
 }
