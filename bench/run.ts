@@ -919,7 +919,7 @@ function rowLine(r: Row, remark = ''): string {
 function updateReport(only: string[]): void {
   const path = join(repo, 'BENCHMARKS.md')
   let md = readFileSync(path, 'utf8')
-  const commit = sh('git rev-parse --short HEAD').trim()
+  const commit = sh('git describe --always --dirty').trim()
   const remark = ` (re-measured ${new Date().toISOString().slice(0, 10)} at ${commit}, \`--only ${only.join(',')}\`)`
   const lines = md.split('\n')
   for (const r of rows) {
