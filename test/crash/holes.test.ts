@@ -20,12 +20,11 @@ import {describe, test} from 'node:test'
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
-import {CloneGroup, mapFileName} from '../../src/group/CloneGroup.js'
+import {CloneGroup} from '../../src/group/CloneGroup.js'
 import {addClone, recoverStale} from '../../src/group/GroupAdmin.js'
 import {enumerateCrashStates, type MemoryFs} from '../support/MemoryFs.js'
 import {mulberry32} from '../../src/io/prng.js'
-import {PersistentMap} from '../../src/map/PersistentMap.js'
-import {buildGroup, clonePath, contextOn, fillPattern, SRC} from '../helpers/memGroup.js'
+import {assertDurableInvariants, buildGroup, clonePath, contextOn, fillPattern, SRC} from '../helpers/memGroup.js'
 
 const X = 4096
 const EXTENTS = 24
@@ -128,21 +127,9 @@ async function scenario(kind: Kind, seed: number, crashAt?: number): Promise<Run
   return {ops: fs.opCount - start, punches, codZeroed, fs, states}
 }
 
-const differs = (a: Buffer, b: Buffer, e: number): boolean => a.compare(b, e * X, (e + 1) * X, e * X, (e + 1) * X) !== 0
-
 /** INV-1 (and INV-3 for the restore's clone) on the durable state of a crash. */
 async function checkDurable(kind: Kind, fs: MemoryFs, label: string): Promise<void> {
-  const rec = await contextOn(fs).store.load('g')
-  const src = fs.contentOf(SRC).subarray(0, SIZE)
-  for (const c of rec.clones) {
-    const map = await PersistentMap.open(fs, `/state/groups/g/${mapFileName(c.name)}`, {kind: 'delta', extentSize: X, volumeSize: SIZE})
-    const D = map.bits.clone()
-    await map.close()
-    const clone = fs.contentOf(clonePath(c.name)).subarray(0, SIZE)
-    // No host writes during the run, so P stays empty: D[c] alone must cover every difference.
-    for (let e = 0; e < EXTENTS; e++) if (differs(src, clone, e)) assert.ok(D.get(e), `[${kind} ${label}] INV-1: extent ${e} of clone ${c.name} differs from the source, unmarked`)
-    if (kind === 'protected') assert.ok(clone.equals(sourceData), `[${kind} ${label}] INV-3: clone c was written`)
-  }
+  await assertDurableInvariants(fs, {extentSize: X, extents: EXTENTS, label: `${kind} ${label}`, restoredFrom: kind === 'protected' ? {clone: 'c', cloneData: sourceData} : undefined})
 }
 
 /** The source as it must end: the restore's clone, or the source with its trims. */

@@ -3,11 +3,13 @@
  * ForwardSync, fractureClones): small volumes of a few 4 KiB extents, for named scenarios,
  * model tests and simulated power loss. No lock: GroupLock uses the real file system.
  */
+import assert from 'node:assert/strict'
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
-import {CloneGroup, type GroupContext} from '../../src/group/CloneGroup.js'
+import {CloneGroup, type GroupContext, mapFileName} from '../../src/group/CloneGroup.js'
 import {addClone, createGroup, fractureClones} from '../../src/group/GroupAdmin.js'
 import {MemoryFs} from '../support/MemoryFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
+import {PersistentMap} from '../../src/map/PersistentMap.js'
 
 export const SRC = '/vol/src.img'
 export const clonePath = (name: string): string => `/vol/${name}.img`
@@ -77,4 +79,25 @@ export function setBits(bits: {count: number; get: (e: number) => boolean}): num
   const out: number[] = []
   for (let e = 0; e < bits.count; e++) if (bits.get(e)) out.push(e)
   return out
+}
+
+/**
+ * INV-1 (and INV-3 for a protected restore's clone) on the durable state of a crash of group
+ * g with no host writes (so P stays empty): D[k] alone marks every extent where clone k
+ * differs from the source; `restoredFrom`, when given, must still hold `cloneData`.
+ */
+export async function assertDurableInvariants(fs: MemoryFs, o: {extentSize: number; extents: number; label: string; restoredFrom?: {clone: string; cloneData: Buffer}}): Promise<void> {
+  const X = o.extentSize
+  const size = o.extents * X
+  const rec = await contextOn(fs).store.load('g')
+  const src = fs.contentOf(SRC).subarray(0, size)
+  for (const c of rec.clones) {
+    const map = await PersistentMap.open(fs, `/state/groups/g/${mapFileName(c.name)}`, {kind: 'delta', extentSize: X, volumeSize: size})
+    const D = map.bits.clone()
+    await map.close()
+    const clone = fs.contentOf(clonePath(c.name)).subarray(0, size)
+    for (let e = 0; e < o.extents; e++)
+      if (src.compare(clone, e * X, (e + 1) * X, e * X, (e + 1) * X) !== 0) assert.ok(D.get(e), `[${o.label}] INV-1: extent ${e} of clone ${c.name} differs from the source, unmarked`)
+    if (o.restoredFrom?.clone === c.name) assert.ok(clone.equals(o.restoredFrom.cloneData), `[${o.label}] INV-3: clone ${c.name} was written`)
+  }
 }
