@@ -13,10 +13,10 @@ import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import {CloneGroup} from '../../src/group/CloneGroup.js'
-import {addClone, recoverStale} from '../../src/group/GroupAdmin.js'
+import {addClone} from '../../src/group/GroupAdmin.js'
 import {enumerateCrashStates, type MemoryFs} from '../support/MemoryFs.js'
 import {mulberry32} from '../../src/io/prng.js'
-import {assertDurableInvariants, buildGroup, clonePath, contextOn, fillPattern, SRC} from '../helpers/memGroup.js'
+import {assertDurableInvariants, buildGroup, recoverAsClonectl, clonePath, contextOn, fillPattern, SRC} from '../helpers/memGroup.js'
 
 const X = 64 * 1024
 const EXTENTS = 8
@@ -93,23 +93,7 @@ async function checkDurable(kind: Kind, fs: MemoryFs, label: string): Promise<vo
 /** Recover as clonectl does (resume the restore, or sync again), then the data must be right. */
 async function recoverAndCheck(kind: Kind, fs: MemoryFs, label: string): Promise<void> {
   const ctx = contextOn(fs)
-  const op = (await ctx.store.load('g')).operation
-  const g = await CloneGroup.open(ctx, 'g', {writable: true, readOnlyClones: kind === 'protected' ? ['c'] : []})
-  await recoverStale(g)
-  if (op?.kind === 'restore') {
-    const s = await RestoreSession.resume(g, {tuning: TUNING})
-    assert.equal(await s.run(), true)
-    await s.finish()
-  } else if (kind === 'protected' && g.src && (await g.src.read(0, SIZE)).includes(DAMAGE)) {
-    // The restore never started durably: the administrator runs it again.
-    const s = await RestoreSession.start(g, {clone: 'c', protected: true, command: 'again', tuning: TUNING})
-    assert.equal(await s.run(), true)
-    await s.finish()
-  } else if (kind === 'forward' && g.members.has('n')) {
-    const f = await ForwardSync.start(g, {clone: 'n', command: 'again', tuning: TUNING})
-    if (f instanceof ForwardSync) assert.equal((await f.run()).completed, true)
-  }
-  await g.close()
+  await recoverAsClonectl(fs, {size: SIZE, damage: DAMAGE, tuning: TUNING, restoreClone: kind === 'protected' ? 'c' : undefined, syncClone: kind === 'forward' ? 'n' : undefined})
   const src = fs.contentOf(SRC).subarray(0, SIZE)
   if (kind === 'protected') {
     assert.ok(src.equals(cloneData), `[${kind} ${label}] the source is not the clone's data after recovery`)

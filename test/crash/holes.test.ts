@@ -21,10 +21,10 @@ import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {HostIO} from '../../src/engine/HostIO.js'
 import {RestoreSession} from '../../src/engine/Restore.js'
 import {CloneGroup} from '../../src/group/CloneGroup.js'
-import {addClone, recoverStale} from '../../src/group/GroupAdmin.js'
+import {addClone} from '../../src/group/GroupAdmin.js'
 import {enumerateCrashStates, type MemoryFs} from '../support/MemoryFs.js'
 import {mulberry32} from '../../src/io/prng.js'
-import {assertDurableInvariants, buildGroup, clonePath, contextOn, fillPattern, SRC} from '../helpers/memGroup.js'
+import {assertDurableInvariants, buildGroup, recoverAsClonectl, clonePath, contextOn, fillPattern, SRC} from '../helpers/memGroup.js'
 
 const X = 4096
 const EXTENTS = 24
@@ -143,23 +143,7 @@ function expected(kind: Kind): Buffer {
 /** Recover as clonectl does (resume the restore, or sync again), then the data must be right. */
 async function recoverAndCheck(kind: Kind, fs: MemoryFs, label: string): Promise<void> {
   const ctx = contextOn(fs)
-  const op = (await ctx.store.load('g')).operation
-  const g = await CloneGroup.open(ctx, 'g', {writable: true, readOnlyClones: kind === 'protected' ? ['c'] : []})
-  await recoverStale(g)
-  if (op?.kind === 'restore') {
-    const s = await RestoreSession.resume(g, {tuning: TUNING})
-    assert.equal(await s.run(), true)
-    await s.finish()
-  } else if (kind === 'protected' && g.src && (await g.src.read(0, SIZE)).includes(DAMAGE)) {
-    // The restore never started durably: the administrator runs it again.
-    const s = await RestoreSession.start(g, {clone: 'c', protected: true, command: 'again', tuning: TUNING})
-    assert.equal(await s.run(), true)
-    await s.finish()
-  } else if (kind !== 'protected' && g.members.has(kind === 'trim' ? 'k' : 'n')) {
-    const f = await ForwardSync.start(g, {clone: kind === 'trim' ? 'k' : 'n', command: 'again', tuning: TUNING})
-    if (f instanceof ForwardSync) assert.equal((await f.run()).completed, true)
-  }
-  await g.close()
+  await recoverAsClonectl(fs, {size: SIZE, damage: DAMAGE, tuning: TUNING, restoreClone: kind === 'protected' ? 'c' : undefined, syncClone: kind === 'protected' ? undefined : kind === 'trim' ? 'k' : 'n'})
   const src = fs.contentOf(SRC).subarray(0, SIZE)
   assert.ok(src.equals(expected(kind)), `[${kind} ${label}] the source is not what it must be after recovery`)
   if (kind === 'protected') assert.ok(fs.contentOf(clonePath('c')).subarray(0, SIZE).equals(sourceData), `[${kind} ${label}] the clone changed`)

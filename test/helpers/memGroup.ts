@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict'
 import {ForwardSync} from '../../src/engine/ForwardSync.js'
 import {CloneGroup, type GroupContext, mapFileName} from '../../src/group/CloneGroup.js'
-import {addClone, createGroup, fractureClones} from '../../src/group/GroupAdmin.js'
+import {addClone, createGroup, fractureClones, recoverStale} from '../../src/group/GroupAdmin.js'
+import {RestoreSession} from '../../src/engine/Restore.js'
 import {MemoryFs} from '../support/MemoryFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {PersistentMap} from '../../src/map/PersistentMap.js'
@@ -100,4 +101,29 @@ export async function assertDurableInvariants(fs: MemoryFs, o: {extentSize: numb
       if (src.compare(clone, e * X, (e + 1) * X, e * X, (e + 1) * X) !== 0) assert.ok(D.get(e), `[${o.label}] INV-1: extent ${e} of clone ${c.name} differs from the source, unmarked`)
     if (o.restoredFrom?.clone === c.name) assert.ok(clone.equals(o.restoredFrom.cloneData), `[${o.label}] INV-3: clone ${c.name} was written`)
   }
+}
+
+/**
+ * Recover group g after a crash as clonectl does: resume an interrupted restore; else, when
+ * the source still holds `damage` (a restore from `restoreClone` never started durably), run
+ * that restore again; else sync `syncClone` again if it is a member.
+ */
+export async function recoverAsClonectl(fs: MemoryFs, o: {size: number; damage: number; tuning: {chunkBytes: number; parallel: number}; restoreClone?: string; syncClone?: string}): Promise<void> {
+  const ctx = contextOn(fs)
+  const op = (await ctx.store.load('g')).operation
+  const g = await CloneGroup.open(ctx, 'g', {writable: true, readOnlyClones: o.restoreClone ? [o.restoreClone] : []})
+  await recoverStale(g)
+  if (op?.kind === 'restore') {
+    const s = await RestoreSession.resume(g, {tuning: o.tuning})
+    assert.equal(await s.run(), true)
+    await s.finish()
+  } else if (o.restoreClone && g.src && (await g.src.read(0, o.size)).includes(o.damage)) {
+    const s = await RestoreSession.start(g, {clone: o.restoreClone, protected: true, command: 'again', tuning: o.tuning})
+    assert.equal(await s.run(), true)
+    await s.finish()
+  } else if (o.syncClone && g.members.has(o.syncClone)) {
+    const f = await ForwardSync.start(g, {clone: o.syncClone, command: 'again', tuning: o.tuning})
+    if (f instanceof ForwardSync) assert.equal((await f.run()).completed, true)
+  }
+  await g.close()
 }
