@@ -1,10 +1,11 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {UsageError} from '../src/errors/errors.js'
 import {assertDrill, type DrillReport, groupDrill, scratchDrill} from '../src/group/Drill.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
 import {humanBytes, humanDuration} from '../src/ui/format.js'
 import {type DrillResult, toDrillResult} from '../src/ui/results/results.js'
 import {renderRows} from '../src/ui/tables.js'
+import {operand} from '../src/ui/args.js'
 
 export default class Drill extends BaseCommand {
   static summary = 'Run a recovery drill: a self-contained one on scratch images, or a rehearsal of restoring a real clone into a scratch target.'
@@ -22,8 +23,8 @@ With GROUP CLONE --target PATH: restores the clone into PATH (never the group's 
     wait: waitFlag,
   }
   static args = {
-    group: Args.string({description: 'A real group to drill (with CLONE and --target).'}),
-    clone: Args.string({description: 'The clone to restore from.'}),
+    group: operand('A real group to drill (with CLONE and --target).'),
+    clone: operand('The clone to restore from.'),
   }
 
   async run(): Promise<DrillResult> {

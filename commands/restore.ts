@@ -1,4 +1,4 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {parseSize} from '../src/group/GroupAdmin.js'
 import {restoreSource} from '../src/group/GroupOperations.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
@@ -6,6 +6,7 @@ import {ProgressRenderer} from '../src/ui/ProgressRenderer.js'
 import {humanBytes, humanDuration} from '../src/ui/format.js'
 import {type RestoreResult, toRestoreResult} from '../src/ui/results/results.js'
 import {signalController} from '../src/ui/signals.js'
+import {operand, requiredOperand} from '../src/ui/args.js'
 
 export default class Restore extends BaseCommand {
   static summary = 'Restore the source from a clone (protected: the clone is never modified), or resume an interrupted restore.'
@@ -25,8 +26,8 @@ Under \`clonectl serve\`, a restore refuses to start (exit 5) while NBD clients 
     'remote-wait': Flags.integer({summary: 'Seconds to wait for a remote (NBD) clone that stopped answering before giving up; the restore stays recorded (default 60).', min: 0, helpValue: 'SECONDS'}),
   }
   static args = {
-    group: Args.string({description: 'The group.', required: true}),
-    clone: Args.string({description: 'The clone to restore from (optional when resuming).'}),
+    group: requiredOperand('The group.'),
+    clone: operand('The clone to restore from (optional when resuming).'),
   }
 
   async run(): Promise<RestoreResult> {

@@ -1,4 +1,4 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {GroupServer} from '../src/group/GroupServer.js'
 import {UsageError} from '../src/errors/errors.js'
 import {parseSize} from '../src/group/GroupAdmin.js'
@@ -6,6 +6,7 @@ import {tcpNbdUri, unixNbdUri} from '../src/nbd/nbdUri.js'
 import {checkTcpListener, loadServerTls, tlsDirectory, type ServerTls, type ServerTlsFiles} from '../src/nbd/tls.js'
 import {showWait} from '../src/ui/wait.js'
 import {BaseCommand, rateFlag} from '../src/ui/BaseCommand.js'
+import {requiredOperand} from '../src/ui/args.js'
 
 export default class Serve extends BaseCommand {
   static summary = "Serve a group's source over NBD; own the group while running (other commands are carried out by this server)."
@@ -41,7 +42,7 @@ A TCP listener that authenticates no client (no TLS, TLS not required, or certif
     'tls-required': Flags.boolean({summary: 'Refuse clients that do not start TLS (needs TLS credentials).', helpGroup: 'TLS'}),
     'allow-unauthenticated': Flags.boolean({summary: 'Serve --listen on a non-loopback address although it authenticates no client: anyone who reaches the port can read and overwrite the source.', helpGroup: 'TLS'}),
   }
-  static args = {group: Args.string({description: 'The group.', required: true})}
+  static args = {group: requiredOperand('The group.')}
 
   async run(): Promise<void> {
     const {args, flags} = await this.parse(Serve)

@@ -1,9 +1,10 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {verify} from '../src/group/GroupOperations.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../src/ui/ProgressRenderer.js'
 import {toVerifyResult, type VerifyResult} from '../src/ui/results/results.js'
 import {signalController} from '../src/ui/signals.js'
+import {requiredOperand} from '../src/ui/args.js'
 
 export default class Verify extends BaseCommand {
   static summary = "Compare source and clone extent by extent against the clone's delta map."
@@ -14,8 +15,8 @@ export default class Verify extends BaseCommand {
     wait: waitFlag,
   }
   static args = {
-    group: Args.string({description: 'The group.', required: true}),
-    clone: Args.string({description: 'The clone.', required: true}),
+    group: requiredOperand('The group.'),
+    clone: requiredOperand('The clone.'),
   }
 
   async run(): Promise<VerifyResult> {

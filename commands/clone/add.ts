@@ -1,4 +1,4 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {parseSize} from '../../src/group/GroupAdmin.js'
 import {add, addAndSync} from '../../src/group/GroupOperations.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
@@ -6,6 +6,7 @@ import {ProgressRenderer} from '../../src/ui/ProgressRenderer.js'
 import {humanBytes, humanDuration} from '../../src/ui/format.js'
 import {type CloneAddResult, toCloneAddResult} from '../../src/ui/results/results.js'
 import {signalController} from '../../src/ui/signals.js'
+import {requiredOperand} from '../../src/ui/args.js'
 
 export default class CloneAdd extends BaseCommand {
   static summary = 'Add a clone to a group and (unless --no-sync) copy the source to it.'
@@ -19,8 +20,8 @@ export default class CloneAdd extends BaseCommand {
     wait: waitFlag,
   }
   static args = {
-    group: Args.string({description: 'The group.', required: true}),
-    clone: Args.string({description: 'Name of the new clone.', required: true}),
+    group: requiredOperand('The group.'),
+    clone: requiredOperand('Name of the new clone.'),
   }
 
   async run(): Promise<CloneAddResult> {

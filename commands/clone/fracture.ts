@@ -1,7 +1,7 @@
-import {Args} from '@oclif/core'
 import {fracture} from '../../src/group/GroupOperations.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
 import {type CloneFractureResult, toFractureResult} from '../../src/ui/results/results.js'
+import {requiredOperand} from '../../src/ui/args.js'
 
 export default class CloneFracture extends BaseCommand {
   static summary = 'Fracture clones: freeze each as a point-in-time copy; from now on its delta map records host writes.'
@@ -9,8 +9,8 @@ export default class CloneFracture extends BaseCommand {
   static strict = false
   static flags = {wait: waitFlag}
   static args = {
-    group: Args.string({description: 'The group.', required: true}),
-    clone: Args.string({description: 'One or more clones.', required: true}),
+    group: requiredOperand('The group.'),
+    clone: requiredOperand('One or more clones.'),
   }
 
   async run(): Promise<CloneFractureResult> {

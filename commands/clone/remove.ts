@@ -1,7 +1,8 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {remove} from '../../src/group/GroupOperations.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
 import {type CloneRemoveResult, toCloneRemoveResult} from '../../src/ui/results/results.js'
+import {requiredOperand} from '../../src/ui/args.js'
 
 export default class CloneRemove extends BaseCommand {
   static summary = 'Remove a clone from its group (its volume and data are left untouched).'
@@ -11,8 +12,8 @@ export default class CloneRemove extends BaseCommand {
     wait: waitFlag,
   }
   static args = {
-    group: Args.string({description: 'The group.', required: true}),
-    clone: Args.string({description: 'The clone.', required: true}),
+    group: requiredOperand('The group.'),
+    clone: requiredOperand('The clone.'),
   }
 
   async run(): Promise<CloneRemoveResult> {

@@ -1,4 +1,4 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {parseSize} from '../../src/group/GroupAdmin.js'
 import {syncClone} from '../../src/group/GroupOperations.js'
 import {BaseCommand, rateFlag, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
@@ -6,6 +6,7 @@ import {ProgressRenderer} from '../../src/ui/ProgressRenderer.js'
 import {humanBytes, humanDuration} from '../../src/ui/format.js'
 import {type SyncResult, toSyncResult} from '../../src/ui/results/results.js'
 import {signalController} from '../../src/ui/signals.js'
+import {requiredOperand} from '../../src/ui/args.js'
 
 export default class CloneSync extends BaseCommand {
   static summary = 'Synchronize a clone with the source, copying only the extents in its delta map.'
@@ -17,8 +18,8 @@ export default class CloneSync extends BaseCommand {
     wait: waitFlag,
   }
   static args = {
-    group: Args.string({description: 'The group.', required: true}),
-    clone: Args.string({description: 'The clone.', required: true}),
+    group: requiredOperand('The group.'),
+    clone: requiredOperand('The clone.'),
   }
 
   async run(): Promise<SyncResult> {

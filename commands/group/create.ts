@@ -1,8 +1,9 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {createGroup, parseSize} from '../../src/group/GroupAdmin.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
 import {humanBytes} from '../../src/ui/format.js'
 import {type GroupCreateResult, toGroupCreateResult} from '../../src/ui/results/results.js'
+import {requiredOperand} from '../../src/ui/args.js'
 
 export default class GroupCreate extends BaseCommand {
   static summary = 'Create a clone group for a source volume (an image file or a block device).'
@@ -12,7 +13,7 @@ export default class GroupCreate extends BaseCommand {
     source: Flags.string({summary: 'The source volume: an image file or a block device.', required: true, helpValue: 'PATH'}),
     'extent-size': Flags.string({summary: 'Tracking unit, a power of two from 4K to 64M.', default: '64K', helpValue: 'SIZE'}),
   }
-  static args = {group: Args.string({description: 'Name of the new group.', required: true})}
+  static args = {group: requiredOperand('Name of the new group.')}
 
   async run(): Promise<GroupCreateResult> {
     const {args, flags} = await this.parse(GroupCreate)

@@ -1,9 +1,10 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {CorruptStateError} from '../../src/errors/errors.js'
 import {destroyDamagedGroup, destroyGroup} from '../../src/group/GroupAdmin.js'
 import {withGroup} from '../../src/group/GroupSession.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../../src/ui/BaseCommand.js'
 import {type GroupDestroyResult, toGroupDestroyResult} from '../../src/ui/results/results.js'
+import {requiredOperand} from '../../src/ui/args.js'
 
 export default class GroupDestroy extends BaseCommand {
   static summary = "Destroy a clone group's state (never any volume data)."
@@ -16,7 +17,7 @@ export default class GroupDestroy extends BaseCommand {
     yes: Flags.boolean({char: 'y', summary: 'Do not ask for confirmation.'}),
     wait: waitFlag,
   }
-  static args = {group: Args.string({description: 'The group.', required: true})}
+  static args = {group: requiredOperand('The group.')}
 
   async run(): Promise<GroupDestroyResult> {
     const {args, flags} = await this.parse(GroupDestroy)

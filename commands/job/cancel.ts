@@ -1,8 +1,8 @@
-import {Args} from '@oclif/core'
 import {type JobInfo, jobRequest} from '../../src/group/JobControl.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
 import {type JobResult, toJobResult} from '../../src/ui/results/results.js'
 import {describeJob} from '../../src/ui/tables.js'
+import {requiredOperand} from '../../src/ui/args.js'
 
 export default class JobCancel extends BaseCommand {
   static summary = "Stop a group's running sync or restore at a safe point; nothing copied is undone."
@@ -10,7 +10,7 @@ export default class JobCancel extends BaseCommand {
 
 A protected restore cannot be abandoned half-way (the source is part restored), so cancel stops its copying and leaves it recorded, exactly like an interrupted restore: under serve, hosts go on reading and writing the source (what they need is copied on demand) and the clone is untouched; \`clonectl restore GROUP\` resumes it. The command that waited on the job exits 130 and says it was cancelled.`
   static examples = ['<%= config.bin %> job cancel db1']
-  static args = {group: Args.string({description: 'The group.', required: true})}
+  static args = {group: requiredOperand('The group.')}
 
   async run(): Promise<JobResult> {
     const {args, flags} = await this.parse(JobCancel)

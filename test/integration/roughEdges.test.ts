@@ -129,3 +129,30 @@ describe('--wait', () => {
     }
   })
 })
+
+describe('arguments come from the command line only', () => {
+  // oclif reads a left-out argument from stdin when stdin is not a terminal: a cron job's or a
+  // pipeline's stdin became a group or clone name.
+  test('status with a group name on stdin still shows every group', async () => {
+    await group('stdin-a', ['c1'])
+    await group('stdin-b', [])
+    const all = await cli.json(['status'], 0, {input: 'stdin-b\n'})
+    const names = (all as Array<{name: string}>).map((g) => g.name)
+    assert.ok(names.includes('stdin-a') && names.includes('stdin-b'), names.join(' '))
+  })
+
+  test('restore without a clone does not take one from stdin, and serve without a group does not take one either', async () => {
+    const r = await cli.run(['restore', 'stdin-a', '--yes'], {input: 'c1\n'})
+    assert.notEqual(r.code, 0, `restore from a clone named on stdin: ${r.stdout}${r.stderr}`)
+    assert.equal((await cli.status('stdin-a')).clones[0].state, 'synchronized')
+    const s = await cli.run(['serve'], {input: 'stdin-a\n', timeoutMs: 60_000})
+    assert.equal(s.code, 2, s.stderr)
+    assert.match(s.stderr, /Missing 1 required arg/)
+  })
+
+  test('every argument of every command ignores stdin', async () => {
+    const {COMMANDS} = await import('../../commands/index.js')
+    for (const [id, cmd] of Object.entries(COMMANDS))
+      for (const [name, a] of Object.entries((cmd as {args?: Record<string, {ignoreStdin?: boolean}>}).args ?? {})) assert.equal(a.ignoreStdin, true, `${id} ${name}`)
+  })
+})

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
 import {createRequire} from 'node:module'
-import {readdirSync} from 'node:fs'
+import {readdirSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {test} from 'node:test'
 import {fileURLToPath} from 'node:url'
@@ -39,4 +39,17 @@ test('given the bundle, when an unknown command is typed, then oclif still loads
   const r = spawnSync(process.execPath, [join(root, 'bin', 'run.js'), 'stauts'], {encoding: 'utf8', env: {...process.env, NO_COLOR: '1', FORCE_COLOR: '0'}})
   assert.match(r.stderr, /stauts is not a clonectl command/)
   assert.doesNotMatch(r.stderr, /DYNAMIC_IMPORT/)
+})
+
+test('given every command id (ours and the plugins\'), then code-point order is locale order (the bundle sorts them without ICU)', () => {
+  const manifests = ['.', 'node_modules/@oclif/plugin-help', 'node_modules/@oclif/plugin-autocomplete', 'node_modules/@oclif/plugin-not-found']
+  const ids = manifests.flatMap((dir) => {
+    try {
+      return Object.keys((JSON.parse(readFileSync(join(root, dir, 'oclif.manifest.json'), 'utf8')) as {commands: Record<string, unknown>}).commands)
+    } catch {
+      return [] // a plugin without commands or without a manifest
+    }
+  })
+  assert.ok(ids.includes('clone:sync') && ids.includes('help'), ids.join(' '))
+  assert.deepEqual([...ids].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)), [...ids].sort((a, b) => a.localeCompare(b)))
 })
