@@ -1,4 +1,4 @@
-import {status, statusAll} from '../src/group/GroupOperations.js'
+import {status, statusAll} from '../src/group/GroupStatus.js'
 import {BaseCommand} from '../src/ui/BaseCommand.js'
 import {type StatusResult, toStatusResult} from '../src/ui/results/results.js'
 import {renderDamagedGroup, renderGroupStatus} from '../src/ui/tables.js'

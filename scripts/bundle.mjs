@@ -41,7 +41,7 @@ async function bundle() {
     // src/volume/kernel.ts reads import.meta.url only where no require exists (unbundled ES
     // modules); in this CommonJS bundle it takes require, so import.meta being empty is fine.
     logOverride: {'empty-import-meta': 'silent'},
-    plugins: [dynamicImportThroughLoader, wslUtilsOnDemand, debugOnDemand, commandsInCodePointOrder],
+    plugins: [dynamicImportThroughLoader, wslUtilsOnDemand, debugOnDemand, oclifAtStart, builtinImportsOnDemand],
   })
 }
 
@@ -106,20 +106,56 @@ else {
 }
 
 /**
- * oclif sorts each plugin's commands with localeCompare at every start; the first
- * localeCompare in a process sets up ICU's collator, about 6 ms here, paid by every command
- * for ids that are plain ASCII. Code-point order is the same order for them (a unit test
- * checks it over every id, ours and the plugins'). Fails the build if oclif's line changes.
+ * Two lines of oclif that every command paid for at start, replaced in the bundle. Each
+ * replacement names the exact text it replaces, and the build fails if oclif's text changes,
+ * so an oclif upgrade is reviewed here rather than silently losing (or breaking) the change.
  */
-const commandsInCodePointOrder = {
-  name: 'commands-in-code-point-order',
+const oclifStartPatches = [
+  {
+    // oclif sorts each plugin's commands with localeCompare; the first localeCompare in a
+    // process sets up ICU's collator, about 6 ms here, for ids that are plain ASCII. Code-point
+    // order is the same order for them (a unit test checks it over every id, ours and the
+    // plugins').
+    file: /[\\/]@oclif[\\/]core[\\/]lib[\\/]config[\\/]plugin\.js$/,
+    from: '.sort((a, b) => a.id.localeCompare(b.id))',
+    to: '.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))',
+  },
+  {
+    // oclif finds each core plugin's directory with require.resolve of its package (Node's
+    // resolution through package exports, ~2 ms a plugin here), then walks up from the entry it
+    // found. Its own fallback, which reads node_modules/NAME/package.json up the tree as Node's
+    // lookup does, finds an npm-installed plugin with two small reads; it is asked first now,
+    // and require.resolve still answers for anything it does not find (a linked plugin, PnP).
+    file: /[\\/]@oclif[\\/]core[\\/]lib[\\/]util[\\/]find-root\.js$/,
+    from: "    if (name) {\n        debug(name)(`Finding root using ${root}`);",
+    to: "    if (name) {\n        const installed = process.versions.pnp ? undefined : await findRootLegacy(name, root);\n        if (installed) return installed;\n        debug(name)(`Finding root using ${root}`);",
+  },
+]
+
+const oclifAtStart = {
+  name: 'oclif-at-start',
   setup(b) {
-    b.onLoad({filter: /[\\/]@oclif[\\/]core[\\/]lib[\\/]config[\\/]plugin\.js$/}, async (args) => {
-      const text = await readFile(args.path, 'utf8')
-      const sort = '.sort((a, b) => a.id.localeCompare(b.id))'
-      if (!text.includes(sort)) throw new Error(`${args.path}: oclif no longer sorts commands with '${sort}'; review commandsInCodePointOrder in scripts/bundle.mjs`)
-      return {contents: text.replace(sort, '.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))'), loader: 'js'}
-    })
+    for (const p of oclifStartPatches)
+      b.onLoad({filter: p.file}, async (args) => {
+        const text = await readFile(args.path, 'utf8')
+        if (!text.includes(p.from)) throw new Error(`${args.path}: oclif's text changed ('${p.from.split('\n').pop().trim()}'); review oclifStartPatches in scripts/bundle.mjs`)
+        return {contents: text.replace(p.from, p.to), loader: 'js'}
+      })
+  },
+}
+
+/**
+ * Our code import()s a few builtins where they are first needed (node:crypto, node:tls,
+ * node:readline/promises: most commands never use them, and loading them cost start-up).
+ * esbuild leaves an import() of an external as a real dynamic import, which a vm.Script from
+ * a code cache cannot do (see dynamicImportThroughLoader); as a small CommonJS module that
+ * requires the builtin, it is set up on first import() like any other bundled module.
+ */
+const builtinImportsOnDemand = {
+  name: 'builtin-imports-on-demand',
+  setup(b) {
+    b.onResolve({filter: /^node:/}, (args) => (args.kind === 'dynamic-import' ? {path: args.path, namespace: 'builtin-on-demand'} : undefined))
+    b.onLoad({filter: /.*/, namespace: 'builtin-on-demand'}, (args) => ({contents: `module.exports = require(${JSON.stringify(args.path)})`, resolveDir: root, loader: 'js'}))
   },
 }
 

@@ -1,4 +1,4 @@
-import {statusAll} from '../../src/group/GroupOperations.js'
+import {statusAll} from '../../src/group/GroupStatus.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
 import {humanBytes} from '../../src/ui/format.js'
 import {type GroupListResult, toGroupListResult} from '../../src/ui/results/results.js'

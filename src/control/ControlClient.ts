@@ -1,6 +1,8 @@
 import {connect} from 'node:net'
 import {basename, dirname, join} from 'node:path'
-import {ClonectlError, type ExitCodeName, ExitCode, ServerStoppedError} from '../errors/errors.js'
+import {ClonectlError, type ExitCodeName, ExitCode, InterruptedError, ServerStoppedError} from '../errors/errors.js'
+import type {GroupContext} from '../group/CloneGroup.js'
+import type {ProgressEvent} from '../group/GroupOperations.js'
 import type {DurableFs} from '../io/DurableFs.js'
 import {type ControlMessage, type ControlRequest, controlSocketName} from './protocol.js'
 
@@ -69,5 +71,23 @@ export async function findServer(fs: DurableFs, groupDir: string): Promise<strin
     return path
   } catch {
     return undefined
+  }
+}
+
+/**
+ * When a `serve` process owns the group, send it the request (DESIGN §5: same output and
+ * exit code as offline, progress streamed back); otherwise undefined and the caller runs it
+ * in its own process.
+ */
+export async function askGroupServer<T>(ctx: GroupContext, group: string, req: ControlRequest, o: {onProgress?: (p: ProgressEvent) => void; signal?: AbortSignal} = {}): Promise<{value: T} | undefined> {
+  await ctx.store.load(group)
+  const sock = await findServer(ctx.fs, ctx.store.groupDir(group))
+  if (!sock) return undefined
+  try {
+    const value = await controlRequest<T>(sock, req, {onProgress: (p) => o.onProgress?.(p as ProgressEvent), onLog: (m) => ctx.warn?.(m), signal: o.signal})
+    return {value}
+  } catch (error) {
+    if (o.signal?.aborted) throw new InterruptedError(`the ${req.op} was interrupted; the server stopped it at a safe point`, `run the command again to go on`)
+    throw error
   }
 }

@@ -27,7 +27,6 @@ export interface GroupContext {
 }
 
 export {extentCount, mapFileName, protectedMapFile} from '../engine/GroupMaps.js'
-export {restoreWhichFix} from '../engine/Restore.js'
 
 /** One clone of an open group: its record, volume (when opened) and delta map D[k]. */
 export class CloneMember implements EngineMember {

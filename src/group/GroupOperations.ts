@@ -1,16 +1,13 @@
-import {ClonectlError, InterruptedError, JobCancelledError, RemoteError, StateError, UsageError} from '../errors/errors.js'
+import {InterruptedError, JobCancelledError, RemoteError, StateError, UsageError} from '../errors/errors.js'
 import {ForwardSync, type SyncSummary} from '../engine/ForwardSync.js'
-import {RestoreSession, type RestoreSummary} from '../engine/Restore.js'
+import {RestoreSession, type RestoreSummary, restoreWhichFix} from '../engine/Restore.js'
 import type {SyncProgress} from '../engine/SyncEngine.js'
-import {controlRequest, findServer} from '../control/ControlClient.js'
-import type {ControlRequest} from '../control/protocol.js'
+import {askGroupServer} from '../control/ControlClient.js'
 import type {CloneRecord} from '../store/GroupRecord.js'
-import {type DamagedGroupReport, damagedReport} from '../store/GroupStore.js'
-import {type CloneGroup, type GroupContext, restoreWhichFix} from './CloneGroup.js'
+import {type CloneGroup, type GroupContext} from './CloneGroup.js'
 import {addClone, type AddCloneOptions, fractureClones, type FractureResult, removeClone} from './GroupAdmin.js'
 import {withGroup} from './GroupSession.js'
-import {type JobHandle, jobRequest, openJobSocket, withLiveJob} from './JobControl.js'
-import {groupStatus, type GroupStatus} from './GroupStatus.js'
+import {type JobHandle, openJobSocket} from './JobControl.js'
 import {assertVerified, verifyClone, type VerifyReport} from './Verify.js'
 
 /** Progress of a running copy, for the UI to draw (bar on a TTY, plain lines otherwise). */
@@ -32,24 +29,6 @@ export interface RunOptions {
   signal?: AbortSignal
   onProgress?: (p: ProgressEvent) => void
   progressIntervalMs?: number
-}
-
-/**
- * When a `serve` process owns the group, send it the request (DESIGN §5: same output and
- * exit code as offline, progress streamed back); otherwise undefined and the caller runs it
- * in its own process.
- */
-async function viaServer<T>(ctx: GroupContext, group: string, req: ControlRequest, o: Pick<RunOptions, 'onProgress' | 'signal'> = {}): Promise<{value: T} | undefined> {
-  await ctx.store.load(group)
-  const sock = await findServer(ctx.fs, ctx.store.groupDir(group))
-  if (!sock) return undefined
-  try {
-    const value = await controlRequest<T>(sock, req, {onProgress: (p) => o.onProgress?.(p as ProgressEvent), onLog: (m) => ctx.warn?.(m), signal: o.signal})
-    return {value}
-  } catch (error) {
-    if (o.signal?.aborted) throw new InterruptedError(`the ${req.op} was interrupted; the server stopped it at a safe point`, `run the command again to go on`)
-    throw error
-  }
 }
 
 function ticker(fn: () => void, ms: number): () => void {
@@ -78,7 +57,7 @@ export interface SyncCloneOptions extends RunOptions {
  * says how to go on. Waits.
  */
 export async function syncClone(ctx: GroupContext, group: string, o: SyncCloneOptions): Promise<SyncSummary> {
-  const served = await viaServer<SyncSummary>(ctx, group, {op: 'sync', clone: o.clone, full: o.full, rate: o.rate}, o)
+  const served = await askGroupServer<SyncSummary>(ctx, group, {op: 'sync', clone: o.clone, full: o.full, rate: o.rate}, o)
   if (served) return served.value
   const abort = new AbortController()
   o.signal?.addEventListener('abort', () => abort.abort(o.signal?.reason))
@@ -122,7 +101,7 @@ async function runForwardSync(g: CloneGroup, o: SyncCloneOptions, signal: AbortS
  * sparse image is known to read as zero and zero extents are never written to it.
  */
 export async function addAndSync(ctx: GroupContext, group: string, a: AddCloneOptions, o: Omit<SyncCloneOptions, 'clone'>): Promise<{clone: CloneRecord; sync: SyncSummary}> {
-  const served = await viaServer<CloneRecord>(ctx, group, {op: 'add', clone: a.clone, path: a.path, create: a.create})
+  const served = await askGroupServer<CloneRecord>(ctx, group, {op: 'add', clone: a.clone, path: a.path, create: a.create})
   if (served) return {clone: served.value, sync: await syncClone(ctx, group, {...o, clone: a.clone})}
   const abort = new AbortController()
   o.signal?.addEventListener('abort', () => abort.abort(o.signal?.reason))
@@ -150,7 +129,7 @@ export interface RestoreOptions extends RunOptions {
  * restore stays recorded and the next `restore GROUP` resumes it. Waits.
  */
 export async function restoreSource(ctx: GroupContext, group: string, o: RestoreOptions): Promise<RestoreSummary> {
-  const served = await viaServer<RestoreSummary>(ctx, group, {op: 'restore', clone: o.clone, unprotected: o.unprotected, force: o.force, rate: o.rate, disconnectClients: o.disconnectClients}, o)
+  const served = await askGroupServer<RestoreSummary>(ctx, group, {op: 'restore', clone: o.clone, unprotected: o.unprotected, force: o.force, rate: o.rate, disconnectClients: o.disconnectClients}, o)
   if (served) return served.value
   const record = await ctx.store.load(group)
   const op = record.operation?.kind === 'restore' ? record.operation : undefined
@@ -216,28 +195,28 @@ export interface AdminOptions {
 
 /** `clone fracture`, offline or through the server (atomic w.r.t. in-flight host writes). */
 export async function fracture(ctx: GroupContext, group: string, clones: string[], o: AdminOptions): Promise<FractureResult[]> {
-  const served = await viaServer<FractureResult[]>(ctx, group, {op: 'fracture', clones})
+  const served = await askGroupServer<FractureResult[]>(ctx, group, {op: 'fracture', clones})
   if (served) return served.value
   return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds}, (g) => fractureClones(g, clones))
 }
 
 /** `clone add` (without its first sync), offline or through the server. */
 export async function add(ctx: GroupContext, group: string, a: AddCloneOptions, o: AdminOptions): Promise<CloneRecord> {
-  const served = await viaServer<CloneRecord>(ctx, group, {op: 'add', clone: a.clone, path: a.path, create: a.create})
+  const served = await askGroupServer<CloneRecord>(ctx, group, {op: 'add', clone: a.clone, path: a.path, create: a.create})
   if (served) return served.value
   return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds}, (g) => addClone(g, a))
 }
 
 /** `clone remove`, offline or through the server. The clone's volume is never touched. */
 export async function remove(ctx: GroupContext, group: string, clone: string, o: AdminOptions): Promise<{clone: string; path: string}> {
-  const served = await viaServer<{clone: string; path: string}>(ctx, group, {op: 'remove', clone})
+  const served = await askGroupServer<{clone: string; path: string}>(ctx, group, {op: 'remove', clone})
   if (served) return served.value
   return withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds, open: {writable: true, volumes: false}}, (g) => removeClone(g, clone))
 }
 
 /** `verify`: compare source and clone against the delta map; VerifyMismatchError on a violation. */
 export async function verify(ctx: GroupContext, group: string, clone: string, o: AdminOptions & {repair?: boolean; signal?: AbortSignal; onProgress?: (p: ProgressEvent) => void}): Promise<VerifyReport> {
-  const served = await viaServer<VerifyReport>(ctx, group, {op: 'verify', clone, repair: o.repair})
+  const served = await askGroupServer<VerifyReport>(ctx, group, {op: 'verify', clone, repair: o.repair})
   const report =
     served?.value ??
     (await withGroup(ctx, group, {command: o.command, waitSeconds: o.waitSeconds}, (g) =>
@@ -251,46 +230,3 @@ export async function verify(ctx: GroupContext, group: string, clone: string, o:
   return report
 }
 
-/** `status`: from the owning server when one runs (live progress), else from disk. */
-export async function status(ctx: GroupContext, group: string): Promise<GroupStatus> {
-  // A server that answers with an error is reported, never papered over with group.json,
-  // which may be behind what the server does (a clone it no longer mirrors).
-  const served = await viaServer<GroupStatus>(ctx, group, {op: 'status'}).catch((error: unknown) => {
-    // A server stopping, gone or unreachable mid-request has saved, or is saving, what it did.
-    if (!(error instanceof ClonectlError) || error.code === 'INTERRUPTED' || error.code === 'SERVER_STOPPED') return undefined
-    throw error
-  })
-  if (served) return served.value
-  const s = await groupStatus(ctx, group)
-  // A foreground job (no serve) answers on its job socket: paused, rate and live progress.
-  if (s.operation?.state === 'running') withLiveJob(s, await jobRequest(ctx, group, {op: 'job'}).catch(() => undefined))
-  return s
-}
-
-/**
- * status of every group: a group whose state cannot be read or trusted is listed as damaged
- * (its file and the reason) and never hides the others. Waits.
- */
-export async function statusAll(ctx: GroupContext): Promise<Array<GroupStatus | DamagedGroupReport>> {
-  // Groups are independent and status only reads: asked eight at a time, their small reads
-  // overlap (a `status` of many groups does not pay each group's round trips in turn, nor
-  // open every group's files at once).
-  const names = await ctx.store.list()
-  const reports: Array<PromiseSettledResult<GroupStatus>> = new Array(names.length)
-  let next = 0
-  const worker = async (): Promise<void> => {
-    for (let i = next++; i < names.length; i = next++)
-      reports[i] = await status(ctx, names[i]).then(
-        (value) => ({status: 'fulfilled', value}),
-        (reason: unknown) => ({status: 'rejected', reason}),
-      )
-  }
-  await Promise.all(Array.from({length: Math.min(8, names.length)}, worker))
-  return reports.map((r, i) => {
-    if (r.status === 'fulfilled') return r.value
-    const d = ctx.store.damage(names[i], r.reason)
-    if (!d) throw r.reason
-    ctx.warn?.(`group ${names[i]} is damaged: ${d.reason}`)
-    return damagedReport(d)
-  })
-}

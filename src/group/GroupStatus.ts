@@ -1,11 +1,14 @@
-import {CorruptStateError, errnoOf} from '../errors/errors.js'
+import {askGroupServer} from '../control/ControlClient.js'
+import {ClonectlError, CorruptStateError, errnoOf} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import type {CloneState, GroupRecord} from '../store/GroupRecord.js'
 import {GroupLock} from '../store/GroupLock.js'
+import {type DamagedGroupReport, damagedReport} from '../store/GroupStore.js'
 import {isNbdUri} from '../volume/openVolume.js'
 import type {GroupContext} from './CloneGroup.js'
 import type {ProgressEvent} from './GroupOperations.js'
 import {extentCount, groupMaps} from './CloneGroup.js'
+import {jobRequest, withLiveJob} from './JobControl.js'
 
 export interface CloneStatus {
   name: string
@@ -189,4 +192,48 @@ export async function groupStatus(ctx: GroupContext, name: string): Promise<Grou
     operation,
     lockedBy: holder ? {pid: holder.pid, command: holder.command, startedAt: holder.startedAt} : undefined,
   }
+}
+
+/** `status`: from the owning server when one runs (live progress), else from disk. */
+export async function status(ctx: GroupContext, group: string): Promise<GroupStatus> {
+  // A server that answers with an error is reported, never papered over with group.json,
+  // which may be behind what the server does (a clone it no longer mirrors).
+  const served = await askGroupServer<GroupStatus>(ctx, group, {op: 'status'}).catch((error: unknown) => {
+    // A server stopping, gone or unreachable mid-request has saved, or is saving, what it did.
+    if (!(error instanceof ClonectlError) || error.code === 'INTERRUPTED' || error.code === 'SERVER_STOPPED') return undefined
+    throw error
+  })
+  if (served) return served.value
+  const s = await groupStatus(ctx, group)
+  // A foreground job (no serve) answers on its job socket: paused, rate and live progress.
+  if (s.operation?.state === 'running') withLiveJob(s, await jobRequest(ctx, group, {op: 'job'}).catch(() => undefined))
+  return s
+}
+
+/**
+ * status of every group: a group whose state cannot be read or trusted is listed as damaged
+ * (its file and the reason) and never hides the others. Waits.
+ */
+export async function statusAll(ctx: GroupContext): Promise<Array<GroupStatus | DamagedGroupReport>> {
+  // Groups are independent and status only reads: asked eight at a time, their small reads
+  // overlap (a `status` of many groups does not pay each group's round trips in turn, nor
+  // open every group's files at once).
+  const names = await ctx.store.list()
+  const reports: Array<PromiseSettledResult<GroupStatus>> = new Array(names.length)
+  let next = 0
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < names.length; i = next++)
+      reports[i] = await status(ctx, names[i]).then(
+        (value) => ({status: 'fulfilled', value}),
+        (reason: unknown) => ({status: 'rejected', reason}),
+      )
+  }
+  await Promise.all(Array.from({length: Math.min(8, names.length)}, worker))
+  return reports.map((r, i) => {
+    if (r.status === 'fulfilled') return r.value
+    const d = ctx.store.damage(names[i], r.reason)
+    if (!d) throw r.reason
+    ctx.warn?.(`group ${names[i]} is damaged: ${d.reason}`)
+    return damagedReport(d)
+  })
 }

@@ -1,4 +1,3 @@
-import {randomBytes} from 'node:crypto'
 import {dirname} from 'node:path'
 import type {DurableFs} from './DurableFs.js'
 
@@ -10,6 +9,8 @@ import type {DurableFs} from './DurableFs.js'
  */
 export async function writeFileAtomic(fs: DurableFs, path: string, data: Uint8Array): Promise<void> {
   // Unique even for two saves in one millisecond (the crash model hit that: EEXIST).
+  // node:crypto on first use only: commands that only read state (status) never load it.
+  const {randomBytes} = await import('node:crypto')
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`
   const f = await fs.open(tmp, {write: true, create: 'new'})
   try {

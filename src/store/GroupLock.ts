@@ -48,14 +48,22 @@
  * over a gate abandoned by a process killed in those milliseconds, at the same moment as a
  * takeover of the main lock.
  */
-import {randomBytes} from 'node:crypto'
 import {readFile, rename, rm, rmdir, stat, writeFile} from 'node:fs/promises'
 import {hostname} from 'node:os'
 import {basename, join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
-import lockfile from 'proper-lockfile'
 import {errnoOf, LockHeldError, NotFoundError} from '../errors/errors.js'
 import {stateWriteError} from './stateDir.js'
+
+/**
+ * proper-lockfile (with graceful-fs, which patches fs as it loads, and signal-exit) and
+ * node:crypto are loaded when a lock is first taken, not at start: status and the other
+ * commands that only read state never take one.
+ */
+let lockfileModule: Promise<typeof import('proper-lockfile')> | undefined
+function properLockfile(): Promise<typeof import('proper-lockfile')> {
+  return (lockfileModule ??= import('proper-lockfile').then((m) => m.default))
+}
 
 /** Every invocation's stale threshold for a group lock (see the notes above). */
 export const STALE_MS = 60_000
@@ -312,7 +320,7 @@ export class GroupLock {
       }
       let release: () => Promise<void>
       try {
-        release = await lockfile.lock(o.groupDir, {
+        release = await (await properLockfile()).lock(o.groupDir, {
           stale: STALE_MS,
           update: UPDATE_MS,
           retries: 0,
@@ -337,7 +345,7 @@ export class GroupLock {
         command: o.command,
         startedAt: isoSeconds(Date.now()),
         hostname: hostname(),
-        token: randomBytes(8).toString('hex'),
+        token: (await import('node:crypto')).randomBytes(8).toString('hex'),
         bootId: await bootId(),
         pidStart: self && self !== 'gone' ? self.start : undefined,
       }
@@ -377,7 +385,7 @@ export class GroupLock {
     for (;;) {
       let lost = false
       try {
-        const release = await lockfile.lock(path, {
+        const release = await (await properLockfile()).lock(path, {
           stale: GATE_STALE_MS,
           retries: 0,
           realpath: false,

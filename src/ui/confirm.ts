@@ -1,4 +1,3 @@
-import {createInterface} from 'node:readline/promises'
 import {RefusedError, UsageError} from '../errors/errors.js'
 
 /**
@@ -11,6 +10,8 @@ export async function confirm(question: string, yes: boolean, json = false): Pro
   if (json) throw new UsageError(`${question.replace(/\?.*$/, '')}: --json needs --yes (under --json there is no prompt, and consent is never assumed)`, 'add --yes to confirm')
   if (!process.stdin.isTTY || !process.stderr.isTTY)
     throw new RefusedError(`${question.replace(/\?$/, '')}: refused without confirmation (no terminal to ask on)`, 'pass --yes to confirm in a script')
+  // Loaded only to ask: every command imports this module, few ever prompt.
+  const {createInterface} = await import('node:readline/promises')
   const rl = createInterface({input: process.stdin, output: process.stderr})
   try {
     const answer = (await rl.question(`${question} [y/N] `)).trim().toLowerCase()

@@ -3,7 +3,6 @@ import type {DurableFs} from '../io/DurableFs.js'
 import {BlockVolume} from './BlockVolume.js'
 import {deviceBusy, loopDevicesBackedBy} from './blockDevice.js'
 import {FileVolume, ioError} from './FileVolume.js'
-import {RemoteVolume} from './RemoteVolume.js'
 import type {Volume} from './Volume.js'
 
 /** nbd://, nbds://, nbd+unix://, nbds+unix:// (the NBD URI standard's schemes). */
@@ -27,6 +26,9 @@ export interface OpenVolumeOptions {
  */
 export async function openVolume(fs: DurableFs, path: string, opts: OpenVolumeOptions): Promise<Volume> {
   if (isNbdUri(path)) {
+    // The NBD client (and node:tls with it) is loaded for remotes only: every command opens
+    // volumes through here, and most groups have no remote clone.
+    const {RemoteVolume} = await import('./RemoteVolume.js')
     // A remote already in a group may be down: open it deferred, so the group still opens.
     if (opts.knownSize !== undefined) return RemoteVolume.openOrDeferred(path, opts.knownSize, {write: opts.write}, opts.onRemoteDown)
     return RemoteVolume.open(path, {write: opts.write})
