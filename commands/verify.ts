@@ -1,4 +1,5 @@
 import {Flags} from '@oclif/core'
+import {VerifyMismatchError} from '../src/errors/errors.js'
 import {verify} from '../src/group/GroupOperations.js'
 import {BaseCommand, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
 import {ProgressRenderer} from '../src/ui/ProgressRenderer.js'
@@ -8,7 +9,7 @@ import {requiredOperand} from '../src/ui/args.js'
 
 export default class Verify extends BaseCommand {
   static summary = "Compare source and clone extent by extent against the clone's delta map."
-  static description = `An extent that differs while its delta bit is clear is an invariant violation: it is listed and the exit status is 9. Extents marked but equal are harmless (they cost a copy). With --repair the map is rebuilt exactly; a following \`clone sync\` then makes the clone equal.`
+  static description = `An extent that differs while its delta bit is clear is an invariant violation: it is listed and the exit status is 9 (under --json the error object then carries the comparison as \`result\`). Extents marked but equal are harmless (they cost a copy). With --repair the map is rebuilt exactly; a following \`clone sync\` then makes the clone equal.`
   static examples = ['<%= config.bin %> verify db1 nightly', '<%= config.bin %> verify db1 nightly --repair --json']
   static flags = {
     repair: Flags.boolean({summary: 'Rebuild the delta map exactly from the comparison.'}),
@@ -32,6 +33,10 @@ export default class Verify extends BaseCommand {
         else this.log(`Clone ${r.clone}: the delta map covers every difference (${r.markedDifferent} marked and different, ${r.markedEqual} marked but equal)${r.repaired ? '; map rebuilt exactly' : ''}.`)
       }
       return toVerifyResult(r)
+    } catch (error) {
+      // Under --json the comparison goes out with the error, as a passing verify prints it.
+      if (error instanceof VerifyMismatchError && error.report) this.failedResult = toVerifyResult(error.report)
+      throw error
     } finally {
       progress.done()
       dispose()

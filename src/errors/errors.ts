@@ -5,6 +5,8 @@
  * The exit statuses are a contract with scripts (README "Exit codes", clonectl(1)):
  * never renumber one, only add.
  */
+import type {VerifyReport} from '../group/Verify.js'
+
 export const ExitCode = {
   ok: 0,
   bug: 1,
@@ -120,8 +122,11 @@ export class VolumeIoError extends ClonectlError {
 }
 
 export class VerifyMismatchError extends ClonectlError {
-  constructor(message: string, fix = 'run `clonectl verify GROUP CLONE --repair`, then `clonectl clone sync GROUP CLONE`') {
+  /** The comparison that found the differences (`verify --json` prints it with the error). */
+  readonly report?: VerifyReport
+  constructor(message: string, fix = 'run `clonectl verify GROUP CLONE --repair`, then `clonectl clone sync GROUP CLONE`', report?: VerifyReport) {
     super('VERIFY_MISMATCH', 'verifyMismatch', message, fix)
+    this.report = report
   }
 }
 

@@ -73,5 +73,6 @@ export function assertVerified(r: VerifyReport): void {
     throw new VerifyMismatchError(
       `clone ${r.clone} of group ${r.group}: ${r.violations.length} extent(s) differ from the source while the delta map says they are equal (first: ${r.violations.slice(0, 5).join(', ')})`,
       `run \`clonectl verify ${r.group} ${r.clone} --repair\` to rebuild the map, then \`clonectl clone sync ${r.group} ${r.clone}\``,
+      r,
     )
 }

@@ -21,6 +21,7 @@ import {nodeFs} from '../../src/io/NodeDurableFs.js'
 import {GroupStore} from '../../src/store/GroupStore.js'
 import {Cli, cmp, KiB, MiB, pwrite, randomImage, sha256, tempDir} from '../helpers/cli.js'
 import {startServe} from '../helpers/serve.js'
+import {assertJsonError} from '../helpers/jsonContract.js'
 
 const EXTENT = 64 * KiB
 let dir: string
@@ -427,6 +428,10 @@ describe('changes behind clonectl\'s back', () => {
     r = await cli.run(['verify', 'ver', 'c', '--json'])
     assert.equal(r.code, 9)
     assert.equal(r.json.error.code, 'VERIFY_MISMATCH')
+    // The comparison comes with the error, as a passing verify prints it (README: --json).
+    assert.deepEqual(r.json.result.violations, [5, 20])
+    assert.equal(r.json.result.repaired, false)
+    assertJsonError(r, 9, 'VERIFY_MISMATCH')
     assert.equal(cloneStatus(await cli.status('ver')).trusted, false)
     v = await cli.json(['verify', 'ver', 'c', '--repair'])
     assert.deepEqual(v.violations, [5, 20])

@@ -217,8 +217,11 @@ export interface DrillResult {
 export interface ErrorResult {
   status: number
   error: {code: string; name: string; message: string; fix?: string}
-  /** A failure's own result: the report of a drill that failed a check (exit 10). */
-  result?: DrillResult
+  /**
+   * A failure's own result: the report of a drill that failed a check (exit 10), or the
+   * comparison of a verify that found differences the map did not cover (exit 9).
+   */
+  result?: DrillResult | VerifyResult
 }
 
 function volume(v: VolumeRecord): VolumeResult {

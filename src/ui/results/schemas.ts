@@ -156,14 +156,20 @@ export const resultSchemas: Record<string, JsonSchema> = {
 /**
  * What every command prints on stdout under --json when it fails; `status` is the exit status.
  * `result` is there only when the failure has a result of its own: a drill that ran and
- * failed a check (exit 10) reports what it checked, as it does when it passes.
+ * failed a check (exit 10) reports what it checked, as it does when it passes; a verify that
+ * found differences the map did not cover (exit 9) reports its comparison.
  */
 export const errorSchema: JsonSchema = object(
   {
     status: {type: 'integer', minimum: 1},
     error: object({code: {type: 'string', pattern: '^[A-Z][A-Z_]*$'}, name: nonEmpty, message: nonEmpty}, {fix: string}),
   },
-  {result: {description: 'The report of a drill that failed one of its checks (exit 10), as drill.schema.json.', ...resultSchemas.drill}},
+  {
+    result: {
+      description: 'A failure with a result of its own: the report of a drill that failed one of its checks (exit 10), as drill.schema.json; the comparison of a verify that found unmarked differences (exit 9), as verify.schema.json.',
+      anyOf: [resultSchemas.drill, resultSchemas.verify],
+    },
+  },
 )
 
 /** The schema documents as written to schemas/: with their draft, a title and where they apply. */
