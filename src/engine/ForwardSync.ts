@@ -75,7 +75,7 @@ export class ForwardSync {
       scoreboard: g.scoreboard,
       collisions: g.collisions,
       // Write-intent extents are equal: host writes there are mirrored to the clone.
-      skip: (e) => member.intent?.get(e) ?? false,
+      skip: () => member.intent,
       compare: compared,
       limiter: this.limiter,
       chunkBytes: tuning.chunkBytes,

@@ -113,7 +113,7 @@ export class RestoreSession {
       extentSize: g.extentSize,
       volumeSize: g.volumeSize,
       scoreboard: g.scoreboard,
-      skip: P ? (e) => P.bits.get(e) : undefined,
+      skip: P ? () => P.bits : undefined,
       collisions: P ? undefined : g.collisions,
       compare: compared,
       limiter: this.limiter,

@@ -37,8 +37,12 @@ export interface SyncJobOptions {
   /** Bytes of the volume that are tracked (the source's size). */
   volumeSize: number
   scoreboard: Scoreboard
-  /** Extents never to copy (restore: P[e] is set — the host wrote them). */
-  skip?: (e: number) => boolean
+  /**
+   * Extents never to copy, as a bitmap of the map's size (restore: P — the host wrote them;
+   * forward sync: write-intent extents, mirrored). Asked at each use (it may be replaced), and
+   * read word by word: a 1 TiB sync looks at 16M extents, not one call per extent.
+   */
+  skip?: () => ExtentBitmap | undefined
   collisions?: CollisionDetector
   /** Compare-and-copy: read the destination too and write only what differs (untrusted maps). */
   compare?: boolean
@@ -117,6 +121,11 @@ export class SyncEngine {
   private copiesInKernel: boolean
   /** The source was data up to this byte when last looked at (no hole lookup below it). */
   private dataUntil = 0
+  /**
+   * Where the last sweep saw a hole of at least a chunk begin right after that data (-1:
+   * none): windows end there (see clip). A hint only: stale, a window merely ends early or late.
+   */
+  private holeAt = -1
   readonly progress: SyncProgress
 
   constructor(private readonly o: SyncJobOptions) {
@@ -135,10 +144,8 @@ export class SyncEngine {
   /** Extents still to copy: set and not skipped. */
   remaining(): number {
     const {bits} = this.o.map
-    if (!this.o.skip) return bits.countSet()
-    let n = 0
-    for (const [s, e] of bits.runs()) for (let x = s; x < e; x++) if (!this.o.skip(x)) n++
-    return n
+    const skip = this.o.skip?.()
+    return skip ? bits.countAndNot(skip) : bits.countSet()
   }
 
   /** Ask run() to stop issuing copies; it resolves once in-flight chunks finish. */
@@ -228,7 +235,7 @@ export class SyncEngine {
         const limit = rate ? Math.max(1, Math.min(perChunk, Math.floor(rate / 10 / o.extentSize))) : perChunk
         // Unthrottled, a chunk is a window that may span short gaps (only its claimed runs are
         // read and written, all at once): scattered extents then go out many at a time.
-        let end = rate ? this.runEnd(start, limit) : this.windowEnd(start, limit)
+        let end = this.clip(start, rate ? this.runEnd(start, limit) : this.windowEnd(start, limit))
         if (o.limiter && rate) {
           // Tokens first, claim after: while this waits for the limiter nothing is claimed,
           // so a host request needing these extents is served by COD at once instead of
@@ -316,6 +323,16 @@ export class SyncEngine {
       if (src.kind === 'data') {
         // Stale only in the safe direction: a hole found later is just copied as data.
         this.dataUntil = src.offset + src.length
+        // Is a hole long enough to sweep right behind this data? Then the window copying the
+        // data stops there: reaching into the hole it would claim, look up and clear that
+        // hole's extents one by one (48 of a 64-extent window after a 1 MiB piece), where the
+        // next sweep clears them as one range.
+        this.holeAt = -1
+        const gap = min * o.extentSize
+        if (pos + span - this.dataUntil >= gap) {
+          const next = await firstExtent(o.from, this.dataUntil, gap)
+          if (next?.kind === 'hole' && next.length >= gap) this.holeAt = this.dataUntil
+        }
         return undefined
       }
       let end = endOf(src.offset + src.length)
@@ -346,16 +363,16 @@ export class SyncEngine {
         cleared += b - a
         this.progress.skippedBytes += this.byteLen(a, b)
       }
+      const skip = o.skip?.()
       for (const [e, f] of bits.runs(start, end)) {
-        if (o.skip) {
-          let a = e
-          for (let x = e; x < f; x++)
-            if (o.skip(x)) {
-              clear(a, x)
-              a = x + 1
-            }
-          clear(a, f)
-        } else clear(e, f)
+        let a = e
+        // Bounded to [e, f): a scan to the skip bitmap's end per sweep would cost seconds on 1 TiB.
+        if (skip)
+          for (const [x, y] of skip.runs(e, f)) {
+            clear(a, x)
+            a = y
+          }
+        clear(a, f)
       }
       // A hole of the destination may be a punch not yet durable: the next checkpoint
       // fdatasyncs it before these clears become durable (recipe 5).
@@ -384,7 +401,7 @@ export class SyncEngine {
   }
 
   private isCandidate(e: number): boolean {
-    return this.o.map.bits.get(e) && !(this.o.skip?.(e) ?? false) && !this.o.scoreboard.has(e)
+    return this.o.map.bits.get(e) && !(this.o.skip?.()?.get(e) ?? false) && !this.o.scoreboard.has(e)
   }
 
   /**
@@ -401,6 +418,17 @@ export class SyncEngine {
       } else if (++gap > WINDOW_GAP) break
     }
     return end
+  }
+
+  /**
+   * A window [start, end) cut at the extent where the last sweep saw a long hole begin, when
+   * that lies inside it; the data before it is then copied without a hole lookup, and the
+   * hole is the next sweep's. Only a choice of window: every extent still gets copied or swept.
+   */
+  private clip(start: number, end: number): number {
+    if (this.holeAt < 0) return end
+    const at = Math.ceil(this.holeAt / this.o.extentSize)
+    return at > start && at < end ? at : end
   }
 
   /** End of the run of candidates from `start` (a candidate), at most `max` extents long. */
@@ -705,18 +733,28 @@ export class SyncEngine {
       if (buf) this.release(buf)
       if (other) this.release(other)
       let cleared = 0
+      // Runs of extents to clear, one map call each; all in this tick, as one by one.
+      let from = -1
+      const clearTo = (to: number): void => {
+        if (from >= 0) o.map.clear(from, to)
+        from = -1
+      }
       for (let e = start; e < end; e++) {
-        if (!mine(e)) continue
+        if (!mine(e)) {
+          clearTo(e)
+          continue
+        }
         const collided = o.collisions?.end(e) ?? false
         // Recipe 2: clear in memory only after the write completed; durable at a checkpoint.
         if (ok && !collided) {
-          o.map.clear(e, e + 1)
+          if (from < 0) from = e
           cleared++
-        }
+        } else clearTo(e)
         if (collided) this.collided.add(e)
         else this.collided.delete(e)
         o.scoreboard.release(e)
       }
+      clearTo(end)
       if (ok) {
         // A collided extent is still to copy: counting it done would make progress go back.
         this.progress.remainingExtents = Math.max(0, this.progress.remainingExtents - cleared)

@@ -201,19 +201,27 @@ export function encodeSlot(bits: ExtentBitmap, page: number, slot: number, seq: 
   for (let k = 0; k < SECTORS_PER_SLOT; k++) {
     const o = at + k * SECTOR
     bits.copyBytes(buf, o + SECTOR_HEAD, page * PAGE_PAYLOAD + k * SECTOR_PAYLOAD, SECTOR_PAYLOAD)
-    buf.writeBigUInt64LE(BigInt(seq), o)
+    writeSeq(buf, seq, o)
     buf.writeUInt32LE(sectorCrc(page, slot, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR)), o + 8)
   }
 }
 
+/** seq (a safe integer, at least 0) as a u64, little-endian, at buf[at..at+8): without a BigInt per sector. */
+function writeSeq(buf: Buffer, seq: number, at: number): void {
+  buf.writeUInt32LE(seq % 0x1_0000_0000, at)
+  buf.writeUInt32LE(Math.floor(seq / 0x1_0000_0000), at + 4)
+}
+
+/** The 16 identity bytes a sector's CRC starts with; one buffer, filled and hashed synchronously per call. */
+const sectorId = Buffer.alloc(16)
+
 /** CRC32C of (page u32, slot u16, sector u16, seq u64, payload), all little-endian. */
 function sectorCrc(page: number, slot: number, sector: number, seq: number, payload: Uint8Array): number {
-  const id = Buffer.alloc(16)
-  id.writeUInt32LE(page, 0)
-  id.writeUInt16LE(slot, 4)
-  id.writeUInt16LE(sector, 6)
-  id.writeBigUInt64LE(BigInt(seq), 8)
-  return crc32c(payload, crc32c(id))
+  sectorId.writeUInt32LE(page, 0)
+  sectorId.writeUInt16LE(slot, 4)
+  sectorId.writeUInt16LE(sector, 6)
+  writeSeq(sectorId, seq, 8)
+  return crc32c(payload, crc32c(sectorId))
 }
 
 /** What one slot holds (see the design notes). */
@@ -400,6 +408,29 @@ function whyUnknown(a: SlotState, b: SlotState): string {
 }
 
 /**
+ * Extents [lo, hi) outside which some bitmaps have no bit set (empty while hi <= lo). Widened
+ * by every set into them, never narrowed while they hold bits: a bound, not an exact
+ * extent. A checkpoint looks at the staged sets and clears only inside it, so one that
+ * covers a sync's last second of progress costs that progress, not a pass over the whole map
+ * (16M extents at 1 TiB).
+ */
+interface Span {
+  lo: number
+  hi: number
+}
+
+function emptySpan(): Span {
+  return {lo: Number.POSITIVE_INFINITY, hi: 0}
+}
+
+/** Widen `s` to cover [start, end). */
+function widen(s: Span, start: number, end: number): void {
+  if (end <= start) return
+  if (start < s.lo) s.lo = start
+  if (end > s.hi) s.hi = end
+}
+
+/**
  * What a checkpoint may make durable, taken by beginCheckpoint() and applied by
  * commitCheckpoint(). Opaque to callers; a ticket belongs to the map that issued it.
  */
@@ -408,6 +439,8 @@ export class CheckpointTicket {
   readonly sets: ExtentBitmap
   /** @internal clears not undone by a later set. */
   readonly clears: ExtentBitmap
+  /** @internal no bit of sets or clears is set outside it (bits are only removed after the ticket is taken). */
+  readonly span: Readonly<Span>
   /** @internal false once committed, or retired by a newer ticket's commit or a replaceAll. */
   open = true
 
@@ -416,14 +449,17 @@ export class CheckpointTicket {
     readonly owner: PersistentMap,
     sets: ExtentBitmap,
     clears: ExtentBitmap,
+    span: Span,
   ) {
     this.sets = sets
     this.clears = clears
+    this.span = span
   }
 
   /** Nothing to make durable (committing it writes nothing). */
   get empty(): boolean {
-    return this.sets.isEmpty() && this.clears.isEmpty()
+    const {lo, hi} = this.span
+    return hi <= lo || (!this.sets.anySet(lo, hi) && !this.clears.anySet(lo, hi))
   }
 }
 
@@ -434,6 +470,8 @@ export class PersistentMap {
   private readonly unsynced: ExtentBitmap
   private staged: ExtentBitmap
   private cleared: ExtentBitmap
+  /** Where staged and cleared may have bits set: stage() and clear() widen it, a ticket takes it. */
+  private pending: Span = emptySpan()
   /** Tickets taken and not yet committed or retired, oldest first. */
   private tickets: CheckpointTicket[] = []
   /** Tail of the commit chain: every file write runs after the previous one settled. */
@@ -663,7 +701,8 @@ export class PersistentMap {
    * and not yet committed. Does not wait.
    */
   hasPendingWork(): boolean {
-    return !this.staged.isEmpty() || !this.cleared.isEmpty() || this.tickets.some((t) => !t.empty)
+    const {lo, hi} = this.pending
+    return (hi > lo && (this.staged.anySet(lo, hi) || this.cleared.anySet(lo, hi))) || this.tickets.some((t) => !t.empty)
   }
 
   /** Page writes + datasyncs done so far (for tests and benchmarks). */
@@ -746,7 +785,10 @@ export class PersistentMap {
    * checkpoint (call it after the data write they protect completed). Does not wait.
    */
   stage(start: number, end: number): void {
-    for (const [s, e] of this.bits.runs(start, end)) this.staged.setRange(s, e)
+    for (const [s, e] of this.bits.runs(start, end)) {
+      this.staged.setRange(s, e)
+      widen(this.pending, s, e)
+    }
   }
 
   /**
@@ -756,6 +798,7 @@ export class PersistentMap {
   clear(start: number, end: number): void {
     this.bits.clearRange(start, end)
     this.cleared.setRange(start, end)
+    widen(this.pending, start, end)
   }
 
   /**
@@ -767,13 +810,18 @@ export class PersistentMap {
   beginCheckpoint(): CheckpointTicket {
     const sets = this.staged
     const clears = this.cleared
+    const span = this.pending
     for (const t of this.tickets) {
-      sets.or(t.sets)
-      clears.or(t.clears)
+      const {lo, hi} = t.span
+      if (hi <= lo) continue
+      sets.orRange(t.sets, lo, hi)
+      clears.orRange(t.clears, lo, hi)
+      widen(span, lo, hi)
     }
     this.staged = new ExtentBitmap(this.bits.count)
     this.cleared = new ExtentBitmap(this.bits.count)
-    const t = new CheckpointTicket(this, sets, clears)
+    this.pending = emptySpan()
+    const t = new CheckpointTicket(this, sets, clears, span)
     this.tickets.push(t)
     return t
   }
@@ -803,14 +851,21 @@ export class PersistentMap {
       const uns = this.unsynced.words
       const sets = t.sets.words
       const clears = t.clears.words
-      for (let w = 0; w < dur.length; w++) {
+      // Only the words of the ticket's span can hold its sets and clears.
+      const {lo, hi} = t.span
+      const last = hi > lo ? Math.min(dur.length, Math.ceil(hi / 32)) : 0
+      let page = -1
+      for (let w = hi > lo ? Math.floor(lo / 32) : 0; w < last; w++) {
         if ((sets[w] | clears[w]) === 0) continue
         const was = dur[w]
         const next = ((was | (sets[w] & mem[w])) & ~(clears[w] & ~mem[w])) >>> 0
         if (next !== was) {
           uns[w] |= next & ~was
           dur[w] = next
-          pages.add(pageOfWord(w))
+          if (pageOfWord(w) !== page) {
+            page = pageOfWord(w)
+            pages.add(page)
+          }
         }
       }
       return this.writePages(pages)
@@ -829,12 +884,16 @@ export class PersistentMap {
     if (t.owner !== this || !t.open) return
     const i = this.tickets.indexOf(t)
     for (const old of this.tickets.splice(0, i + 1)) old.open = false
-    this.bits.or(t.clears)
-    this.staged.or(t.clears)
-    this.staged.or(t.sets)
+    // Its bits (and those of the older tickets it holds) lie in its span.
+    const {lo, hi} = t.span
+    if (hi <= lo) return
+    this.bits.orRange(t.clears, lo, hi)
+    this.staged.orRange(t.clears, lo, hi)
+    this.staged.orRange(t.sets, lo, hi)
+    widen(this.pending, lo, hi)
     // A newer ticket must not clear these bits durably either: their copies are the lost ones.
-    this.cleared.andNot(t.clears)
-    for (const newer of this.tickets) newer.clears.andNot(t.clears)
+    this.cleared.andNotRange(t.clears, lo, hi)
+    for (const newer of this.tickets) newer.clears.andNotRange(t.clears, lo, hi)
   }
 
   /**
@@ -855,6 +914,7 @@ export class PersistentMap {
     this.bits.copyFrom(image)
     this.staged.clearAll()
     this.cleared.clearAll()
+    this.pending = emptySpan()
     for (const t of this.tickets) t.open = false
     this.tickets = []
     this.replacing++

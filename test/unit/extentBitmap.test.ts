@@ -1,6 +1,6 @@
 /**
  * ExtentBitmap against a naive boolean-array model (fast-check): random sequences of
- * set/clear/setRange/clearRange/or/andNot/and/copyFrom/setAll/clearAll on sizes that are
+ * set/clear/setRange/clearRange/or/andNot/and/orRange/andNotRange/copyFrom/setAll/clearAll on sizes that are
  * mostly not multiples of 32, with indices biased to word boundaries so ranges cross them,
  * then every query compared with the model. Plus the CRC-32C vectors the map header relies on.
  */
@@ -14,6 +14,7 @@ type Op =
   | {op: 'set' | 'clear'; a: number}
   | {op: 'setRange' | 'clearRange'; a: number; b: number}
   | {op: 'or' | 'andNot' | 'and' | 'copyFrom'; bits: boolean[]}
+  | {op: 'orRange' | 'andNotRange'; bits: boolean[]; a: number; b: number}
   | {op: 'setAll' | 'clearAll'}
 
 class Model {
@@ -76,6 +77,10 @@ const scenario = fc
       {weight: 3, arbitrary: fc.record({op: fc.constantFrom('set' as const, 'clear' as const), a: idx})},
       {weight: 4, arbitrary: range.chain(([a, b]) => fc.record({op: fc.constantFrom('setRange' as const, 'clearRange' as const), a: fc.constant(a), b: fc.constant(b)}))},
       {weight: 2, arbitrary: fc.record({op: fc.constantFrom('or' as const, 'andNot' as const, 'and' as const, 'copyFrom' as const), bits: other})},
+      {
+        weight: 2,
+        arbitrary: fc.tuple(fc.constantFrom('orRange' as const, 'andNotRange' as const), other, range).map(([op, bits, [a, b]]) => ({op, bits, a, b})),
+      },
       {weight: 1, arbitrary: fc.record({op: fc.constantFrom('setAll' as const, 'clearAll' as const)})},
     )
     return fc.record({
@@ -115,6 +120,14 @@ function apply(b: ExtentBitmap, m: Model, o: Op): void {
       b.and(fromBools(o.bits))
       o.bits.forEach((v, i) => (m.bits[i] = m.bits[i] && v))
       break
+    case 'orRange':
+      b.orRange(fromBools(o.bits), o.a, o.b)
+      for (let i = o.a; i < o.b; i++) m.bits[i] = m.bits[i] || o.bits[i]
+      break
+    case 'andNotRange':
+      b.andNotRange(fromBools(o.bits), o.a, o.b)
+      for (let i = o.a; i < o.b; i++) m.bits[i] = m.bits[i] && !o.bits[i]
+      break
     case 'copyFrom':
       b.copyFrom(fromBools(o.bits))
       m.bits = [...o.bits]
@@ -133,6 +146,10 @@ function apply(b: ExtentBitmap, m: Model, o: Op): void {
 function compare(b: ExtentBitmap, m: Model, queries: ReadonlyArray<readonly [number, number]>): void {
   for (let i = 0; i < m.count; i++) assert.equal(b.get(i), m.bits[i], `get(${i})`)
   assert.equal(b.countSet(), m.bits.filter(Boolean).length, 'countSet()')
+  // Against a mask of every other bit from a query's start (any pattern would do).
+  const s0 = queries[0][0]
+  const mask = Array.from({length: m.count}, (_, i) => i >= s0 && i % 2 === 0)
+  assert.equal(b.countAndNot(fromBools(mask)), m.bits.filter((v, i) => v && !mask[i]).length, 'countAndNot()')
   assert.equal(b.isEmpty(), !m.bits.some(Boolean), 'isEmpty()')
   for (const [s, e] of queries) {
     const slice = m.bits.slice(s, e)
@@ -150,6 +167,17 @@ function compare(b: ExtentBitmap, m: Model, queries: ReadonlyArray<readonly [num
   assert.deepEqual([...b.runs()], m.runs(0, m.count), 'runs()')
   const bytes = b.toBytes()
   assert.deepEqual(bytes, m.toBytes(), 'toBytes()')
+  // copyBytes of any byte window, running past the end (padding: zeros), at an offset into
+  // a buffer whose other bytes it must not touch.
+  for (const [s, e] of queries) {
+    const from = s >> 1
+    const length = e - s + 5
+    const out = new Uint8Array(length + 4).fill(0xaa)
+    b.copyBytes(out, 2, from, length)
+    const want = Array.from({length}, (_, i) => bytes[from + i] ?? 0)
+    assert.deepEqual([...out.subarray(2, 2 + length)], want, `copyBytes(from ${from}, length ${length})`)
+    assert.deepEqual([...out.subarray(0, 2), ...out.subarray(2 + length)], [0xaa, 0xaa, 0xaa, 0xaa], 'copyBytes writes only its window')
+  }
   // Round trip through bytes, including garbage past `count` in the last byte.
   const padded = new Uint8Array(bytes.length + 4)
   padded.set(bytes)
@@ -231,6 +259,8 @@ describe('ExtentBitmap against a boolean-array model', () => {
       assert.throws(() => b.setRange(0, count + 1), RangeError)
       assert.throws(() => b.clearRange(2, 1), RangeError)
       assert.throws(() => b.or(new ExtentBitmap(count + 1)), RangeError)
+      assert.throws(() => b.orRange(new ExtentBitmap(count + 1), 0, 1), RangeError)
+      assert.throws(() => b.andNotRange(new ExtentBitmap(count), 0, count + 1), RangeError)
     }
     assert.throws(() => new ExtentBitmap(-1), RangeError)
     assert.throws(() => new ExtentBitmap(1.5), RangeError)
@@ -259,6 +289,24 @@ describe('crc32c', () => {
     assert.equal(crc32c(new Uint8Array(32).fill(0xff)), 0x62a8ab43, '32 bytes of 0xff')
     assert.equal(crc32c(Uint8Array.from({length: 32}, (_, i) => i)), 0x46dd794e, '32 incrementing bytes')
     assert.equal(crc32c(Uint8Array.from({length: 32}, (_, i) => 31 - i)), 0x113fdb5c, '32 decrementing bytes')
+  })
+  test('eight bytes at a time agrees with the bit-at-a-time definition, any length and seed', () => {
+    const reference = (data: Uint8Array, seed: number): number => {
+      let c = ~seed >>> 0
+      for (const byte of data) {
+        c ^= byte
+        for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1
+      }
+      return ~c >>> 0
+    }
+    fc.assert(
+      fc.property(fc.uint8Array({maxLength: 80}), fc.nat({max: 0xffffffff}), fc.nat({max: 7}), (data, seed, skip) => {
+        // Views that start inside a buffer too (byteOffset not 0).
+        const view = data.subarray(Math.min(skip, data.length))
+        assert.equal(crc32c(view, seed), reference(view, seed))
+      }),
+      {numRuns: 500},
+    )
   })
   test('empty input is 0, and a seed chains calls', () => {
     assert.equal(crc32c(new Uint8Array(0)), 0)

@@ -718,12 +718,13 @@ describe('PersistentMap against a model (fast-check): memory and disk after ever
   type Op =
     | {op: 'setDurable' | 'setVolatile' | 'stage' | 'clear'; r: readonly [number, number]}
     | {op: 'begin'}
-    | {op: 'commit'; k: number}
+    | {op: 'commit' | 'abandon'; k: number}
     | {op: 'replaceAll'; r: readonly [number, number]}
   const op: fc.Arbitrary<Op> = fc.oneof(
     {weight: 3, arbitrary: fc.record({op: fc.constantFrom('setDurable' as const, 'setVolatile' as const, 'stage' as const, 'clear' as const), r: range})},
     {weight: 2, arbitrary: fc.constant({op: 'begin' as const})},
     {weight: 2, arbitrary: fc.record({op: fc.constant('commit' as const), k: fc.nat(4)})},
+    {weight: 1, arbitrary: fc.record({op: fc.constant('abandon' as const), k: fc.nat(4)})},
     {weight: 1, arbitrary: fc.record({op: fc.constant('replaceAll' as const), r: range})},
   )
 
@@ -734,7 +735,7 @@ describe('PersistentMap against a model (fast-check): memory and disk after ever
     real: CheckpointTicket
   }
 
-  test('random call sequences', async () => {
+  test('random call sequences (abandoned tickets too)', async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(op, {maxLength: 30}), async (ops) => {
         const p = fresh()
@@ -799,6 +800,22 @@ describe('PersistentMap against a model (fast-check): memory and disk after ever
                 for (const i of t.sets) if (mem[i]) disk[i] = 1
                 for (const i of t.clears) if (!mem[i]) disk[i] = 0
                 tickets = tickets.slice(idx + 1)
+                break
+              }
+              case 'abandon': {
+                // Its volume flush failed: its clears are set again and staged, with its sets.
+                if (tickets.length === 0) break
+                const idx = o.k % tickets.length
+                const t = tickets[idx]
+                m.abandonCheckpoint(t.real)
+                tickets = tickets.slice(idx + 1)
+                for (const i of t.clears) {
+                  mem[i] = 1
+                  staged.add(i)
+                  cleared.delete(i)
+                  for (const newer of tickets) newer.clears.delete(i)
+                }
+                for (const i of t.sets) staged.add(i)
                 break
               }
               case 'replaceAll': {

@@ -80,6 +80,8 @@ async function copy(o: {extents: number; set: boolean[]; skip: boolean[]; chunkE
   }
   const bits = new ExtentBitmap(o.extents)
   o.set.forEach((v, e) => v && bits.set(e))
+  const skip = new ExtentBitmap(o.extents)
+  o.skip.forEach((v, e) => v && skip.set(e))
   const engine = new SyncEngine({
     map: {bits, clear: (s, e) => bits.clearRange(s, e)},
     from: src,
@@ -87,7 +89,7 @@ async function copy(o: {extents: number; set: boolean[]; skip: boolean[]; chunkE
     extentSize: X,
     volumeSize: o.extents * X,
     scoreboard: new Scoreboard(),
-    skip: (e) => o.skip[e],
+    skip: () => skip,
     chunkBytes: o.chunkExtents * X,
     parallel: o.parallel,
   })
