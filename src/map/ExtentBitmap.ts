@@ -243,38 +243,34 @@ export class ExtentBitmap {
    * span, at the span's cost instead of the whole bitmap's.
    */
   orRange(other: ExtentBitmap, start: number, end: number): void {
-    this.same(other)
-    this.checkRange(start, end)
-    if (start === end) return
     const a = this.words
     const b = other.words
-    const ws = start >>> 5
-    const we = (end - 1) >>> 5
-    if (ws === we) {
-      a[ws] |= b[ws] & mask(start & 31, ((end - 1) & 31) + 1)
-      return
-    }
-    a[ws] |= b[ws] & mask(start & 31, 32)
-    for (let i = ws + 1; i < we; i++) a[i] |= b[i]
-    a[we] |= b[we] & mask(0, ((end - 1) & 31) + 1)
+    this.eachWordOf(other, start, end, (i, m) => {
+      a[i] |= b[i] & m
+    })
   }
 
   /** this &= ~other over extents [start, end) only (same count); see orRange. */
   andNotRange(other: ExtentBitmap, start: number, end: number): void {
+    const a = this.words
+    const b = other.words
+    this.eachWordOf(other, start, end, (i, m) => {
+      a[i] &= ~(b[i] & m)
+    })
+  }
+
+  /** Each word index that [start, end) touches, with the mask of the range's bits in it. */
+  private eachWordOf(other: ExtentBitmap, start: number, end: number, fn: (word: number, mask: number) => void): void {
     this.same(other)
     this.checkRange(start, end)
     if (start === end) return
-    const a = this.words
-    const b = other.words
     const ws = start >>> 5
     const we = (end - 1) >>> 5
-    if (ws === we) {
-      a[ws] &= ~(b[ws] & mask(start & 31, ((end - 1) & 31) + 1))
-      return
-    }
-    a[ws] &= ~(b[ws] & mask(start & 31, 32))
-    for (let i = ws + 1; i < we; i++) a[i] &= ~b[i]
-    a[we] &= ~(b[we] & mask(0, ((end - 1) & 31) + 1))
+    const last = mask(0, ((end - 1) & 31) + 1)
+    if (ws === we) return fn(ws, mask(start & 31, 32) & last)
+    fn(ws, mask(start & 31, 32))
+    for (let i = ws + 1; i < we; i++) fn(i, 0xffffffff)
+    fn(we, last)
   }
 
   /** this := other (same count). */
