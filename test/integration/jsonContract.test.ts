@@ -166,8 +166,9 @@ describe('every command under --json prints what its schema says', () => {
       const bg = cli.spawnBackground(['clone', 'sync', 'srv', 'e', '--rate', '256K', '--json'])
       const running = await waitFor(async () => {
         const r = await cli.json(['status', 'srv'])
-        return r[0].server?.operation ? r : undefined
-      }, 'the sync to show in status')
+        // The server runs the job before its record is saved: wait for both to show.
+        return r[0].server?.operation && r[0].operation ? r : undefined
+      }, 'the sync to show in status, live and recorded')
       assertContract('status', running)
       assert.equal(running[0].operation.state, 'running')
       assert.equal(running[0].server.operation.clone, 'e')
