@@ -4,7 +4,7 @@ import {assertDrill, type DrillReport, groupDrill, scratchDrill} from '../src/gr
 import {BaseCommand, waitFlag, waitSeconds} from '../src/ui/BaseCommand.js'
 import {humanBytes, humanDuration} from '../src/ui/format.js'
 import {type DrillResult, toDrillResult} from '../src/ui/results/results.js'
-import {renderRows} from '../src/ui/tables.js'
+import {renderTable} from '../src/ui/tables.js'
 import {operand} from '../src/ui/args.js'
 
 export default class Drill extends BaseCommand {
@@ -50,7 +50,7 @@ With GROUP CLONE --target PATH: restores the clone into PATH (never the group's 
         ['host reads / writes', `${report.hostReads} / ${report.hostWrites}`],
         ...report.checks.map((c) => [`${c.ok ? 'PASS' : 'FAIL'} ${c.name}`, c.detail]),
       ]
-      this.log(renderRows(['drill', report.ok ? 'PASSED' : 'FAILED'], rows))
+      this.log(renderTable(['drill', report.ok ? 'PASSED' : 'FAILED'], rows))
       if (report.kept && report.dir) this.log(`scratch files kept in ${report.dir}`)
     }
     const result = toDrillResult(report)

@@ -2,7 +2,7 @@ import {statusAll} from '../../src/group/GroupStatus.js'
 import {BaseCommand} from '../../src/ui/BaseCommand.js'
 import {humanBytes} from '../../src/ui/format.js'
 import {type GroupListResult, toGroupListResult} from '../../src/ui/results/results.js'
-import {renderRows} from '../../src/ui/tables.js'
+import {renderTable} from '../../src/ui/tables.js'
 
 export default class GroupList extends BaseCommand {
   static summary = 'List clone groups.'
@@ -15,7 +15,7 @@ export default class GroupList extends BaseCommand {
     const out = toGroupListResult(await statusAll(ctx))
     if (!this.jsonEnabled()) {
       if (out.length === 0) this.log(`No clone groups in ${this.stateDir}.`)
-      else this.log(renderRows(['group', 'source', 'size', 'clones', 'operation'], out.map((g) => ('damaged' in g ? [g.name, `DAMAGED: ${g.damaged.reason}`, '-', '-', '-'] : [g.name, g.source, humanBytes(g.size), String(g.clones), g.operation ?? '-']))))
+      else this.log(renderTable(['group', 'source', 'size', 'clones', 'operation'], out.map((g) => ('damaged' in g ? [g.name, `DAMAGED: ${g.damaged.reason}`, '-', '-', '-'] : [g.name, g.source, humanBytes(g.size), String(g.clones), g.operation ?? '-']))))
     }
     return out
   }

@@ -32,7 +32,7 @@
 import {readFile} from 'node:fs/promises'
 import {connect as netConnect, isIP, type Socket} from 'node:net'
 import {join} from 'node:path'
-import type {ConnectionOptions, TLSSocket} from 'node:tls'
+import {connect as tlsConnect, type ConnectionOptions, type TLSSocket} from 'node:tls'
 import {InterruptedError, RemoteError, UsageError, VolumeIoError, errnoOf, type RemoteErrorReason} from '../errors/errors.js'
 import {ByteQueue} from './ByteQueue.js'
 import {describeTransport, parseNbdUri, type NbdUri} from './nbdUri.js'
@@ -1097,9 +1097,6 @@ class Handshake {
     const tr = this.t.transport
     // Verify the certificate against the URI's host (or tls-hostname); SNI only for names, never IPs.
     const host = this.tlsOpts!.servername ?? this.t.tlsHostname ?? (tr.kind === 'tcp' ? tr.host : 'localhost')
-    // node:tls (and the crypto it brings) is loaded only here: every command that opens a
-    // group imports this client, and most never speak TLS.
-    const {connect: tlsConnect} = await import('node:tls')
     const s = tlsConnect({...this.tlsOpts, socket: raw, host, servername: isIP(host) ? undefined : host})
     this.socket = s
     this.attach(s)

@@ -5,10 +5,6 @@ import type {DamagedGroupReport} from '../store/GroupStore.js'
 import {humanAge, humanBytes} from './format.js'
 import {colour, stdoutIsLive} from './terminal.js'
 
-function table(head: string[], colWidths?: number[]): Table.Table {
-  return new Table({head, style: {head: stdoutIsLive() ? ['cyan'] : [], border: stdoutIsLive() ? ['grey'] : []}, ...(colWidths ? {colWidths, wordWrap: true} : {})})
-}
-
 /**
  * A table as cli-table3 draws it. Output for a script, a pipe or a log (no colours, no set
  * widths, single-line printable ASCII cells: what `status` prints in a cron job) is drawn here
@@ -20,7 +16,7 @@ function table(head: string[], colWidths?: number[]): Table.Table {
 export function renderTable(head: string[], rows: string[][], colWidths?: number[]): string {
   const plain = colWidths === undefined && !stdoutIsLive() ? drawPlain(head, rows) : undefined
   if (plain !== undefined) return plain
-  const t = table(head, colWidths)
+  const t = new Table({head, style: {head: stdoutIsLive() ? ['cyan'] : [], border: stdoutIsLive() ? ['grey'] : []}, ...(colWidths ? {colWidths, wordWrap: true} : {})})
   for (const r of rows) t.push(r)
   return t.toString()
 }
@@ -136,10 +132,6 @@ export function renderGroupStatus(s: GroupStatus): string {
   if (footnotes) for (const c of s.clones) if (reasonOf(c)) lines.push(`  ${c.name}: ${reasonOf(c)}`)
   for (const c of s.clones) if (c.mapDamage) lines.push(`  ${c.name}: ${c.mapDamage}`)
   return lines.join('\n')
-}
-
-export function renderRows(head: string[], rows: string[][]): string {
-  return renderTable(head, rows)
 }
 
 /** A --rate as given (binary units, as parseSize reads them). */
