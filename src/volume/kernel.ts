@@ -25,6 +25,7 @@
  * non-glibc libc name), kernel() returns undefined after one warning naming koffi and what
  * it costs; every caller then does what Node alone can (holes read as data, zeros written).
  */
+import {existsSync} from 'node:fs'
 import {createRequire} from 'node:module'
 import {promisify} from 'node:util'
 
@@ -116,7 +117,36 @@ function loadKoffi(): Koffi {
   // The bundle is CommonJS (its require finds koffi beside it); the unbundled ES modules
   // (tests) make one.
   const req = typeof require === 'function' ? require : createRequire(import.meta.url)
-  return req('koffi') as Koffi
+  return glibcBinary(req) ?? (req('koffi') as Koffi)
+}
+
+/** Node's arch → the name in musl's dynamic loader (/lib/ld-musl-NAME.so.1). */
+const MUSL_ARCH: Partial<Record<string, string>> = {x64: 'x86_64', arm64: 'aarch64'}
+
+/**
+ * koffi's prebuilt glibc binary, loaded directly, or undefined (then koffi's own loader).
+ * require('koffi') took 6.3 ms here, every command that copies or serves paying it: it
+ * resolves its package's exports map, reads node's ELF header to tell glibc from musl, then
+ * loads the binary of its platform package (1.2 ms alone). Its choice is this one: the
+ * `linux_ARCH` (glibc) build where node's loader is not musl's; around the binary it only
+ * adds deprecated aliases clonectl never calls. Another layout, another koffi major, or a
+ * binary that fails to load: koffi's loader decides, as before.
+ */
+function glibcBinary(req: NodeJS.Require): Koffi | undefined {
+  const musl = MUSL_ARCH[process.arch]
+  if (process.platform !== 'linux' || !musl || existsSync(`/lib/ld-musl-${musl}.so.1`)) return undefined
+  const rel = `@koromix/koffi-linux-${process.arch}/linux_${process.arch}/koffi.node`
+  for (const dir of req.resolve.paths('koffi') ?? []) {
+    const file = `${dir}/${rel}`
+    if (!existsSync(file)) continue
+    try {
+      const native = req(file) as Koffi & {version?: unknown}
+      return typeof native.version === 'string' && native.version.startsWith('3.') ? native : undefined
+    } catch {
+      return undefined
+    }
+  }
+  return undefined
 }
 
 /**

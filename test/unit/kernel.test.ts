@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict'
 import {randomBytes} from 'node:crypto'
 import * as fsp from 'node:fs/promises'
+import {createRequire} from 'node:module'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, afterEach, before, describe, test} from 'node:test'
@@ -49,6 +50,16 @@ const blocks = async (p: string): Promise<number> => (await fsp.stat(p)).blocks
 describe('koffi loads on this machine', () => {
   test('kernel() binds lseek, fallocate and ioctl', () => {
     assert.ok(kernel(), 'koffi 3 loads on Node 20 here; the tests below need it')
+  })
+
+  test("on this glibc machine, kernel() loads koffi's prebuilt glibc binary itself, not through koffi's loader (6 ms at every start)", () => {
+    assert.ok(kernel())
+    const loaded = Object.keys(createRequire(import.meta.url).cache)
+    assert.ok(
+      loaded.some((f) => f.endsWith(`/linux_${process.arch}/koffi.node`)),
+      'the glibc binary is loaded',
+    )
+    assert.ok(!loaded.some((f) => /\/koffi\/(src\/koffi\/)?index\.c?js$/.test(f)), "koffi's loader is not")
   })
 
   test('kernel() binds glibc malloc_trim (serve hands memory back with it), and calling it answers whether it freed anything', () => {
