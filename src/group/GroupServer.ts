@@ -47,6 +47,15 @@ export interface ServeOptions {
 
 type Background = JobHandle
 
+/** What `clonectl restore` asks of serve (resume: no clone). */
+interface RestoreRequest {
+  clone?: string
+  unprotected?: boolean
+  force?: boolean
+  rate?: number
+  disconnectClients?: boolean
+}
+
 /**
  * The same volume through a new handle (read-only for a protected restore: INV-3; writable
  * again after it). A remote clone is closed first: NBD servers commonly take one client at a
@@ -149,14 +158,37 @@ export class GroupServer {
     return {operation: kind, group: this.g.name, clone, totalBytes: total, doneBytes: Math.max(0, total - p.remainingExtents * this.g.extentSize), remainingExtents: p.remainingExtents, ...extra}
   }
 
+  /**
+   * The operation being started: from its busy() check until this.bg is set, its record is
+   * saved and (a restore) its session set up, with awaits between. A second request arriving
+   * then used to pass busy() too, and both ran (a sync beside a restore; one record replacing
+   * the other's).
+   */
+  private starting?: {kind: 'sync' | 'restore'; clone: string}
+
+  /** The running operation, or the one starting. */
+  private get occupied(): {kind: 'sync' | 'restore'; clone: string} | undefined {
+    return this.bg ?? this.starting
+  }
+
   private busy(): void {
     if (this.bg) throw new StateError(`group ${this.g.name} is already running a ${this.bg.kind} of clone ${this.bg.clone}`, `watch it with \`clonectl status ${this.g.name}\`, or wait for it to finish`)
+    if (this.starting) throw new StateError(`group ${this.g.name} is already starting a ${this.starting.kind} of clone ${this.starting.clone}`, `watch it with \`clonectl status ${this.g.name}\`, or wait for it to finish`)
     if (this.drilling) throw new StateError(`group ${this.g.name} is running a drill of clone ${this.drilling}`, 'wait for the drill to finish, then run the command again')
   }
 
   /** Start a forward sync in the background. Resolves once it has started. */
   async startSync(req: {clone: string; full?: boolean; rate?: number}): Promise<{done: Promise<SyncSummary>}> {
     this.busy()
+    this.starting = {kind: 'sync', clone: req.clone}
+    try {
+      return await this.beginSync(req)
+    } finally {
+      this.starting = undefined
+    }
+  }
+
+  private async beginSync(req: {clone: string; full?: boolean; rate?: number}): Promise<{done: Promise<SyncSummary>}> {
     const started = await ForwardSync.start(this.g, {clone: req.clone, full: req.full, rate: req.rate, command: `${this.opts.command} (sync)`, gate: this.host.gate})
     if (!(started instanceof ForwardSync)) return {done: Promise.resolve(started)}
     const what = `sync of clone ${req.clone}`
@@ -190,8 +222,17 @@ export class GroupServer {
   }
 
   /** Start (or resume) a restore in the background; host I/O is routed through it at once. */
-  async startRestore(req: {clone?: string; unprotected?: boolean; force?: boolean; rate?: number; disconnectClients?: boolean}, resume = false): Promise<{done: Promise<RestoreSummary>}> {
+  async startRestore(req: RestoreRequest, resume = false): Promise<{done: Promise<RestoreSummary>}> {
     this.busy()
+    this.starting = {kind: 'restore', clone: req.clone ?? this.g.record.operation?.clone ?? '?'}
+    try {
+      return await this.beginRestore(req, resume)
+    } finally {
+      this.starting = undefined
+    }
+  }
+
+  private async beginRestore(req: RestoreRequest, resume: boolean): Promise<{done: Promise<RestoreSummary>}> {
     const {g, host} = this
     const op = g.record.operation
     let session: RestoreSession
@@ -411,13 +452,13 @@ export class GroupServer {
       case 'fracture':
         return host.gate.exclusive(async () => fractureClones(g, req.clones))
       case 'add':
-        if (this.bg) this.busy()
+        if (this.occupied) this.busy()
         return host.gate.exclusive(async () => addClone(g, req))
       case 'remove':
-        if (this.bg?.clone === req.clone || this.drilling === req.clone) this.busy()
+        if (this.occupied?.clone === req.clone || this.drilling === req.clone) this.busy()
         return host.gate.exclusive(async () => removeClone(g, req.clone))
       case 'verify':
-        if (this.bg) this.busy()
+        if (this.occupied) this.busy()
         return host.gate.exclusive(async () => verifyClone(g, req.clone, {repair: req.repair}))
       case 'job':
       case 'pause':
