@@ -418,7 +418,12 @@ export class GroupServer {
         // Counts on disk: idle write-intent bits are equal data, not differences to show.
         for (const m of g.members.values()) m.sweepIntent(0, true)
         await g.checkpoint()
-        const s = await groupStatus(this.ctx, g.name)
+        let s = await groupStatus(this.ctx, g.name)
+        // A job's start is saved before this.bg is set, its end before this.bg is cleared:
+        // group.json read while one of them was being saved disagrees with this.bg (status
+        // showed a live job with no recorded operation). Read it again, once.
+        const bg = this.bg
+        if (Boolean(bg) !== Boolean(s.operation) || (bg && s.operation && (bg.kind !== s.operation.kind || bg.clone !== s.operation.clone))) s = await groupStatus(this.ctx, g.name)
         for (const c of s.clones) {
           const member = g.members.get(c.name)
           if (!member) continue

@@ -67,3 +67,43 @@ for (const [first, second] of [
     }
   })
 }
+
+test('given group.json read by status just before a sync under serve saved its start, then status still shows the sync both live and recorded', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'clonectl-startrace-'))
+  let armed: (() => Promise<void>) | undefined
+  class RacingStore extends GroupStore {
+    override async load(name: string): ReturnType<GroupStore['load']> {
+      const record = await super.load(name)
+      const hook = armed
+      armed = undefined
+      // The sync starts (its record saved, the job live) after this read, before status composes.
+      if (hook) await hook()
+      return record
+    }
+  }
+  const ctx = {fs: nodeFs, store: new RacingStore(nodeFs, join(dir, 'state'))}
+  mkdirSync(join(dir, 'state', 'groups'), {recursive: true, mode: 0o700})
+  writeFileSync(join(dir, 'src.img'), Buffer.alloc(SIZE, 0x11))
+  await createGroup(ctx, {name: 'g', sourcePath: join(dir, 'src.img'), extentSize: EXTENT})
+  const g = await CloneGroup.open(ctx, 'g', {writable: true})
+  await addClone(g, {clone: 'c1', path: join(dir, 'c1.img'), create: true})
+  await g.close()
+  const server = await GroupServer.start(ctx, 'g', {command: 'test serve', socket: join(dir, 'nbd.sock')})
+  try {
+    // Pause the sync as soon as it starts, so it is still running when status composes.
+    armed = async () => {
+      await ask(server, {op: 'sync', clone: 'c1', background: true})
+      server.operation?.pause()
+    }
+    const s = (await ask(server, {op: 'status'})) as {operation?: {kind: string; clone: string}; server: {operation?: {operation: string; clone: string}}}
+    assert.equal(armed, undefined, 'the sync was started between the read and the answer')
+    assert.equal(s.server.operation?.clone, 'c1', 'the live job is shown')
+    assert.equal(s.operation?.clone, 'c1', 'and the recorded operation with it')
+    assert.equal(s.operation?.kind, 'sync')
+  } finally {
+    server.operation?.resume()
+    await server.operation?.done.catch(() => undefined)
+    await server.stop()
+    rmSync(dir, {recursive: true, force: true})
+  }
+})
