@@ -41,7 +41,7 @@ async function bundle() {
     // src/volume/kernel.ts reads import.meta.url only where no require exists (unbundled ES
     // modules); in this CommonJS bundle it takes require, so import.meta being empty is fine.
     logOverride: {'empty-import-meta': 'silent'},
-    plugins: [dynamicImportThroughLoader, wslUtilsOnDemand, debugOnDemand, oclifAtStart, builtinImportsOnDemand],
+    plugins: [oclifAtStart, dynamicImportThroughLoader, wslUtilsOnDemand, debugOnDemand, builtinImportsOnDemand],
   })
 }
 
@@ -54,14 +54,16 @@ async function bundle() {
  * it: going through Node's ESM loader for it cost every command its resolution and loading.
  * Our own code's import()s are bundled too and never reach Node's loader.
  */
+function computedImportsThroughLoader(text) {
+  const computed = /(^|[^.\w$])import\((?!\s*['"])/g
+  return computed.test(text) ? text.replace(computed, '$1globalThis.__clonectlImport(') : undefined
+}
 const dynamicImportThroughLoader = {
   name: 'dynamic-import-through-loader',
   setup(b) {
     b.onLoad({filter: /[\\/]node_modules[\\/].*\.js$/}, async (args) => {
-      const text = await readFile(args.path, 'utf8')
-      const computed = /(^|[^.\w$])import\((?!\s*['"])/g
-      if (!computed.test(text)) return undefined
-      return {contents: text.replace(computed, '$1globalThis.__clonectlImport('), loader: 'js'}
+      const contents = computedImportsThroughLoader(await readFile(args.path, 'utf8'))
+      return contents === undefined ? undefined : {contents, loader: 'js'}
     })
   },
 }
@@ -106,17 +108,35 @@ else {
 }
 
 /**
- * Two lines of oclif that every command paid for at start, replaced in the bundle. Each
- * replacement names the exact text it replaces, and the build fails if oclif's text changes,
- * so an oclif upgrade is reviewed here rather than silently losing (or breaking) the change.
+ * Lines of oclif that every command paid for at start, replaced in the bundle. Each
+ * replacement names the exact text it replaces, and the build fails if oclif's text changes
+ * (or a patched file is no longer bundled), so an oclif upgrade is reviewed here rather than
+ * silently losing (or breaking) the change.
  */
+const oclifFile = (path) => new RegExp(`[\\\\/]@oclif[\\\\/]core[\\\\/]lib[\\\\/]${path.replaceAll('/', '[\\\\/]').replaceAll('.', '\\.')}$`)
+
+/**
+ * `const X = require("M");` → X loads M on its first property read. oclif requires, at load,
+ * modules that only some paths use (a glob library for command discovery by pattern, a
+ * template engine, readline for a flag read from stdin, child_process for Windows, the error
+ * renderer's text wrapping, spinner frames); evaluating them and the Node builtins under them
+ * cost every command time at start. Only for a binding oclif uses as `X.name` (checked when
+ * each is added: no spread, no passing X itself), which a Proxy forwards unchanged.
+ */
+const onDemand = (file, line) => {
+  const m = /^const (\w+) = (.*require\("[^"]+"\).*);$/.exec(line)
+  if (!m) throw new Error(`onDemand: not a require line: ${line}`)
+  return {file, from: line, to: `const ${m[1]} = __clonectlOnDemand(() => ${m[2]});`, helper: true}
+}
+const onDemandHelper = '\nfunction __clonectlOnDemand(load) { let m; return new Proxy({}, {get: (_, k) => (m ??= load())[k], has: (_, k) => k in (m ??= load())}) }\n'
+
 const oclifStartPatches = [
   {
     // oclif sorts each plugin's commands with localeCompare; the first localeCompare in a
     // process sets up ICU's collator, about 6 ms here, for ids that are plain ASCII. Code-point
     // order is the same order for them (a unit test checks it over every id, ours and the
     // plugins').
-    file: /[\\/]@oclif[\\/]core[\\/]lib[\\/]config[\\/]plugin\.js$/,
+    file: oclifFile('config/plugin.js'),
     from: '.sort((a, b) => a.id.localeCompare(b.id))',
     to: '.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))',
   },
@@ -126,21 +146,57 @@ const oclifStartPatches = [
     // found. Its own fallback, which reads node_modules/NAME/package.json up the tree as Node's
     // lookup does, finds an npm-installed plugin with two small reads; it is asked first now,
     // and require.resolve still answers for anything it does not find (a linked plugin, PnP).
-    file: /[\\/]@oclif[\\/]core[\\/]lib[\\/]util[\\/]find-root\.js$/,
+    file: oclifFile('util/find-root.js'),
     from: "    if (name) {\n        debug(name)(`Finding root using ${root}`);",
     to: "    if (name) {\n        const installed = process.versions.pnp ? undefined : await findRootLegacy(name, root);\n        if (installed) return installed;\n        debug(name)(`Finding root using ${root}`);",
   },
+  {
+    // oclif matches each dependency of a plugin against each plugin name with minimatch, which
+    // compiles a pattern each time (~2 ms for ours); a name without glob characters matches
+    // only itself, which === says without minimatch (then not loaded at all).
+    file: oclifFile('config/plugin-loader.js'),
+    from: '(0, minimatch_1.minimatch)(p, w)',
+    to: '(/[*?[\\]{}()!#\\\\]/.test(w) ? (0, minimatch_1.minimatch)(p, w) : p === w)',
+  },
+  onDemand(oclifFile('config/plugin-loader.js'), 'const minimatch_1 = require("minimatch");'),
+  onDemand(oclifFile('config/plugin.js'), 'const tinyglobby_1 = require("tinyglobby");'),
+  onDemand(oclifFile('config/config.js'), 'const ejs_1 = __importDefault(require("ejs"));'),
+  onDemand(oclifFile('performance.js'), 'const node_perf_hooks_1 = require("node:perf_hooks");'),
+  onDemand(oclifFile('parser/parse.js'), 'const node_readline_1 = require("node:readline");'),
+  onDemand(oclifFile('util/os.js'), 'const node_child_process_1 = require("node:child_process");'),
+  onDemand(oclifFile('ux/action/spinner.js'), 'const cli_spinners_1 = __importDefault(require("cli-spinners"));'),
+  onDemand(oclifFile('errors/handle.js'), 'const clean_stack_1 = __importDefault(require("clean-stack"));'),
+  onDemand(oclifFile('errors/errors/cli.js'), 'const clean_stack_1 = __importDefault(require("clean-stack"));'),
+  onDemand(oclifFile('errors/errors/cli.js'), 'const indent_string_1 = __importDefault(require("indent-string"));'),
+  onDemand(oclifFile('errors/errors/cli.js'), 'const wrap_ansi_1 = __importDefault(require("wrap-ansi"));'),
+  onDemand(oclifFile('errors/errors/pretty-print.js'), 'const indent_string_1 = __importDefault(require("indent-string"));'),
+  onDemand(oclifFile('errors/errors/pretty-print.js'), 'const wrap_ansi_1 = __importDefault(require("wrap-ansi"));'),
 ]
 
+/** Every patch of a file, in one onLoad (esbuild takes the first onLoad that answers). */
 const oclifAtStart = {
   name: 'oclif-at-start',
   setup(b) {
-    for (const p of oclifStartPatches)
-      b.onLoad({filter: p.file}, async (args) => {
-        const text = await readFile(args.path, 'utf8')
+    const applied = new Set()
+    b.onStart(() => applied.clear())
+    b.onLoad({filter: /[\\/]@oclif[\\/]core[\\/]lib[\\/].*\.js$/}, async (args) => {
+      const patches = oclifStartPatches.filter((p) => p.file.test(args.path))
+      if (patches.length === 0) return undefined
+      let text = await readFile(args.path, 'utf8')
+      for (const p of patches) {
         if (!text.includes(p.from)) throw new Error(`${args.path}: oclif's text changed ('${p.from.split('\n').pop().trim()}'); review oclifStartPatches in scripts/bundle.mjs`)
-        return {contents: text.replace(p.from, p.to), loader: 'js'}
-      })
+        text = text.replace(p.from, p.to)
+        applied.add(p)
+      }
+      // At the end: a function declaration is hoisted, and the file's 'use strict' stays first.
+      if (patches.some((p) => p.helper)) text += onDemandHelper
+      return {contents: computedImportsThroughLoader(text) ?? text, loader: 'js'}
+    })
+    b.onEnd((result) => {
+      if (result.errors.length > 0) return
+      const missed = oclifStartPatches.filter((p) => !applied.has(p))
+      if (missed.length > 0) throw new Error(`oclif files no longer bundled: ${missed.map((p) => p.file).join(', ')}; review oclifStartPatches in scripts/bundle.mjs`)
+    })
   },
 }
 
