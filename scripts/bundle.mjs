@@ -124,9 +124,9 @@ const oclifFile = (path) => new RegExp(`[\\\\/]@oclif[\\\\/]core[\\\\/]lib[\\\\/
  * each is added: no spread, no passing X itself), which a Proxy forwards unchanged.
  */
 const onDemand = (file, line) => {
-  const m = /^const (\w+) = (.*require\("[^"]+"\).*);$/.exec(line)
+  const m = /^(const|var) (\w+) = (.*require\("[^"]+"\).*);$/.exec(line)
   if (!m) throw new Error(`onDemand: not a require line: ${line}`)
-  return {file, from: line, to: `const ${m[1]} = __clonectlOnDemand(() => ${m[2]});`, helper: true}
+  return {file, from: line, to: `${m[1]} ${m[2]} = __clonectlOnDemand(() => ${m[3]});`, helper: true}
 }
 const onDemandHelper = '\nfunction __clonectlOnDemand(load) { let m; return new Proxy({}, {get: (_, k) => (m ??= load())[k], has: (_, k) => k in (m ??= load())}) }\n'
 
@@ -161,6 +161,20 @@ const oclifStartPatches = [
   onDemand(oclifFile('config/plugin-loader.js'), 'const minimatch_1 = require("minimatch");'),
   onDemand(oclifFile('config/plugin.js'), 'const tinyglobby_1 = require("tinyglobby");'),
   onDemand(oclifFile('config/config.js'), 'const ejs_1 = __importDefault(require("ejs"));'),
+  // Help: its renderer (text wrapping, widths, templates) is for --help and errors only; the
+  // two helpers every run asks (the help flags, the argv's command id) live in help/util.js.
+  onDemand(oclifFile('index.js'), 'var help_1 = require("./help");'),
+  onDemand(oclifFile('flags.js'), 'const help_1 = require("./help");'),
+  onDemand(oclifFile('errors/handle.js'), 'const index_1 = require("../help/index");'),
+  onDemand(oclifFile('help/util.js'), 'const ejs_1 = __importDefault(require("ejs"));'),
+  {
+    file: oclifFile('main.js'),
+    from: 'const help_1 = require("./help");',
+    to: 'const help_1 = __clonectlOnDemand(() => require("./help"));\nconst help_util_1 = require("./help/util");',
+    helper: true,
+  },
+  {file: oclifFile('main.js'), from: '(0, help_1.getHelpFlagAdditions)(config)', to: '(0, help_util_1.getHelpFlagAdditions)(config)'},
+  {file: oclifFile('main.js'), from: '(0, help_1.normalizeArgv)(config, argv)', to: '(0, help_util_1.normalizeArgv)(config, argv)'},
   onDemand(oclifFile('performance.js'), 'const node_perf_hooks_1 = require("node:perf_hooks");'),
   onDemand(oclifFile('parser/parse.js'), 'const node_readline_1 = require("node:readline");'),
   onDemand(oclifFile('util/os.js'), 'const node_child_process_1 = require("node:child_process");'),
