@@ -113,7 +113,8 @@ else {
  * (or a patched file is no longer bundled), so an oclif upgrade is reviewed here rather than
  * silently losing (or breaking) the change.
  */
-const oclifFile = (path) => new RegExp(`[\\\\/]@oclif[\\\\/]core[\\\\/]lib[\\\\/]${path.replaceAll('/', '[\\\\/]').replaceAll('.', '\\.')}$`)
+const packageFile = (path) => new RegExp(`[\\\\/]node_modules[\\\\/]${path.replaceAll('/', '[\\\\/]').replaceAll('.', '\\.')}$`)
+const oclifFile = (path) => packageFile(`@oclif/core/lib/${path}`)
 
 /**
  * `const X = require("M");` → X loads M on its first property read. oclif requires, at load,
@@ -161,6 +162,15 @@ const oclifStartPatches = [
   onDemand(oclifFile('config/plugin-loader.js'), 'const minimatch_1 = require("minimatch");'),
   onDemand(oclifFile('config/plugin.js'), 'const tinyglobby_1 = require("tinyglobby");'),
   onDemand(oclifFile('config/config.js'), 'const ejs_1 = __importDefault(require("ejs"));'),
+  // supports-color asks tty.isatty(1) and (2) at load; the tty module brings net with it
+  // (~1.5 ms), where process.stdout and process.stderr, which oclif has made by then (screen.js),
+  // know the same: Node makes a tty.WriteStream (isTTY true) exactly when the fd is a TTY.
+  {file: packageFile('supports-color/index.js'), from: "const tty = require('tty');", to: ''},
+  {file: packageFile('supports-color/index.js'), from: 'getSupportLevel({isTTY: tty.isatty(1)})', to: 'getSupportLevel({isTTY: process.stdout.isTTY === true})'},
+  {file: packageFile('supports-color/index.js'), from: 'getSupportLevel({isTTY: tty.isatty(2)})', to: 'getSupportLevel({isTTY: process.stderr.isTTY === true})'},
+  {file: packageFile('chalk/source/vendor/supports-color/index.js'), from: "import tty from 'node:tty';", to: ''},
+  {file: packageFile('chalk/source/vendor/supports-color/index.js'), from: 'createSupportsColor({isTTY: tty.isatty(1)})', to: 'createSupportsColor({isTTY: process.stdout.isTTY === true})'},
+  {file: packageFile('chalk/source/vendor/supports-color/index.js'), from: 'createSupportsColor({isTTY: tty.isatty(2)})', to: 'createSupportsColor({isTTY: process.stderr.isTTY === true})'},
   // Help: its renderer (text wrapping, widths, templates) is for --help and errors only; the
   // two helpers every run asks (the help flags, the argv's command id) live in help/util.js.
   onDemand(oclifFile('index.js'), 'var help_1 = require("./help");'),
@@ -193,7 +203,7 @@ const oclifAtStart = {
   setup(b) {
     const applied = new Set()
     b.onStart(() => applied.clear())
-    b.onLoad({filter: /[\\/]@oclif[\\/]core[\\/]lib[\\/].*\.js$/}, async (args) => {
+    b.onLoad({filter: new RegExp([...new Set(oclifStartPatches.map((p) => p.file.source))].join('|'))}, async (args) => {
       const patches = oclifStartPatches.filter((p) => p.file.test(args.path))
       if (patches.length === 0) return undefined
       let text = await readFile(args.path, 'utf8')

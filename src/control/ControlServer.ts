@@ -1,5 +1,5 @@
 import {rm} from 'node:fs/promises'
-import {connect, createServer, type Server, type Socket} from 'node:net'
+import type {Server, Socket} from 'node:net'
 import {listenPrivate} from '../io/privateSocket.js'
 import {ClonectlError, isClonectlError, UsageError} from '../errors/errors.js'
 import {checkControlRequest, type ControlMessage, type ControlRequest} from './protocol.js'
@@ -26,6 +26,8 @@ export class ControlServer {
    * The caller holds the group lock, so a live one means a bug elsewhere, never a race.
    */
   async listen(path: string): Promise<void> {
+    // node:net on first use: the commands that only import this (status, through JobControl) never listen.
+    const {connect, createServer} = await import('node:net')
     const live = await new Promise<boolean>((resolve) => {
       const c = connect(path)
       c.once('connect', () => {
