@@ -50,7 +50,9 @@ function load(path, cacheSuffix) {
   } catch {
     // No code cache (a build without one): V8 compiles the bundle.
   }
-  const script = new vm.Script(Module.wrap(readFileSync(path, 'utf8')), {filename: path, cachedData})
+  // latin1: the bundle is ASCII (scripts/bundle.mjs makes it so), and a latin1 read is a copy
+  // where a UTF-8 one checks every byte (0.3 ms of 937 KB).
+  const script = new vm.Script(Module.wrap(readFileSync(path, 'latin1')), {filename: path, cachedData})
   const m = new Module(path)
   m.filename = path
   m.paths = Module._nodeModulePaths(dirname(path))
