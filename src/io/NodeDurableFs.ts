@@ -1,4 +1,4 @@
-import {accessSync, closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, realpathSync, statSync, writeSync} from 'node:fs'
+import {accessSync, closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, statSync, writeSync} from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import type {DurableFile, DurableFs, FileStat, LinkStat, OpenOptions} from './DurableFs.js'
 
@@ -109,7 +109,8 @@ export class NodeDurableFs implements DurableFs {
   }
 
   async mkdirp(dir: string, mode = 0o700): Promise<void> {
-    await fsp.mkdir(dir, {recursive: true, mode})
+    // Synchronous, like the metadata reads below: every command makes sure of the state directory at start.
+    mkdirSync(dir, {recursive: true, mode})
   }
 
   // The metadata reads below (readdir, access, stat, lstat, realpath, and readFile, which
