@@ -1,4 +1,4 @@
-import {accessSync, closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, statSync, writeSync} from 'node:fs'
+import {closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, statSync, writeSync} from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import type {DurableFile, DurableFs, FileStat, LinkStat, OpenOptions} from './DurableFs.js'
 
@@ -123,12 +123,8 @@ export class NodeDurableFs implements DurableFs {
   }
 
   async exists(path: string): Promise<boolean> {
-    try {
-      accessSync(path)
-      return true
-    } catch {
-      return false
-    }
+    // existsSync answers false without making an error (status asks for every group's control socket, mostly absent).
+    return existsSync(path)
   }
 
   async stat(path: string): Promise<FileStat> {
