@@ -1,4 +1,4 @@
-import {closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, statSync, writeSync} from 'node:fs'
+import {closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, readdirSync, readFileSync, realpathSync, statSync, writeSync} from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import type {DurableFile, DurableFs, FileStat, LinkStat, OpenOptions} from './DurableFs.js'
 
@@ -72,9 +72,50 @@ class NodeFile implements DurableFile {
   }
 }
 
+/**
+ * A file opened with readNow: read-only, every call synchronous (a state file read whole at
+ * open: status reads each group's maps this way, about four thread-pool round trips fewer a
+ * map, and none at all in a status that reads nothing else).
+ */
+class NodeReadNowFile implements DurableFile {
+  constructor(
+    readonly path: string,
+    readonly fd: number,
+  ) {}
+
+  async read(buf: Uint8Array, position: number, length = buf.byteLength): Promise<number> {
+    let done = 0
+    while (done < length) {
+      const n = readSync(this.fd, buf, done, length - done, position + done)
+      if (n === 0) break
+      done += n
+    }
+    return done
+  }
+
+  async write(): Promise<void> {
+    throw Object.assign(new Error(`${this.path} is open for reading only`), {code: 'EBADF'})
+  }
+
+  async datasync(): Promise<void> {}
+
+  async size(): Promise<number> {
+    return fstatSync(this.fd).size
+  }
+
+  async truncate(): Promise<void> {
+    throw Object.assign(new Error(`${this.path} is open for reading only`), {code: 'EBADF'})
+  }
+
+  async close(): Promise<void> {
+    closeSync(this.fd)
+  }
+}
+
 /** The real file system. */
 export class NodeDurableFs implements DurableFs {
   async open(path: string, opts: OpenOptions = {}): Promise<DurableFile> {
+    if (opts.readNow && !opts.write && !opts.create) return new NodeReadNowFile(path, openSync(path, constants.O_RDONLY))
     let flags = opts.write ? constants.O_RDWR : constants.O_RDONLY
     if (opts.create === 'new') flags |= constants.O_CREAT | constants.O_EXCL
     else if (opts.create === 'maybe') flags |= constants.O_CREAT
