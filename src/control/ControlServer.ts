@@ -1,4 +1,5 @@
-import {rm} from 'node:fs/promises'
+// fs.promises, read at each call: node:fs/promises loads on first use (see NodeDurableFs).
+import {promises as fsp} from 'node:fs'
 import type {Server, Socket} from 'node:net'
 import {listenPrivate} from '../io/privateSocket.js'
 import {ClonectlError, isClonectlError, UsageError} from '../errors/errors.js'
@@ -37,7 +38,7 @@ export class ControlServer {
       c.once('error', () => resolve(false))
     })
     if (live) throw Object.assign(new Error(`${path} is in use by a running server`), {code: 'EADDRINUSE'})
-    await rm(path, {force: true})
+    await fsp.rm(path, {force: true})
     const server = createServer((s) => this.accept(s))
     this.server = server
     await listenPrivate(server, path)

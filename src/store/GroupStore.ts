@@ -7,7 +7,8 @@
  * MemoryFs. Two things are not: the lock (GroupLock, real files by nature) and the removal of
  * directories in destroy(), which DurableFs cannot express yet (it has no rmdir).
  */
-import {rm, rmdir} from 'node:fs/promises'
+// fs.promises, read at each call: node:fs/promises loads on first use (see NodeDurableFs).
+import {promises as fsp} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {ClonectlError, CorruptStateError, errnoOf, LockHeldError, NotFoundError, RefusedError, UntrustedStateError, VolumeIoError} from '../errors/errors.js'
 import type {DurableFs} from '../io/DurableFs.js'
@@ -217,7 +218,7 @@ export class GroupStore {
       await this.save(record)
     } catch (error) {
       // Nothing half-made stays: a group directory without a group.json is no group.
-      await rmdir(dir).catch(() => undefined)
+      await fsp.rmdir(dir).catch(() => undefined)
       throw error
     }
   }
@@ -271,7 +272,7 @@ export class GroupStore {
         await this.fs.unlink(path)
       } catch (error) {
         if (!['EISDIR', 'ERR_FS_EISDIR', 'EPERM'].includes(errnoOf(error) ?? '')) throw error
-        await rmdir(path).catch((e: unknown) => {
+        await fsp.rmdir(path).catch((e: unknown) => {
           if (errnoOf(e) === 'ENOTEMPTY' || errnoOf(e) === 'EEXIST') throw new RefusedError(`${path} is a directory holding files clonectl did not make; nothing more was removed`, 'move it elsewhere, then run the command again')
           throw e
         })
@@ -288,13 +289,13 @@ export class GroupStore {
     // GroupLock.release, which then removes the directory.
     for (const n of entries) {
       if (!GroupLock.ownsName(n) || (ours && (n === 'lock' || n === 'lock.holder.json'))) continue
-      await rm(join(dir, n), {recursive: true, force: true})
+      await fsp.rm(join(dir, n), {recursive: true, force: true})
     }
     if (mine) {
       mine.removeDirectoryOnRelease()
       return
     }
-    await rmdir(dir).catch((error: unknown) => {
+    await fsp.rmdir(dir).catch((error: unknown) => {
       if (errnoOf(error) !== 'ENOENT' && errnoOf(error) !== 'ENOTEMPTY') throw error
     })
   }
