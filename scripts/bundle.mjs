@@ -215,6 +215,8 @@ const oclifStartPatches = [
   onDemand(oclifFile('util/fs.js'), 'const promises_1 = require("node:fs/promises");'),
   onDemand(oclifFile('config/ts-path.js'), 'const promises_1 = require("node:fs/promises");'),
   onDemand(oclifFile('util/read-tsconfig.js'), 'const promises_1 = require("node:fs/promises");'),
+  // lilconfig reads fs.promises at load; oclif asks it only for a package.json without an oclif section.
+  onDemand(oclifFile('util/read-pjson.js'), 'const lilconfig_1 = require("lilconfig");'),
   // Help: its renderer (text wrapping, widths, templates) is for --help and errors only; the
   // two helpers every run asks (the help flags, the argv's command id) live in help/util.js.
   onDemand(oclifFile('index.js'), 'var help_1 = require("./help");'),
