@@ -217,6 +217,10 @@ const oclifStartPatches = [
   onDemand(oclifFile('util/read-tsconfig.js'), 'const promises_1 = require("node:fs/promises");'),
   // lilconfig reads fs.promises at load; oclif asks it only for a package.json without an oclif section.
   onDemand(oclifFile('util/read-pjson.js'), 'const lilconfig_1 = require("lilconfig");'),
+  // The JSON colorizer (its token regular expressions are made at load) is for --json on a TTY.
+  onDemand(oclifFile('ux/index.js'), 'const colorize_json_1 = __importDefault(require("./colorize-json"));'),
+  onDemand(oclifFile('ux/index.js'), 'var colorize_json_2 = require("./colorize-json");'),
+  {file: oclifFile('ux/index.js'), from: '    colorizeJson: colorize_json_1.default,', to: '    colorizeJson: (...args) => colorize_json_1.default(...args),'},
   // Help: its renderer (text wrapping, widths, templates) is for --help and errors only; the
   // two helpers every run asks (the help flags, the argv's command id) live in help/util.js.
   onDemand(oclifFile('index.js'), 'var help_1 = require("./help");'),
