@@ -217,6 +217,10 @@ const oclifStartPatches = [
   onDemand(oclifFile('util/read-tsconfig.js'), 'const promises_1 = require("node:fs/promises");'),
   // lilconfig reads fs.promises at load; oclif asks it only for a package.json without an oclif section.
   onDemand(oclifFile('util/read-pjson.js'), 'const lilconfig_1 = require("lilconfig");'),
+  // ansis (oclif's colours: it detects the terminal's colour support at load) is used only
+  // inside colorize() and the spinner, so it is loaded by their first call.
+  onDemand(oclifFile('ux/theme.js'), 'const ansis_1 = __importDefault(require("ansis"));'),
+  onDemand(oclifFile('ux/action/spinner.js'), 'const ansis_1 = __importDefault(require("ansis"));'),
   // The JSON colorizer (its token regular expressions are made at load) is for --json on a TTY.
   onDemand(oclifFile('ux/index.js'), 'const colorize_json_1 = __importDefault(require("./colorize-json"));'),
   onDemand(oclifFile('ux/index.js'), 'var colorize_json_2 = require("./colorize-json");'),
