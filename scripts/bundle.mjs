@@ -41,7 +41,7 @@ async function bundle() {
     // src/volume/kernel.ts reads import.meta.url only where no require exists (unbundled ES
     // modules); in this CommonJS bundle it takes require, so import.meta being empty is fine.
     logOverride: {'empty-import-meta': 'silent'},
-    plugins: [dynamicImportThroughLoader, wslUtilsOnDemand, debugOnDemand, oclifAtStart, builtinImportsOnDemand],
+    plugins: [oclifAtStart, dynamicImportThroughLoader, wslUtilsOnDemand, debugOnDemand, builtinImportsOnDemand],
   })
 }
 
@@ -54,14 +54,16 @@ async function bundle() {
  * it: going through Node's ESM loader for it cost every command its resolution and loading.
  * Our own code's import()s are bundled too and never reach Node's loader.
  */
+function computedImportsThroughLoader(text) {
+  const computed = /(^|[^.\w$])import\((?!\s*['"])/g
+  return computed.test(text) ? text.replace(computed, '$1globalThis.__clonectlImport(') : undefined
+}
 const dynamicImportThroughLoader = {
   name: 'dynamic-import-through-loader',
   setup(b) {
     b.onLoad({filter: /[\\/]node_modules[\\/].*\.js$/}, async (args) => {
-      const text = await readFile(args.path, 'utf8')
-      const computed = /(^|[^.\w$])import\((?!\s*['"])/g
-      if (!computed.test(text)) return undefined
-      return {contents: text.replace(computed, '$1globalThis.__clonectlImport('), loader: 'js'}
+      const contents = computedImportsThroughLoader(await readFile(args.path, 'utf8'))
+      return contents === undefined ? undefined : {contents, loader: 'js'}
     })
   },
 }
@@ -70,16 +72,44 @@ const dynamicImportThroughLoader = {
  * oclif asks `(await import('wsl-utils')).isWsl` at every start (Config.load → getPlatform);
  * wsl-utils pulls in child_process and PowerShell helpers to answer it. is-wsl alone answers
  * the question; the rest (powerShellPath, for a Windows shell) is loaded only if asked.
+ * is-wsl answers false unless one of its cheap tests (the kernel release or /proc/version
+ * naming Microsoft, or a WSL path existing) passes; those tests are made here first, and only
+ * a system that passes one loads is-wsl (with is-inside-container, is-docker and node:process,
+ * ~0.5 ms) for its answer. The build fails if is-wsl's tests change.
  */
+const isWslTests = [
+  "os.release().toLowerCase().includes('microsoft')",
+  "fs.readFileSync('/proc/version', 'utf8').toLowerCase().includes('microsoft')",
+  "fs.existsSync('/proc/sys/fs/binfmt_misc/WSLInterop')\n\t\t|| fs.existsSync('/run/WSL')",
+  'return false;\n};\n\nexport default process.env.__IS_WSL_TEST__ ? isWsl : isWsl();',
+]
 const wslUtilsOnDemand = {
   name: 'wsl-utils-on-demand',
   setup(b) {
     b.onResolve({filter: /^wsl-utils$/}, (args) => (args.pluginData === 'real' ? undefined : {path: 'wsl-utils', namespace: 'wsl-on-demand'}))
-    b.onLoad({filter: /.*/, namespace: 'wsl-on-demand'}, () => ({
-      contents: "export {default as isWsl} from 'is-wsl'\nexport const powerShellPath = async () => (await globalThis.__clonectlImport('wsl-utils')).powerShellPath()\n",
-      resolveDir: root,
-      loader: 'js',
-    }))
+    b.onLoad({filter: /.*/, namespace: 'wsl-on-demand'}, async () => {
+      const isWslText = await readFile(join(root, 'node_modules', 'is-wsl', 'index.js'), 'utf8')
+      const changed = isWslTests.find((t) => !isWslText.includes(t))
+      if (changed) throw new Error(`is-wsl's tests changed ('${changed}'); review wslUtilsOnDemand in scripts/bundle.mjs`)
+      return {
+        contents: `import {existsSync, readFileSync} from 'node:fs'
+import {release} from 'node:os'
+const maybeWsl = () => {
+  if (process.env.__IS_WSL_TEST__) return true
+  if (process.platform !== 'linux') return false
+  if (release().toLowerCase().includes('microsoft')) return true
+  try {
+    if (readFileSync('/proc/version', 'utf8').toLowerCase().includes('microsoft')) return true
+  } catch {}
+  return existsSync('/proc/sys/fs/binfmt_misc/WSLInterop') || existsSync('/run/WSL')
+}
+export const isWsl = maybeWsl() ? require('is-wsl').default : false
+export const powerShellPath = async () => (await globalThis.__clonectlImport('wsl-utils')).powerShellPath()
+`,
+        resolveDir: root,
+        loader: 'js',
+      }
+    })
   },
 }
 
@@ -106,17 +136,36 @@ else {
 }
 
 /**
- * Two lines of oclif that every command paid for at start, replaced in the bundle. Each
- * replacement names the exact text it replaces, and the build fails if oclif's text changes,
- * so an oclif upgrade is reviewed here rather than silently losing (or breaking) the change.
+ * Lines of oclif that every command paid for at start, replaced in the bundle. Each
+ * replacement names the exact text it replaces, and the build fails if oclif's text changes
+ * (or a patched file is no longer bundled), so an oclif upgrade is reviewed here rather than
+ * silently losing (or breaking) the change.
  */
+const packageFile = (path) => new RegExp(`[\\\\/]node_modules[\\\\/]${path.replaceAll('/', '[\\\\/]').replaceAll('.', '\\.')}$`)
+const oclifFile = (path) => packageFile(`@oclif/core/lib/${path}`)
+
+/**
+ * `const X = require("M");` → X loads M on its first property read. oclif requires, at load,
+ * modules that only some paths use (a glob library for command discovery by pattern, a
+ * template engine, readline for a flag read from stdin, child_process for Windows, the error
+ * renderer's text wrapping, spinner frames); evaluating them and the Node builtins under them
+ * cost every command time at start. Only for a binding oclif uses as `X.name` (checked when
+ * each is added: no spread, no passing X itself), which a Proxy forwards unchanged.
+ */
+const onDemand = (file, line) => {
+  const m = /^(const|var) (\w+) = (.*require\("[^"]+"\).*);$/.exec(line)
+  if (!m) throw new Error(`onDemand: not a require line: ${line}`)
+  return {file, from: line, to: `${m[1]} ${m[2]} = __clonectlOnDemand(() => ${m[3]});`, helper: true}
+}
+const onDemandHelper = '\nfunction __clonectlOnDemand(load) { let m; return new Proxy({}, {get: (_, k) => (m ??= load())[k], has: (_, k) => k in (m ??= load())}) }\n'
+
 const oclifStartPatches = [
   {
     // oclif sorts each plugin's commands with localeCompare; the first localeCompare in a
     // process sets up ICU's collator, about 6 ms here, for ids that are plain ASCII. Code-point
     // order is the same order for them (a unit test checks it over every id, ours and the
     // plugins').
-    file: /[\\/]@oclif[\\/]core[\\/]lib[\\/]config[\\/]plugin\.js$/,
+    file: oclifFile('config/plugin.js'),
     from: '.sort((a, b) => a.id.localeCompare(b.id))',
     to: '.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))',
   },
@@ -126,21 +175,106 @@ const oclifStartPatches = [
     // found. Its own fallback, which reads node_modules/NAME/package.json up the tree as Node's
     // lookup does, finds an npm-installed plugin with two small reads; it is asked first now,
     // and require.resolve still answers for anything it does not find (a linked plugin, PnP).
-    file: /[\\/]@oclif[\\/]core[\\/]lib[\\/]util[\\/]find-root\.js$/,
+    file: oclifFile('util/find-root.js'),
     from: "    if (name) {\n        debug(name)(`Finding root using ${root}`);",
     to: "    if (name) {\n        const installed = process.versions.pnp ? undefined : await findRootLegacy(name, root);\n        if (installed) return installed;\n        debug(name)(`Finding root using ${root}`);",
   },
+  {
+    // oclif matches each dependency of a plugin against each plugin name with minimatch, which
+    // compiles a pattern each time (~2 ms for ours); a name without glob characters matches
+    // only itself, which === says without minimatch (then not loaded at all).
+    file: oclifFile('config/plugin-loader.js'),
+    from: '(0, minimatch_1.minimatch)(p, w)',
+    to: '(/[*?[\\]{}()!#\\\\]/.test(w) ? (0, minimatch_1.minimatch)(p, w) : p === w)',
+  },
+  onDemand(oclifFile('config/plugin-loader.js'), 'const minimatch_1 = require("minimatch");'),
+  onDemand(oclifFile('config/plugin.js'), 'const tinyglobby_1 = require("tinyglobby");'),
+  onDemand(oclifFile('config/config.js'), 'const ejs_1 = __importDefault(require("ejs"));'),
+  // supports-color asks tty.isatty(1) and (2) at load; the tty module brings net with it
+  // (~1.5 ms), where process.stdout and process.stderr, which oclif has made by then (screen.js),
+  // know the same: Node makes a tty.WriteStream (isTTY true) exactly when the fd is a TTY.
+  {file: packageFile('supports-color/index.js'), from: "const tty = require('tty');", to: ''},
+  {file: packageFile('supports-color/index.js'), from: 'getSupportLevel({isTTY: tty.isatty(1)})', to: 'getSupportLevel({isTTY: process.stdout.isTTY === true})'},
+  {file: packageFile('supports-color/index.js'), from: 'getSupportLevel({isTTY: tty.isatty(2)})', to: 'getSupportLevel({isTTY: process.stderr.isTTY === true})'},
+  {file: packageFile('chalk/source/vendor/supports-color/index.js'), from: "import tty from 'node:tty';", to: ''},
+  // The global process is node:process; importing it cost a copy of its ~100 properties (esbuild's ESM interop).
+  {file: packageFile('chalk/source/vendor/supports-color/index.js'), from: "import process from 'node:process';", to: ''},
+  {file: packageFile('chalk/source/vendor/supports-color/index.js'), from: 'createSupportsColor({isTTY: tty.isatty(1)})', to: 'createSupportsColor({isTTY: process.stdout.isTTY === true})'},
+  {file: packageFile('chalk/source/vendor/supports-color/index.js'), from: 'createSupportsColor({isTTY: tty.isatty(2)})', to: 'createSupportsColor({isTTY: process.stderr.isTTY === true})'},
+  {
+    // oclif reads its JSON files (package.json of the CLI and of each plugin, the manifests, the
+    // theme) one after another at start, each through the thread pool (open, stat, read, close:
+    // four round trips of ~40 µs here); the same read as one synchronous call takes a few µs.
+    // Errors are the same (a rejected promise: readJson stays async).
+    file: oclifFile('util/fs.js'),
+    from: "const contents = await (0, promises_1.readFile)(path, 'utf8');",
+    to: "const contents = (0, node_fs_1.readFileSync)(path, 'utf8');",
+  },
+  // node:fs/promises costs ~1.3 ms to load (Node sets up FileHandle, streams, readline and
+  // watchers for it); oclif's start needs none of these once readJson reads synchronously.
+  onDemand(oclifFile('util/fs.js'), 'const promises_1 = require("node:fs/promises");'),
+  onDemand(oclifFile('config/ts-path.js'), 'const promises_1 = require("node:fs/promises");'),
+  onDemand(oclifFile('util/read-tsconfig.js'), 'const promises_1 = require("node:fs/promises");'),
+  // lilconfig reads fs.promises at load; oclif asks it only for a package.json without an oclif section.
+  onDemand(oclifFile('util/read-pjson.js'), 'const lilconfig_1 = require("lilconfig");'),
+  // ansis (oclif's colours: it detects the terminal's colour support at load) is used only
+  // inside colorize() and the spinner, so it is loaded by their first call.
+  onDemand(oclifFile('ux/theme.js'), 'const ansis_1 = __importDefault(require("ansis"));'),
+  onDemand(oclifFile('ux/action/spinner.js'), 'const ansis_1 = __importDefault(require("ansis"));'),
+  // The JSON colorizer (its token regular expressions are made at load) is for --json on a TTY.
+  onDemand(oclifFile('ux/index.js'), 'const colorize_json_1 = __importDefault(require("./colorize-json"));'),
+  onDemand(oclifFile('ux/index.js'), 'var colorize_json_2 = require("./colorize-json");'),
+  {file: oclifFile('ux/index.js'), from: '    colorizeJson: colorize_json_1.default,', to: '    colorizeJson: (...args) => colorize_json_1.default(...args),'},
+  // Help: its renderer (text wrapping, widths, templates) is for --help and errors only; the
+  // two helpers every run asks (the help flags, the argv's command id) live in help/util.js.
+  onDemand(oclifFile('index.js'), 'var help_1 = require("./help");'),
+  onDemand(oclifFile('flags.js'), 'const help_1 = require("./help");'),
+  onDemand(oclifFile('errors/handle.js'), 'const index_1 = require("../help/index");'),
+  onDemand(oclifFile('help/util.js'), 'const ejs_1 = __importDefault(require("ejs"));'),
+  {
+    file: oclifFile('main.js'),
+    from: 'const help_1 = require("./help");',
+    to: 'const help_1 = __clonectlOnDemand(() => require("./help"));\nconst help_util_1 = require("./help/util");',
+    helper: true,
+  },
+  {file: oclifFile('main.js'), from: '(0, help_1.getHelpFlagAdditions)(config)', to: '(0, help_util_1.getHelpFlagAdditions)(config)'},
+  {file: oclifFile('main.js'), from: '(0, help_1.normalizeArgv)(config, argv)', to: '(0, help_util_1.normalizeArgv)(config, argv)'},
+  onDemand(oclifFile('performance.js'), 'const node_perf_hooks_1 = require("node:perf_hooks");'),
+  onDemand(oclifFile('parser/parse.js'), 'const node_readline_1 = require("node:readline");'),
+  onDemand(oclifFile('util/os.js'), 'const node_child_process_1 = require("node:child_process");'),
+  onDemand(oclifFile('ux/action/spinner.js'), 'const cli_spinners_1 = __importDefault(require("cli-spinners"));'),
+  onDemand(oclifFile('errors/handle.js'), 'const clean_stack_1 = __importDefault(require("clean-stack"));'),
+  onDemand(oclifFile('errors/errors/cli.js'), 'const clean_stack_1 = __importDefault(require("clean-stack"));'),
+  onDemand(oclifFile('errors/errors/cli.js'), 'const indent_string_1 = __importDefault(require("indent-string"));'),
+  onDemand(oclifFile('errors/errors/cli.js'), 'const wrap_ansi_1 = __importDefault(require("wrap-ansi"));'),
+  onDemand(oclifFile('errors/errors/pretty-print.js'), 'const indent_string_1 = __importDefault(require("indent-string"));'),
+  onDemand(oclifFile('errors/errors/pretty-print.js'), 'const wrap_ansi_1 = __importDefault(require("wrap-ansi"));'),
 ]
 
+/** Every patch of a file, in one onLoad (esbuild takes the first onLoad that answers). */
 const oclifAtStart = {
   name: 'oclif-at-start',
   setup(b) {
-    for (const p of oclifStartPatches)
-      b.onLoad({filter: p.file}, async (args) => {
-        const text = await readFile(args.path, 'utf8')
+    const applied = new Set()
+    b.onStart(() => applied.clear())
+    b.onLoad({filter: new RegExp([...new Set(oclifStartPatches.map((p) => p.file.source))].join('|'))}, async (args) => {
+      const patches = oclifStartPatches.filter((p) => p.file.test(args.path))
+      if (patches.length === 0) return undefined
+      let text = await readFile(args.path, 'utf8')
+      for (const p of patches) {
         if (!text.includes(p.from)) throw new Error(`${args.path}: oclif's text changed ('${p.from.split('\n').pop().trim()}'); review oclifStartPatches in scripts/bundle.mjs`)
-        return {contents: text.replace(p.from, p.to), loader: 'js'}
-      })
+        text = text.replace(p.from, p.to)
+        applied.add(p)
+      }
+      // At the end: a function declaration is hoisted, and the file's 'use strict' stays first.
+      if (patches.some((p) => p.helper)) text += onDemandHelper
+      return {contents: computedImportsThroughLoader(text) ?? text, loader: 'js'}
+    })
+    b.onEnd((result) => {
+      if (result.errors.length > 0) return
+      const missed = oclifStartPatches.filter((p) => !applied.has(p))
+      if (missed.length > 0) throw new Error(`oclif files no longer bundled: ${missed.map((p) => p.file).join(', ')}; review oclifStartPatches in scripts/bundle.mjs`)
+    })
   },
 }
 
@@ -172,20 +306,27 @@ async function asciiOnly() {
 }
 
 /**
- * The code cache is that of one `status` run over a group with a clone, so what every command
- * needs at start (oclif's config and parser, the state directory) and what status shows (the
- * group record, a delta map, the table) is compiled and cached, not only an empty list.
+ * Two code caches, each that of one process running several commands (bin/run.js picks one):
+ * clonectl.cjs.cache, of a process that creates a group, adds a clone, shows its status,
+ * synchronizes it (already in sync) and prints the version, with every command's module setup;
+ * and clonectl.cjs.status.cache, of `status` and `--version` alone, for those two. A cache made
+ * by `status` alone left a no-op `clone sync` compiling its own code at every start (89 ms; 83
+ * with it cached), and the broad cache costs status ~1.5 ms more to deserialize (847 KB, 560).
  */
 async function codeCache() {
   const scratch = mkdtempSync(join(tmpdir(), 'clonectl-cache-'))
-  const state = join(scratch, 'state')
-  const run = (args, env = {}) =>
-    execFileSync(process.execPath, [join(root, 'bin', 'run.js'), ...args, '--state-dir', state], {env: {...process.env, ...env}, stdio: 'ignore'})
+  const state = ['--state-dir', join(scratch, 'state')]
+  const make = (out, [first, ...runs], everyCommand) =>
+    execFileSync(process.execPath, [join(root, 'bin', 'run.js'), ...first], {
+      env: {...process.env, CLONECTL_WRITE_CODE_CACHE: JSON.stringify({out, runs, everyCommand})},
+      stdio: 'ignore',
+    })
   try {
     writeFileSync(join(scratch, 'source.img'), Buffer.alloc(4 * 1024 * 1024))
-    run(['group', 'create', 'g', '--source', join(scratch, 'source.img')])
-    run(['clone', 'add', 'g', 'c', '--path', join(scratch, 'clone.img'), '--create'])
-    run(['status'], {CLONECTL_WRITE_CODE_CACHE: `${out}.cache`})
+    const create = ['group', 'create', 'g', '--source', join(scratch, 'source.img'), ...state]
+    const add = ['clone', 'add', 'g', 'c', '--path', join(scratch, 'clone.img'), '--create', ...state]
+    make(`${out}.cache`, [create, add, ['status', ...state], ['clone', 'sync', 'g', 'c', ...state], ['--version']], true)
+    make(`${out}.status.cache`, [['status', ...state], ['--version']], false)
   } finally {
     rmSync(scratch, {recursive: true, force: true})
   }

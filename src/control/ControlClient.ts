@@ -1,4 +1,3 @@
-import {connect} from 'node:net'
 import {basename, dirname, join} from 'node:path'
 import {ClonectlError, type ExitCodeName, ExitCode, InterruptedError, ServerStoppedError} from '../errors/errors.js'
 import type {GroupContext} from '../group/CloneGroup.js'
@@ -19,7 +18,9 @@ export class RemoteClonectlError extends ClonectlError {
  * onProgress; resolves with the result, or throws the server's error with the same code and
  * exit status the command would have had offline. `signal` aborts by disconnecting.
  */
-export function controlRequest<T>(socketPath: string, req: ControlRequest, opts: {onProgress?: (p: unknown) => void; onLog?: (m: string) => void; signal?: AbortSignal} = {}): Promise<T> {
+export async function controlRequest<T>(socketPath: string, req: ControlRequest, opts: {onProgress?: (p: unknown) => void; onLog?: (m: string) => void; signal?: AbortSignal} = {}): Promise<T> {
+  // node:net on first use: a status or sync with no server running never connects, and loading it cost every start.
+  const {connect} = await import('node:net')
   return new Promise<T>((resolve, reject) => {
     const s = connect(socketPath)
     let buf = ''

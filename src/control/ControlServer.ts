@@ -1,5 +1,6 @@
-import {lstat, rm} from 'node:fs/promises'
-import {connect, createServer, type Server, type Socket} from 'node:net'
+// fs.promises, read at each call: node:fs/promises loads on first use (see NodeDurableFs).
+import {promises as fsp} from 'node:fs'
+import type {Server, Socket} from 'node:net'
 import {listenPrivate} from '../io/privateSocket.js'
 import {ClonectlError, isClonectlError, UsageError} from '../errors/errors.js'
 import {checkControlRequest, type ControlMessage, type ControlRequest} from './protocol.js'
@@ -26,9 +27,11 @@ export class ControlServer {
    * The caller holds the group lock, so a live one means a bug elsewhere, never a race.
    */
   async listen(path: string): Promise<void> {
+    // node:net on first use: the commands that only import this (status, through JobControl) never listen.
+    const {connect, createServer} = await import('node:net')
     // No file, nobody listening: a connect attempt costs a socket's set-up and teardown
     // (about 2 ms at every job's start), for an answer lstat gives.
-    const present = await lstat(path).then(
+    const present = await fsp.lstat(path).then(
       () => true,
       () => false,
     )
@@ -41,7 +44,7 @@ export class ControlServer {
       c.once('error', () => resolve(false))
     })
     if (live) throw Object.assign(new Error(`${path} is in use by a running server`), {code: 'EADDRINUSE'})
-    if (present) await rm(path, {force: true})
+    if (present) await fsp.rm(path, {force: true})
     const server = createServer((s) => this.accept(s))
     this.server = server
     await listenPrivate(server, path)

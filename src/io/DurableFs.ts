@@ -16,6 +16,12 @@ export interface OpenOptions {
   create?: 'new' | 'maybe'
   /** Open a block device exclusively (O_EXCL without O_CREAT): a mounted or busy device fails with EBUSY. */
   exclusive?: boolean
+  /**
+   * Read-only, a small state file read whole at once and closed (status's map reads):
+   * NodeDurableFs then opens, reads and closes it with synchronous calls, no thread-pool
+   * round trips. Ignored with write or create.
+   */
+  readNow?: boolean
 }
 
 /** SEEK_DATA, SEEK_HOLE and PUNCH_HOLE on one file (kernel.ts's, for a file with no fd). */

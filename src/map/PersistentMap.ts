@@ -242,9 +242,10 @@ export function classifySlot(b: Uint8Array, page: number, slot: number, at = 0):
   let max = -1
   for (let k = 0; k < SECTORS_PER_SLOT; k++) {
     const o = at + k * SECTOR
-    const big = buf.readBigUInt64LE(o)
-    if (big > BigInt(Number.MAX_SAFE_INTEGER)) continue // no writer gets there: a damaged sector
-    const seq = Number(big)
+    // The u64 seq as two u32 halves, not a BigInt (status classifies every sector it reads).
+    const hi = buf.readUInt32LE(o + 4)
+    if (hi > 0x1f_ffff) continue // beyond 2^53 - 1, where no writer gets: a damaged sector
+    const seq = hi * 0x1_0000_0000 + buf.readUInt32LE(o)
     if (buf.readUInt32LE(o + 8) !== sectorCrc(page, slot, k, seq, buf.subarray(o + SECTOR_HEAD, o + SECTOR))) continue
     good++
     if (first < 0) first = seq
@@ -1063,7 +1064,8 @@ class HeldImage implements DurableFile {
 
 async function openFile(fs: DurableFs, path: string, kind: MapKind, write: boolean): Promise<DurableFile> {
   try {
-    return await fs.open(path, {write})
+    // Read-only (status): read whole at open, then closed.
+    return await fs.open(path, write ? {write} : {write, readNow: true})
   } catch (error) {
     if (errnoOf(error) === 'ENOENT') throw new CorruptStateError(`map file ${path} is missing`, fixFor(kind))
     throw ioError(path, 'cannot be opened', error)

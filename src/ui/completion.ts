@@ -1,4 +1,5 @@
-import {writeFile} from 'node:fs/promises'
+// fs.promises, read at each call: node:fs/promises loads on first use (see NodeDurableFs).
+import {promises as fsp} from 'node:fs'
 import {join} from 'node:path'
 import type {Hook} from '@oclif/core'
 
@@ -137,5 +138,5 @@ export const completionHook: Hook<'postrun'> = async function (opts) {
   if (opts.Command?.id !== 'autocomplete' && opts.Command?.id !== 'autocomplete:create') return
   const file = join(opts.config.cacheDir, 'autocomplete', 'functions', 'bash', `${opts.config.bin}.bash`)
   // A cache file the plugin has just written (its directory exists) and rewrites at will: a plain write, not DurableFs.
-  await writeFile(file, bashCompletion(completionCommands(opts.config.commands)))
+  await fsp.writeFile(file, bashCompletion(completionCommands(opts.config.commands)))
 }

@@ -6,8 +6,8 @@
  * These read kernel interfaces, not persistent state, so they use node:fs directly rather
  * than the DurableFs (nothing here is written, nothing needs a crash model).
  */
-import {constants} from 'node:fs'
-import {open, readFile, readdir, realpath, stat} from 'node:fs/promises'
+// fs.promises, read at each call: node:fs/promises loads on first use (see NodeDurableFs).
+import {constants, promises as fsp} from 'node:fs'
 import {basename, dirname} from 'node:path'
 import {VolumeIoError, errnoOf} from '../errors/errors.js'
 
@@ -28,7 +28,7 @@ const sysDir = (mm: string): string => `/sys/dev/block/${mm}`
 
 async function readSysfs(path: string): Promise<string | undefined> {
   try {
-    return (await readFile(path, 'utf8')).replace(/\n$/, '')
+    return (await fsp.readFile(path, 'utf8')).replace(/\n$/, '')
   } catch {
     return undefined
   }
@@ -39,7 +39,7 @@ export async function sysfsSize(mm: string): Promise<number> {
   const file = `${sysDir(mm)}/size`
   let text: string
   try {
-    text = await readFile(file, 'utf8')
+    text = await fsp.readFile(file, 'utf8')
   } catch (error) {
     throw new VolumeIoError(`cannot read the size of block device ${mm} from ${file} (${errnoOf(error) ?? String(error)})`, errnoOf(error), 'is /sys mounted? clonectl reads block device sizes from sysfs')
   }
@@ -78,7 +78,7 @@ export async function partitionOf(mm: string): Promise<{majorMinor: string; devP
   if ((await readSysfs(`${sysDir(mm)}/partition`)) === undefined) return undefined
   let dir: string
   try {
-    dir = await realpath(sysDir(mm))
+    dir = await fsp.realpath(sysDir(mm))
   } catch {
     return undefined
   }
@@ -110,7 +110,7 @@ function unescapeMountinfo(s: string): string {
 export async function mountPoints(mm: string): Promise<string[]> {
   let text: string
   try {
-    text = await readFile('/proc/self/mountinfo', 'utf8')
+    text = await fsp.readFile('/proc/self/mountinfo', 'utf8')
   } catch {
     return []
   }
@@ -127,7 +127,7 @@ export async function mountPoints(mm: string): Promise<string[]> {
 export async function isMounted(devPath: string): Promise<boolean> {
   let s
   try {
-    s = await stat(devPath)
+    s = await fsp.stat(devPath)
   } catch {
     return false
   }
@@ -144,7 +144,7 @@ export async function isMounted(devPath: string): Promise<boolean> {
 export async function loopDevicesBackedBy(dev: number, ino: number): Promise<Array<{majorMinor: string; devPath: string}>> {
   let names: string[]
   try {
-    names = (await readdir('/sys/block')).filter((n) => /^loop\d+$/.test(n))
+    names = (await fsp.readdir('/sys/block')).filter((n) => /^loop\d+$/.test(n))
   } catch {
     return []
   }
@@ -152,7 +152,7 @@ export async function loopDevicesBackedBy(dev: number, ino: number): Promise<Arr
   for (const n of names) {
     const backing = await readSysfs(`/sys/block/${n}/loop/backing_file`)
     if (!backing || backing.endsWith(' (deleted)')) continue
-    const s = await stat(backing).catch(() => undefined)
+    const s = await fsp.stat(backing).catch(() => undefined)
     if (!s || s.dev !== dev || s.ino !== ino) continue
     const mm = (await readSysfs(`/sys/block/${n}/dev`))?.trim()
     if (mm) out.push({majorMinor: mm, devPath: await devPathOf(mm)})
@@ -168,7 +168,7 @@ export async function deviceBusy(mm: string, devPath: string): Promise<{busy: bo
   const mountedOn = await mountPoints(mm)
   if (mountedOn.length > 0) return {busy: true, mountedOn}
   try {
-    const fh = await open(devPath, constants.O_RDONLY | constants.O_EXCL)
+    const fh = await fsp.open(devPath, constants.O_RDONLY | constants.O_EXCL)
     await fh.close()
     return {busy: false, mountedOn}
   } catch (error) {

@@ -56,11 +56,21 @@ describe('every exit status, provoked for real', () => {
 
   test('1 bug: an error clonectl does not expect is reported with its stack and a request to report it', async () => {
     await group('bug')
-    // No input should reach a bug, so one is injected: readdir of the groups directory throws a plain TypeError.
+    // No input should reach a bug, so one is injected: readdir of the groups directory throws a
+    // plain TypeError (NodeDurableFs reads directories with readdirSync; fs/promises is patched too).
     const inject = join(dir, 'inject.mjs')
     await fsp.writeFile(
       inject,
-      "import fsp from 'node:fs/promises'\nconst orig = fsp.readdir\nfsp.readdir = async (...a) => { if (String(a[0]).endsWith('groups')) throw new TypeError('injected fault'); return orig(...a) }\n",
+      [
+        "import fs from 'node:fs'",
+        "import fsp from 'node:fs/promises'",
+        "const hit = (a) => String(a[0]).endsWith('groups')",
+        'const orig = fsp.readdir',
+        "fsp.readdir = async (...a) => { if (hit(a)) throw new TypeError('injected fault'); return orig(...a) }",
+        'const origSync = fs.readdirSync',
+        "fs.readdirSync = (...a) => { if (hit(a)) throw new TypeError('injected fault'); return origSync(...a) }",
+        '',
+      ].join('\n'),
     )
     const r = await cli.run(['status'], {env: {NODE_OPTIONS: `--import ${inject}`}})
     expectRow('bug', r, /a bug in clonectl.*injected fault/, /please report it with the command you ran/)
