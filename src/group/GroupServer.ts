@@ -172,17 +172,22 @@ export class GroupServer {
   }
 
   private busy(): void {
-    if (this.bg) throw new StateError(`group ${this.g.name} is already running a ${this.bg.kind} of clone ${this.bg.clone}`, `watch it with \`clonectl status ${this.g.name}\`, or wait for it to finish`)
-    if (this.starting) throw new StateError(`group ${this.g.name} is already starting a ${this.starting.kind} of clone ${this.starting.clone}`, `watch it with \`clonectl status ${this.g.name}\`, or wait for it to finish`)
+    const op = this.occupied
+    if (op) throw new StateError(`group ${this.g.name} is already ${this.bg ? 'running' : 'starting'} a ${op.kind} of clone ${op.clone}`, `watch it with \`clonectl status ${this.g.name}\`, or wait for it to finish`)
     if (this.drilling) throw new StateError(`group ${this.g.name} is running a drill of clone ${this.drilling}`, 'wait for the drill to finish, then run the command again')
   }
 
   /** Start a forward sync in the background. Resolves once it has started. */
   async startSync(req: {clone: string; full?: boolean; rate?: number}): Promise<{done: Promise<SyncSummary>}> {
+    return this.whileStarting({kind: 'sync', clone: req.clone}, () => this.beginSync(req))
+  }
+
+  /** Refuse when busy, else run `begin` with the operation marked as starting until it returns. */
+  private async whileStarting<T>(what: {kind: 'sync' | 'restore'; clone: string}, begin: () => Promise<T>): Promise<T> {
     this.busy()
-    this.starting = {kind: 'sync', clone: req.clone}
+    this.starting = what
     try {
-      return await this.beginSync(req)
+      return await begin()
     } finally {
       this.starting = undefined
     }
@@ -223,13 +228,7 @@ export class GroupServer {
 
   /** Start (or resume) a restore in the background; host I/O is routed through it at once. */
   async startRestore(req: RestoreRequest, resume = false): Promise<{done: Promise<RestoreSummary>}> {
-    this.busy()
-    this.starting = {kind: 'restore', clone: req.clone ?? this.g.record.operation?.clone ?? '?'}
-    try {
-      return await this.beginRestore(req, resume)
-    } finally {
-      this.starting = undefined
-    }
+    return this.whileStarting({kind: 'restore', clone: req.clone ?? this.g.record.operation?.clone ?? '?'}, () => this.beginRestore(req, resume))
   }
 
   private async beginRestore(req: RestoreRequest, resume: boolean): Promise<{done: Promise<RestoreSummary>}> {
