@@ -249,6 +249,15 @@ const oclifStartPatches = [
   onDemand(oclifFile('errors/errors/cli.js'), 'const wrap_ansi_1 = __importDefault(require("wrap-ansi"));'),
   onDemand(oclifFile('errors/errors/pretty-print.js'), 'const indent_string_1 = __importDefault(require("indent-string"));'),
   onDemand(oclifFile('errors/errors/pretty-print.js'), 'const wrap_ansi_1 = __importDefault(require("wrap-ansi"));'),
+  // proper-lockfile (loaded when a sync, restore or admin command first takes a lock):
+  // graceful-fs, as it loads, replaces fs.close and fs.closeSync process-wide and loads Node's
+  // fs streams (~1 ms at the start of every sync); its EMFILE queueing is for programs holding
+  // thousands of files open, where a lock uses a handful. Node's fs serves it.
+  {file: packageFile('proper-lockfile/lib/lockfile.js'), from: "const fs = require('graceful-fs');", to: "const fs = require('fs');"},
+  {file: packageFile('proper-lockfile/lib/adapter.js'), from: "const fs = require('graceful-fs');", to: "const fs = require('fs');"},
+  // signal-exit checks its one argument with node:assert (~0.5 ms to load) at every call:
+  // node:assert is loaded only when the check fails, to throw its error.
+  {file: packageFile('proper-lockfile/node_modules/signal-exit/index.js'), from: "var assert = require('assert')", to: "var assert = {equal: function (a, b, m) { if (a != b) require('assert').equal(a, b, m) }}"},
 ]
 
 /** Every patch of a file, in one onLoad (esbuild takes the first onLoad that answers). */

@@ -1,5 +1,6 @@
-import {randomUUID} from 'node:crypto'
 import {StateError} from '../errors/errors.js'
+import {monotonicMs} from '../io/clock.js'
+import {randomUuid} from '../io/randomId.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import type {EngineGroup, EngineMember} from './EngineGroup.js'
 import type {HostGate} from './HostGate.js'
@@ -61,7 +62,7 @@ export class ForwardSync {
     readonly compared: boolean,
     rate?: number,
     private readonly gate?: HostGate,
-    private readonly startedAt = performance.now(),
+    private readonly startedAt = monotonicMs(),
     tuning: ForwardSyncOptions['tuning'] = {},
   ) {
     this.limiter = new RateLimiter(rate)
@@ -90,7 +91,7 @@ export class ForwardSync {
    * be trusted or --full is given (D[k] all set, durably), record the operation. Waits.
    */
   static async start(g: EngineGroup, opts: ForwardSyncOptions): Promise<ForwardSync | SyncSummary> {
-    const startedAt = performance.now()
+    const startedAt = monotonicMs()
     const op = g.record.operation
     if (op?.kind === 'restore')
       throw new StateError(`group ${g.name} has an interrupted restore from clone ${op.clone}`, `resume it first with \`clonectl restore ${g.name}\``)
@@ -111,7 +112,7 @@ export class ForwardSync {
       all.setAll()
       await m.map.replaceAll(all)
     }
-    const id = randomUUID()
+    const id = randomUuid()
     // Recorded with no host write in flight (under the gate when serving), so a failed save
     // (EMFILE, ENOSPC, a full state file system) is undone exactly: not started, in memory either.
     const record = async (): Promise<void> => {
@@ -200,7 +201,7 @@ export class ForwardSync {
       copiedBytes: this.engine.progress.copiedBytes,
       skippedBytes: this.engine.progress.skippedBytes,
       collisions: g.collisions.collisions - this.collisionsBefore,
-      elapsedMs: Math.round(performance.now() - this.startedAt),
+      elapsedMs: Math.round(monotonicMs() - this.startedAt),
     }
   }
 }

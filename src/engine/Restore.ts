@@ -1,6 +1,6 @@
 import {CorruptStateError, RemoteError, StateError} from '../errors/errors.js'
+import {randomUuid} from '../io/randomId.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
-import {randomUUID} from 'node:crypto'
 import {EXTENTS_PER_PAGE} from '../map/PersistentMap.js'
 import type {OperationRecord} from '../store/GroupRecord.js'
 import {stateWriteError} from '../store/stateDir.js'
@@ -184,7 +184,7 @@ export class RestoreSession {
       widened.or(c.map.bits)
       if (!widened.equals(m.map.bits)) await m.map.replaceAll(widened)
     }
-    const operationId = randomUUID()
+    const operationId = randomUuid()
     let P: ProtectedRestoreMap | undefined
     if (opts.protected) {
       P = await g.maps.createP(operationId).catch((error: unknown) => {

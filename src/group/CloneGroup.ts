@@ -1,4 +1,5 @@
 import type {DurableFs} from '../io/DurableFs.js'
+import {monotonicMs} from '../io/clock.js'
 import {ClonectlError, CorruptStateError, NotFoundError, RefusedError, StateError, UsageError, VolumeIoError} from '../errors/errors.js'
 import {ExtentBitmap} from '../map/ExtentBitmap.js'
 import type {PersistentMap} from '../map/PersistentMap.js'
@@ -178,7 +179,7 @@ export class CloneMember implements EngineMember {
   sweepIntent(quietMs: number, force = false): void {
     const intent = this.intent
     if (!intent || !this.touched) return
-    const now = performance.now()
+    const now = monotonicMs()
     if (!force && now - this.lastSweep < quietMs) return
     this.lastSweep = now
     // Word at a time: with 16 MiB regions the intent bits may cover the whole volume.

@@ -1,5 +1,6 @@
 import {dirname} from 'node:path'
 import type {DurableFs} from './DurableFs.js'
+import {randomHex} from './randomId.js'
 
 /**
  * Replace `path` with `data` atomically and durably: write a temp file, fdatasync it,
@@ -9,9 +10,7 @@ import type {DurableFs} from './DurableFs.js'
  */
 export async function writeFileAtomic(fs: DurableFs, path: string, data: Uint8Array): Promise<void> {
   // Unique even for two saves in one millisecond (the crash model hit that: EEXIST).
-  // node:crypto on first use only: commands that only read state (status) never load it.
-  const {randomBytes} = await import('node:crypto')
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`
+  const tmp = `${path}.tmp-${process.pid}-${randomHex(6)}`
   const f = await fs.open(tmp, {write: true, create: 'new'})
   try {
     try {

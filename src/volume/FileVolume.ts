@@ -79,8 +79,12 @@ export class FileVolume implements Volume {
    * O_DIRECT, as dm-clone's kcopyd bypasses the page cache: a copy then neither evicts the
    * hosts' working set nor pays for a page-cache page per 4 KiB, and a hole reads as zeros
    * filled straight into the buffer (buffered copies spent their system CPU allocating and
-   * freeing page-cache pages). What hosts read (unaligned buffers) stays buffered. Cleared
-   * when the direct handle cannot be opened, or the file system refuses O_DIRECT (EINVAL).
+   * freeing page-cache pages). What hosts read (unaligned buffers) stays buffered. A range
+   * wholly in the page cache (a hot volume's working set, an image just written) is read
+   * from there all the same: O_DIRECT would read it from the device again, after writing
+   * back its dirty pages (a 2 GiB sync of a cached source: 2.9 s direct, 1.6 s so).
+   * Cleared when the direct handle cannot be opened, or the file system refuses O_DIRECT
+   * (EINVAL).
    */
   readsDirect = true
   /** Reads and writes that really went through O_DIRECT: what says the path was taken, not the intent. */
@@ -192,13 +196,14 @@ export class FileVolume implements Volume {
   }
 
   /**
-   * Read through O_DIRECT when this volume readsDirect and buf is an alignedBuffer() slice
-   * aligned for it; undefined otherwise (read buffered). O_DIRECT reads see every completed
-   * write, a host's buffered write included: the kernel writes back dirty page-cache pages in
-   * the range first (and a write racing the read is the collision detector's business).
+   * Read through O_DIRECT when this volume readsDirect, buf is an alignedBuffer() slice
+   * aligned for it and the range is not wholly in the page cache; undefined otherwise (read
+   * buffered). O_DIRECT reads see every completed write, a host's buffered write included:
+   * the kernel writes back dirty page-cache pages in the range first (and a write racing the
+   * read is the collision detector's business).
    */
   private async readDirect(position: number, buf: Buffer): Promise<number | undefined> {
-    if (!this.readsDirect || !directAligned(position, buf, DIRECT_MIN)) return undefined
+    if (!this.readsDirect || !directAligned(position, buf, DIRECT_MIN) || this.inPageCache(position, buf.byteLength)) return undefined
     const d = await this.directFile()
     if (!d) return undefined
     try {
@@ -211,6 +216,12 @@ export class FileVolume implements Volume {
       this.readsDirect = false
       return undefined
     }
+  }
+
+  /** Every page of the range is in the page cache (cachestat); false where that cannot be told. */
+  private inPageCache(position: number, length: number): boolean {
+    const fd = this.file.fd
+    return fd !== undefined && kernel()?.pagesCached(fd, position, length) === true
   }
 
   /**

@@ -15,8 +15,11 @@
  *   ENOSYS where it cannot: the caller then reads and writes.
  * - malloc_trim(0): glibc hands the free pages inside its heaps back to the kernel (serve
  *   after a burst of payloads: freed 64 KiB socket chunks leave holes that glibc keeps).
+ * - cachestat(2) (Linux 6.5+, through syscall(2)): whether a range is wholly in the page
+ *   cache, so a copy reads it from there rather than from the device (O_DIRECT).
  *
- * lseek runs synchronously (it is a lookup in the extent tree, microseconds). The zeroing
+ * lseek and cachestat run synchronously (lookups in the extent tree or the page cache,
+ * microseconds). The zeroing
  * calls can take long (BLKZEROOUT may write gigabytes), so they run on koffi's worker threads
  * (`.async`); errno is thread-local there, so a failed async call is made once more
  * synchronously to learn its errno: every one of them is idempotent.
@@ -38,6 +41,8 @@ const FALLOC_FL_ZERO_RANGE = 0x10
 /** _IO(0x12, 119) and _IO(0x12, 127): both take a uint64_t[2] of {start, length}. */
 const BLKDISCARD = 0x1277
 const BLKZEROOUT = 0x127f
+/** cachestat's number in the unified syscall table (x86-64 and arm64 alike, Linux 6.5+). */
+const SYS_CACHESTAT = 451
 
 /** errno values this module names; anything else is reported by number. */
 const ERRNO_NAMES: Record<number, string> = {
@@ -92,6 +97,12 @@ export interface Kernel {
   copyFileRange(fdIn: number, inOffset: number, fdOut: number, outOffset: number, length: number): Promise<number>
   /** glibc's malloc_trim(0): true when memory was handed back; undefined where libc has no malloc_trim. */
   mallocTrim?: () => boolean
+  /**
+   * Whether every page of [offset, +length) of fd is in the page cache (cachestat(2)), or
+   * undefined where the kernel cannot say (before Linux 6.5, a seccomp filter, another
+   * architecture): the caller then decides as if it did not know.
+   */
+  pagesCached(fd: number, offset: number, length: number): boolean | undefined
 }
 
 type Fn = ((...args: unknown[]) => unknown) & {async: (...args: unknown[]) => void}
@@ -238,6 +249,35 @@ function bind(k: Koffi): Kernel {
     return done
   }
 
+  // cachestat(fd, &{off, len}, &{nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted}, 0)
+  let syscall: Fn | undefined
+  try {
+    if (process.arch === 'x64' || process.arch === 'arm64') syscall = libc.func('long syscall(long number, ...)')
+  } catch {
+    syscall = undefined
+  }
+  const pageSize = big(libc.func('int getpagesize(void)')())
+  const csRange = Buffer.alloc(16)
+  const csStat = Buffer.alloc(40)
+  const u64 = (b: Buffer, at: number, v: number): void => {
+    b.writeUInt32LE(v % 2 ** 32, at)
+    b.writeUInt32LE(Math.floor(v / 2 ** 32), at + 4)
+  }
+  const pagesCached = (fd: number, offset: number, length: number): boolean | undefined => {
+    if (!syscall || length <= 0) return undefined
+    u64(csRange, 0, offset)
+    u64(csRange, 8, length)
+    if (big(syscall(SYS_CACHESTAT, 'int', fd, 'void *', csRange, 'void *', csStat, 'uint', 0)) !== 0) {
+      const e = k.errno()
+      // ENOSYS (before 6.5) or EPERM (a seccomp filter): not asked again. Anything else
+      // (EBADF for hugetlbfs, say) is this file's alone.
+      if (e === 38 || e === 1) syscall = undefined
+      return undefined
+    }
+    const pages = Math.ceil((offset + length) / pageSize) - Math.floor(offset / pageSize)
+    return csStat.readUInt32LE(0) + csStat.readUInt32LE(4) * 2 ** 32 >= pages
+  }
+
   const seek = (fd: number, offset: number, whence: number, name: string): number => {
     const r = big(lseek(fd, offset, whence))
     if (r >= 0) return r
@@ -255,5 +295,6 @@ function bind(k: Koffi): Kernel {
     blkDiscard: (fd, offset, length) => idempotent('ioctl(BLKDISCARD)', ioctl, [fd, BLKDISCARD, [offset, length]]),
     copyFileRange,
     mallocTrim: mallocTrim && (() => big(mallocTrim(0)) === 1),
+    pagesCached,
   }
 }

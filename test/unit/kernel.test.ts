@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import {randomBytes} from 'node:crypto'
 import * as fsp from 'node:fs/promises'
 import {createRequire} from 'node:module'
-import {tmpdir} from 'node:os'
+import {release, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, afterEach, before, describe, test} from 'node:test'
 import {MemoryFs} from '../support/MemoryFs.js'
@@ -66,6 +66,29 @@ describe('koffi loads on this machine', () => {
     const trim = kernel()?.mallocTrim
     assert.ok(trim, 'glibc has malloc_trim')
     assert.equal(typeof trim(), 'boolean')
+  })
+
+  test('pagesCached (cachestat, Linux 6.5+): pages just written are cached, a hole never read is not, a range partly cached is not wholly', async () => {
+    const p = await sparseFile(8 * MiB, [[MiB, MiB]])
+    // sparseFile wrote [1 MiB, 2 MiB) through the page cache; [4 MiB, 8 MiB) is a hole never read.
+    const fh = await fsp.open(p, 'r')
+    try {
+      const [major, minor] = release().split('.').map(Number)
+      const k = kernel()
+      assert.ok(k)
+      if (major > 6 || (major === 6 && minor >= 5)) {
+        assert.equal(k.pagesCached(fh.fd, MiB, MiB), true, 'just written')
+        assert.equal(k.pagesCached(fh.fd, MiB + 4096, 64 * KiB), true, 'a part of it')
+        assert.equal(k.pagesCached(fh.fd, 4 * MiB, 4 * MiB), false, 'a hole never read')
+        assert.equal(k.pagesCached(fh.fd, MiB, 2 * MiB), false, 'half cached is not wholly')
+        // An unaligned range counts every page it touches.
+        assert.equal(k.pagesCached(fh.fd, 2 * MiB - 100, 200), false)
+        await fh.read(Buffer.alloc(4096), 0, 4096, 2 * MiB)
+        assert.equal(k.pagesCached(fh.fd, 2 * MiB - 100, 200), true, 'once the page after it is read too')
+      } else assert.equal(k.pagesCached(fh.fd, MiB, MiB), undefined, 'no cachestat before Linux 6.5: undefined, not a guess')
+    } finally {
+      await fh.close()
+    }
   })
 
   test('given koffi, handBackMemory runs a GC and malloc_trim', async () => {

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict'
-import {spawnSync} from 'node:child_process'
+import {spawnSync, type SpawnSyncReturns} from 'node:child_process'
 import {createRequire} from 'node:module'
-import {readdirSync, readFileSync} from 'node:fs'
+import {mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {test} from 'node:test'
 import {fileURLToPath} from 'node:url'
@@ -52,4 +53,31 @@ test('given every command id (ours and the plugins\'), then code-point order is 
   })
   assert.ok(ids.includes('clone:sync') && ids.includes('help'), ids.join(' '))
   assert.deepEqual([...ids].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)), [...ids].sort((a, b) => a.localeCompare(b)))
+})
+
+test('given a group with a clone, when `clone sync` runs, then it loads neither node:crypto, node:perf_hooks nor node:assert, and the bundle carries no graceful-fs', () => {
+  // Each of these cost every sync and restore start-up time for a few random bytes, one clock
+  // read or one argument check (src/io/randomId.ts, src/io/clock.ts, scripts/bundle.mjs).
+  const dir = mkdtempSync(join(tmpdir(), 'clonectl-startup-'))
+  try {
+    const state = join(dir, 'state')
+    const run = (args: string[], preload?: string): SpawnSyncReturns<string> => {
+      const r = spawnSync(process.execPath, [...(preload ? ['-r', preload] : []), join(root, 'bin', 'run.js'), ...args, `--state-dir=${state}`], {encoding: 'utf8', env: {...process.env, NO_COLOR: '1'}})
+      assert.equal(r.status, 0, r.stderr)
+      return r
+    }
+    writeFileSync(join(dir, 'src.img'), Buffer.alloc(1024 * 1024, 7))
+    run(['group', 'create', 'g', '--source', join(dir, 'src.img')])
+    run(['clone', 'add', 'g', 'c', '--path', join(dir, 'c.img'), '--create'])
+    writeFileSync(join(dir, 'src.img'), Buffer.alloc(4096, 9), {flag: 'r+'})
+    const preload = join(dir, 'builtins.cjs')
+    writeFileSync(preload, "process.on('exit', () => require('fs').writeSync(2, '\\nBUILTINS ' + process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)).join(',') + '\\n'))\n")
+    const r = run(['clone', 'sync', 'g', 'c', '--full'], preload)
+    const loaded = new Set(/BUILTINS (.*)/.exec(r.stderr)?.[1].split(',') ?? [])
+    assert.ok(loaded.has('fs'), `the list was read: ${[...loaded].join(' ')}`)
+    for (const m of ['crypto', 'perf_hooks', 'assert']) assert.ok(!loaded.has(m), `node:${m} was loaded`)
+    assert.ok(!readFileSync(join(root, 'dist', 'clonectl.cjs'), 'latin1').includes('node_modules/graceful-fs/'), 'graceful-fs is bundled')
+  } finally {
+    rmSync(dir, {recursive: true, force: true})
+  }
 })
