@@ -19,10 +19,9 @@
  *   cache, so a copy reads it from there rather than from the device (O_DIRECT).
  *
  * lseek and cachestat run synchronously (lookups in the extent tree or the page cache,
- * microseconds). The zeroing
- * calls can take long (BLKZEROOUT may write gigabytes), so they run on koffi's worker threads
- * (`.async`); errno is thread-local there, so a failed async call is made once more
- * synchronously to learn its errno: every one of them is idempotent.
+ * microseconds). The zeroing calls can take long (BLKZEROOUT may write gigabytes), so they
+ * run on koffi's worker threads (`.async`); errno is thread-local there, so a failed async
+ * call is made once more synchronously to learn its errno: every one of them is idempotent.
  *
  * If koffi cannot load (no prebuilt binary for the platform, a seccomp'd sandbox, a
  * non-glibc libc name), kernel() returns undefined after one warning naming koffi and what
@@ -256,7 +255,14 @@ function bind(k: Koffi): Kernel {
   } catch {
     syscall = undefined
   }
-  const pageSize = big(libc.func('int getpagesize(void)')())
+  // A libc without getpagesize must not cost the other calls: 4 KiB, the smallest page there is.
+  const pageSize = ((): number => {
+    try {
+      return big(libc.func('int getpagesize(void)')())
+    } catch {
+      return 4096
+    }
+  })()
   const csRange = Buffer.alloc(16)
   const csStat = Buffer.alloc(40)
   const u64 = (b: Buffer, at: number, v: number): void => {
