@@ -195,18 +195,35 @@ function syncSeconds(stdout: string): number {
 }
 
 /**
+ * What the rows copying a source into a fresh image share: their directory and source,
+ * clonectl's command (`clone add --create`, the whole command) and nbdcopy's into a fresh
+ * sparse file (--target-is-zero, the knowledge --create gives clonectl), and the reset before
+ * each run: a new group and no image for clonectl; an empty target (and no dd copy) for the
+ * peers.
+ */
+function freshImageCopy(name: string, makeSource: (src: string) => void): {dir: string; src: string; state: string; cmd: string; nbdcopy: string; reset: (who: string) => void} {
+  const dir = freshDir(base, name)
+  const src = join(dir, 'src.img')
+  makeSource(src)
+  const state = join(dir, 'state')
+  const reset = (who: string): void => {
+    if (who === 'clonectl') {
+      rmSync(state, {recursive: true, force: true})
+      rmSync(join(dir, 'c.img'), {force: true})
+      clonectl(state, `group create g --source ${src}`)
+    } else sh(`rm -f ${dir}/nc.img ${dir}/dd.img; truncate -s ${SIZE} ${dir}/nc.img`)
+  }
+  return {dir, src, state, cmd: `node ${bin} clone add g c --path ${dir}/c.img --create`, nbdcopy: `nbdcopy --flush --target-is-zero ${src} ${dir}/nc.img`, reset}
+}
+
+/**
  * Full sync into a fresh image: clonectl's `clone add --create` (the whole command) against
  * nbdcopy into a fresh sparse file (told so: --target-is-zero, the knowledge --create gives
  * clonectl), dd as most would type it, and dd with O_DIRECT on both sides (as clonectl
  * copies), each run in random order within each round.
  */
 function fullAndIncremental(): {state: string; dir: string; wall: number; own: number} {
-  const dir = freshDir(base, 'full')
-  const src = join(dir, 'src.img')
-  makeRandom(src, SIZE)
-  let state = ''
-  const cmd = `node ${bin} clone add g c --path ${dir}/c.img --create`
-  const nbdcopy = `nbdcopy --flush --target-is-zero ${src} ${dir}/nc.img`
+  const {dir, src, state, cmd, nbdcopy, reset} = freshImageCopy('full', (p) => makeRandom(p, SIZE))
   const dd = `dd if=${src} of=${dir}/dd.img bs=4M conv=fdatasync status=none`
   const ddDirect = `dd if=${src} of=${dir}/dd.img bs=4M iflag=direct oflag=direct conv=fdatasync status=none`
   show(cmd, nbdcopy, dd, ddDirect)
@@ -223,14 +240,7 @@ function fullAndIncremental(): {state: string; dir: string; wall: number; own: n
       dd: () => timed(dd),
       ddDirect: () => timed(ddDirect),
     },
-    (w) => {
-      if (w === 'clonectl') {
-        state = join(dir, 'state')
-        rmSync(state, {recursive: true, force: true})
-        rmSync(join(dir, 'c.img'), {force: true})
-        clonectl(state, `group create g --source ${src}`)
-      } else sh(`rm -f ${dir}/nc.img ${dir}/dd.img; truncate -s ${SIZE} ${dir}/nc.img`)
-    },
+    reset,
   )
   sh(`rm -f ${dir}/dd.img ${dir}/nc.img`)
   const ratio = r.nbdcopy.median / r.clonectl.median
@@ -255,23 +265,13 @@ function fullAndIncremental(): {state: string; dir: string; wall: number; own: n
  * same conditions.
  */
 function fullWarm(): void {
-  const dir = freshDir(base, 'full-warm')
-  const src = join(dir, 'src.img')
-  makeRandom(src, SIZE)
-  let state = ''
-  const cmd = `node ${bin} clone add g c --path ${dir}/c.img --create`
-  const nbdcopy = `nbdcopy --flush --target-is-zero ${src} ${dir}/nc.img`
+  const {dir, src, state, cmd, nbdcopy, reset} = freshImageCopy('full-warm', (p) => makeRandom(p, SIZE))
   show(`${cmd}   # source in the page cache`, nbdcopy)
   const r = compare(
     RUNS,
     {clonectl: () => timed(`${cmd} --state-dir=${state}`), nbdcopy: () => timed(nbdcopy)},
     (w) => {
-      if (w === 'clonectl') {
-        state = join(dir, 'state')
-        rmSync(state, {recursive: true, force: true})
-        rmSync(join(dir, 'c.img'), {force: true})
-        clonectl(state, `group create g --source ${src}`)
-      } else sh(`rm -f ${dir}/nc.img; truncate -s ${SIZE} ${dir}/nc.img`)
+      reset(w)
       sh(`sync; cat ${src} > /dev/null`)
     },
     {cold: false},
@@ -369,12 +369,7 @@ async function incrementalLarge(): Promise<void> {
  * blocks, as an expert copying a sparse image would run it), in random order each round.
  */
 function sparse(): void {
-  const dir = freshDir(base, 'sparse')
-  const src = join(dir, 'src.img')
-  makeSparse(src, SIZE, 0.1)
-  let state = ''
-  const cmd = `node ${bin} clone add g c --path ${dir}/c.img --create`
-  const nbdcopy = `nbdcopy --flush --target-is-zero ${src} ${dir}/nc.img`
+  const {dir, src, state, cmd, nbdcopy, reset} = freshImageCopy('sparse', (p) => makeSparse(p, SIZE, 0.1))
   const dd = `dd if=${src} of=${dir}/dd.img bs=4M conv=sparse,fdatasync status=none`
   show(`${cmd}   # 90% holes`, nbdcopy, dd)
   const r = compare(
@@ -384,14 +379,7 @@ function sparse(): void {
       nbdcopy: () => timed(nbdcopy),
       dd: () => timed(dd),
     },
-    (w) => {
-      if (w === 'clonectl') {
-        state = join(dir, 'state')
-        rmSync(state, {recursive: true, force: true})
-        rmSync(join(dir, 'c.img'), {force: true})
-        clonectl(state, `group create g --source ${src}`)
-      } else sh(`rm -f ${dir}/nc.img ${dir}/dd.img; truncate -s ${SIZE} ${dir}/nc.img`)
-    },
+    reset,
   )
   const du = allocatedBytes(join(dir, 'c.img')) / allocatedBytes(src)
   const vsDd = r.dd.median / r.clonectl.median
