@@ -21,6 +21,7 @@ import {controlJob, type JobHandle, jobInfo, withLiveJob} from './JobControl.js'
 import {drillCopy} from './Drill.js'
 import {verifyClone} from './Verify.js'
 import {humanBytes, humanDuration} from '../ui/format.js'
+import {servingHosts} from '../io/loopPolicy.js'
 
 /** A background job's progress goes to the journal at every 10 % step, and at least this often. */
 const JOURNAL_EVERY_MS = 60_000
@@ -106,6 +107,8 @@ export class GroupServer {
   }
 
   static async start(ctx: GroupContext, name: string, opts: ServeOptions): Promise<GroupServer> {
+    // Host requests share this event loop from now on: no state-file call may hold it (src/io/loopPolicy.ts).
+    servingHosts()
     const record = await ctx.store.load(name)
     const op = record.operation
     let lost: Error | undefined

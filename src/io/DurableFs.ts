@@ -22,6 +22,12 @@ export interface OpenOptions {
    * round trips. Ignored with write or create.
    */
   readNow?: boolean
+  /**
+   * A small file whose open, writes, truncate and close are metadata or page-cache calls (a
+   * state file's temp, a new sparse image): NodeDurableFs makes them on the calling thread
+   * where src/io/loopPolicy.ts allows it; datasync still goes through the thread pool.
+   */
+  quick?: boolean
 }
 
 /** SEEK_DATA, SEEK_HOLE and PUNCH_HOLE on one file (kernel.ts's, for a file with no fd). */

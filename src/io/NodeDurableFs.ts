@@ -1,9 +1,10 @@
 // fs.promises is read at each call, so node:fs/promises (~1.3 ms to load: Node sets up
 // FileHandle and the streams, readline and watchers it brings) loads on first use, which a
 // status or --version, whose file system calls are all synchronous, never makes.
-import {closeSync, constants, existsSync, fstatSync, promises as fsp, lstatSync, mkdirSync, openSync, readSync, readdirSync, readFileSync, realpathSync, statSync, writeSync} from 'node:fs'
+import {closeSync, constants, existsSync, fdatasync, fstatSync, fsync, ftruncateSync, promises as fsp, lstatSync, mkdirSync, openSync, readSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, writeSync} from 'node:fs'
 import type {FileHandle} from 'node:fs/promises'
 import type {DurableFile, DurableFs, FileStat, LinkStat, OpenOptions} from './DurableFs.js'
+import {metadataOnCallingThread} from './loopPolicy.js'
 
 /**
  * Writes at most this long, page-aligned, through a buffered (not O_DIRECT) handle are done
@@ -75,15 +76,25 @@ class NodeFile implements DurableFile {
   }
 }
 
+/** fdatasync or fsync of a raw fd, through the thread pool: it waits for the device. */
+function syncThroughPool(fd: number, data: boolean): Promise<void> {
+  return new Promise((resolve, reject) => {
+    ;(data ? fdatasync : fsync)(fd, (error) => (error ? reject(error) : resolve()))
+  })
+}
+
 /**
- * A file opened with readNow: read-only, every call synchronous (a state file read whole at
- * open: status reads each group's maps this way, about four thread-pool round trips fewer a
- * map, and none at all in a status that reads nothing else).
+ * A file opened with readNow or quick: open, reads, writes, truncate and close are synchronous
+ * calls on the calling thread (see OpenOptions and src/io/loopPolicy.ts), datasync goes through
+ * the thread pool. status reads each group's maps this way (readNow), about four thread-pool
+ * round trips fewer a map, and none at all in a status that reads nothing else; an atomic
+ * save of a state file makes two round trips (its fdatasync and the directory's fsync), not 8.
  */
-class NodeReadNowFile implements DurableFile {
+class NodeFdFile implements DurableFile {
   constructor(
     readonly path: string,
     readonly fd: number,
+    private readonly writable: boolean,
   ) {}
 
   async read(buf: Uint8Array, position: number, length = buf.byteLength): Promise<number> {
@@ -96,33 +107,42 @@ class NodeReadNowFile implements DurableFile {
     return done
   }
 
-  async write(): Promise<void> {
-    throw Object.assign(new Error(`${this.path} is open for reading only`), {code: 'EBADF'})
+  async write(buf: Uint8Array, position: number): Promise<void> {
+    this.mayWrite()
+    for (let done = 0; done < buf.byteLength; ) done += writeSync(this.fd, buf, done, buf.byteLength - done, position + done)
   }
 
-  async datasync(): Promise<void> {}
+  async datasync(): Promise<void> {
+    if (this.writable) await syncThroughPool(this.fd, true)
+  }
 
   async size(): Promise<number> {
     return fstatSync(this.fd).size
   }
 
-  async truncate(): Promise<void> {
-    throw Object.assign(new Error(`${this.path} is open for reading only`), {code: 'EBADF'})
+  async truncate(length: number): Promise<void> {
+    this.mayWrite()
+    ftruncateSync(this.fd, length)
   }
 
   async close(): Promise<void> {
     closeSync(this.fd)
+  }
+
+  private mayWrite(): void {
+    if (!this.writable) throw Object.assign(new Error(`${this.path} is open for reading only`), {code: 'EBADF'})
   }
 }
 
 /** The real file system. */
 export class NodeDurableFs implements DurableFs {
   async open(path: string, opts: OpenOptions = {}): Promise<DurableFile> {
-    if (opts.readNow && !opts.write && !opts.create) return new NodeReadNowFile(path, openSync(path, constants.O_RDONLY))
+    if (opts.readNow && !opts.write && !opts.create) return new NodeFdFile(path, openSync(path, constants.O_RDONLY), false)
     let flags = opts.write ? constants.O_RDWR : constants.O_RDONLY
     if (opts.create === 'new') flags |= constants.O_CREAT | constants.O_EXCL
     else if (opts.create === 'maybe') flags |= constants.O_CREAT
     else if (opts.exclusive) flags |= constants.O_EXCL
+    if (opts.quick && metadataOnCallingThread()) return new NodeFdFile(path, openSync(path, flags, 0o600), Boolean(opts.write))
     const fh = await fsp.open(path, flags, 0o600)
     return new NodeFile(path, fh)
   }
@@ -136,10 +156,20 @@ export class NodeDurableFs implements DurableFs {
   }
 
   async rename(from: string, to: string): Promise<void> {
-    await fsp.rename(from, to)
+    if (metadataOnCallingThread()) renameSync(from, to)
+    else await fsp.rename(from, to)
   }
 
   async fsyncDir(dir: string): Promise<void> {
+    if (metadataOnCallingThread()) {
+      const fd = openSync(dir, constants.O_RDONLY)
+      try {
+        await syncThroughPool(fd, false)
+      } finally {
+        closeSync(fd)
+      }
+      return
+    }
     const fh = await fsp.open(dir, constants.O_RDONLY)
     try {
       await fh.sync()

@@ -11,7 +11,7 @@ import {randomHex} from './randomId.js'
 export async function writeFileAtomic(fs: DurableFs, path: string, data: Uint8Array): Promise<void> {
   // Unique even for two saves in one millisecond (the crash model hit that: EEXIST).
   const tmp = `${path}.tmp-${process.pid}-${randomHex(6)}`
-  const f = await fs.open(tmp, {write: true, create: 'new'})
+  const f = await fs.open(tmp, {write: true, create: 'new', quick: true})
   try {
     try {
       await f.write(data, 0)

@@ -1065,7 +1065,7 @@ class HeldImage implements DurableFile {
 async function openFile(fs: DurableFs, path: string, kind: MapKind, write: boolean): Promise<DurableFile> {
   try {
     // Read-only (status): read whole at open, then closed.
-    return await fs.open(path, write ? {write} : {write, readNow: true})
+    return await fs.open(path, write ? {write, quick: true} : {write, readNow: true})
   } catch (error) {
     if (errnoOf(error) === 'ENOENT') throw new CorruptStateError(`map file ${path} is missing`, fixFor(kind))
     throw ioError(path, 'cannot be opened', error)

@@ -49,11 +49,12 @@
  * takeover of the main lock.
  */
 // fs.promises, read at each call: node:fs/promises loads on first use (see NodeDurableFs).
-import {promises as fsp, statSync} from 'node:fs'
+import {mkdirSync, promises as fsp, readFileSync, realpathSync, renameSync, rmdirSync, statSync, unlinkSync, utimesSync, writeFileSync} from 'node:fs'
 import {hostname} from 'node:os'
 import {basename, join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {errnoOf, LockHeldError, NotFoundError} from '../errors/errors.js'
+import {metadataOnCallingThread} from '../io/loopPolicy.js'
 import {randomHex} from '../io/randomId.js'
 import {stateWriteError} from './stateDir.js'
 
@@ -62,9 +63,46 @@ import {stateWriteError} from './stateDir.js'
  * rimraf, ~0.3 ms, at every lock release.)
  */
 async function unlinkIfPresent(path: string): Promise<void> {
-  await fsp.unlink(path).catch((error: unknown) => {
+  try {
+    if (metadataOnCallingThread()) unlinkSync(path)
+    else await fsp.unlink(path)
+  } catch (error) {
     if (errnoOf(error) !== 'ENOENT') throw error
-  })
+  }
+}
+
+type Done<T> = (error: NodeJS.ErrnoException | null, value?: T) => void
+
+/** A synchronous call, its callback made on the next tick as the fs callback API would. */
+function onNextTick<T>(call: () => T, done: Done<T>): void {
+  let value: T
+  try {
+    value = call()
+  } catch (error) {
+    process.nextTick(done, error as NodeJS.ErrnoException)
+    return
+  }
+  process.nextTick(done, null, value)
+}
+
+/**
+ * The file system proper-lockfile is given: its mkdir, stat, rmdir and utimes on the calling
+ * thread where src/io/loopPolicy.ts allows it (a lock and its gate cost 4 thread-pool round
+ * trips each way), Node's fs under serve. One object for the process: proper-lockfile caches
+ * the file system's mtime precision on it, and without that cache every lock stamps its
+ * directory with the next whole second (+5 ms) to probe it, so two locks made within a second
+ * carry the same mtime and a holder no longer sees its lock taken from under it.
+ */
+function lockfileFs(): {fs?: object} {
+  return metadataOnCallingThread() ? {fs: syncLockfileFs} : {}
+}
+const syncLockfileFs = {
+  mkdir: (path: string, done: Done<void>) => onNextTick(() => void mkdirSync(path), done),
+  rmdir: (path: string, done: Done<void>) => onNextTick(() => rmdirSync(path), done),
+  stat: (path: string, done: Done<unknown>) => onNextTick(() => statSync(path), done),
+  utimes: (path: string, atime: Date, mtime: Date, done: Done<void>) => onNextTick(() => utimesSync(path, atime, mtime), done),
+  realpath: (path: string, done: Done<string>) => onNextTick(() => realpathSync(path), done),
+  rmdirSync,
 }
 
 /**
@@ -134,8 +172,17 @@ function alive(pid: number): boolean {
 
 /** This kernel boot's id (Linux); undefined elsewhere. */
 async function bootId(): Promise<string | undefined> {
-  return (await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => ''))?.trim() || undefined
+  // It cannot change while this process lives; /proc reads never wait on a disk.
+  if (boot === null) {
+    try {
+      boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || undefined
+    } catch {
+      boot = undefined
+    }
+  }
+  return boot
 }
+let boot: string | undefined | null = null
 
 /**
  * A process's state letter and start time from /proc/PID/stat: 'gone' when it has no entry
@@ -144,7 +191,7 @@ async function bootId(): Promise<string | undefined> {
 async function procStat(pid: number): Promise<{state: string; start: string} | 'gone' | undefined> {
   let text: string
   try {
-    text = await fsp.readFile(`/proc/${pid}/stat`, 'utf8')
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8')
   } catch (error) {
     if (errnoOf(error) === 'ENOENT' && (await bootId()) !== undefined) return 'gone'
     return undefined
@@ -186,7 +233,8 @@ export function describeHolder(h: HolderInfo | undefined): string {
 async function readHolderFile(groupDir: string): Promise<HolderFile | undefined> {
   let doc: unknown
   try {
-    doc = JSON.parse(await fsp.readFile(GroupLock.holderPath(groupDir), 'utf8'))
+    // Synchronous, like NodeDurableFs's metadata reads: a small file, read whole.
+    doc = JSON.parse(readFileSync(GroupLock.holderPath(groupDir), 'utf8'))
   } catch {
     return undefined
   }
@@ -336,6 +384,7 @@ export class GroupLock {
           update: UPDATE_MS,
           retries: 0,
           realpath: false,
+          ...lockfileFs(),
           lockfilePath: GroupLock.lockPath(o.groupDir),
           onCompromised: (err) => {
             if (lock) {
@@ -364,8 +413,13 @@ export class GroupLock {
       GroupLock.heldHere.set(resolve(o.groupDir), lock)
       const tmp = `${GroupLock.holderPath(o.groupDir)}.tmp-${process.pid}-${holder.token}`
       try {
-        await fsp.writeFile(tmp, `${JSON.stringify(holder)}\n`, {mode: 0o600})
-        await fsp.rename(tmp, GroupLock.holderPath(o.groupDir))
+        if (metadataOnCallingThread()) {
+          writeFileSync(tmp, `${JSON.stringify(holder)}\n`, {mode: 0o600})
+          renameSync(tmp, GroupLock.holderPath(o.groupDir))
+        } else {
+          await fsp.writeFile(tmp, `${JSON.stringify(holder)}\n`, {mode: 0o600})
+          await fsp.rename(tmp, GroupLock.holderPath(o.groupDir))
+        }
         if (gate.lost()) throw new Error('the lock gate was lost while acquiring')
       } catch (error) {
         // A full file system (ENOSPC) leaves no temp file behind.
@@ -400,6 +454,7 @@ export class GroupLock {
           stale: GATE_STALE_MS,
           retries: 0,
           realpath: false,
+          ...lockfileFs(),
           lockfilePath: path,
           onCompromised: () => {
             lost = true

@@ -137,7 +137,7 @@ export class FileVolume implements Volume {
     if (!Number.isSafeInteger(size) || size < 0) throw new UsageError(`cannot create ${path} with size ${size}: not a byte count`)
     let f: DurableFile
     try {
-      f = await fs.open(path, {write: true, create: 'new'})
+      f = await fs.open(path, {write: true, create: 'new', quick: true})
     } catch (error) {
       if (errnoOf(error) === 'EEXIST') throw new RefusedError(`${path} already exists; refusing to overwrite it`, 'pick a new path, or drop --create to use the existing volume')
       if (errnoOf(error) === 'ENOENT') throw new NotFoundError(`cannot create ${path}: its directory ${dirname(path)} does not exist`, 'create the directory first')
