@@ -6,8 +6,13 @@
  * These read kernel interfaces, not persistent state, so they use node:fs directly rather
  * than the DurableFs (nothing here is written, nothing needs a crash model).
  */
+// The reads are synchronous calls behind the async interface, like NodeDurableFs's metadata
+// reads: sysfs and procfs answer from kernel memory in a few µs, where each thread-pool round
+// trip cost 0.3-1.5 ms on a loaded 2-core machine, and every open of a group checks each
+// loop device's backing file (src/io/loopPolicy.ts has the figures). The device open of
+// deviceBusy stays on the pool: opening a device can wait for it.
 // fs.promises, read at each call: node:fs/promises loads on first use (see NodeDurableFs).
-import {constants, promises as fsp} from 'node:fs'
+import {constants, promises as fsp, readdirSync, readFileSync, realpathSync, statSync} from 'node:fs'
 import {basename, dirname} from 'node:path'
 import {VolumeIoError, errnoOf} from '../errors/errors.js'
 
@@ -28,7 +33,7 @@ const sysDir = (mm: string): string => `/sys/dev/block/${mm}`
 
 async function readSysfs(path: string): Promise<string | undefined> {
   try {
-    return (await fsp.readFile(path, 'utf8')).replace(/\n$/, '')
+    return readFileSync(path, 'utf8').replace(/\n$/, '')
   } catch {
     return undefined
   }
@@ -39,7 +44,7 @@ export async function sysfsSize(mm: string): Promise<number> {
   const file = `${sysDir(mm)}/size`
   let text: string
   try {
-    text = await fsp.readFile(file, 'utf8')
+    text = readFileSync(file, 'utf8')
   } catch (error) {
     throw new VolumeIoError(`cannot read the size of block device ${mm} from ${file} (${errnoOf(error) ?? String(error)})`, errnoOf(error), 'is /sys mounted? clonectl reads block device sizes from sysfs')
   }
@@ -78,7 +83,7 @@ export async function partitionOf(mm: string): Promise<{majorMinor: string; devP
   if ((await readSysfs(`${sysDir(mm)}/partition`)) === undefined) return undefined
   let dir: string
   try {
-    dir = await fsp.realpath(sysDir(mm))
+    dir = realpathSync(sysDir(mm))
   } catch {
     return undefined
   }
@@ -110,7 +115,7 @@ function unescapeMountinfo(s: string): string {
 export async function mountPoints(mm: string): Promise<string[]> {
   let text: string
   try {
-    text = await fsp.readFile('/proc/self/mountinfo', 'utf8')
+    text = readFileSync('/proc/self/mountinfo', 'utf8')
   } catch {
     return []
   }
@@ -127,7 +132,7 @@ export async function mountPoints(mm: string): Promise<string[]> {
 export async function isMounted(devPath: string): Promise<boolean> {
   let s
   try {
-    s = await fsp.stat(devPath)
+    s = statSync(devPath)
   } catch {
     return false
   }
@@ -144,7 +149,7 @@ export async function isMounted(devPath: string): Promise<boolean> {
 export async function loopDevicesBackedBy(dev: number, ino: number): Promise<Array<{majorMinor: string; devPath: string}>> {
   let names: string[]
   try {
-    names = (await fsp.readdir('/sys/block')).filter((n) => /^loop\d+$/.test(n))
+    names = readdirSync('/sys/block').filter((n) => /^loop\d+$/.test(n))
   } catch {
     return []
   }
@@ -152,8 +157,13 @@ export async function loopDevicesBackedBy(dev: number, ino: number): Promise<Arr
   for (const n of names) {
     const backing = await readSysfs(`/sys/block/${n}/loop/backing_file`)
     if (!backing || backing.endsWith(' (deleted)')) continue
-    const s = await fsp.stat(backing).catch(() => undefined)
-    if (!s || s.dev !== dev || s.ino !== ino) continue
+    let s
+    try {
+      s = statSync(backing)
+    } catch {
+      continue
+    }
+    if (s.dev !== dev || s.ino !== ino) continue
     const mm = (await readSysfs(`/sys/block/${n}/dev`))?.trim()
     if (mm) out.push({majorMinor: mm, devPath: await devPathOf(mm)})
   }
