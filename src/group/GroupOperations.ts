@@ -79,7 +79,7 @@ async function runForwardSync(g: CloneGroup, o: SyncCloneOptions, signal: AbortS
   const stopTicker = ticker(() => o.onProgress?.(progress()), o.progressIntervalMs ?? 500)
   let job: JobHandle | undefined
   // `clonectl job` from another shell reaches this foreground sync through the group's job socket.
-  const closeJobSocket = await openJobSocket(g, () => job)
+  const closeJobSocket = openJobSocket(g, () => job)
   try {
     const running = started.run()
     job = {kind: 'sync', clone: o.clone, done: running, pause: () => started.engine.pause(), resume: () => started.engine.resume(), paused: () => started.engine.isPaused, setRate: (r) => started.limiter.setRate(r), stop: () => started.stop(), progress}
@@ -160,7 +160,7 @@ export async function restoreSource(ctx: GroupContext, group: string, o: Restore
       const stopTicker = ticker(() => o.onProgress?.(progress()), o.progressIntervalMs ?? 500)
       let job: JobHandle | undefined
       // `clonectl job` from another shell reaches this foreground restore through the group's job socket.
-      const closeJobSocket = await openJobSocket(g, () => job)
+      const closeJobSocket = openJobSocket(g, () => job)
       try {
         const running = session.run()
         job = {kind: 'restore', clone, done: running, pause: () => session.engine.pause(), resume: () => session.engine.resume(), paused: () => session.engine.isPaused, setRate: (r) => session.limiter.setRate(r), stop: () => session.stop(), progress}
