@@ -90,6 +90,8 @@ export class FileVolume implements Volume {
   /** Reads and writes that really went through O_DIRECT: what says the path was taken, not the intent. */
   directReads = 0
   directWrites = 0
+  /** See Volume.pageCacheBytesWritten: buffered writes, zeros written as data and in-kernel copies. */
+  pageCacheBytesWritten = 0
 
   protected constructor(
     protected readonly fs: DurableFs,
@@ -257,7 +259,9 @@ export class FileVolume implements Volume {
     // May go through O_DIRECT (writeDirect): never synchronously.
     if ((this.knownZero && directAligned(position, data, DIRECT_MIN)) || !this.file.writeNow) return false
     try {
-      return this.file.writeNow(data, position)
+      const done = this.file.writeNow(data, position)
+      if (done) this.pageCacheBytesWritten += data.byteLength
+      return done
     } catch (error) {
       throw ioError(this.path, 'writing', error, position)
     }
@@ -270,6 +274,7 @@ export class FileVolume implements Volume {
     if (this.knownZero && directAligned(position, data, DIRECT_MIN) && (await this.writeDirect(position, data))) return
     try {
       await this.file.write(data, position)
+      this.pageCacheBytesWritten += data.byteLength
     } catch (error) {
       throw ioError(this.path, 'writing', error, position)
     }
@@ -301,6 +306,7 @@ export class FileVolume implements Volume {
       try {
         // In order, one chunk at a time.
         await this.file.write(n === z.length ? z : z.subarray(0, n), position + off)
+        this.pageCacheBytesWritten += n
       } catch (error) {
         throw ioError(this.path, 'writing zeros to', error, position + off)
       }
@@ -332,6 +338,8 @@ export class FileVolume implements Volume {
       this.copyRefused = true
       return false
     }
+    // copy_file_range without reflinks copies through the page cache.
+    this.pageCacheBytesWritten += n
     // Short only when the source shrank behind clonectl's back (as read() says).
     if (n < length)
       throw new VolumeIoError(`${from.path} ended at offset ${position + n}, inside its size of ${from.size} bytes when opened: was it truncated by another program?`, 'EIO', 'find what changed the volume; then verify or fully resync the group')

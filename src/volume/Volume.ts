@@ -94,6 +94,12 @@ export interface Volume {
   copyFrom?(from: Volume, position: number, length: number): Promise<boolean>
   /** Whether copyFrom(from, ...) may copy without this process (false: it would only answer false). Does not wait. */
   canCopyFrom?(from: Volume): boolean
+  /**
+   * Bytes written so far that went through the page cache (dirty pages the kernel must still
+   * write back), as opposed to O_DIRECT writes, which leave none. The sync engine's early
+   * writeback counts these only. Absent: every byte written counts. Does not wait.
+   */
+  readonly pageCacheBytesWritten?: number
   /** Make every completed write durable (fdatasync). */
   flush(): Promise<void>
   /** The volume's current fingerprint. */
