@@ -51,7 +51,7 @@ export default defineConfig(
   {
     // CommonJS: the command entry (bin/package.json makes bin/run.js one) and the bundle's entry.
     files: ['bin/**/*.js', '**/*.cjs'],
-    languageOptions: {sourceType: 'commonjs', globals: {require: 'readonly', module: 'writable', __dirname: 'readonly', __filename: 'readonly'}},
+    languageOptions: {sourceType: 'commonjs', globals: {require: 'readonly', module: 'writable', __dirname: 'readonly', __filename: 'readonly', process: 'readonly', globalThis: 'readonly'}},
     rules: {'@typescript-eslint/no-require-imports': 'off'},
   },
 )

@@ -69,6 +69,8 @@ function wrapped(path) {
 function load(path, cacheSuffix) {
   // The bundle's libraries import() their ESM plugins through this (see scripts/bundle.mjs).
   globalThis.__clonectlImport = (specifier) => import(specifier)
+  // The bundle runs as the CLI (scripts/bundleEntry.cjs: stdio), not required by a test.
+  globalThis.__clonectlCli = true
   let cachedData
   try {
     cachedData = making ? undefined : readFileSync(`${path}.${cacheSuffix}`)

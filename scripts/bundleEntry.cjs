@@ -10,6 +10,13 @@
  */
 'use strict'
 
+// Before oclif loads, which touches process.stdout and process.stderr at once
+// (src/ui/directStdio.ts). Only as the CLI (bin/run.js says so), not in a process that
+// requires this file (a test), and not with CLONECTL_STDIO=node. Not for `serve`: its event
+// loop carries host I/O, and a blocking write to a stalled log reader (journald's socket)
+// must never hold it; Node's streams queue instead.
+if (globalThis.__clonectlCli === true && process.env.CLONECTL_STDIO !== 'node' && process.argv[2] !== 'serve') require('../dist/src/ui/directStdio.js').installDirectStdio()
+
 const commands = {
   'clone:add': () => require('../dist/commands/clone/add.js').default,
   'clone:fracture': () => require('../dist/commands/clone/fracture.js').default,

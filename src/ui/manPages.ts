@@ -130,6 +130,7 @@ export function environmentSection(): string[] {
     ['CLONECTL_NBD_CONNECT_TIMEOUT', 'Seconds allowed to connect to a remote (NBD) clone: TCP, TLS and the NBD handshake (default 10).'],
     ['CLONECTL_NBD_REQUEST_TIMEOUT', 'Seconds allowed for one request to a remote clone before its connection is dropped (default 60).'],
     ['NO_COLOR', 'No colour, no live progress bar.'],
+    ['CLONECTL_STDIO', 'node: write stdout and stderr through Node\'s streams even when they are a pipe, a socket or a file (by default they are written with blocking writes to the descriptor, as C tools do; serve always uses Node\'s streams).'],
   ]
   return ['.SH ENVIRONMENT', ...vars.flatMap(([k, v]) => ['.TP', `.B ${k}`, esc(v)])]
 }
