@@ -28,14 +28,10 @@
  */
 import {EventEmitter} from 'node:events'
 import {fstatSync, writeSync} from 'node:fs'
+import {errnoOf} from '../errors/errors.js'
 
 type WriteCallback = (error?: Error | null) => void
 type Stdio = 'stdout' | 'stderr'
-
-/** A Node error with its errno code (EAGAIN, EPIPE...). */
-function codeOf(error: unknown): string | undefined {
-  return typeof error === 'object' && error !== null && 'code' in error ? String((error as {code: unknown}).code) : undefined
-}
 
 /** A stdout or stderr that writes to its descriptor with writeSync. See the module comment. */
 export class DirectStdio extends EventEmitter {
@@ -72,7 +68,7 @@ export class DirectStdio extends EventEmitter {
       try {
         done += this.writeFd(this.fd, data, done, data.byteLength - done)
       } catch (error) {
-        const code = codeOf(error)
+        const code = errnoOf(error)
         // A signal's handler ran mid-write (libuv's are SA_RESTART, so this is a safeguard): again.
         if (code === 'EINTR') continue
         if (code === 'EAGAIN') return this.fallBack(data.subarray(done), callback)
@@ -116,8 +112,8 @@ export class DirectStdio extends EventEmitter {
 
 /**
  * Put a DirectStdio in place of process.stdout and process.stderr where each is a pipe, a
- * socket or a regular file. Must run before anything touches them (scripts/bundleEntry.cjs calls it before
- * oclif loads). Node's getter is kept for the EAGAIN fallback.
+ * socket or a regular file. Must run before anything touches them (scripts/bundleEntry.cjs
+ * calls it before oclif loads). Node's getter is kept for the EAGAIN fallback.
  */
 export function installDirectStdio(): void {
   for (const [name, fd] of [
